@@ -1,0 +1,120 @@
+// The backend interface: one virtual per kernel. Ops (src/core/ops*.cpp) validate inputs,
+// allocate outputs and promote dtypes, so kernels may assume what each comment below states.
+// A second backend (CUDA) implements this same table; callers never change.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <forge/core/ops.h>
+#include <forge/core/tensor.h>
+
+namespace forge {
+
+enum class UnaryOp {
+    neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, abs,
+    gelu_tanh, gelu_erf, silu, gelu_tanh_grad, gelu_erf_grad, silu_grad,
+    add_scalar, mul_scalar, pow_scalar, rsub_scalar, // use `alpha`
+};
+enum class BinaryOp { add, sub, mul, div, maximum, eq, gt, lt };
+enum class ReduceOp { sum, max };
+enum class RandomKind { normal, uniform, dropout_mask };
+
+/// Conventions for every kernel below, unless its comment says otherwise:
+/// - "float" tensors are f32 or f64 (half types were widened by the op);
+/// - outputs are contiguous and preallocated; inputs of the fused kernels are contiguous;
+/// - every tensor lives on this backend's device.
+class Backend {
+  public:
+    virtual ~Backend() = default;
+    virtual const char* name() const = 0;
+
+    virtual std::shared_ptr<Storage> allocate(size_t nbytes, Device device) = 0;
+    /// dst[i] = cast(src[i]); same shape; both may be strided (src may broadcast, stride 0).
+    virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+    /// dst (contiguous, any dtype) = value.
+    virtual void fill(const Tensor& dst, double value) = 0;
+    /// dst (contiguous float): normal(a=mean, b=std), uniform[a, b), or dropout mask
+    /// (0 with probability a, else 1/(1-a)). Element i depends only on (seed, i).
+    virtual void random(const Tensor& dst, RandomKind kind, uint64_t seed, double a,
+                        double b) = 0;
+
+    /// out = op(x, alpha); x float, same shape as out, may be strided.
+    virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) = 0;
+    /// a, b: same dtype (f32/f64/i32/i64), already expanded to out's shape (may be strided).
+    /// out has a's dtype, or u8 for eq/gt/lt.
+    virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+    /// cond u8; cond, a, b expanded to out's shape (may be strided); a, b have out's dtype.
+    virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b,
+                       const Tensor& out) = 0;
+    /// x contiguous; dims sorted and unique; out has x's rank with the reduced dims set to 1.
+    virtual void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims,
+                        const Tensor& out) = 0;
+
+    /// a: (Bt, M, K), b: (Bt, K, N), out: (Bt, M, N). a and b are float of one dtype; each
+    /// has a unit stride in one of its two inner dims (row- or column-major matrices) and any
+    /// batch stride (0 when broadcast). out is contiguous.
+    virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+    /// Row-wise over the last dim of x (R, C) -> out (R, C).
+    virtual void softmax(const Tensor& x, const Tensor& out, bool log) = 0;
+    /// x: (R, C), w/b: (C) (b may be undefined) -> out (R, C), mean/rstd (R).
+    virtual void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                            const Tensor& out, const Tensor& mean, const Tensor& rstd) = 0;
+    /// dx (R, C) overwritten; dw, db (C) overwritten (db may be undefined).
+    virtual void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                     const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+                                     const Tensor& dw, const Tensor& db) = 0;
+    /// x: (R, C), w: (C) -> out (R, C), rstd (R).
+    virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& out,
+                          const Tensor& rstd) = 0;
+    virtual void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                   const Tensor& rstd, const Tensor& dx, const Tensor& dw) = 0;
+    /// logits (N, V), targets (N) i64 -> losses (N) (0 for ignored rows), lse (N).
+    virtual void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                               const Tensor& losses, const Tensor& lse) = 0;
+    /// dlogits (N, V) = (softmax(logits) - onehot(target)) * dloss * inv_count; 0 on ignored
+    /// rows. dloss is a 1-element tensor.
+    virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                        const Tensor& lse, int64_t ignore_index,
+                                        const Tensor& dloss, double inv_count,
+                                        const Tensor& dlogits) = 0;
+    /// weight (V, C), ids (N) i64 (validated in range) -> out (N, C).
+    virtual void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) = 0;
+    /// dweight (V, C) is zero on entry; dweight[ids[n]] += dout[n].
+    virtual void embedding_backward(const Tensor& dout, const Tensor& ids,
+                                    const Tensor& dweight) = 0;
+    /// x, out: (B, H, T, D).
+    virtual void rope(const Tensor& x, const RopeOptions& opts, const Tensor& out) = 0;
+    /// q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D) -> out (B, Hq, Tq, D), lse (B, Hq, Tq)
+    /// (log-sum-exp of the scaled scores per query row, kept for the backward pass).
+    virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                           bool causal, const Tensor& out, const Tensor& lse) = 0;
+    /// dq, dk, dv overwritten.
+    virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                    float scale, bool causal, const Tensor& dq, const Tensor& dk,
+                                    const Tensor& dv) = 0;
+};
+
+/// The backend that runs kernels for `device` (throws if none is built in).
+Backend& backend_for(Device device);
+void register_backend(DeviceType type, Backend* backend);
+
+namespace cpu {
+/// While true (per thread), CPU ops run the naive reference kernels (src/backends/cpu/ref):
+/// the oracle every fast kernel is tested against.
+void set_reference_kernels(bool on);
+bool reference_kernels();
+/// RAII: reference kernels inside a scope.
+struct ReferenceKernelsScope {
+    bool prev;
+    explicit ReferenceKernelsScope(bool on = true) : prev(reference_kernels()) {
+        set_reference_kernels(on);
+    }
+    ~ReferenceKernelsScope() { set_reference_kernels(prev); }
+};
+} // namespace cpu
+
+} // namespace forge

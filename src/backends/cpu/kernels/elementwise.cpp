@@ -1,0 +1,190 @@
+// Fast element-wise and reduction kernels: contiguous and broadcast fast paths with OpenMP
+// over chunks; the loop bodies come from elementwise_math.h so the compiler can vectorise them.
+#include <algorithm>
+#include <numeric>
+
+#include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/cpu_common.h"
+#include "backends/cpu/elementwise_math.h"
+
+namespace forge::cpu {
+
+namespace {
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 15;
+
+bool all_zero(const Shape& strides) {
+    return std::all_of(strides.begin(), strides.end(), [](int64_t s) { return s == 0; });
+}
+} // namespace
+
+void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
+    if (!x.is_contiguous()) return CpuRefBackend().CpuRefBackend::unary(op, x, out, alpha);
+    visit_float(x.dtype(), [&]<typename T>() {
+        visit_unary(op, [&]<UnaryOp O>() {
+            const T* xp = x.data<T>();
+            T* yp = out.data<T>();
+            const int64_t n = out.numel();
+            const T a = T(alpha);
+#pragma omp parallel for simd if (n >= kParallelMin)
+            for (int64_t i = 0; i < n; ++i)
+                yp[i] = unary_fn<O, T>(xp[i], a);
+        });
+    });
+}
+
+void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+    const int64_t n = out.numel();
+    const int64_t inner = out.dim() ? out.shape().back() : 1;
+    visit_numeric(a.dtype(), [&]<typename T>() {
+        visit_binary(op, [&]<BinaryOp O>() {
+            using R = decltype(binary_fn<O, T>(T(), T()));
+            const T* ap = a.data<T>();
+            const T* bp = b.data<T>();
+            R* yp = out.data<R>();
+            if (a.is_contiguous() && b.is_contiguous()) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+                for (int64_t i = 0; i < n; ++i)
+                    yp[i] = binary_fn<O, T>(ap[i], bp[i]);
+            } else if (a.is_contiguous() && all_zero(b.strides())) { // x op scalar
+                const T s = bp[0];
+#pragma omp parallel for simd if (n >= kParallelMin)
+                for (int64_t i = 0; i < n; ++i)
+                    yp[i] = binary_fn<O, T>(ap[i], s);
+            } else if (a.is_contiguous() && out.dim() >= 1 && b.strides().back() == 1 &&
+                       all_zero(Shape(b.strides().begin(), b.strides().end() - 1))) {
+                // x (..., C) op row (C): bias adds, norm weights
+                const int64_t rows = n / std::max<int64_t>(inner, 1);
+#pragma omp parallel for if (n >= kParallelMin)
+                for (int64_t r = 0; r < rows; ++r) {
+                    const T* ar = ap + r * inner;
+                    R* yr = yp + r * inner;
+#pragma omp simd
+                    for (int64_t i = 0; i < inner; ++i)
+                        yr[i] = binary_fn<O, T>(ar[i], bp[i]);
+                }
+            } else {
+                for_each_row<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()},
+                                [&](auto off, int64_t m, auto in) {
+                                    const T* ar = ap + off[0];
+                                    const T* br = bp + off[1];
+                                    R* yr = yp + off[2];
+                                    if (in[0] == 1 && in[1] == 1) {
+#pragma omp simd
+                                        for (int64_t i = 0; i < m; ++i)
+                                            yr[i] = binary_fn<O, T>(ar[i], br[i]);
+                                    } else if (in[0] == 1 && in[1] == 0) {
+                                        const T s = br[0];
+#pragma omp simd
+                                        for (int64_t i = 0; i < m; ++i)
+                                            yr[i] = binary_fn<O, T>(ar[i], s);
+                                    } else {
+                                        for (int64_t i = 0; i < m; ++i)
+                                            yr[i] = binary_fn<O, T>(ar[i * in[0]], br[i * in[1]]);
+                                    }
+                                });
+            }
+        });
+    });
+}
+
+void CpuBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+    if (!(cond.is_contiguous() && a.is_contiguous() && b.is_contiguous()))
+        return CpuRefBackend().CpuRefBackend::where(cond, a, b, out);
+    visit_numeric(out.dtype(), [&]<typename T>() {
+        const uint8_t* cp = cond.data<uint8_t>();
+        const T* ap = a.data<T>();
+        const T* bp = b.data<T>();
+        T* yp = out.data<T>();
+        const int64_t n = out.numel();
+#pragma omp parallel for simd if (n >= kParallelMin)
+        for (int64_t i = 0; i < n; ++i)
+            yp[i] = cp[i] ? ap[i] : bp[i];
+    });
+}
+
+// Reduces x viewed as (outer, r, inner) over r. Sums accumulate in double.
+template <typename T>
+static void reduce_block(ReduceOp op, const T* x, T* y, int64_t outer, int64_t r, int64_t inner) {
+    using Acc = std::conditional_t<std::is_floating_point_v<T>, double, T>;
+    if (inner == 1) {
+#pragma omp parallel for if (outer * r >= kParallelMin)
+        for (int64_t o = 0; o < outer; ++o) {
+            const T* row = x + o * r;
+            if (op == ReduceOp::sum) {
+                Acc s = 0;
+#pragma omp simd reduction(+ : s)
+                for (int64_t i = 0; i < r; ++i)
+                    s += Acc(row[i]);
+                y[o] = T(s);
+            } else {
+                T m = row[0];
+                for (int64_t i = 1; i < r; ++i)
+                    if (row[i] > m || row[i] != row[i]) m = row[i];
+                y[o] = m;
+            }
+        }
+        return;
+    }
+    // Column reduction: accumulate whole rows of `inner` elements (vectorises across inner).
+#pragma omp parallel if (outer * r * inner >= kParallelMin)
+    {
+        std::vector<Acc> acc(static_cast<size_t>(inner));
+#pragma omp for
+        for (int64_t o = 0; o < outer; ++o) {
+            const T* blk = x + o * r * inner;
+            for (int64_t j = 0; j < inner; ++j)
+                acc[size_t(j)] = Acc(blk[j]);
+            for (int64_t i = 1; i < r; ++i) {
+                const T* row = blk + i * inner;
+                if (op == ReduceOp::sum) {
+                    for (int64_t j = 0; j < inner; ++j)
+                        acc[size_t(j)] += Acc(row[j]);
+                } else {
+                    for (int64_t j = 0; j < inner; ++j)
+                        if (Acc(row[j]) > acc[size_t(j)] || row[j] != row[j])
+                            acc[size_t(j)] = Acc(row[j]);
+                }
+            }
+            for (int64_t j = 0; j < inner; ++j)
+                y[o * inner + j] = T(acc[size_t(j)]);
+        }
+    }
+}
+
+void CpuBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims,
+                        const Tensor& out) {
+    const int64_t rank = x.dim();
+    if (x.numel() == 0 || rank == 0)
+        return CpuRefBackend().CpuRefBackend::reduce(op, x, dims, out);
+    const bool block = dims.back() - dims.front() + 1 == int64_t(dims.size());
+    if (!block) {
+        // Move the reduced dims last, then reduce rows.
+        std::vector<int64_t> perm;
+        for (int64_t d = 0; d < rank; ++d)
+            if (!std::binary_search(dims.begin(), dims.end(), d)) perm.push_back(d);
+        perm.insert(perm.end(), dims.begin(), dims.end());
+        Tensor xp = x.permute(perm).contiguous();
+        std::vector<int64_t> last;
+        for (int64_t d = rank - int64_t(dims.size()); d < rank; ++d)
+            last.push_back(d);
+        Shape kept = xp.shape();
+        for (auto d : last)
+            kept[d] = 1;
+        Tensor tmp = Tensor::empty(kept, out.dtype());
+        reduce(op, xp, last, tmp);
+        copy(tmp.view(out.shape()), out); // same element order: kept dims in original order
+        return;
+    }
+    int64_t outer = 1, r = 1, inner = 1;
+    for (int64_t d = 0; d < rank; ++d) {
+        if (d < dims.front()) outer *= x.shape()[d];
+        else if (d <= dims.back()) r *= x.shape()[d];
+        else inner *= x.shape()[d];
+    }
+    visit_numeric(x.dtype(), [&]<typename T>() {
+        reduce_block<T>(op, x.data<T>(), out.data<T>(), outer, r, inner);
+    });
+}
+
+} // namespace forge::cpu

@@ -1,0 +1,57 @@
+// Internal helpers shared by the op files (src/core/ops_*.cpp): input checks that name the op,
+// backend lookup, and autograd recording.
+#pragma once
+
+#include <functional>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "backends/backend.h"
+#include <forge/autograd/autograd.h>
+#include <forge/core/ops.h>
+#include <forge/core/tensor.h>
+
+namespace forge::detail {
+
+/// The backend of x's device.
+Backend& backend_of(const Tensor& x);
+/// Throws "[op] <what> is undefined".
+void check_defined(const char* op, const Tensor& x, const char* what = "input");
+/// Throws unless all tensors live on one device: "[op] tensors on cpu and cuda:0".
+void check_same_device(const char* op, std::initializer_list<Tensor> xs);
+/// Throws unless x is a float dtype: "[op] expects a float tensor, got i64 [2,3]".
+void check_float(const char* op, const Tensor& x);
+/// Normalises a possibly negative dim; throws "[op] dim 3 out of range for shape [2,3]".
+int64_t wrap_dim(const char* op, int64_t dim, int64_t rank);
+/// Broadcast shape of a and b; throws "[op] shapes [2,3] and [4] do not broadcast".
+Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b);
+/// A new contiguous tensor of shape/dtype on x's device.
+Tensor empty_on(const Tensor& like, const Shape& shape, DType dtype);
+
+} // namespace forge::detail
+
+namespace forge::autograd {
+
+/// The vector-Jacobian product of one op: given dL/d(output), returns dL/d(input_i) for each
+/// input, in input order (an undefined Tensor where none is needed). Runs with grad mode off.
+/// Must be written with public ops so it runs on every backend. Capture outputs with
+/// .detach(), never the output handle itself (that would make a reference cycle).
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
+
+struct Node {
+    std::string name;
+    std::vector<Tensor> inputs; // the op's inputs (their grad_fn / leaf state at record time)
+    BackwardFn backward;        // null once released
+    Shape output_shape;
+    DType output_dtype = DType::f32;
+};
+
+/// True if grad mode is on and some input requires grad.
+bool needs_grad(std::initializer_list<Tensor> inputs);
+bool needs_grad(const std::vector<Tensor>& inputs);
+/// Attaches a node to `output` when needs_grad(inputs); marks output as requiring grad.
+void record(const char* name, const Tensor& output, std::vector<Tensor> inputs,
+            BackwardFn backward);
+
+} // namespace forge::autograd

@@ -1,0 +1,227 @@
+// forge::matmul: validation, batch broadcasting, half widening and the gradient. The kernels
+// (src/backends/cpu/{ref,kernels}/matmul.cpp) only ever see (Bt, M, K) x (Bt, K, N) views with
+// one batch stride; this file turns any broadcast/strided input into such views without copying
+// where the strides allow it.
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/op_helpers.h"
+#include <forge/autograd/autograd.h>
+#include <forge/core/ops.h>
+#include <forge/core/tensor.h>
+
+namespace forge {
+
+namespace {
+
+constexpr const char* kOp = "matmul";
+
+// A view of base's storage with explicit geometry (offset in elements from the storage start).
+// Only for kernel arguments: it carries no autograd state.
+Tensor strided_view(const Tensor& base, const Shape& shape, const Shape& strides,
+                    int64_t offset) {
+    auto impl = std::make_shared<TensorImpl>();
+    impl->storage = base.storage();
+    impl->shape = shape;
+    impl->strides = strides;
+    impl->offset = offset;
+    impl->dtype = base.dtype();
+    return Tensor(std::move(impl));
+}
+
+// Makes the (rows x cols) matrix with strides (rs, cs) a valid BLAS operand if it can be one:
+// row-major needs cs == 1 and rs >= cols, column-major rs == 1 and cs >= rows. A size-1 dim's
+// stride never addresses memory, so it is rewritten to whatever makes the layout valid.
+bool normalise_matrix_strides(int64_t rows, int64_t cols, int64_t& rs, int64_t& cs) {
+    const int64_t r1 = std::max<int64_t>(rows, 1), c1 = std::max<int64_t>(cols, 1);
+    if ((cols <= 1 || cs == 1) && (rows <= 1 || rs >= c1)) { // row-major
+        cs = 1;
+        if (rows <= 1) rs = c1;
+        return true;
+    }
+    if ((rows <= 1 || rs == 1) && (cols <= 1 || cs >= r1)) { // column-major
+        rs = 1;
+        if (cols <= 1) cs = r1;
+        return true;
+    }
+    return false;
+}
+
+// Strides of x (rank >= 2) broadcast to batch + [rows, cols]: missing or size-1 batch dims get
+// stride 0; the two matrix strides are normalised for BLAS. Returns false if the matrix
+// strides can't be (the caller then makes x contiguous).
+bool kernel_strides(const Tensor& x, const Shape& batch, Shape& out) {
+    const int64_t nb = int64_t(batch.size()), xr = x.dim(), xb = xr - 2;
+    out.assign(size_t(nb + 2), 0);
+    for (int64_t i = 0; i < xb; ++i) {
+        const int64_t d = nb - xb + i; // batch dims align from the right
+        out[d] = x.shape()[i] == 1 ? 0 : x.strides()[i];
+    }
+    int64_t rs = x.strides()[xr - 2], cs = x.strides()[xr - 1];
+    if (!normalise_matrix_strides(x.shape()[xr - 2], x.shape()[xr - 1], rs, cs)) return false;
+    out[nb] = rs;
+    out[nb + 1] = cs;
+    return true;
+}
+
+// The product of a (..., M, K) and b (..., K, N), both rank >= 2 and validated, into a new
+// contiguous (batch..., M, N) tensor of the compute dtype. No autograd.
+Tensor matmul_forward(Tensor a, Tensor b, const Shape& batch) {
+    const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+    const int64_t nb = int64_t(batch.size());
+    Shape out_shape = batch;
+    out_shape.push_back(M);
+    out_shape.push_back(N);
+    Tensor out = detail::empty_on(a, out_shape, a.dtype());
+    if (out.numel() == 0) return out;
+    if (K == 0) {
+        out.fill_(0.0);
+        return out;
+    }
+
+    Shape sa, sb;
+    if (!kernel_strides(a, batch, sa)) {
+        a = a.contiguous();
+        FORGE_ASSERT(kernel_strides(a, batch, sa));
+    }
+    if (!kernel_strides(b, batch, sb)) {
+        b = b.contiguous();
+        FORGE_ASSERT(kernel_strides(b, batch, sb));
+    }
+    const Shape so = contiguous_strides(out_shape);
+
+    // Collapse batch dims into groups with one stride each (a, b and out alike), dropping size-1
+    // dims. The innermost group becomes the kernel's batch dim; outer groups are looped here.
+    // E.g. a broadcast (8, 12) batch of a contiguous weight is one group of 96 with stride 0.
+    struct Group {
+        int64_t n, sa, sb, so;
+    };
+    std::vector<Group> groups; // outermost first
+    for (int64_t d = 0; d < nb; ++d) {
+        if (batch[d] == 1) continue;
+        Group g{batch[d], sa[d], sb[d], so[d]};
+        if (!groups.empty()) {
+            Group& p = groups.back();
+            if (p.sa == g.sa * g.n && p.sb == g.sb * g.n && p.so == g.so * g.n) {
+                p = Group{p.n * g.n, g.sa, g.sb, g.so};
+                continue;
+            }
+        }
+        groups.push_back(g);
+    }
+    Group inner = groups.empty() ? Group{1, 0, 0, 0} : groups.back();
+    if (!groups.empty()) groups.pop_back();
+
+    Backend& be = detail::backend_of(a);
+    const Shape a_shape{inner.n, M, K}, b_shape{inner.n, K, N}, o_shape{inner.n, M, N};
+    const Shape a_str{inner.sa, sa[nb], sa[nb + 1]}, b_str{inner.sb, sb[nb], sb[nb + 1]};
+    const Shape o_str{inner.so, N, 1};
+    // Odometer over the outer groups.
+    std::vector<int64_t> idx(groups.size(), 0);
+    int64_t oa = 0, ob = 0, oo = 0;
+    while (true) {
+        be.matmul(strided_view(a, a_shape, a_str, a.offset() + oa),
+                  strided_view(b, b_shape, b_str, b.offset() + ob),
+                  strided_view(out, o_shape, o_str, out.offset() + oo));
+        int64_t d = int64_t(groups.size()) - 1;
+        for (; d >= 0; --d) {
+            const Group& g = groups[size_t(d)];
+            oa += g.sa, ob += g.sb, oo += g.so;
+            if (++idx[size_t(d)] < g.n) break;
+            oa -= g.sa * g.n, ob -= g.sb * g.n, oo -= g.so * g.n;
+            idx[size_t(d)] = 0;
+        }
+        if (d < 0) break;
+    }
+    return out;
+}
+
+// Batch shape of a (..., M, K) and b (..., K, N) (both rank >= 2) or a named error.
+Shape batch_shape(const Tensor& a, const Tensor& b, const Shape& a_orig, const Shape& b_orig) {
+    const Shape ba(a.shape().begin(), a.shape().end() - 2);
+    const Shape bb(b.shape().begin(), b.shape().end() - 2);
+    const size_t n = std::max(ba.size(), bb.size());
+    Shape out(n);
+    for (size_t i = 0; i < n; ++i) {
+        const int64_t da = i < n - ba.size() ? 1 : ba[i - (n - ba.size())];
+        const int64_t db = i < n - bb.size() ? 1 : bb[i - (n - bb.size())];
+        FORGE_CHECK(da == db || da == 1 || db == 1, "[matmul] shapes ", shape_str(a_orig),
+                    " and ", shape_str(b_orig), ": batch dims ", shape_str(ba), " and ",
+                    shape_str(bb), " do not broadcast");
+        out[i] = da == 1 ? db : da;
+    }
+    return out;
+}
+
+// matmul of two tensors of rank >= 2 (the 1-D cases are views around this), with its gradient.
+Tensor matmul_nd(const Tensor& a, const Tensor& b, const Shape& batch) {
+    const DType dt = a.dtype();
+    Tensor out;
+    {
+        NoGradGuard no_grad; // the kernel arguments below are temporaries, never graph nodes
+        Tensor a_c = a.detach(), b_c = b.detach();
+        if (is_half(dt)) { // widen once, accumulate in f32, round once
+            a_c = a_c.to(DType::f32);
+            b_c = b_c.to(DType::f32);
+        }
+        out = matmul_forward(a_c, b_c, batch);
+        if (is_half(dt)) out = out.to(dt);
+    }
+    if (autograd::needs_grad({a, b})) {
+        const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+        // Capture only what each gradient needs. dA = dC B^T, dB = A^T dC, each summed over
+        // the batch dims its input was broadcast along.
+        Tensor a_saved = need_b ? a.detach() : Tensor();
+        Tensor b_saved = need_a ? b.detach() : Tensor();
+        autograd::record(
+            "matmul", out, {a, b},
+            [a_saved, b_saved, need_a, need_b, a_shape = a.shape(),
+             b_shape = b.shape()](const Tensor& g) -> std::vector<Tensor> {
+                Tensor ga, gb;
+                if (need_a) ga = sum_to(matmul(g, b_saved.transpose(-2, -1)), a_shape);
+                if (need_b) {
+                    if (b_shape.size() == 2 && a_shape.size() > 2) {
+                        // A weight shared across the batch (x @ W): one (K, R) x (R, N) GEMM
+                        // over all R = prod(batch) * M rows instead of a batch of products
+                        // summed afterwards.
+                        const int64_t K = a_shape.back(), N = b_shape.back();
+                        const int64_t R = shape_numel(a_shape) / std::max<int64_t>(K, 1);
+                        gb = matmul(a_saved.reshape({R, K}).t(), g.reshape({R, N}));
+                    } else {
+                        gb = sum_to(matmul(a_saved.transpose(-2, -1), g), b_shape);
+                    }
+                }
+                return {ga, gb};
+            });
+    }
+    return out;
+}
+
+} // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+    detail::check_float(kOp, a);
+    detail::check_float(kOp, b);
+    detail::check_same_device(kOp, {a, b});
+    FORGE_CHECK(a.dtype() == b.dtype(), "[matmul] dtypes differ: ", dtype_name(a.dtype()), " ",
+                shape_str(a.shape()), " and ", dtype_name(b.dtype()), " ", shape_str(b.shape()));
+    FORGE_CHECK(a.dim() >= 1 && b.dim() >= 1, "[matmul] shapes ", shape_str(a.shape()), " and ",
+                shape_str(b.shape()), ": both need at least one dim");
+    const int64_t ka = a.size(-1), kb = b.dim() == 1 ? b.size(0) : b.size(-2);
+    FORGE_CHECK(ka == kb, "[matmul] shapes ", shape_str(a.shape()), " and ",
+                shape_str(b.shape()), ": inner dims ", ka, " and ", kb, " differ");
+
+    // 1-D operands as in numpy: a (K) is a (1, K) row, b (K) a (K, 1) column; the added dim
+    // is dropped from the result. Views are differentiable, so the gradient flows through.
+    const Tensor a2 = a.dim() == 1 ? a.unsqueeze(0) : a;
+    const Tensor b2 = b.dim() == 1 ? b.unsqueeze(1) : b;
+    const Shape batch = batch_shape(a2, b2, a.shape(), b.shape());
+    Tensor out = matmul_nd(a2, b2, batch);
+    if (b.dim() == 1) out = out.squeeze(-1);
+    if (a.dim() == 1) out = out.squeeze(-1 - (b.dim() == 1 ? 0 : 1));
+    return out;
+}
+
+} // namespace forge

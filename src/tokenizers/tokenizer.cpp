@@ -1,0 +1,332 @@
+// forge::Tokenizer: format detection, special/added-token matching, batching over threads and
+// streaming decode. The encoding itself lives in the Impl (pipeline.cpp, sentencepiece.cpp).
+#include <forge/tokenizers/tokenizer.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include "impl.h"
+#include "unicode.h"
+#include <forge/core/error.h>
+
+namespace forge {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool is_word_char_at(std::string_view s, std::size_t i, bool before) {
+    // The character just before i (before == true) or at i.
+    if (before) {
+        if (i == 0)
+            return false;
+        std::size_t k = i - 1;
+        while (k > 0 && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80)
+            --k;
+        if (tok::utf8_char_len(s, k) == 0)
+            return false;
+        char32_t cp = tok::utf8_next(s, k);
+        return cp == '_' || tok::is_alphanumeric(cp);
+    }
+    if (i >= s.size() || tok::utf8_char_len(s, i) == 0)
+        return false;
+    char32_t cp = tok::utf8_next(s, i);
+    return cp == '_' || tok::is_alphanumeric(cp);
+}
+
+bool is_space_byte(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+// Splits `text` on the given added tokens (leftmost; longest at one position), encoding the
+// text between them with the Impl.
+void encode_with_added(const Tokenizer::Impl& impl, std::string_view text,
+                       const std::vector<const tok::AddedToken*>& cands, std::vector<TokenId>& out) {
+    std::vector<std::size_t> next(cands.size(), 0);
+    std::vector<bool> valid(cands.size(), false);
+    std::size_t seg_start = 0, pos = 0;
+    while (pos <= text.size()) {
+        std::size_t best = std::string_view::npos;
+        std::size_t best_k = 0;
+        for (std::size_t k = 0; k < cands.size(); ++k) {
+            if (!valid[k] || next[k] < pos) {
+                next[k] = text.find(cands[k]->text, pos);
+                valid[k] = true;
+            }
+            // cands are sorted longest first, so strict < keeps the longest at a position.
+            if (next[k] < best) {
+                best = next[k];
+                best_k = k;
+            }
+        }
+        if (best == std::string_view::npos)
+            break;
+        const tok::AddedToken& a = *cands[best_k];
+        std::size_t mb = best, me = best + a.text.size();
+        if (a.single_word && (is_word_char_at(text, mb, true) || is_word_char_at(text, me, false))) {
+            // Not a whole word here: look for this token again one byte later.
+            next[best_k] = text.find(a.text, best + 1);
+            continue;
+        }
+        if (a.lstrip)
+            while (mb > seg_start && is_space_byte(text[mb - 1]))
+                --mb;
+        if (a.rstrip)
+            while (me < text.size() && is_space_byte(text[me]))
+                ++me;
+        impl.encode_ordinary(text.substr(seg_start, mb - seg_start), out);
+        out.push_back(a.id);
+        seg_start = pos = me;
+        if (me == text.size())
+            break;
+    }
+    if (seg_start < text.size())
+        impl.encode_ordinary(text.substr(seg_start), out);
+}
+
+// Streams byte-concatenative tokenizers a token at a time.
+class BytesStream : public IncrementalDecoder::State {
+  public:
+    BytesStream(std::shared_ptr<const Tokenizer::Impl> impl, bool skip)
+        : impl_(std::move(impl)), skip_(skip) {}
+    std::string push(TokenId id) override {
+        if (skip_ && impl_->is_special_id(id))
+            return {};
+        pending_ += impl_->token_bytes(id);
+        return take(false);
+    }
+    std::string flush() override { return take(true); }
+
+  private:
+    std::string take(bool all) {
+        std::string out;
+        std::size_t i = 0, n = pending_.size();
+        while (i < n) {
+            std::size_t len = tok::utf8_char_len(pending_, i);
+            if (len) {
+                out.append(pending_, i, len);
+                i += len;
+                continue;
+            }
+            std::string_view rest(pending_.data() + i, n - i);
+            if (!all && rest.size() <= 3 && tok::utf8_incomplete_tail(rest) == rest.size())
+                break; // wait for the rest of the character
+            out += "\xEF\xBF\xBD";
+            ++i;
+        }
+        pending_.erase(0, i);
+        return out;
+    }
+    std::shared_ptr<const Tokenizer::Impl> impl_;
+    bool skip_;
+    std::string pending_;
+};
+
+// Any tokenizer: decodes a small window (the last emitted token as context + new ones) and
+// emits what the new tokens added once it ends in complete characters.
+class WindowStream : public IncrementalDecoder::State {
+  public:
+    WindowStream(std::shared_ptr<const Tokenizer::Impl> impl, bool skip)
+        : impl_(std::move(impl)), skip_(skip) {}
+    std::string push(TokenId id) override {
+        window_.push_back(id);
+        return take(false);
+    }
+    std::string flush() override { return take(true); }
+
+  private:
+    std::string take(bool all) {
+        std::string text;
+        impl_->decode_append(window_, skip_, text);
+        std::size_t common = 0;
+        while (common < text.size() && common < prefix_.size() && text[common] == prefix_[common])
+            ++common;
+        if (text.size() <= common)
+            return {};
+        std::string fresh = text.substr(common);
+        if (!all) {
+            // Hold back an incomplete character or a pending byte-fallback U+FFFD.
+            if (tok::utf8_incomplete_tail(fresh) > 0)
+                return {};
+            if (fresh.size() >= 3 && fresh.compare(fresh.size() - 3, 3, "\xEF\xBF\xBD") == 0)
+                return {};
+        }
+        fresh = tok::utf8_replace_invalid(fresh);
+        // Keep the newest token as context for the next round.
+        window_.erase(window_.begin(), window_.end() - (window_.empty() ? 0 : 1));
+        prefix_.clear();
+        impl_->decode_append(window_, skip_, prefix_);
+        return fresh;
+    }
+    std::shared_ptr<const Tokenizer::Impl> impl_;
+    bool skip_;
+    std::vector<TokenId> window_;
+    std::string prefix_;
+};
+
+} // namespace
+
+// ---- IncrementalDecoder
+
+IncrementalDecoder::IncrementalDecoder(std::unique_ptr<State> state) : state_(std::move(state)) {}
+IncrementalDecoder::IncrementalDecoder(IncrementalDecoder&&) noexcept = default;
+IncrementalDecoder& IncrementalDecoder::operator=(IncrementalDecoder&&) noexcept = default;
+IncrementalDecoder::~IncrementalDecoder() = default;
+std::string IncrementalDecoder::push(TokenId id) { return state_->push(id); }
+std::string IncrementalDecoder::flush() { return state_->flush(); }
+
+// ---- Tokenizer
+
+Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(const Tokenizer&) = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(const Tokenizer&) = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+Tokenizer::~Tokenizer() = default;
+
+Tokenizer Tokenizer::load(const fs::path& path) {
+    std::error_code ec;
+    if (!fs::exists(path, ec))
+        throw NotFound(detail::str_cat("[tokenizer] ", path.string(), " does not exist"),
+                       "pass a .tiktoken file, a tokenizer.json, a GPT-2 folder with encoder.json "
+                       "and vocab.bpe, or a SentencePiece .model");
+    if (fs::is_directory(path, ec)) {
+        if (fs::exists(path / "tokenizer.json", ec))
+            return load(path / "tokenizer.json");
+        if (fs::exists(path / "encoder.json", ec) && fs::exists(path / "vocab.bpe", ec))
+            return Tokenizer(tok::load_gpt2_folder(path.string()));
+        for (const char* name : {"tokenizer.model", "spiece.model", "sentencepiece.bpe.model"})
+            if (fs::exists(path / name, ec))
+                return load(path / name);
+        throw InvalidArgument(detail::str_cat("[tokenizer] ", path.string(),
+                                              ": folder has no tokenizer.json, encoder.json + "
+                                              "vocab.bpe, or SentencePiece .model"));
+    }
+    std::string ext = path.extension().string();
+    std::string name = path.filename().string();
+    if (ext == ".tiktoken")
+        return Tokenizer(tok::load_tiktoken(path.string(), {}, {}, {}));
+    if (ext == ".model")
+        return Tokenizer(tok::load_sentencepiece(path.string()));
+    if (ext == ".json") {
+        std::string text = tok::read_file(path.string());
+        std::string config;
+        auto cfg = path.parent_path() / "tokenizer_config.json";
+        if (name == "tokenizer.json" && fs::exists(cfg, ec))
+            config = tok::read_file(cfg.string());
+        return Tokenizer(tok::load_hf_json(text, path.string(), config));
+    }
+    // No telling extension: sniff the contents.
+    std::string head = tok::read_file(path.string()).substr(0, 64);
+    std::size_t k = 0;
+    while (k < head.size() && is_space_byte(head[k]))
+        ++k;
+    if (k < head.size() && head[k] == '{')
+        return Tokenizer(tok::load_hf_json(tok::read_file(path.string()), path.string(), {}));
+    if (!head.empty() && head[0] == '\x0a') // protobuf field 1 (pieces), as in SentencePiece
+        return Tokenizer(tok::load_sentencepiece(path.string()));
+    return Tokenizer(tok::load_tiktoken(path.string(), {}, {}, {}));
+}
+
+Tokenizer Tokenizer::from_tokenizer_json(std::string_view json, std::string_view origin) {
+    return Tokenizer(tok::load_hf_json(json, origin, {}));
+}
+
+Tokenizer Tokenizer::from_ranks(std::vector<std::string> tokens, std::string pattern,
+                                std::vector<SpecialToken> specials, std::string name) {
+    return Tokenizer(tok::make_rank_bpe(std::move(tokens), std::move(pattern), std::move(specials),
+                                        name, name));
+}
+
+Tokenizer Tokenizer::from_tiktoken_file(const fs::path& path, std::string pattern,
+                                        std::vector<SpecialToken> specials) {
+    FORGE_CHECK(!pattern.empty(), "[tokenizer] ", path.string(), ": a pattern is required");
+    return Tokenizer(tok::load_tiktoken(path.string(), std::move(pattern), std::move(specials),
+                                        path.stem().string()));
+}
+
+std::vector<TokenId> Tokenizer::encode(std::string_view text, const EncodeOptions& opts) const {
+    std::vector<TokenId> out;
+    out.reserve(text.size() / 3 + 8);
+    if (opts.add_special_tokens)
+        out.insert(out.end(), impl_->post.prefix.begin(), impl_->post.prefix.end());
+    std::vector<const tok::AddedToken*> cands;
+    for (const auto& a : impl_->added) {
+        bool allowed = !a.special || opts.allow_all_special ||
+                       std::find(opts.allowed_special.begin(), opts.allowed_special.end(), a.text) !=
+                           opts.allowed_special.end();
+        if (allowed && !a.text.empty())
+            cands.push_back(&a);
+    }
+    for (const auto& name : opts.allowed_special) {
+        bool known = std::any_of(impl_->added.begin(), impl_->added.end(),
+                                 [&](const tok::AddedToken& a) { return a.text == name; });
+        FORGE_CHECK(known, "[tokenizer] ", impl_->kind, ": allowed_special names \"", name,
+                    "\", which is not a special token of this tokenizer");
+    }
+    if (cands.empty())
+        impl_->encode_ordinary(text, out);
+    else
+        encode_with_added(*impl_, text, cands, out);
+    if (opts.add_special_tokens)
+        out.insert(out.end(), impl_->post.suffix.begin(), impl_->post.suffix.end());
+    return out;
+}
+
+std::vector<std::vector<TokenId>> Tokenizer::encode_batch(std::span<const std::string> texts,
+                                                          const EncodeOptions& opts,
+                                                          int n_threads) const {
+    std::vector<std::vector<TokenId>> out(texts.size());
+    if (n_threads <= 0)
+        n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
+    n_threads = int(std::min<std::size_t>(std::size_t(n_threads), texts.size()));
+    if (n_threads <= 1) {
+        for (std::size_t i = 0; i < texts.size(); ++i)
+            out[i] = encode(texts[i], opts);
+        return out;
+    }
+    std::atomic<std::size_t> next{0};
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
+    auto work = [&] {
+        try {
+            for (std::size_t i; !failed && (i = next.fetch_add(1)) < texts.size();)
+                out[i] = encode(texts[i], opts);
+        } catch (...) {
+            if (!failed.exchange(true))
+                error = std::current_exception();
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < n_threads; ++t)
+        pool.emplace_back(work);
+    work();
+    for (auto& t : pool)
+        t.join();
+    if (error)
+        std::rethrow_exception(error);
+    return out;
+}
+
+std::string Tokenizer::decode(std::span<const TokenId> ids, const DecodeOptions& opts) const {
+    std::string out;
+    impl_->decode_append(ids, opts.skip_special_tokens, out);
+    return out;
+}
+
+IncrementalDecoder Tokenizer::incremental_decoder(const DecodeOptions& opts) const {
+    if (impl_->concatenative())
+        return IncrementalDecoder(std::make_unique<BytesStream>(impl_, opts.skip_special_tokens));
+    return IncrementalDecoder(std::make_unique<WindowStream>(impl_, opts.skip_special_tokens));
+}
+
+std::size_t Tokenizer::vocab_size() const { return impl_->n_vocab; }
+std::string Tokenizer::token(TokenId id) const { return impl_->token(id); }
+std::optional<TokenId> Tokenizer::token_to_id(std::string_view t) const { return impl_->token_to_id(t); }
+const std::vector<SpecialToken>& Tokenizer::special_tokens() const { return impl_->specials; }
+std::optional<TokenId> Tokenizer::bos_id() const { return impl_->bos; }
+std::optional<TokenId> Tokenizer::eos_id() const { return impl_->eos; }
+std::optional<TokenId> Tokenizer::pad_id() const { return impl_->pad; }
+std::optional<TokenId> Tokenizer::unk_id() const { return impl_->unk; }
+const std::string& Tokenizer::kind() const { return impl_->kind; }
+
+} // namespace forge
