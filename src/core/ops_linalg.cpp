@@ -114,8 +114,18 @@ Tensor matmul_forward(Tensor a, Tensor b, const Shape& batch) {
     Group inner = groups.empty() ? Group{1, 0, 0, 0} : groups.back();
     if (!groups.empty()) groups.pop_back();
 
+    // A weight shared by the whole inner batch (x (B, T, K) @ w (K, N)) over row-major a whose
+    // batch steps are whole matrices: fold the batch into the rows, one (B*T, K) x (K, N) GEMM
+    // instead of B small ones (decisive when T is 1, as in decoding).
+    int64_t Mk = M;
+    if (inner.n > 1 && inner.sb == 0 && sa[nb + 1] == 1 && inner.sa == M * sa[nb] &&
+        inner.so == M * N) {
+        Mk = inner.n * M;
+        inner = Group{1, 0, 0, 0};
+    }
+
     Backend& be = detail::backend_of(a);
-    const Shape a_shape{inner.n, M, K}, b_shape{inner.n, K, N}, o_shape{inner.n, M, N};
+    const Shape a_shape{inner.n, Mk, K}, b_shape{inner.n, K, N}, o_shape{inner.n, Mk, N};
     const Shape a_str{inner.sa, sa[nb], sa[nb + 1]}, b_str{inner.sb, sb[nb], sb[nb + 1]};
     const Shape o_str{inner.so, N, 1};
     // Odometer over the outer groups.

@@ -16,7 +16,9 @@ using detail::backend_of;
 namespace {
 
 // A detached, contiguous copy of x in dtype `dt` (x itself when it already is one).
-Tensor widen(const Tensor& x, DType dt) { return x.detach().to(dt).contiguous(); }
+Tensor widen(const Tensor& x, DType dt) {
+    return x.detach().to(dt).contiguous();
+}
 
 // Rows of the last dim: x (..., C) is R rows of C. R = 0 when C = 0.
 int64_t n_rows(const Tensor& x) {
@@ -42,8 +44,8 @@ void check_ids_in_range(const char* op, const Tensor& ids, int64_t vocab) {
     Tensor h = ids_to_host_i64(ids);
     const int64_t* p = h.data<int64_t>();
     for (int64_t i = 0; i < h.numel(); ++i)
-        FORGE_CHECK(p[i] >= 0 && p[i] < vocab, "[", op, "] id ", p[i], " (position ", i,
-                    " of ids ", shape_str(ids.shape()), ") out of range for vocab size ", vocab);
+        FORGE_CHECK(p[i] >= 0 && p[i] < vocab, "[", op, "] id ", p[i], " (position ", i, " of ids ",
+                    shape_str(ids.shape()), ") out of range for vocab size ", vocab);
 }
 
 // Targets in [0, V) or ignore_index; returns the number of rows not ignored.
@@ -53,7 +55,8 @@ int64_t check_targets(const char* op, const Tensor& targets, int64_t n_classes,
     const int64_t* p = h.data<int64_t>();
     int64_t count = 0;
     for (int64_t n = 0; n < h.numel(); ++n) {
-        if (p[n] == ignore_index) continue;
+        if (p[n] == ignore_index)
+            continue;
         FORGE_CHECK(p[n] >= 0 && p[n] < n_classes, "[", op, "] target ", p[n], " at row ", n,
                     " is out of range for ", n_classes, " classes (logits ",
                     shape_str(logits_shape), ", ignore_index ", ignore_index, ")");
@@ -91,12 +94,15 @@ Tensor softmax_impl(const char* op, const Tensor& x, int64_t dim, bool log) {
         NoGradGuard no_grad;
         // Kernels reduce over the last dim of contiguous rows: move `dim` there first.
         Tensor xc = x.detach();
-        if (d != last) xc = xc.transpose(d, last);
+        if (d != last)
+            xc = xc.transpose(d, last);
         xc = xc.to(cdt).contiguous();
         Tensor out = detail::empty_on(xc, xc.shape(), cdt);
         const int64_t c = xc.size(-1), r = n_rows(xc);
-        if (xc.numel() > 0) backend_of(xc).softmax(xc.view({r, c}), out.view({r, c}), log);
-        if (d != last) out = out.transpose(d, last).contiguous();
+        if (xc.numel() > 0)
+            backend_of(xc).softmax(xc.view({r, c}), out.view({r, c}), log);
+        if (d != last)
+            out = out.transpose(d, last).contiguous();
         y = out.to(x.dtype());
     }
     autograd::record(op, y, {x}, [yd = y.detach(), d, log, dt = x.dtype()](const Tensor& g) {
@@ -116,7 +122,9 @@ Tensor softmax_impl(const char* op, const Tensor& x, int64_t dim, bool log) {
 
 // ------------------------------------------------------------------ softmax
 
-Tensor softmax(const Tensor& x, int64_t dim) { return softmax_impl("softmax", x, dim, false); }
+Tensor softmax(const Tensor& x, int64_t dim) {
+    return softmax_impl("softmax", x, dim, false);
+}
 Tensor log_softmax(const Tensor& x, int64_t dim) {
     return softmax_impl("log_softmax", x, dim, true);
 }
@@ -131,25 +139,27 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
     FORGE_CHECK(x.dim() >= 1, "[layer_norm] x must have at least one dim, got a scalar");
     detail::check_defined(op, weight, "weight");
     check_param(op, weight, "weight", x);
-    if (bias.defined()) check_param(op, bias, "bias", x);
+    if (bias.defined())
+        check_param(op, bias, "bias", x);
     detail::check_same_device(op, {x, weight, bias});
     check_eps(op, eps);
     DType cdt = promote_types(x.dtype(), weight.dtype());
-    if (bias.defined()) cdt = promote_types(cdt, bias.dtype());
+    if (bias.defined())
+        cdt = promote_types(cdt, bias.dtype());
     cdt = compute_dtype(cdt);
 
     const int64_t c = x.size(-1), r = n_rows(x);
-    Tensor xc = widen(x, cdt), wc = widen(weight, cdt);
-    Tensor bc = bias.defined() ? widen(bias, cdt) : Tensor();
-    Tensor out = detail::empty_on(xc, x.shape(), cdt);
-    Tensor mean = detail::empty_on(xc, {r}, cdt), rstd = detail::empty_on(xc, {r}, cdt);
-    if (x.numel() > 0) {
-        NoGradGuard no_grad;
-        backend_of(xc).layer_norm(xc.view({r, c}), wc, bc, eps, out.view({r, c}), mean, rstd);
-    }
-    Tensor y;
+    Tensor xc, wc, mean, rstd, y;
     {
         NoGradGuard no_grad;
+        xc = widen(x, cdt);
+        wc = widen(weight, cdt);
+        Tensor bc = bias.defined() ? widen(bias, cdt) : Tensor();
+        Tensor out = detail::empty_on(xc, x.shape(), cdt);
+        mean = detail::empty_on(xc, {r}, cdt);
+        rstd = detail::empty_on(xc, {r}, cdt);
+        if (x.numel() > 0)
+            backend_of(xc).layer_norm(xc.view({r, c}), wc, bc, eps, out.view({r, c}), mean, rstd);
         y = out.to(x.dtype());
     }
     const bool with_bias = bias.defined();
@@ -174,13 +184,15 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
     const DType cdt = compute_dtype(promote_types(x.dtype(), weight.dtype()));
 
     const int64_t c = x.size(-1), r = n_rows(x);
-    Tensor xc = widen(x, cdt), wc = widen(weight, cdt);
-    Tensor out = detail::empty_on(xc, x.shape(), cdt);
-    Tensor rstd = detail::empty_on(xc, {r}, cdt);
-    Tensor y;
+    Tensor xc, wc, rstd, y;
     {
         NoGradGuard no_grad;
-        if (x.numel() > 0) backend_of(xc).rms_norm(xc.view({r, c}), wc, eps, out.view({r, c}), rstd);
+        xc = widen(x, cdt);
+        wc = widen(weight, cdt);
+        Tensor out = detail::empty_on(xc, x.shape(), cdt);
+        rstd = detail::empty_on(xc, {r}, cdt);
+        if (x.numel() > 0)
+            backend_of(xc).rms_norm(xc.view({r, c}), wc, eps, out.view({r, c}), rstd);
         y = out.to(x.dtype());
     }
     autograd::record(op, y, {x, weight},
@@ -214,10 +226,12 @@ LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tens
     LayerNormGrads gr;
     gr.dx = detail::empty_on(xc, x.shape(), cdt);
     gr.dweight = detail::empty_on(xc, {c}, cdt);
-    if (with_bias) gr.dbias = detail::empty_on(xc, {c}, cdt);
+    if (with_bias)
+        gr.dbias = detail::empty_on(xc, {c}, cdt);
     if (x.numel() == 0) { // no rows: the parameter gradients are sums of nothing
         gr.dweight.zero_();
-        if (with_bias) gr.dbias.zero_();
+        if (with_bias)
+            gr.dbias.zero_();
         return gr;
     }
     backend_of(xc).layer_norm_backward(dyc.view({r, c}), xc.view({r, c}), wc,
@@ -268,8 +282,7 @@ int64_t check_ce_shapes(const char* op, const Tensor& logits, const Tensor& targ
     FORGE_CHECK(logits.dim() >= 1, "[", op, "] logits must be (N, V), got a scalar");
     Shape lead(logits.shape().begin(), logits.shape().end() - 1);
     FORGE_CHECK(targets.shape() == lead, "[", op, "] logits ", shape_str(logits.shape()),
-                " need targets of shape ", shape_str(lead), ", got ",
-                shape_str(targets.shape()));
+                " need targets of shape ", shape_str(lead), ", got ", shape_str(targets.shape()));
     return logits.size(-1);
 }
 
@@ -306,8 +319,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
     autograd::record(op, y, {logits, targets},
                      [lc, t64, lse, ignore_index, inv_count, shape = logits.shape(),
                       dt = logits.dtype()](const Tensor& g) {
-                         Tensor d = cross_entropy_backward(lc, t64, lse, g, ignore_index,
-                                                           inv_count);
+                         Tensor d =
+                             cross_entropy_backward(lc, t64, lse, g, ignore_index, inv_count);
                          return std::vector<Tensor>{d.view(shape).to(dt), Tensor()};
                      });
     return y;
@@ -333,10 +346,9 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
     Tensor lc = widen(logits, cdt).view({n, v});
     Tensor out = detail::empty_on(lc, logits.shape(), cdt);
     if (out.numel() > 0)
-        backend_of(lc).cross_entropy_backward(lc, targets.to(DType::i64).contiguous().view({n}),
-                                              widen(lse, cdt).view({n}), ignore_index,
-                                              widen(dloss, cdt).view({1}), inv_count,
-                                              out.view({n, v}));
+        backend_of(lc).cross_entropy_backward(
+            lc, targets.to(DType::i64).contiguous().view({n}), widen(lse, cdt).view({n}),
+            ignore_index, widen(dloss, cdt).view({1}), inv_count, out.view({n, v}));
     return out;
 }
 
@@ -363,12 +375,13 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
         ids64 = ids.to(DType::i64).contiguous().view({n});
         Tensor wc = weight.detach().contiguous();
         y = detail::empty_on(wc, out_shape, weight.dtype());
-        if (y.numel() > 0) backend_of(wc).embedding(wc, ids64, y.view({n, c}));
+        if (y.numel() > 0)
+            backend_of(wc).embedding(wc, ids64, y.view({n, c}));
     }
     autograd::record(op, y, {weight, ids},
-                     [ids64, vocab, dt = weight.dtype()](const Tensor& g) {
-                         return std::vector<Tensor>{embedding_backward(g, ids64, vocab).to(dt),
-                                                    Tensor()};
+                     [ids64, vocab, n, c, dt = weight.dtype()](const Tensor& g) {
+                         Tensor dw = embedding_backward(g.reshape({n, c}), ids64, vocab);
+                         return std::vector<Tensor>{dw.to(dt), Tensor()};
                      });
     return y;
 }
@@ -402,8 +415,8 @@ Tensor rope(const Tensor& x, const RopeOptions& opts) {
     detail::check_float(op, x);
     FORGE_CHECK(x.dim() == 4, "[rope] x must be (B, H, T, D), got ", shape_str(x.shape()));
     const int64_t d = x.size(3);
-    FORGE_CHECK(opts.rotary_dim >= 0 && opts.rotary_dim <= d, "[rope] rotary_dim ",
-                opts.rotary_dim, " must be in [0, D] (0 = all); x ", shape_str(x.shape()));
+    FORGE_CHECK(opts.rotary_dim >= 0 && opts.rotary_dim <= d, "[rope] rotary_dim ", opts.rotary_dim,
+                " must be in [0, D] (0 = all); x ", shape_str(x.shape()));
     const int64_t rd = opts.rotary_dim == 0 ? d : opts.rotary_dim;
     FORGE_CHECK(rd % 2 == 0, "[rope] the rotated width ", rd,
                 " must be even (pairs of features); x ", shape_str(x.shape()));
@@ -416,7 +429,8 @@ Tensor rope(const Tensor& x, const RopeOptions& opts) {
         NoGradGuard no_grad;
         Tensor xc = widen(x, cdt);
         Tensor out = detail::empty_on(xc, x.shape(), cdt);
-        if (x.numel() > 0) backend_of(xc).rope(xc, opts, out);
+        if (x.numel() > 0)
+            backend_of(xc).rope(xc, opts, out);
         y = out.to(x.dtype());
     }
     // A rotation's transpose is the rotation by -angle.
@@ -436,14 +450,16 @@ Tensor dropout(const Tensor& x, double p, uint64_t seed) {
     const char* op = "dropout";
     detail::check_float(op, x);
     FORGE_CHECK(p >= 0.0 && p < 1.0, "[dropout] p must be in [0, 1), got ", p);
-    if (p == 0.0) return x;
+    if (p == 0.0)
+        return x;
     const DType cdt = compute_dtype(x.dtype());
     Tensor mask, y;
     {
         NoGradGuard no_grad;
         // mask[i] = 0 with probability p else 1/(1-p), a function of (seed, i) only.
         mask = detail::empty_on(x, x.shape(), cdt);
-        if (mask.numel() > 0) backend_of(mask).random(mask, RandomKind::dropout_mask, seed, p, 0.0);
+        if (mask.numel() > 0)
+            backend_of(mask).random(mask, RandomKind::dropout_mask, seed, p, 0.0);
         y = mul(x.detach().to(cdt), mask).to(x.dtype());
     }
     autograd::record(op, y, {x}, [mask, dt = x.dtype()](const Tensor& g) {

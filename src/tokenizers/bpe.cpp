@@ -96,6 +96,24 @@ bool BpeModel::add_merge(std::string_view a, std::string_view b, std::uint32_t r
 }
 
 void BpeModel::finish() {
+    // Is cutting before word-initial U+2581 exact? (see bpe.h)
+    static constexpr std::string_view kMeta = "\xE2\x96\x81";
+    if (!cfg_.byte_level && vocab_.find(kMeta) >= 0 && cfg_.continuing_subword_prefix.empty() &&
+        cfg_.end_of_word_suffix.empty()) {
+        bool safe = true;
+        for (std::size_t id = 0; id < vocab_.size() && safe; ++id) {
+            if (!vocab_.has(TokenId(id)))
+                continue;
+            std::string_view s = vocab_.surface(TokenId(id));
+            for (std::size_t p = s.find(kMeta, 1); p != std::string_view::npos; p = s.find(kMeta, p + 1)) {
+                if (p < kMeta.size() || s.substr(p - kMeta.size(), kMeta.size()) != kMeta) {
+                    safe = false;
+                    break;
+                }
+            }
+        }
+        split_at_metaspace_ = safe;
+    }
     for (int b = 0; b < 256; ++b) {
         char c = char(b);
         if (cfg_.byte_level) {
@@ -281,6 +299,27 @@ void BpeModel::encode_piece(std::string_view w, std::vector<TokenId>& out) const
             return;
         }
     }
+    if (!split_at_metaspace_) {
+        encode_segment(w, out);
+        return;
+    }
+    // Cut before each U+2581 that follows a character other than U+2581.
+    static constexpr std::string_view kMeta = "\xE2\x96\x81";
+    std::size_t start = 0, p = w.find(kMeta, 1);
+    while (p != std::string_view::npos) {
+        bool after_meta = p >= kMeta.size() && w.substr(p - kMeta.size(), kMeta.size()) == kMeta;
+        if (!after_meta && p > start) {
+            encode_segment(w.substr(start, p - start), out);
+            start = p;
+        }
+        p = w.find(kMeta, p + 1);
+    }
+    encode_segment(w.substr(start), out);
+}
+
+void BpeModel::encode_segment(std::string_view w, std::vector<TokenId>& out) const {
+    if (w.empty())
+        return;
     PieceCache* cache = nullptr;
     if (cfg_.use_cache && w.size() <= kCacheMaxPiece) {
         cache = &cache_for(cache_owner_);

@@ -42,6 +42,7 @@ class BpeModel : public Model {
     const BpeConfig& config() const { return cfg_; }
 
   private:
+    void encode_segment(std::string_view piece, std::vector<TokenId>& out) const;
     void initial_symbols(std::string_view piece, std::vector<TokenId>& syms) const;
     void merge_small(std::vector<TokenId>& syms) const;
     void merge_large(std::vector<TokenId>& syms) const;
@@ -52,6 +53,10 @@ class BpeModel : public Model {
     PairMap pairs_;
     TokenId byte_ids_[256];
     std::uint64_t cache_owner_;
+    /// SentencePiece-style vocabularies (no pre-tokenizer; words start with U+2581): when no
+    /// token has U+2581 after another character, no merge crosses a word start, so a long
+    /// piece can be cut before each such U+2581 and its words merged (and cached) one by one.
+    bool split_at_metaspace_ = false;
 };
 
 } // namespace forge::tok

@@ -67,7 +67,8 @@ class SentencePieceImpl : public Tokenizer::Impl {
             if (id < 0 || id >= n)
                 throw InvalidArgument(detail::str_cat("[tokenizer] ", path_, ": token id ", id,
                                                       " is outside the vocabulary (size ", n, ")"));
-            if (sp_.IsControl(id) || sp_.IsUnknown(id)) {
+            if (sp_.IsControl(id) || (skip_special && sp_.IsUnknown(id))) {
+                // <unk> itself decodes through SentencePiece (as " \u2047 ").
                 flush();
                 if (!skip_special)
                     out += sp_.IdToPiece(id);

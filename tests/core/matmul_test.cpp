@@ -67,6 +67,10 @@ std::vector<Case> cases() {
         {"unmergeable_batch",
          [](DType t) { return rn({2, 3, 5, 8}, 23, t).transpose(0, 1); },
          [](DType t) { return rn({3, 2, 8, 4}, 24, t); }},
+        // column-major a batch against a shared weight: not folded into one GEMM
+        {"transposed_batch_shared_weight",
+         [](DType t) { return rn({3, 8, 5}, 41, t).transpose(-2, -1); },
+         [](DType t) { return rn({8, 6}, 42, t); }},
         {"batch_transposed_rhs", [](DType t) { return rn({4, 6, 9}, 25, t); },
          [](DType t) { return rn({4, 7, 9}, 26, t).transpose(-2, -1); }},
         {"vector_rhs", [](DType t) { return rn({3, 5, 8}, 27, t); },

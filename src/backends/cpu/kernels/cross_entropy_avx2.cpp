@@ -6,8 +6,8 @@
 
 namespace forge::cpu::nn::avx2 {
 
-void cross_entropy(const float* logits, const int64_t* targets, int64_t ignore_index,
-                   float* losses, float* lse, int64_t rows, int64_t cols) {
+void cross_entropy(const float* logits, const int64_t* targets, int64_t ignore_index, float* losses,
+                   float* lse, int64_t rows, int64_t cols) {
     cross_entropy_rows<F32x8>(logits, targets, ignore_index, losses, lse, rows, cols);
 }
 
@@ -15,7 +15,7 @@ void cross_entropy_backward(const float* logits, const int64_t* targets, const f
                             int64_t ignore_index, float scale, float* dlogits, int64_t rows,
                             int64_t cols) {
     cross_entropy_backward_rows<F32x8>(logits, targets, lse, ignore_index, scale, dlogits, rows,
-                                    cols);
+                                       cols);
 }
 
 } // namespace forge::cpu::nn::avx2

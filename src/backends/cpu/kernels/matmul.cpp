@@ -37,8 +37,11 @@ inline void gemm(const BlasOperand& A, const BlasOperand& B, int M, int N, int K
 
 // OpenBLAS runs a GEMM on one thread below M*N*K = 64^3 (its SMP threshold), so a batch of
 // such matrices is spread over our OpenMP threads instead; larger ones use OpenBLAS's own
-// threads, one matrix at a time (nesting both would oversubscribe the cores).
+// threads, one matrix at a time (nesting both would oversubscribe the cores). A batch whose
+// total work is below kMinParallel multiply-adds (a few microseconds) stays on one thread: a
+// fork/join would cost more than it saves.
 constexpr int64_t kSmallGemm = 64 * 64 * 64;
+constexpr int64_t kMinParallel = 1 << 16;
 
 } // namespace
 
@@ -56,8 +59,8 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
         const T* ap = a.data<T>();
         const T* bp = b.data<T>();
         T* op = out.data<T>();
-        const bool small = M * N * K < kSmallGemm;
-#pragma omp parallel for schedule(static) if (small && Bt > 1)
+        const bool parallel = M * N * K < kSmallGemm && Bt > 1 && Bt * M * N * K >= kMinParallel;
+#pragma omp parallel for schedule(static) if (parallel)
         for (int64_t i = 0; i < Bt; ++i)
             gemm(A, B, int(M), int(N), int(K), ap + i * sa, bp + i * sb, op + i * M * N);
     });

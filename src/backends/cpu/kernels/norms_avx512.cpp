@@ -12,8 +12,8 @@ void layer_norm(const float* x, const float* w, const float* b, float eps, float
 }
 
 void layer_norm_backward(const float* dy, const float* x, const float* w, const float* mean,
-                         const float* rstd, float* dx, float* scratch, int n_threads,
-                         int64_t rows, int64_t cols) {
+                         const float* rstd, float* dx, float* scratch, int n_threads, int64_t rows,
+                         int64_t cols) {
     layer_norm_backward_rows<F32x16>(dy, x, w, mean, rstd, dx, scratch, n_threads, rows, cols);
 }
 

@@ -10,8 +10,8 @@
 namespace forge::cpu {
 
 // logits (N, V), targets (N) i64 -> losses (N), lse (N).
-void CpuRefBackend::cross_entropy(const Tensor& logits, const Tensor& targets,
-                                  int64_t ignore_index, const Tensor& losses, const Tensor& lse) {
+void CpuRefBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                                  const Tensor& losses, const Tensor& lse) {
     const int64_t rows = logits.size(0), cols = logits.size(1);
     const int64_t* tp = targets.data<int64_t>();
     visit_float(logits.dtype(), [&]<typename T>() {

@@ -73,7 +73,8 @@ void CpuRefBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const
         }
         for (int64_t c = 0; c < cols; ++c) {
             dw.data<T>()[c] = T(dw_acc[size_t(c)]);
-            if (db.defined()) db.data<T>()[c] = T(db_acc[size_t(c)]);
+            if (db.defined())
+                db.data<T>()[c] = T(db_acc[size_t(c)]);
         }
     });
 }

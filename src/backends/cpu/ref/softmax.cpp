@@ -23,7 +23,8 @@ void CpuRefBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
             for (int64_t c = 0; c < cols; ++c)
                 s += std::exp(double(xr[c]) - m);
             for (int64_t c = 0; c < cols; ++c)
-                yr[c] = log ? T(double(xr[c]) - m - std::log(s)) : T(std::exp(double(xr[c]) - m) / s);
+                yr[c] =
+                    log ? T(double(xr[c]) - m - std::log(s)) : T(std::exp(double(xr[c]) - m) / s);
         }
     });
 }

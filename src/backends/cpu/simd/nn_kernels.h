@@ -19,7 +19,8 @@ inline Isa best_isa() {
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
             return Isa::avx512;
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            return Isa::avx2;
         return Isa::generic;
     }();
     return isa;
@@ -36,7 +37,9 @@ inline Isa active_isa() {
     const int best = int(best_isa()), cap = isa_cap().load(std::memory_order_relaxed);
     return Isa(best < cap ? best : cap);
 }
-inline void set_isa_cap(Isa cap) { isa_cap().store(int(cap), std::memory_order_relaxed); }
+inline void set_isa_cap(Isa cap) {
+    isa_cap().store(int(cap), std::memory_order_relaxed);
+}
 
 /// RAII: cap the instruction set within a scope.
 struct IsaCapScope {
@@ -53,13 +56,13 @@ struct IsaCapScope {
     void softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log);                  \
     void layer_norm(const float* x, const float* w, const float* b, float eps, float* y,           \
                     float* mean, float* rstd, int64_t rows, int64_t cols);                         \
-    /* scratch: n_threads * 2 * cols zeros; per-thread partial dw and db sums land there. */    \
+    /* scratch: n_threads * 2 * cols zeros; per-thread partial dw and db sums land there. */       \
     void layer_norm_backward(const float* dy, const float* x, const float* w, const float* mean,   \
                              const float* rstd, float* dx, float* scratch, int n_threads,          \
                              int64_t rows, int64_t cols);                                          \
     void rms_norm(const float* x, const float* w, float eps, float* y, float* rstd, int64_t rows,  \
                   int64_t cols);                                                                   \
-    /* scratch: n_threads * cols zeros; per-thread partial dw sums land there. */                                     \
+    /* scratch: n_threads * cols zeros; per-thread partial dw sums land there. */                  \
     void rms_norm_backward(const float* dy, const float* x, const float* w, const float* rstd,     \
                            float* dx, float* scratch, int n_threads, int64_t rows, int64_t cols);  \
     void cross_entropy(const float* logits, const int64_t* targets, int64_t ignore_index,          \

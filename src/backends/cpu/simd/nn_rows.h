@@ -30,7 +30,8 @@ template <class S> inline float row_max(const float* x, int64_t n) {
     }
     for (; c + W <= n; c += W)
         m0 = S::max(m0, S::load(x + c));
-    if (c < n) m1 = S::max(m1, S::load(x + c, S::mask(n - c), ninf));
+    if (c < n)
+        m1 = S::max(m1, S::load(x + c, S::mask(n - c), ninf));
     return S::hmax(S::max(S::max(m0, m1), S::max(m2, m3)));
 }
 
@@ -47,7 +48,8 @@ template <class S> inline float row_sum(const float* x, int64_t n) {
     }
     for (; c + W <= n; c += W)
         s0 = S::add(s0, S::load(x + c));
-    if (c < n) s1 = S::add(s1, S::load(x + c, S::mask(n - c), S::zero()));
+    if (c < n)
+        s1 = S::add(s1, S::load(x + c, S::mask(n - c), S::zero()));
     return S::hsum(S::add(S::add(s0, s1), S::add(s2, s3)));
 }
 
@@ -70,13 +72,15 @@ template <class S> inline float row_sum_exp(const float* x, float m, float* y, i
     }
     for (; c + W <= n; c += W) {
         const V e = S::exp(S::sub(S::load(x + c), vm));
-        if (y) S::store(y + c, e);
+        if (y)
+            S::store(y + c, e);
         s0 = S::add(s0, e);
     }
     if (c < n) {
         const auto mk = S::mask(n - c);
         const V e = S::keep(mk, S::exp(S::sub(S::load(x + c, mk, vm), vm)));
-        if (y) S::store(y + c, e, mk);
+        if (y)
+            S::store(y + c, e, mk);
         s1 = S::add(s1, e);
     }
     return S::hsum(S::add(s0, s1));
@@ -151,8 +155,8 @@ void layer_norm_rows(const float* x, const float* w, const float* b, float eps, 
         const V vr = S::set1(rs);
         for (c = 0; c + W <= cols; c += W) {
             const V xh = S::mul(S::sub(S::load(xr + c), vm), vr);
-            S::store(yr + c, b ? S::fmadd(xh, S::load(w + c), S::load(b + c))
-                               : S::mul(xh, S::load(w + c)));
+            S::store(yr + c,
+                     b ? S::fmadd(xh, S::load(w + c), S::load(b + c)) : S::mul(xh, S::load(w + c)));
         }
         if (c < cols) {
             const auto mk = S::mask(cols - c);
@@ -256,10 +260,10 @@ void rms_norm_rows(const float* x, const float* w, float eps, float* y, float* r
             S::store(yr + c, S::mul(S::mul(S::load(xr + c), vr), S::load(w + c)));
         if (c < cols) {
             const auto mk = S::mask(cols - c);
-            S::store(yr + c,
-                     S::mul(S::mul(S::load(xr + c, mk, S::zero()), vr),
-                            S::load(w + c, mk, S::zero())),
-                     mk);
+            S::store(
+                yr + c,
+                S::mul(S::mul(S::load(xr + c, mk, S::zero()), vr), S::load(w + c, mk, S::zero())),
+                mk);
         }
     }
 }
@@ -268,8 +272,7 @@ void rms_norm_rows(const float* x, const float* w, float eps, float* y, float* r
 // accumulated into scratch[t * cols ...] (zero on entry).
 template <class S>
 void rms_norm_backward_rows(const float* dy, const float* x, const float* w, const float* rstd,
-                            float* dx, float* scratch, int n_threads, int64_t rows,
-                            int64_t cols) {
+                            float* dx, float* scratch, int n_threads, int64_t rows, int64_t cols) {
     using V = typename S::V;
     constexpr int64_t W = S::W;
 #pragma omp parallel num_threads(n_threads)
@@ -350,7 +353,8 @@ void cross_entropy_backward_rows(const float* logits, const int64_t* targets, co
         if (ignored) {
             for (; c + W <= cols; c += W)
                 S::store(dr + c, S::zero());
-            if (c < cols) S::store(dr + c, S::zero(), S::mask(cols - c));
+            if (c < cols)
+                S::store(dr + c, S::zero(), S::mask(cols - c));
             continue;
         }
         for (; c + W <= cols; c += W)
@@ -404,8 +408,8 @@ void rope_rows(const float* x, float* y, const float* cs, const float* sn, int64
             int64_t i = 0;
             for (; i + W <= rd; i += W) {
                 const V v = S::load(xr + i);
-                S::store(yr + i, S::fmadd(S::swap_pairs(v), S::load(s + i),
-                                          S::mul(v, S::load(c + i))));
+                S::store(yr + i,
+                         S::fmadd(S::swap_pairs(v), S::load(s + i), S::mul(v, S::load(c + i))));
             }
             if (i < rd) { // rd and W are even: the mask never splits a pair
                 const auto mk = S::mask(rd - i);

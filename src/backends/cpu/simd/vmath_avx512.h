@@ -5,7 +5,12 @@
 
 #include <cstdint>
 
+// GCC 12 reports -Wmaybe-uninitialized inside avx512fintrin.h (the _mm512_undefined_ps() of
+// many intrinsics, GCC bug 105593); the state that counts is the one at the header's lines.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 namespace forge::cpu::nn {
 

@@ -1,0 +1,59 @@
+// Transformer: one decoder-only model for the GPT-2 family (learned positions, LayerNorm, GELU,
+// biases, tied embeddings) and the Llama family (RoPE, RMSNorm, SwiGLU, grouped-query
+// attention, untied head), chosen by ModelConfig::family. Its parameter names are HF's for the
+// family, so state_dict() round-trips through HF safetensors checkpoints.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <forge/core/tensor.h>
+#include <forge/models/config.h>
+#include <forge/nn/module.h>
+
+namespace forge {
+
+/// Keys and values of every layer for `batch` sequences, up to `capacity` positions.
+/// k[l], v[l]: (B, n_head_kv, capacity, head_dim); positions [0, length) are filled.
+struct KVCache {
+    std::vector<Tensor> k, v;
+    int64_t length = 0;
+    int64_t capacity = 0;
+
+    static KVCache create(const ModelConfig& cfg, int64_t batch, int64_t capacity,
+                          DType dtype = DType::f32, Device device = {});
+    void reset() { length = 0; }
+    /// Bytes held by the cache tensors.
+    int64_t nbytes() const;
+};
+
+class Transformer : public nn::Module {
+  public:
+    /// A model with freshly initialised weights (GPT-2's init: N(0, 0.02), residual
+    /// projections scaled by 1/sqrt(2 n_layer); norms at 1, biases at 0). Same seed, same weights.
+    explicit Transformer(const ModelConfig& cfg, uint64_t seed = 1337);
+    ~Transformer() override;
+
+    const ModelConfig& config() const { return cfg_; }
+
+    /// ids: (B, T) i32/i64 -> logits (B, T, vocab). With a cache, the T new tokens sit at
+    /// positions cache->length .. +T (their K/V are appended; length advances by T).
+    /// Throws InvalidArgument if positions would exceed n_ctx or the cache's capacity, or if an
+    /// id is outside the vocabulary.
+    Tensor forward(const Tensor& ids, KVCache* cache = nullptr);
+    /// Mean cross-entropy of forward(ids) against targets (B, T); targets equal to
+    /// ignore_index are skipped.
+    Tensor loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100);
+
+    /// Hidden states after the final norm: (B, T, n_embd) (used for embeddings).
+    Tensor hidden(const Tensor& ids, KVCache* cache = nullptr);
+
+    struct Impl;
+
+  private:
+    ModelConfig cfg_;
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace forge

@@ -1,0 +1,80 @@
+// Fast CPU attention: picks the flash kernel for the dtype, head size and CPU (AVX-512, AVX2 or
+// the portable scalar policy; f64 always scalar) and gives it per-thread scratch from the
+// tensor allocator, so the scratch shows in memory_stats(). The algorithm is in
+// attention_flash.h.
+#include <cstdint>
+
+#include <omp.h>
+
+#include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/cpu_common.h"
+#include "backends/cpu/kernels/attention_flash.h"
+
+namespace forge::cpu {
+
+namespace {
+
+enum class Isa { avx512, avx2, scalar };
+
+// The widest kernel the CPU runs for head size D (the SIMD policies need D % lanes == 0).
+Isa pick_isa(int64_t D) {
+    static const bool avx512 = __builtin_cpu_supports("avx512f");
+    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx512 && D % 16 == 0) return Isa::avx512;
+    if (avx2 && D % 8 == 0) return Isa::avx2;
+    return Isa::scalar;
+}
+
+// Per-thread tiles: omp_get_max_threads() slots, one per thread of the kernel's parallel region.
+Tensor scratch_for(const Tensor& like, int64_t per_thread) {
+    return Tensor::empty({int64_t(omp_get_max_threads()) * per_thread}, like.dtype(),
+                         like.device());
+}
+
+} // namespace
+
+// q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D), all contiguous -> out (B, Hq, Tq, D), lse (B, Hq, Tq).
+void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                           bool causal, const Tensor& out, const Tensor& lse) {
+    const int64_t D = q.size(3);
+    Tensor scratch = scratch_for(q, flash::fwd_scratch(D));
+    visit_float(q.dtype(), [&]<typename T>() {
+        flash::FwdArgs<T> a{q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<T>(),
+                            q.size(0),   q.size(1),   k.size(1),   q.size(2),     k.size(2),
+                            D,           T(scale),    causal,      scratch.data<T>()};
+        if constexpr (std::is_same_v<T, float>) {
+            switch (pick_isa(D)) {
+            case Isa::avx512: return flash::forward_f32_avx512(a);
+            case Isa::avx2: return flash::forward_f32_avx2(a);
+            case Isa::scalar: break;
+            }
+        }
+        flash::flash_forward<flash::ScalarVec<T>>(a);
+    });
+}
+
+void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                    float scale, bool causal, const Tensor& dq, const Tensor& dk,
+                                    const Tensor& dv) {
+    const int64_t D = q.size(3);
+    Tensor scratch = scratch_for(q, flash::bwd_scratch(D));
+    Tensor delta = Tensor::empty({q.size(0), q.size(1), q.size(2)}, q.dtype(), q.device());
+    visit_float(q.dtype(), [&]<typename T>() {
+        flash::BwdArgs<T> a{q.data<T>(),  k.data<T>(),  v.data<T>(),     out.data<T>(),
+                            lse.data<T>(), dout.data<T>(), dq.data<T>(),  dk.data<T>(),
+                            dv.data<T>(), delta.data<T>(), q.size(0),     q.size(1),
+                            k.size(1),    q.size(2),     k.size(2),       D,
+                            T(scale),     causal,        scratch.data<T>()};
+        if constexpr (std::is_same_v<T, float>) {
+            switch (pick_isa(D)) {
+            case Isa::avx512: return flash::backward_f32_avx512(a);
+            case Isa::avx2: return flash::backward_f32_avx2(a);
+            case Isa::scalar: break;
+            }
+        }
+        flash::flash_backward<flash::ScalarVec<T>>(a);
+    });
+}
+
+} // namespace forge::cpu

@@ -1,0 +1,123 @@
+// forge::attention (the fused flash kernel of the inputs' backend, with its fused backward) and
+// forge::attention_reference (the same function as a plain decomposition into public ops: the
+// oracle, differentiable through those ops). Shape/dtype/device validation is shared.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/op_helpers.h"
+#include <forge/autograd/autograd.h>
+#include <forge/core/ops.h>
+#include <forge/core/tensor.h>
+
+namespace forge {
+
+namespace {
+
+struct AttentionDims {
+    int64_t B, Hq, Hkv, Tq, Tk, D;
+    float scale;
+};
+
+// q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D), Hq % Hkv == 0, one float dtype, one device.
+AttentionDims check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const AttentionOptions& opts) {
+    detail::check_float(op, q);
+    detail::check_float(op, k);
+    detail::check_float(op, v);
+    detail::check_same_device(op, {q, k, v});
+    const std::string shapes = "q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) +
+                               ", v " + shape_str(v.shape());
+    FORGE_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), "[", op, "] dtypes differ: q ",
+                dtype_name(q.dtype()), ", k ", dtype_name(k.dtype()), ", v ",
+                dtype_name(v.dtype()));
+    FORGE_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "[", op,
+                "] expects q, k, v of shape (B, H, T, D); got ", shapes);
+    FORGE_CHECK(k.shape() == v.shape(), "[", op, "] k and v shapes differ: ", shapes);
+    AttentionDims s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), 0.0f};
+    FORGE_CHECK(k.size(0) == s.B, "[", op, "] batch sizes differ: ", shapes);
+    FORGE_CHECK(k.size(3) == s.D, "[", op, "] head dims differ (", s.D, " and ", k.size(3),
+                "): ", shapes);
+    FORGE_CHECK(s.Hkv > 0 && s.Hq % s.Hkv == 0, "[", op, "] query heads (", s.Hq,
+                ") must be a multiple of key/value heads (", s.Hkv, "): ", shapes);
+    FORGE_CHECK(s.Tk > 0 || s.Tq == 0, "[", op, "] no keys to attend to: ", shapes);
+    FORGE_CHECK(!opts.causal || s.Tq <= s.Tk, "[", op, "] causal attention needs Tq <= Tk (", s.Tq,
+                " queries, ", s.Tk, " keys): ", shapes);
+    FORGE_CHECK(std::isfinite(opts.scale), "[", op, "] scale must be finite, got ", opts.scale);
+    s.scale = opts.scale != 0.0f ? opts.scale
+                                 : float(1.0 / std::sqrt(double(std::max<int64_t>(s.D, 1))));
+    return s;
+}
+
+} // namespace
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) {
+    const AttentionDims s = check_attention("attention", q, k, v, opts);
+    const DType dt = q.dtype(), cdt = compute_dtype(dt);
+    const bool causal = opts.causal;
+    Tensor qc, kc, vc, out_c, lse;
+    {
+        NoGradGuard no_grad;
+        // The fused kernel takes contiguous tensors of the compute dtype (half widened once).
+        qc = q.detach().to(cdt).contiguous();
+        kc = k.detach().to(cdt).contiguous();
+        vc = v.detach().to(cdt).contiguous();
+        out_c = detail::empty_on(q, {s.B, s.Hq, s.Tq, s.D}, cdt);
+        lse = detail::empty_on(q, {s.B, s.Hq, s.Tq}, cdt);
+        if (out_c.numel() > 0)
+            detail::backend_of(q).attention(qc, kc, vc, s.scale, causal, out_c, lse);
+    }
+    Tensor out = is_half(dt) ? out_c.to(dt) : out_c;
+    if (autograd::needs_grad({q, k, v})) {
+        // The backward recomputes the probabilities from q, k and the saved lse (B, Hq, Tq):
+        // O(T * D) saved state, never the (Tq, Tk) matrix.
+        autograd::record(
+            "attention", out, {q, k, v},
+            [qc, kc, vc, o = out_c.detach(), lse, s, causal, dt,
+             cdt](const Tensor& g) -> std::vector<Tensor> {
+                // The kernel overwrites dq, dk, dv; with no queries (Tq = 0) they stay zero.
+                const bool run = o.numel() > 0;
+                auto grad_like = [&](const Tensor& x) {
+                    return run ? Tensor::empty(x.shape(), cdt, x.device())
+                               : Tensor::zeros(x.shape(), cdt, x.device());
+                };
+                Tensor dq = grad_like(qc), dk = grad_like(kc), dv = grad_like(vc);
+                if (run) {
+                    Tensor gc = g.to(cdt).contiguous();
+                    detail::backend_of(qc).attention_backward(qc, kc, vc, o, lse, gc, s.scale,
+                                                              causal, dq, dk, dv);
+                }
+                return {dq.to(dt), dk.to(dt), dv.to(dt)};
+            });
+    }
+    return out;
+}
+
+Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v,
+                           const AttentionOptions& opts) {
+    const AttentionDims s = check_attention("attention_reference", q, k, v, opts);
+    // GQA: query head h reads kv-head h / (Hq / Hkv); repeat each kv-head over its group,
+    // (B, Hkv, Tk, D) -> (B, Hkv, G, Tk, D) (a stride-0 view) -> (B, Hq, Tk, D) (a copy).
+    Tensor kk = k, vv = v;
+    if (s.Hq != s.Hkv) {
+        const Shape grouped{s.B, s.Hkv, s.Hq / s.Hkv, s.Tk, s.D};
+        kk = k.unsqueeze(2).expand(grouped).reshape({s.B, s.Hq, s.Tk, s.D});
+        vv = v.unsqueeze(2).expand(grouped).reshape({s.B, s.Hq, s.Tk, s.D});
+    }
+    // scores (B, Hq, Tq, Tk) = q k^T * scale
+    Tensor scores = mul_scalar(matmul(q, kk.transpose(-2, -1)), s.scale);
+    if (opts.causal) {
+        // query i sits at position Tk - Tq + i and sees keys j <= that position
+        std::vector<float> m(size_t(s.Tq * s.Tk));
+        for (int64_t i = 0; i < s.Tq; ++i)
+            for (int64_t j = 0; j < s.Tk; ++j)
+                m[size_t(i * s.Tk + j)] = j > s.Tk - s.Tq + i ? 1.0f : 0.0f;
+        Tensor mask = Tensor::from_vector(m, {s.Tq, s.Tk}, DType::u8).to(q.device());
+        scores = masked_fill(scores, mask, -std::numeric_limits<double>::infinity());
+    }
+    return matmul(softmax(scores, -1), vv);
+}
+
+} // namespace forge

@@ -1,0 +1,302 @@
+// AdamW and SGD updates, the weight-decay rule and gradient clipping (see optimizer.h). The CPU
+// f32 path is one fused loop per parameter; anything else (half params, other devices) goes
+// through public ops, so the optimizers work wherever the ops do.
+#include <forge/train/optimizer.h>
+
+#include <cmath>
+#include <unordered_set>
+
+#include <forge/autograd/autograd.h>
+#include <forge/core/ops.h>
+#include <forge/nn/module.h>
+
+namespace forge {
+
+namespace {
+
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 15;
+// Fixed chunking of the sum of squares: the result does not depend on the thread count.
+constexpr int64_t kNormChunk = 1 << 14;
+
+bool fast_path(const Tensor& p, const Tensor& g) {
+    return p.device().type == DeviceType::cpu && p.dtype() == DType::f32 && p.is_contiguous() &&
+           g.dtype() == DType::f32 && g.is_contiguous() && g.device().type == DeviceType::cpu;
+}
+
+Tensor grad_of(const ParamRef& p) {
+    Tensor g = p.tensor.grad();
+    if (!g.defined())
+        return g;
+    FORGE_CHECK(g.shape() == p.tensor.shape(), "[optimizer] gradient of ", p.name, " has shape ",
+                shape_str(g.shape()), ", parameter has ", shape_str(p.tensor.shape()));
+    return g;
+}
+
+const Tensor& state_at(const std::map<std::string, Tensor>& state, const std::string& key,
+                       const Shape& shape) {
+    auto it = state.find(key);
+    FORGE_CHECK(it != state.end(), "[optimizer] state has no tensor '", key, "'");
+    FORGE_CHECK(it->second.shape() == shape, "[optimizer] state tensor '", key, "' has shape ",
+                shape_str(it->second.shape()), ", expected ", shape_str(shape));
+    return it->second;
+}
+
+int64_t load_step(const std::map<std::string, Tensor>& state) {
+    auto it = state.find("step");
+    FORGE_CHECK(it != state.end() && it->second.numel() == 1,
+                "[optimizer] state has no scalar 'step'");
+    return int64_t(it->second.item());
+}
+
+Tensor step_tensor(int64_t t) { return Tensor::from_vector(std::vector<int64_t>{t}, {1}); }
+
+} // namespace
+
+bool default_weight_decay(const std::string& name, const Tensor& t, bool decay_embeddings) {
+    if (t.dim() < 2)
+        return false; // norms' gains and biases
+    if (!decay_embeddings && (name.find("wte") != std::string::npos ||
+                              name.find("wpe") != std::string::npos ||
+                              name.find("embed") != std::string::npos))
+        return false;
+    return true;
+}
+
+std::vector<ParamRef> collect_parameters(const nn::Module& module, bool decay_embeddings) {
+    std::vector<ParamRef> out;
+    std::unordered_set<const void*> seen; // tied parameters share one TensorImpl
+    for (auto& [name, t] : module.named_parameters()) {
+        if (!seen.insert(t.impl().get()).second)
+            continue;
+        out.push_back({name, t, default_weight_decay(name, t, decay_embeddings)});
+    }
+    return out;
+}
+
+Optimizer::Optimizer(std::vector<ParamRef> params) : params_(std::move(params)) {
+    for (auto& p : params_)
+        FORGE_CHECK(p.tensor.defined() && is_floating(p.tensor.dtype()),
+                    "[optimizer] parameter '", p.name, "' is not a floating-point tensor");
+}
+
+void Optimizer::zero_grad() const {
+    for (auto& p : params_)
+        p.tensor.zero_grad();
+}
+
+// ------------------------------------------------------------------------------------ AdamW
+
+AdamW::AdamW(std::vector<ParamRef> params, AdamWOptions opts)
+    : Optimizer(std::move(params)), opts_(opts) {
+    FORGE_CHECK(opts_.beta1 >= 0 && opts_.beta1 < 1, "[adamw] beta1 must be in [0, 1), got ",
+                opts_.beta1);
+    FORGE_CHECK(opts_.beta2 >= 0 && opts_.beta2 < 1, "[adamw] beta2 must be in [0, 1), got ",
+                opts_.beta2);
+    FORGE_CHECK(opts_.eps > 0, "[adamw] eps must be > 0, got ", opts_.eps);
+    FORGE_CHECK(opts_.weight_decay >= 0, "[adamw] weight_decay must be >= 0, got ",
+                opts_.weight_decay);
+    for (auto& p : params_) {
+        m_.push_back(Tensor::zeros(p.tensor.shape(), DType::f32, p.tensor.device()));
+        v_.push_back(Tensor::zeros(p.tensor.shape(), DType::f32, p.tensor.device()));
+    }
+}
+
+void AdamW::step(double lr) {
+    NoGradGuard no_grad;
+    ++t_;
+    const double bc1 = 1.0 - std::pow(opts_.beta1, double(t_));
+    const double bc2 = 1.0 - std::pow(opts_.beta2, double(t_));
+    // Scalars rounded to f32 once, as torch does when it applies Python floats to f32 tensors.
+    const float b1 = float(opts_.beta1), b2 = float(opts_.beta2);
+    const float a1 = float(1.0 - opts_.beta1), a2 = float(1.0 - opts_.beta2);
+    const float step_size = float(lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
+    const float eps = float(opts_.eps);
+    for (size_t i = 0; i < params_.size(); ++i) {
+        const ParamRef& p = params_[i];
+        Tensor g = grad_of(p);
+        if (!g.defined())
+            continue; // unused this step (torch skips params whose grad is None)
+        const float decay = p.decay ? float(1.0 - lr * opts_.weight_decay) : 1.0f;
+        if (fast_path(p.tensor, g)) {
+            float* w = p.tensor.data<float>();
+            const float* gd = g.data<float>();
+            float* m = m_[i].data<float>();
+            float* v = v_[i].data<float>();
+            const int64_t n = p.tensor.numel();
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+            for (int64_t k = 0; k < n; ++k) {
+                const float gk = gd[k];
+                const float mk = m[k] * b1 + gk * a1;
+                const float vk = v[k] * b2 + gk * gk * a2;
+                m[k] = mk;
+                v[k] = vk;
+                const float denom = std::sqrt(vk) / bc2_sqrt + eps;
+                w[k] = w[k] * decay - step_size * (mk / denom);
+            }
+            continue;
+        }
+        // Generic path: the same formula with ops (any device, half parameters).
+        Tensor g32 = g.to(DType::f32);
+        m_[i].copy_(add(mul_scalar(m_[i], b1), mul_scalar(g32, a1)));
+        v_[i].copy_(add(mul_scalar(v_[i], b2), mul_scalar(mul(g32, g32), a2)));
+        Tensor denom = add_scalar(mul_scalar(sqrt(v_[i]), 1.0 / bc2_sqrt), eps);
+        Tensor w32 = mul_scalar(p.tensor.detach().to(DType::f32), decay);
+        Tensor w = p.tensor;
+        w.copy_(sub(w32, mul_scalar(div(m_[i], denom), step_size)));
+    }
+}
+
+std::map<std::string, Tensor> AdamW::state_tensors() const {
+    std::map<std::string, Tensor> out;
+    for (size_t i = 0; i < params_.size(); ++i) {
+        out["exp_avg." + params_[i].name] = m_[i];
+        out["exp_avg_sq." + params_[i].name] = v_[i];
+    }
+    out["step"] = step_tensor(t_);
+    return out;
+}
+
+void AdamW::load_state_tensors(const std::map<std::string, Tensor>& state) {
+    for (size_t i = 0; i < params_.size(); ++i) {
+        const Shape& s = params_[i].tensor.shape();
+        m_[i].copy_(state_at(state, "exp_avg." + params_[i].name, s));
+        v_[i].copy_(state_at(state, "exp_avg_sq." + params_[i].name, s));
+    }
+    t_ = load_step(state);
+}
+
+// -------------------------------------------------------------------------------------- SGD
+
+SGD::SGD(std::vector<ParamRef> params, SgdOptions opts) : Optimizer(std::move(params)), opts_(opts) {
+    FORGE_CHECK(opts_.momentum >= 0, "[sgd] momentum must be >= 0, got ", opts_.momentum);
+    FORGE_CHECK(!opts_.nesterov || (opts_.momentum > 0 && opts_.dampening == 0),
+                "[sgd] nesterov needs momentum > 0 and dampening 0");
+    for (auto& p : params_)
+        buf_.push_back(Tensor::zeros(p.tensor.shape(), DType::f32, p.tensor.device()));
+}
+
+void SGD::step(double lr) {
+    NoGradGuard no_grad;
+    const bool first = t_ == 0;
+    ++t_;
+    const float mu = float(opts_.momentum), damp = float(1.0 - opts_.dampening);
+    const float flr = float(lr);
+    for (size_t i = 0; i < params_.size(); ++i) {
+        const ParamRef& p = params_[i];
+        Tensor g = grad_of(p);
+        if (!g.defined())
+            continue;
+        const float wd = p.decay ? float(opts_.weight_decay) : 0.0f;
+        if (fast_path(p.tensor, g)) {
+            float* w = p.tensor.data<float>();
+            const float* gd = g.data<float>();
+            float* b = buf_[i].data<float>();
+            const int64_t n = p.tensor.numel();
+            const bool use_momentum = mu != 0.0f, nesterov = opts_.nesterov;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+            for (int64_t k = 0; k < n; ++k) {
+                float gk = gd[k] + wd * w[k];
+                if (use_momentum) {
+                    const float bk = first ? gk : b[k] * mu + damp * gk;
+                    b[k] = bk;
+                    gk = nesterov ? gk + mu * bk : bk;
+                }
+                w[k] -= flr * gk;
+            }
+            continue;
+        }
+        Tensor w32 = p.tensor.detach().to(DType::f32);
+        Tensor g32 = add(g.to(DType::f32), mul_scalar(w32, wd));
+        if (mu != 0.0f) {
+            buf_[i].copy_(first ? g32 : add(mul_scalar(buf_[i], mu), mul_scalar(g32, damp)));
+            g32 = opts_.nesterov ? add(g32, mul_scalar(buf_[i], mu)) : buf_[i];
+        }
+        Tensor w = p.tensor;
+        w.copy_(sub(w32, mul_scalar(g32, flr)));
+    }
+}
+
+std::map<std::string, Tensor> SGD::state_tensors() const {
+    std::map<std::string, Tensor> out;
+    for (size_t i = 0; i < params_.size(); ++i)
+        out["momentum_buffer." + params_[i].name] = buf_[i];
+    out["step"] = step_tensor(t_);
+    return out;
+}
+
+void SGD::load_state_tensors(const std::map<std::string, Tensor>& state) {
+    for (size_t i = 0; i < params_.size(); ++i)
+        buf_[i].copy_(state_at(state, "momentum_buffer." + params_[i].name,
+                               params_[i].tensor.shape()));
+    t_ = load_step(state);
+}
+
+// ----------------------------------------------------------------------------- clipping
+
+GradNorm grad_norm(const std::vector<ParamRef>& params) {
+    NoGradGuard no_grad;
+    GradNorm out;
+    double total = 0.0;
+    std::vector<double> partial;
+    for (size_t i = 0; i < params.size(); ++i) {
+        Tensor g = grad_of(params[i]);
+        if (!g.defined())
+            continue;
+        double sq = 0.0;
+        if (g.device().type == DeviceType::cpu && g.dtype() == DType::f32 && g.is_contiguous()) {
+            const float* d = g.data<float>();
+            const int64_t n = g.numel(), n_chunks = (n + kNormChunk - 1) / kNormChunk;
+            partial.assign(size_t(n_chunks), 0.0);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+            for (int64_t c = 0; c < n_chunks; ++c) {
+                const int64_t lo = c * kNormChunk, hi = std::min(n, lo + kNormChunk);
+                double s = 0.0;
+                for (int64_t k = lo; k < hi; ++k)
+                    s += double(d[k]) * double(d[k]);
+                partial[size_t(c)] = s;
+            }
+            for (double s : partial)
+                sq += s;
+        } else {
+            Tensor g64 = g.to(DType::f64);
+            sq = sum(mul(g64, g64)).item();
+        }
+        if (!std::isfinite(sq) && out.nonfinite_index < 0)
+            out.nonfinite_index = int64_t(i);
+        total += sq;
+    }
+    out.norm = std::sqrt(total);
+    return out;
+}
+
+void scale_grads(const std::vector<ParamRef>& params, double factor) {
+    NoGradGuard no_grad;
+    const float f = float(factor);
+    for (auto& p : params) {
+        Tensor g = grad_of(p);
+        if (!g.defined())
+            continue;
+        if (g.device().type == DeviceType::cpu && g.dtype() == DType::f32 && g.is_contiguous()) {
+            float* d = g.data<float>();
+            const int64_t n = g.numel();
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+            for (int64_t k = 0; k < n; ++k)
+                d[k] *= f;
+        } else {
+            g.copy_(mul_scalar(g, factor));
+        }
+    }
+}
+
+double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
+    GradNorm gn = grad_norm(params);
+    if (max_norm > 0 && std::isfinite(gn.norm)) {
+        const double coef = max_norm / (gn.norm + 1e-6);
+        if (coef < 1.0)
+            scale_grads(params, coef);
+    }
+    return gn.norm;
+}
+
+} // namespace forge
