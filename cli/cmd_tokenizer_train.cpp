@@ -54,8 +54,8 @@ void run_train(const TrainArgs& a) {
         std::fprintf(stderr,
                      "wrote %s: %zu tokens (%zu merges, %zu special) from %.2f MB, %llu words "
                      "(%llu distinct); counting %.3f s, merging %.3f s, %.1f MB/s\n",
-                     a.out.c_str(), bpe.tokens.size(), bpe.merges.size(),
-                     bpe.special_tokens.size(), mb, static_cast<unsigned long long>(s.n_words),
+                     a.out.c_str(), bpe.tokens.size(), bpe.merges.size(), bpe.special_tokens.size(),
+                     mb, static_cast<unsigned long long>(s.n_words),
                      static_cast<unsigned long long>(s.n_unique_words), s.count_seconds,
                      s.merge_seconds, total > 0 ? mb / total : 0.0);
         if (bpe.tokens.size() < opts.vocab_size)
@@ -88,18 +88,15 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     cmd->add_option("--special", args->specials,
                     "special tokens (ids 0, 1, ... in this order), e.g. '<|endoftext|>'")
         ->expected(0, -1);
-    cmd->add_option("--min-frequency", args->min_frequency,
-                    "stop when no pair occurs this often")
+    cmd->add_option("--min-frequency", args->min_frequency, "stop when no pair occurs this often")
         ->capture_default_str();
-    cmd->add_option("--pattern", args->pattern,
-                    "pre-tokenizer: gpt2, cl100k, or a PCRE2 regex")
+    cmd->add_option("--pattern", args->pattern, "pre-tokenizer: gpt2, cl100k, or a PCRE2 regex")
         ->capture_default_str();
     cmd->add_flag("--whole-text", args->whole_text,
                   "pre-split whole files instead of line by line (learns tokens like \"\\n\\n\")");
     cmd->add_flag("--seen-bytes-only", args->seen_bytes_only,
                   "only bytes seen in the data join the vocabulary (not all 256)");
-    cmd->add_option("--threads", args->threads, "counting threads (0: all)")
-        ->capture_default_str();
+    cmd->add_option("--threads", args->threads, "counting threads (0: all)")->capture_default_str();
     cmd->add_flag("--quiet", args->quiet, "print nothing on success");
     cmd->callback([args] { run_train(*args); });
 });

@@ -22,5 +22,6 @@ struct CommandRegistrar {
 #define FORGE_CLI_CONCAT_(a, b) a##b
 #define FORGE_CLI_CONCAT(a, b) FORGE_CLI_CONCAT_(a, b)
 /// FORGE_CLI_COMMAND([](CLI::App& root) { auto* cmd = root.add_subcommand(...); ... });
-#define FORGE_CLI_COMMAND(setup)                                                                   \
-    static ::forge::cli::CommandRegistrar FORGE_CLI_CONCAT(forge_cli_registrar_, __LINE__)(setup)
+#define FORGE_CLI_COMMAND(...)                                                                     \
+    static ::forge::cli::CommandRegistrar FORGE_CLI_CONCAT(forge_cli_registrar_,                   \
+                                                           __LINE__)(__VA_ARGS__)

@@ -5,6 +5,7 @@
 // above what was live before the call: inputs, output gradient and .grad buffers excluded.
 // Figures go to docs/PERF.md ("Attention").
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 
 #include <benchmark/benchmark.h>
@@ -24,7 +25,9 @@ using AttnFn = forge::Tensor (*)(const forge::Tensor&, const forge::Tensor&, con
 // FLOP of one causal forward: q k^T and p v, 2 * T^2 * D each per head, half of it under the
 // mask. The backward is counted as 2.5 forwards (5 matmuls against 2, the FlashAttention-2
 // convention), so a step is 3.5 forwards.
-double step_flop(int64_t T) { return 3.5 * 2.0 * 2.0 * double(T) * double(T) * kHeadDim * kHeads / 2; }
+double step_flop(int64_t T) {
+    return 3.5 * 2.0 * 2.0 * double(T) * double(T) * kHeadDim * kHeads / 2;
+}
 
 void run(benchmark::State& state, AttnFn fn, bool backward) {
     const int64_t T = state.range(0);
@@ -34,6 +37,7 @@ void run(benchmark::State& state, AttnFn fn, bool backward) {
     for (forge::Tensor* t : {&q, &k, &v})
         t->set_requires_grad(backward);
     size_t peak_extra = 0;
+    const auto t0 = std::chrono::steady_clock::now();
     for (auto _ : state) {
         for (forge::Tensor* t : {&q, &k, &v})
             t->zero_grad();
@@ -41,35 +45,71 @@ void run(benchmark::State& state, AttnFn fn, bool backward) {
         forge::cpu::reset_peak_memory();
         {
             forge::Tensor out = fn(q, k, v, forge::AttentionOptions{});
-            if (backward) out.backward(g);
+            if (backward)
+                out.backward(g);
             benchmark::DoNotOptimize(out.data_ptr());
         }
         peak_extra = std::max(peak_extra, forge::cpu::memory_stats().peak - base);
     }
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double flop = backward ? step_flop(T) : step_flop(T) / 3.5;
-    state.counters["GFLOP/s"] =
-        benchmark::Counter(flop / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] = flop * double(state.iterations()) / secs / 1e9;
     state.counters["peak_extra_MiB"] = double(peak_extra) / (1024.0 * 1024.0);
 }
 
-void BM_FlashFwdBwd(benchmark::State& s) { run(s, forge::attention, true); }
-void BM_NaiveFwdBwd(benchmark::State& s) { run(s, forge::attention_reference, true); }
-void BM_FlashFwd(benchmark::State& s) { run(s, forge::attention, false); }
-void BM_NaiveFwd(benchmark::State& s) { run(s, forge::attention_reference, false); }
+void BM_FlashFwdBwd(benchmark::State& s) {
+    run(s, forge::attention, true);
+}
+void BM_NaiveFwdBwd(benchmark::State& s) {
+    run(s, forge::attention_reference, true);
+}
+void BM_FlashFwd(benchmark::State& s) {
+    run(s, forge::attention, false);
+}
+void BM_NaiveFwd(benchmark::State& s) {
+    run(s, forge::attention_reference, false);
+}
 
 } // namespace
 
-BENCHMARK(BM_FlashFwdBwd)->Arg(256)->Arg(1024)->Arg(4096)->ArgName("T")->UseRealTime()
+BENCHMARK(BM_FlashFwdBwd)
+    ->Arg(256)
+    ->Arg(1024)
+    ->Arg(4096)
+    ->ArgName("T")
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 // The decomposition at T = 4096 holds several (12, 4096, 4096) f32 tensors (768 MiB each):
 // one iteration is enough.
-BENCHMARK(BM_NaiveFwdBwd)->Arg(256)->Arg(1024)->ArgName("T")->UseRealTime()
+BENCHMARK(BM_NaiveFwdBwd)
+    ->Arg(256)
+    ->Arg(1024)
+    ->ArgName("T")
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_NaiveFwdBwd)->Arg(4096)->ArgName("T")->Iterations(1)->UseRealTime()
+BENCHMARK(BM_NaiveFwdBwd)
+    ->Arg(4096)
+    ->ArgName("T")
+    ->Iterations(1)
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_FlashFwd)->Arg(256)->Arg(1024)->Arg(4096)->ArgName("T")->UseRealTime()
+BENCHMARK(BM_FlashFwd)
+    ->Arg(256)
+    ->Arg(1024)
+    ->Arg(4096)
+    ->ArgName("T")
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_NaiveFwd)->Arg(256)->Arg(1024)->ArgName("T")->UseRealTime()
+BENCHMARK(BM_NaiveFwd)
+    ->Arg(256)
+    ->Arg(1024)
+    ->ArgName("T")
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_NaiveFwd)->Arg(4096)->ArgName("T")->Iterations(1)->UseRealTime()
+BENCHMARK(BM_NaiveFwd)
+    ->Arg(4096)
+    ->ArgName("T")
+    ->Iterations(1)
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);

@@ -52,8 +52,12 @@ void train(benchmark::State& state, const char* file) {
     state.counters["merge_s"] = merge_s / static_cast<double>(state.iterations());
 }
 
-void BM_BpeTrain_Shakespeare(benchmark::State& state) { train(state, "tinyshakespeare.txt"); }
-void BM_BpeTrain_Mixed(benchmark::State& state) { train(state, "mixed.txt"); }
+void BM_BpeTrain_Shakespeare(benchmark::State& state) {
+    train(state, "tinyshakespeare.txt");
+}
+void BM_BpeTrain_Mixed(benchmark::State& state) {
+    train(state, "mixed.txt");
+}
 
 } // namespace
 

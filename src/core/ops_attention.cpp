@@ -28,8 +28,8 @@ AttentionDims check_attention(const char* op, const Tensor& q, const Tensor& k, 
     detail::check_float(op, k);
     detail::check_float(op, v);
     detail::check_same_device(op, {q, k, v});
-    const std::string shapes = "q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) +
-                               ", v " + shape_str(v.shape());
+    const std::string shapes =
+        "q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " + shape_str(v.shape());
     FORGE_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), "[", op, "] dtypes differ: q ",
                 dtype_name(q.dtype()), ", k ", dtype_name(k.dtype()), ", v ",
                 dtype_name(v.dtype()));
@@ -46,8 +46,8 @@ AttentionDims check_attention(const char* op, const Tensor& q, const Tensor& k, 
     FORGE_CHECK(!opts.causal || s.Tq <= s.Tk, "[", op, "] causal attention needs Tq <= Tk (", s.Tq,
                 " queries, ", s.Tk, " keys): ", shapes);
     FORGE_CHECK(std::isfinite(opts.scale), "[", op, "] scale must be finite, got ", opts.scale);
-    s.scale = opts.scale != 0.0f ? opts.scale
-                                 : float(1.0 / std::sqrt(double(std::max<int64_t>(s.D, 1))));
+    s.scale =
+        opts.scale != 0.0f ? opts.scale : float(1.0 / std::sqrt(double(std::max<int64_t>(s.D, 1))));
     return s;
 }
 
@@ -73,24 +73,24 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
     if (autograd::needs_grad({q, k, v})) {
         // The backward recomputes the probabilities from q, k and the saved lse (B, Hq, Tq):
         // O(T * D) saved state, never the (Tq, Tk) matrix.
-        autograd::record(
-            "attention", out, {q, k, v},
-            [qc, kc, vc, o = out_c.detach(), lse, s, causal, dt,
-             cdt](const Tensor& g) -> std::vector<Tensor> {
-                // The kernel overwrites dq, dk, dv; with no queries (Tq = 0) they stay zero.
-                const bool run = o.numel() > 0;
-                auto grad_like = [&](const Tensor& x) {
-                    return run ? Tensor::empty(x.shape(), cdt, x.device())
-                               : Tensor::zeros(x.shape(), cdt, x.device());
-                };
-                Tensor dq = grad_like(qc), dk = grad_like(kc), dv = grad_like(vc);
-                if (run) {
-                    Tensor gc = g.to(cdt).contiguous();
-                    detail::backend_of(qc).attention_backward(qc, kc, vc, o, lse, gc, s.scale,
-                                                              causal, dq, dk, dv);
-                }
-                return {dq.to(dt), dk.to(dt), dv.to(dt)};
-            });
+        autograd::record("attention", out, {q, k, v},
+                         [qc, kc, vc, o = out_c.detach(), lse, s, causal, dt,
+                          cdt](const Tensor& g) -> std::vector<Tensor> {
+                             // The kernel overwrites dq, dk, dv; with no queries (Tq = 0) they stay
+                             // zero.
+                             const bool run = o.numel() > 0;
+                             auto grad_like = [&](const Tensor& x) {
+                                 return run ? Tensor::empty(x.shape(), cdt, x.device())
+                                            : Tensor::zeros(x.shape(), cdt, x.device());
+                             };
+                             Tensor dq = grad_like(qc), dk = grad_like(kc), dv = grad_like(vc);
+                             if (run) {
+                                 Tensor gc = g.to(cdt).contiguous();
+                                 detail::backend_of(qc).attention_backward(
+                                     qc, kc, vc, o, lse, gc, s.scale, causal, dq, dk, dv);
+                             }
+                             return {dq.to(dt), dk.to(dt), dv.to(dt)};
+                         });
     }
     return out;
 }

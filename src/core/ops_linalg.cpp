@@ -20,8 +20,7 @@ constexpr const char* kOp = "matmul";
 
 // A view of base's storage with explicit geometry (offset in elements from the storage start).
 // Only for kernel arguments: it carries no autograd state.
-Tensor strided_view(const Tensor& base, const Shape& shape, const Shape& strides,
-                    int64_t offset) {
+Tensor strided_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset) {
     auto impl = std::make_shared<TensorImpl>();
     impl->storage = base.storage();
     impl->shape = shape;
@@ -38,12 +37,14 @@ bool normalise_matrix_strides(int64_t rows, int64_t cols, int64_t& rs, int64_t& 
     const int64_t r1 = std::max<int64_t>(rows, 1), c1 = std::max<int64_t>(cols, 1);
     if ((cols <= 1 || cs == 1) && (rows <= 1 || rs >= c1)) { // row-major
         cs = 1;
-        if (rows <= 1) rs = c1;
+        if (rows <= 1)
+            rs = c1;
         return true;
     }
     if ((rows <= 1 || rs == 1) && (cols <= 1 || cs >= r1)) { // column-major
         rs = 1;
-        if (cols <= 1) cs = r1;
+        if (cols <= 1)
+            cs = r1;
         return true;
     }
     return false;
@@ -60,7 +61,8 @@ bool kernel_strides(const Tensor& x, const Shape& batch, Shape& out) {
         out[d] = x.shape()[i] == 1 ? 0 : x.strides()[i];
     }
     int64_t rs = x.strides()[xr - 2], cs = x.strides()[xr - 1];
-    if (!normalise_matrix_strides(x.shape()[xr - 2], x.shape()[xr - 1], rs, cs)) return false;
+    if (!normalise_matrix_strides(x.shape()[xr - 2], x.shape()[xr - 1], rs, cs))
+        return false;
     out[nb] = rs;
     out[nb + 1] = cs;
     return true;
@@ -75,7 +77,8 @@ Tensor matmul_forward(Tensor a, Tensor b, const Shape& batch) {
     out_shape.push_back(M);
     out_shape.push_back(N);
     Tensor out = detail::empty_on(a, out_shape, a.dtype());
-    if (out.numel() == 0) return out;
+    if (out.numel() == 0)
+        return out;
     if (K == 0) {
         out.fill_(0.0);
         return out;
@@ -100,7 +103,8 @@ Tensor matmul_forward(Tensor a, Tensor b, const Shape& batch) {
     };
     std::vector<Group> groups; // outermost first
     for (int64_t d = 0; d < nb; ++d) {
-        if (batch[d] == 1) continue;
+        if (batch[d] == 1)
+            continue;
         Group g{batch[d], sa[d], sb[d], so[d]};
         if (!groups.empty()) {
             Group& p = groups.back();
@@ -112,7 +116,8 @@ Tensor matmul_forward(Tensor a, Tensor b, const Shape& batch) {
         groups.push_back(g);
     }
     Group inner = groups.empty() ? Group{1, 0, 0, 0} : groups.back();
-    if (!groups.empty()) groups.pop_back();
+    if (!groups.empty())
+        groups.pop_back();
 
     // A weight shared by the whole inner batch (x (B, T, K) @ w (K, N)) over row-major a whose
     // batch steps are whole matrices: fold the batch into the rows, one (B*T, K) x (K, N) GEMM
@@ -139,11 +144,13 @@ Tensor matmul_forward(Tensor a, Tensor b, const Shape& batch) {
         for (; d >= 0; --d) {
             const Group& g = groups[size_t(d)];
             oa += g.sa, ob += g.sb, oo += g.so;
-            if (++idx[size_t(d)] < g.n) break;
+            if (++idx[size_t(d)] < g.n)
+                break;
             oa -= g.sa * g.n, ob -= g.sb * g.n, oo -= g.so * g.n;
             idx[size_t(d)] = 0;
         }
-        if (d < 0) break;
+        if (d < 0)
+            break;
     }
     return out;
 }
@@ -157,9 +164,9 @@ Shape batch_shape(const Tensor& a, const Tensor& b, const Shape& a_orig, const S
     for (size_t i = 0; i < n; ++i) {
         const int64_t da = i < n - ba.size() ? 1 : ba[i - (n - ba.size())];
         const int64_t db = i < n - bb.size() ? 1 : bb[i - (n - bb.size())];
-        FORGE_CHECK(da == db || da == 1 || db == 1, "[matmul] shapes ", shape_str(a_orig),
-                    " and ", shape_str(b_orig), ": batch dims ", shape_str(ba), " and ",
-                    shape_str(bb), " do not broadcast");
+        FORGE_CHECK(da == db || da == 1 || db == 1, "[matmul] shapes ", shape_str(a_orig), " and ",
+                    shape_str(b_orig), ": batch dims ", shape_str(ba), " and ", shape_str(bb),
+                    " do not broadcast");
         out[i] = da == 1 ? db : da;
     }
     return out;
@@ -177,7 +184,8 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b, const Shape& batch) {
             b_c = b_c.to(DType::f32);
         }
         out = matmul_forward(a_c, b_c, batch);
-        if (is_half(dt)) out = out.to(dt);
+        if (is_half(dt))
+            out = out.to(dt);
     }
     if (autograd::needs_grad({a, b})) {
         const bool need_a = a.requires_grad(), need_b = b.requires_grad();
@@ -185,26 +193,27 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b, const Shape& batch) {
         // the batch dims its input was broadcast along.
         Tensor a_saved = need_b ? a.detach() : Tensor();
         Tensor b_saved = need_a ? b.detach() : Tensor();
-        autograd::record(
-            "matmul", out, {a, b},
-            [a_saved, b_saved, need_a, need_b, a_shape = a.shape(),
-             b_shape = b.shape()](const Tensor& g) -> std::vector<Tensor> {
-                Tensor ga, gb;
-                if (need_a) ga = sum_to(matmul(g, b_saved.transpose(-2, -1)), a_shape);
-                if (need_b) {
-                    if (b_shape.size() == 2 && a_shape.size() > 2) {
-                        // A weight shared across the batch (x @ W): one (K, R) x (R, N) GEMM
-                        // over all R = prod(batch) * M rows instead of a batch of products
-                        // summed afterwards.
-                        const int64_t K = a_shape.back(), N = b_shape.back();
-                        const int64_t R = shape_numel(a_shape) / std::max<int64_t>(K, 1);
-                        gb = matmul(a_saved.reshape({R, K}).t(), g.reshape({R, N}));
-                    } else {
-                        gb = sum_to(matmul(a_saved.transpose(-2, -1), g), b_shape);
-                    }
-                }
-                return {ga, gb};
-            });
+        autograd::record("matmul", out, {a, b},
+                         [a_saved, b_saved, need_a, need_b, a_shape = a.shape(),
+                          b_shape = b.shape()](const Tensor& g) -> std::vector<Tensor> {
+                             Tensor ga, gb;
+                             if (need_a)
+                                 ga = sum_to(matmul(g, b_saved.transpose(-2, -1)), a_shape);
+                             if (need_b) {
+                                 if (b_shape.size() == 2 && a_shape.size() > 2) {
+                                     // A weight shared across the batch (x @ W): one (K, R) x (R,
+                                     // N) GEMM over all R = prod(batch) * M rows instead of a batch
+                                     // of products summed afterwards.
+                                     const int64_t K = a_shape.back(), N = b_shape.back();
+                                     const int64_t R =
+                                         shape_numel(a_shape) / std::max<int64_t>(K, 1);
+                                     gb = matmul(a_saved.reshape({R, K}).t(), g.reshape({R, N}));
+                                 } else {
+                                     gb = sum_to(matmul(a_saved.transpose(-2, -1), g), b_shape);
+                                 }
+                             }
+                             return {ga, gb};
+                         });
     }
     return out;
 }
@@ -220,8 +229,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     FORGE_CHECK(a.dim() >= 1 && b.dim() >= 1, "[matmul] shapes ", shape_str(a.shape()), " and ",
                 shape_str(b.shape()), ": both need at least one dim");
     const int64_t ka = a.size(-1), kb = b.dim() == 1 ? b.size(0) : b.size(-2);
-    FORGE_CHECK(ka == kb, "[matmul] shapes ", shape_str(a.shape()), " and ",
-                shape_str(b.shape()), ": inner dims ", ka, " and ", kb, " differ");
+    FORGE_CHECK(ka == kb, "[matmul] shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
+                ": inner dims ", ka, " and ", kb, " differ");
 
     // 1-D operands as in numpy: a (K) is a (1, K) row, b (K) a (K, 1) column; the added dim
     // is dropped from the result. Views are differentiable, so the gradient flows through.
@@ -229,8 +238,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     const Tensor b2 = b.dim() == 1 ? b.unsqueeze(1) : b;
     const Shape batch = batch_shape(a2, b2, a.shape(), b.shape());
     Tensor out = matmul_nd(a2, b2, batch);
-    if (b.dim() == 1) out = out.squeeze(-1);
-    if (a.dim() == 1) out = out.squeeze(-1 - (b.dim() == 1 ? 0 : 1));
+    if (b.dim() == 1)
+        out = out.squeeze(-1);
+    if (a.dim() == 1)
+        out = out.squeeze(-1 - (b.dim() == 1 ? 0 : 1));
     return out;
 }
 

@@ -221,62 +221,56 @@ void BpeModel::merge_small(std::vector<TokenId>& syms) const {
 }
 
 void BpeModel::merge_large(std::vector<TokenId>& syms) const {
-    // Linked list of symbols + binary heap of candidate merges ordered by (rank, position).
-    // Entries go stale when a neighbour merges; they are checked when popped.
+    // Linked list of symbols + a min-heap of (rank << 32 | position) keys, 8 bytes each. A
+    // popped key is stale when its position died or its pair now merges with another rank;
+    // an equal rank means the same merge, so checking the rank is enough.
     std::size_t n = syms.size();
-    std::vector<int> prev(n), next(n);
+    std::vector<std::int32_t> prev(n), next(n);
     for (std::size_t i = 0; i < n; ++i) {
-        prev[i] = int(i) - 1;
-        next[i] = i + 1 < n ? int(i + 1) : -1;
+        prev[i] = std::int32_t(i) - 1;
+        next[i] = i + 1 < n ? std::int32_t(i + 1) : -1;
     }
-    struct Entry {
-        std::uint32_t rank;
-        int pos;
-        TokenId left, right, out;
-    };
-    auto later = [](const Entry& a, const Entry& b) {
-        return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos;
-    };
-    std::vector<Entry> heap;
+    std::vector<std::uint64_t> heap;
     heap.reserve(n);
     for (std::size_t i = 0; i + 1 < n; ++i)
         if (const PairMap::Value* v = pairs_.find(syms[i], syms[i + 1]))
-            heap.push_back({v->rank, int(i), syms[i], syms[i + 1], v->id});
+            heap.push_back((std::uint64_t(v->rank) << 32) | i);
+    auto later = std::greater<std::uint64_t>();
     std::make_heap(heap.begin(), heap.end(), later);
     std::vector<char> alive(n, 1);
+    auto push = [&](std::int32_t l, std::int32_t r) {
+        if (const PairMap::Value* v = pairs_.find(syms[std::size_t(l)], syms[std::size_t(r)])) {
+            heap.push_back((std::uint64_t(v->rank) << 32) | std::uint32_t(l));
+            std::push_heap(heap.begin(), heap.end(), later);
+        }
+    };
     while (!heap.empty()) {
         std::pop_heap(heap.begin(), heap.end(), later);
-        Entry e = heap.back();
+        std::uint64_t key = heap.back();
         heap.pop_back();
-        int p = e.pos;
-        if (!alive[p] || syms[p] != e.left)
+        auto p = std::int32_t(key & 0xffffffffu);
+        auto rank = std::uint32_t(key >> 32);
+        if (!alive[std::size_t(p)])
             continue;
-        int q = next[p];
-        if (q < 0 || syms[q] != e.right)
+        std::int32_t q = next[std::size_t(p)];
+        if (q < 0)
             continue;
-        syms[p] = e.out;
-        alive[q] = 0;
-        next[p] = next[q];
-        if (next[q] >= 0)
-            prev[next[q]] = p;
-        if (prev[p] >= 0) {
-            int l = prev[p];
-            if (const PairMap::Value* v = pairs_.find(syms[l], syms[p])) {
-                heap.push_back({v->rank, l, syms[l], syms[p], v->id});
-                std::push_heap(heap.begin(), heap.end(), later);
-            }
-        }
-        if (next[p] >= 0) {
-            int r = next[p];
-            if (const PairMap::Value* v = pairs_.find(syms[p], syms[r])) {
-                heap.push_back({v->rank, p, syms[p], syms[r], v->id});
-                std::push_heap(heap.begin(), heap.end(), later);
-            }
-        }
+        const PairMap::Value* v = pairs_.find(syms[std::size_t(p)], syms[std::size_t(q)]);
+        if (!v || v->rank != rank)
+            continue;
+        syms[std::size_t(p)] = v->id;
+        alive[std::size_t(q)] = 0;
+        next[std::size_t(p)] = next[std::size_t(q)];
+        if (next[std::size_t(q)] >= 0)
+            prev[std::size_t(next[std::size_t(q)])] = p;
+        if (prev[std::size_t(p)] >= 0)
+            push(prev[std::size_t(p)], p);
+        if (next[std::size_t(p)] >= 0)
+            push(p, next[std::size_t(p)]);
     }
     std::size_t k = 0;
-    for (int i = 0; i >= 0 && std::size_t(i) < n; i = next[i])
-        syms[k++] = syms[i];
+    for (std::int32_t i = 0; i >= 0; i = next[std::size_t(i)])
+        syms[k++] = syms[std::size_t(i)];
     syms.resize(k);
 }
 

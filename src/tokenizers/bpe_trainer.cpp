@@ -105,8 +105,9 @@ class Regex {
         if (!code_) {
             PCRE2_UCHAR buf[256];
             pcre2_get_error_message(err, buf, sizeof buf);
-            throw InvalidArgument(detail::str_cat("[bpe_trainer] bad pre-tokenizer regex at offset ",
-                                                  err_offset, ": ", reinterpret_cast<char*>(buf)));
+            throw InvalidArgument(
+                detail::str_cat("[bpe_trainer] bad pre-tokenizer regex at offset ", err_offset,
+                                ": ", reinterpret_cast<char*>(buf)));
         }
         jit_ = pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE) == 0;
     }
@@ -213,7 +214,9 @@ struct Word {
 };
 
 using PairKey = std::uint64_t; // (left << 32) | right: orders like the (left, right) tuple
-PairKey pair_key(std::uint32_t a, std::uint32_t b) { return (PairKey(a) << 32) | b; }
+PairKey pair_key(std::uint32_t a, std::uint32_t b) {
+    return (PairKey(a) << 32) | b;
+}
 
 struct HeapEntry {
     std::uint64_t count;
@@ -288,8 +291,7 @@ BpeTrainer::BpeTrainer(BpeTrainerOptions opts) : impl_(std::make_unique<Impl>())
                 opts.full_byte_alphabet ? "the 256 byte symbols" : "one byte symbol");
     FORGE_CHECK(opts.vocab_size <= 0xFFFFFFF0u, "[bpe_trainer] vocab_size ", opts.vocab_size,
                 " is too large");
-    FORGE_CHECK(opts.n_threads >= 0, "[bpe_trainer] n_threads must be >= 0, got ",
-                opts.n_threads);
+    FORGE_CHECK(opts.n_threads >= 0, "[bpe_trainer] n_threads must be >= 0, got ", opts.n_threads);
     impl_->regex = std::make_unique<Regex>(opts.pattern);
     impl_->opts = std::move(opts);
 }
@@ -298,8 +300,12 @@ BpeTrainer::~BpeTrainer() = default;
 BpeTrainer::BpeTrainer(BpeTrainer&&) noexcept = default;
 BpeTrainer& BpeTrainer::operator=(BpeTrainer&&) noexcept = default;
 
-const BpeTrainerOptions& BpeTrainer::options() const { return impl_->opts; }
-const BpeTrainerStats& BpeTrainer::stats() const { return impl_->stats; }
+const BpeTrainerOptions& BpeTrainer::options() const {
+    return impl_->opts;
+}
+const BpeTrainerStats& BpeTrainer::stats() const {
+    return impl_->stats;
+}
 
 void BpeTrainer::add_text(std::string_view text) {
     auto t0 = std::chrono::steady_clock::now();
@@ -319,8 +325,8 @@ void BpeTrainer::Impl::count_text(std::string_view text) {
             std::size_t best = std::string_view::npos, best_len = 0;
             for (const auto& sp : opts.special_tokens) {
                 std::size_t at = text.find(sp, pos);
-                if (at < best || (at == best && at != std::string_view::npos &&
-                                  sp.size() > best_len)) {
+                if (at < best ||
+                    (at == best && at != std::string_view::npos && sp.size() > best_len)) {
                     best = at;
                     best_len = sp.size();
                 }
@@ -606,9 +612,10 @@ std::string TrainedBpe::to_tokenizer_json() const {
     }
     out += special_tokens.empty() ? "],\n" : "\n  ],\n";
     out += "  \"normalizer\": null,\n";
-    std::string byte_level_pre = std::string("{\"type\": \"ByteLevel\", \"add_prefix_space\": false, "
-                                             "\"trim_offsets\": true, \"use_regex\": ") +
-                                 (gpt2 ? "true}" : "false}");
+    std::string byte_level_pre =
+        std::string("{\"type\": \"ByteLevel\", \"add_prefix_space\": false, "
+                    "\"trim_offsets\": true, \"use_regex\": ") +
+        (gpt2 ? "true}" : "false}");
     if (gpt2) {
         out += "  \"pre_tokenizer\": " + byte_level_pre + ",\n";
     } else {
@@ -620,10 +627,11 @@ std::string TrainedBpe::to_tokenizer_json() const {
     out += "  \"post_processor\": null,\n";
     out += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, "
            "\"trim_offsets\": true, \"use_regex\": true},\n";
-    out += "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": null,\n"
-           "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n"
-           "    \"fuse_unk\": false,\n    \"byte_fallback\": false,\n    \"ignore_merges\": false,\n"
-           "    \"vocab\": {";
+    out +=
+        "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": null,\n"
+        "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n"
+        "    \"fuse_unk\": false,\n    \"byte_fallback\": false,\n    \"ignore_merges\": false,\n"
+        "    \"vocab\": {";
     // A merge may spell an existing token (the id is then shared): write each key once.
     for (std::size_t i = 0; i < keys.size(); ++i) {
         out += i ? ",\n      " : "\n      ";

@@ -54,7 +54,9 @@ std::string token_text(const nlohmann::json& v) {
 
 } // namespace
 
-ChatTemplate ChatTemplate::chatml() { return ChatTemplate(kChatML); }
+ChatTemplate ChatTemplate::chatml() {
+    return ChatTemplate(kChatML);
+}
 
 ChatTemplate ChatTemplate::llama3() {
     ChatTemplate t(kLlama3);
@@ -62,15 +64,18 @@ ChatTemplate ChatTemplate::llama3() {
     return t;
 }
 
-ChatTemplate ChatTemplate::from_tokenizer_config(std::string_view config_json, std::string_view name) {
+ChatTemplate ChatTemplate::from_tokenizer_config(std::string_view config_json,
+                                                 std::string_view name) {
     nlohmann::json cfg;
     try {
         cfg = nlohmann::json::parse(config_json);
     } catch (const nlohmann::json::exception& e) {
-        throw InvalidArgument(std::string("[chat_template] tokenizer_config.json is not valid JSON: ") + e.what());
+        throw InvalidArgument(
+            std::string("[chat_template] tokenizer_config.json is not valid JSON: ") + e.what());
     }
     FORGE_CHECK(cfg.is_object(), "[chat_template] tokenizer_config.json must hold a JSON object");
-    FORGE_CHECK(cfg.contains("chat_template"), "[chat_template] tokenizer_config.json has no chat_template");
+    FORGE_CHECK(cfg.contains("chat_template"),
+                "[chat_template] tokenizer_config.json has no chat_template");
     const auto& ct = cfg["chat_template"];
     std::string source;
     if (ct.is_string()) {
@@ -85,28 +90,34 @@ ChatTemplate ChatTemplate::from_tokenizer_config(std::string_view config_json, s
             if (entry["name"].get<std::string>() == name)
                 source = entry["template"].get<std::string>();
         }
-        FORGE_CHECK(!source.empty(), "[chat_template] tokenizer_config.json has no chat template named '",
-                    name, "' (it has: ", names, ")");
+        FORGE_CHECK(!source.empty(),
+                    "[chat_template] tokenizer_config.json has no chat template named '", name,
+                    "' (it has: ", names, ")");
     } else {
-        throw InvalidArgument("[chat_template] chat_template in tokenizer_config.json must be a string or a list");
+        throw InvalidArgument(
+            "[chat_template] chat_template in tokenizer_config.json must be a string or a list");
     }
     ChatTemplate t(source);
-    t.impl_ = std::make_shared<const Impl>(source, cfg.contains("bos_token") ? token_text(cfg["bos_token"]) : "",
-                                           cfg.contains("eos_token") ? token_text(cfg["eos_token"]) : "");
+    t.impl_ = std::make_shared<const Impl>(
+        source, cfg.contains("bos_token") ? token_text(cfg["bos_token"]) : "",
+        cfg.contains("eos_token") ? token_text(cfg["eos_token"]) : "");
     return t;
 }
 
-std::string ChatTemplate::render(std::string_view messages_json, const ChatTemplateOptions& opts) const {
+std::string ChatTemplate::render(std::string_view messages_json,
+                                 const ChatTemplateOptions& opts) const {
     jinja::Value messages = jinja::from_json(messages_json, "messages");
     FORGE_CHECK(messages.is_array(), "[chat_template] messages must be a JSON array of messages");
     std::vector<std::pair<std::string, jinja::Value>> globals;
     globals.emplace_back("messages", std::move(messages));
-    globals.emplace_back("add_generation_prompt", jinja::Value::boolean(opts.add_generation_prompt));
+    globals.emplace_back("add_generation_prompt",
+                         jinja::Value::boolean(opts.add_generation_prompt));
     globals.emplace_back("bos_token", jinja::Value::string(opts.bos_token.value_or(impl_->bos)));
     globals.emplace_back("eos_token", jinja::Value::string(opts.eos_token.value_or(impl_->eos)));
     if (!opts.tools_json.empty()) {
         jinja::Value tools = jinja::from_json(opts.tools_json, "tools");
-        FORGE_CHECK(tools.is_array() || tools.is_none(), "[chat_template] tools must be a JSON array");
+        FORGE_CHECK(tools.is_array() || tools.is_none(),
+                    "[chat_template] tools must be a JSON array");
         globals.emplace_back("tools", std::move(tools));
     }
     if (!opts.extra_vars_json.empty()) {
@@ -118,9 +129,15 @@ std::string ChatTemplate::render(std::string_view messages_json, const ChatTempl
     return impl_->tmpl.render(globals);
 }
 
-const std::string& ChatTemplate::source() const { return impl_->source; }
-const std::string& ChatTemplate::default_bos_token() const { return impl_->bos; }
-const std::string& ChatTemplate::default_eos_token() const { return impl_->eos; }
+const std::string& ChatTemplate::source() const {
+    return impl_->source;
+}
+const std::string& ChatTemplate::default_bos_token() const {
+    return impl_->bos;
+}
+const std::string& ChatTemplate::default_eos_token() const {
+    return impl_->eos;
+}
 
 ChatTemplate::ChatTemplate(const ChatTemplate&) = default;
 ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;

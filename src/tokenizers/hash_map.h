@@ -43,6 +43,8 @@ inline std::uint64_t hash_u64(std::uint64_t k) {
 }
 
 /// string_view -> int32. Keys must outlive the map (they point into the vocabulary's storage).
+/// Slots are 16 bytes; keys up to 8 bytes (most tokens) are stored in the slot itself, so a
+/// lookup touches one cache line and never the key storage.
 class BytesMap {
   public:
     void reserve(std::size_t n) {
@@ -57,16 +59,21 @@ class BytesMap {
     void insert(std::string_view key, std::int32_t value) {
         if ((size_ + 1) * 2 > slots_.size())
             grow();
-        std::uint64_t h = hash_bytes(key.data(), key.size());
-        std::size_t i = h & mask_;
+        std::size_t i = hash_bytes(key.data(), key.size()) & mask_;
+        std::uint64_t word = pack(key);
         while (true) {
             Slot& s = slots_[i];
             if (s.value < 0) {
-                s = Slot{key.data(), static_cast<std::uint32_t>(key.size()), value, h};
+                s.len = static_cast<std::uint32_t>(key.size());
+                s.value = value;
+                if (key.size() <= 8)
+                    s.word = word;
+                else
+                    s.word = reinterpret_cast<std::uintptr_t>(key.data());
                 ++size_;
                 return;
             }
-            if (s.hash == h && s.len == key.size() && std::memcmp(s.ptr, key.data(), key.size()) == 0) {
+            if (equal(s, key, word)) {
                 s.value = value;
                 return;
             }
@@ -77,13 +84,13 @@ class BytesMap {
     std::int32_t find(std::string_view key) const {
         if (slots_.empty())
             return -1;
-        std::uint64_t h = hash_bytes(key.data(), key.size());
-        std::size_t i = h & mask_;
+        std::size_t i = hash_bytes(key.data(), key.size()) & mask_;
+        std::uint64_t word = pack(key);
         while (true) {
             const Slot& s = slots_[i];
             if (s.value < 0)
                 return -1;
-            if (s.hash == h && s.len == key.size() && std::memcmp(s.ptr, key.data(), key.size()) == 0)
+            if (equal(s, key, word))
                 return s.value;
             i = (i + 1) & mask_;
         }
@@ -92,17 +99,45 @@ class BytesMap {
 
   private:
     struct Slot {
-        const char* ptr = nullptr;
+        std::uint64_t word = 0; // the key's bytes (len <= 8) or a pointer to them
         std::uint32_t len = 0;
         std::int32_t value = -1;
-        std::uint64_t hash = 0;
     };
+    static std::uint64_t pack(std::string_view key) {
+        std::uint64_t w = 0;
+        if (key.size() <= 8)
+            std::memcpy(&w, key.data(), key.size());
+        return w;
+    }
+    static bool equal(const Slot& s, std::string_view key, std::uint64_t word) {
+        if (s.len != key.size())
+            return false;
+        if (key.size() <= 8)
+            return s.word == word;
+        return std::memcmp(reinterpret_cast<const char*>(s.word), key.data(), key.size()) == 0;
+    }
     void grow() {
         std::vector<Slot> old = std::move(slots_);
         reserve(old.empty() ? 16 : old.size());
-        for (const Slot& s : old)
-            if (s.value >= 0)
-                insert(std::string_view(s.ptr, s.len), s.value);
+        for (const Slot& s : old) {
+            if (s.value < 0)
+                continue;
+            if (s.len <= 8) {
+                char buf[8];
+                std::memcpy(buf, &s.word, 8);
+                // Inline keys must be re-inserted from a stable copy: keep them inline.
+                insert_inline(std::string_view(buf, s.len), s.word, s.value);
+            } else {
+                insert(std::string_view(reinterpret_cast<const char*>(s.word), s.len), s.value);
+            }
+        }
+    }
+    void insert_inline(std::string_view key, std::uint64_t word, std::int32_t value) {
+        std::size_t i = hash_bytes(key.data(), key.size()) & mask_;
+        while (slots_[i].value >= 0)
+            i = (i + 1) & mask_;
+        slots_[i] = Slot{word, static_cast<std::uint32_t>(key.size()), value};
+        ++size_;
     }
     std::vector<Slot> slots_;
     std::size_t mask_ = 0;

@@ -174,8 +174,25 @@ std::string config_token(const nlohmann::json& cfg, const char* key) {
 
 } // namespace
 
+namespace {
+std::shared_ptr<Tokenizer::Impl> load_hf_json_impl(std::string_view text, std::string_view origin,
+                                                   std::string_view config_text);
+}
+
 std::shared_ptr<Tokenizer::Impl> load_hf_json(std::string_view text, std::string_view origin,
                                               std::string_view config_text) {
+    try {
+        return load_hf_json_impl(text, origin, config_text);
+    } catch (const nlohmann::json::exception& e) {
+        // A field of an unexpected JSON type that a check above did not name.
+        throw InvalidArgument(detail::str_cat("[tokenizer] ", origin, ": unexpected contents: ", e.what()));
+    }
+}
+
+namespace {
+
+std::shared_ptr<Tokenizer::Impl> load_hf_json_impl(std::string_view text, std::string_view origin,
+                                                   std::string_view config_text) {
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(text.begin(), text.end());
@@ -276,5 +293,7 @@ std::shared_ptr<Tokenizer::Impl> load_hf_json(std::string_view text, std::string
         impl->pad = first_of({"<pad>", "[PAD]", "<|padding|>", "<|pad|>"});
     return impl;
 }
+
+} // namespace
 
 } // namespace forge::tok

@@ -18,6 +18,9 @@ namespace forge::tok {
 struct Pieces {
     std::vector<std::string_view> views;
     std::vector<std::unique_ptr<std::string>> storage;
+    /// Where the original text starts, when this text is at its start (HF's offset 0, which
+    /// Metaspace's prepend_scheme "first" looks at); nullptr otherwise.
+    const char* text_start = nullptr;
     std::string_view own(std::string s) {
         storage.push_back(std::make_unique<std::string>(std::move(s)));
         return *storage.back();
@@ -117,8 +120,10 @@ class Tokenizer::Impl {
   public:
     virtual ~Impl() = default;
 
-    /// Encodes text that holds no special tokens to be matched.
-    virtual void encode_ordinary(std::string_view text, std::vector<TokenId>& out) const = 0;
+    /// Encodes text that holds no special tokens to be matched. `at_start`: the text begins
+    /// the caller's input (false for text after an added token).
+    virtual void encode_ordinary(std::string_view text, std::vector<TokenId>& out,
+                                 bool at_start = true) const = 0;
     /// Appends the text of ids (special tokens included unless skipped).
     virtual void decode_append(std::span<const TokenId> ids, bool skip_special,
                                std::string& out) const = 0;
@@ -157,7 +162,8 @@ class PipelineImpl : public Tokenizer::Impl {
     /// Decoding is the concatenation of byte surfaces (byte-level model + ByteLevel decoder).
     bool concat_decode = false;
 
-    void encode_ordinary(std::string_view text, std::vector<TokenId>& out) const override;
+    void encode_ordinary(std::string_view text, std::vector<TokenId>& out,
+                         bool at_start = true) const override;
     void decode_append(std::span<const TokenId> ids, bool skip_special,
                        std::string& out) const override;
     std::string token(TokenId id) const override;
@@ -166,7 +172,7 @@ class PipelineImpl : public Tokenizer::Impl {
     std::string_view token_bytes(TokenId id) const override;
 
   private:
-    void encode_valid(std::string_view text, std::vector<TokenId>& out) const;
+    void encode_valid(std::string_view text, std::vector<TokenId>& out, bool at_start) const;
     const SpecialToken* special_for(TokenId id) const;
 };
 

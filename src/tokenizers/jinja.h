@@ -29,7 +29,17 @@ struct Args;
 using Function = std::function<Value(Args&)>;
 
 struct Value {
-    enum class Type { undefined, none, boolean, integer, floating, string, array, object, function };
+    enum class Type {
+        undefined,
+        none,
+        boolean,
+        integer,
+        floating,
+        string,
+        array,
+        object,
+        function
+    };
     Type type = Type::undefined;
     bool b = false;
     std::int64_t i = 0;
@@ -101,7 +111,7 @@ struct Args {
     std::vector<std::pair<std::string, Value>> kw;
     std::string where; // "line L, column C" of the call, for errors
     Value caller;      // the body of a {% call %} block, as a function (else undefined)
-    /// The argument named `name` or at `index`, else `fallback`; consumed ones are tracked.
+    /// The argument at position `index` or named `name`, else `fallback`.
     Value get(std::size_t index, std::string_view name, Value fallback = {}) const;
     bool has(std::size_t index, std::string_view name) const;
 };

@@ -12,33 +12,33 @@ namespace forge::jinja {
 
 enum class NodeKind {
     // statements
-    body,     // kids: statements
-    text,     // str: text to emit
-    output,   // kids[0]: expression
-    if_,      // kids: cond0, body0, cond1, body1, ... [, else body] (flag: has else)
-    for_,     // names: loop targets; kids: iterable, body, else body, [filter condition]
-    set,      // names: targets (one name, or "ns" + attr in str); kids[0]: value expr or body
-    macro,    // str: name; names: params; kids: body, then default exprs (nullptr = none)
+    body,       // kids: statements
+    text,       // str: text to emit
+    output,     // kids[0]: expression
+    if_,        // kids: cond0, body0, cond1, body1, ... [, else body] (flag: has else)
+    for_,       // names: loop targets; kids: iterable, body, else body, [filter condition]
+    set,        // names: targets (one name, or "ns" + attr in str); kids[0]: value expr or body
+    macro,      // str: name; names: params; kids: body, then default exprs (nullptr = none)
     call_block, // kids[0]: a call expression; kids[1]: body, rendered by the macro's caller()
     break_,
     continue_,
     // expressions
-    literal,  // value
-    name,     // str
-    list,     // kids: items
-    tuple,    // kids: items
-    dict,     // kids: key0, value0, key1, value1, ...
-    attr,     // kids[0].str
-    index,    // kids[0][kids[1]]
-    slice,    // kids[0][kids[1]:kids[2]:kids[3]] (nullptr = omitted)
-    call,     // kids[0](kids[1..]) with names[i-1] = keyword or ""
-    filter,   // str: filter name; kids[0] input, kids[1..] args, names: keywords
-    test,     // str: test name; kids[0] input, kids[1..] args; flag: negated
-    unary,    // str: "not", "-", "+"; kids[0]
-    binary,   // str: operator; kids[0], kids[1]
-    and_,     // kids[0], kids[1]
-    or_,      // kids[0], kids[1]
-    cond,     // kids[0] if kids[1] else kids[2] (nullptr: undefined)
+    literal, // value
+    name,    // str
+    list,    // kids: items
+    tuple,   // kids: items
+    dict,    // kids: key0, value0, key1, value1, ...
+    attr,    // kids[0].str
+    index,   // kids[0][kids[1]]
+    slice,   // kids[0][kids[1]:kids[2]:kids[3]] (nullptr = omitted)
+    call,    // kids[0](kids[1..]) with names[i-1] = keyword or ""
+    filter,  // str: filter name; kids[0] input, kids[1..] args, names: keywords
+    test,    // str: test name; kids[0] input, kids[1..] args; flag: negated
+    unary,   // str: "not", "-", "+"; kids[0]
+    binary,  // str: operator; kids[0], kids[1]
+    and_,    // kids[0], kids[1]
+    or_,     // kids[0], kids[1]
+    cond,    // kids[0] if kids[1] else kids[2] (nullptr: undefined)
 };
 
 struct Template::Node {

@@ -13,7 +13,19 @@ namespace {
 
 constexpr int kMaxDepth = 200; // nesting of blocks and expressions
 
-enum class Tok { text, var_begin, var_end, block_begin, block_end, name, string, integer, floating, op, end };
+enum class Tok {
+    text,
+    var_begin,
+    var_end,
+    block_begin,
+    block_end,
+    name,
+    string,
+    integer,
+    floating,
+    op,
+    end
+};
 
 struct Token {
     Tok type;
@@ -26,49 +38,63 @@ struct Token {
 struct Source {
     std::string_view text;
     std::vector<std::size_t> line_starts;
-    explicit Source(std::string_view t) : text(t) {
+    std::vector<std::uint32_t> chars_before; // characters (not UTF-8 continuation bytes) before pos
+    explicit Source(std::string_view t) : text(t), chars_before(t.size() + 1, 0) {
         line_starts.push_back(0);
-        for (std::size_t k = 0; k < t.size(); ++k)
+        for (std::size_t k = 0; k < t.size(); ++k) {
             if (t[k] == '\n')
                 line_starts.push_back(k + 1);
+            chars_before[k + 1] =
+                chars_before[k] + ((static_cast<unsigned char>(t[k]) & 0xC0) != 0x80 ? 1 : 0);
+        }
     }
     std::pair<int, int> line_col(std::size_t pos) const {
+        pos = std::min(pos, text.size());
         auto it = std::upper_bound(line_starts.begin(), line_starts.end(), pos);
-        auto line = static_cast<int>(it - line_starts.begin());
-        // column in characters (UTF-8 continuation bytes do not count)
-        int col = 1;
-        for (std::size_t k = line_starts[static_cast<std::size_t>(line - 1)]; k < pos && k < text.size();
-             ++k)
-            if ((static_cast<unsigned char>(text[k]) & 0xC0) != 0x80)
-                ++col;
-        return {line, col};
+        auto line = static_cast<std::size_t>(it - line_starts.begin());
+        auto col = chars_before[pos] - chars_before[line_starts[line - 1]] + 1;
+        return {static_cast<int>(line), static_cast<int>(col)};
     }
     [[noreturn]] void fail(std::size_t pos, const std::string& msg) const {
         auto [l, c] = line_col(pos);
-        throw InvalidArgument(detail::str_cat("[chat_template] syntax error at line ", l,
-                                              ", column ", c, ": ", msg));
+        throw InvalidArgument(
+            detail::str_cat("[chat_template] syntax error at line ", l, ", column ", c, ": ", msg));
     }
 };
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 bool is_name_start(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
 }
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
 
 std::string describe(const Token& t) {
     switch (t.type) {
-    case Tok::text: return "text";
-    case Tok::var_begin: return "'{{'";
-    case Tok::var_end: return "'}}'";
-    case Tok::block_begin: return "'{%'";
-    case Tok::block_end: return "'%}'";
-    case Tok::name: return "'" + t.s + "'";
-    case Tok::string: return "a string";
+    case Tok::text:
+        return "text";
+    case Tok::var_begin:
+        return "'{{'";
+    case Tok::var_end:
+        return "'}}'";
+    case Tok::block_begin:
+        return "'{%'";
+    case Tok::block_end:
+        return "'%}'";
+    case Tok::name:
+        return "'" + t.s + "'";
+    case Tok::string:
+        return "a string";
     case Tok::integer:
-    case Tok::floating: return "a number";
-    case Tok::op: return "'" + t.s + "'";
-    case Tok::end: return "the end of the template";
+    case Tok::floating:
+        return "a number";
+    case Tok::op:
+        return "'" + t.s + "'";
+    case Tok::end:
+        return "the end of the template";
     }
     return "?";
 }
@@ -131,8 +157,8 @@ class Lexer {
             pos = lex_inside(body, kind, start, minus_close);
             strip_all = minus_close;
             trim_newline = !minus_close && kind == '%';
-            if (kind == '%' && tokens_.size() == first_tok + 2 && tokens_[first_tok].type == Tok::name &&
-                tokens_[first_tok].s == "raw")
+            if (kind == '%' && tokens_.size() == first_tok + 2 &&
+                tokens_[first_tok].type == Tok::name && tokens_[first_tok].s == "raw")
                 pos = lex_raw(pos, start, strip_all, trim_newline);
         }
         tokens_.push_back({Tok::end, "", 0, 0, n});
@@ -145,7 +171,8 @@ class Lexer {
     std::vector<Token> tokens_;
 
     std::size_t find_tag(std::size_t from) const {
-        for (std::size_t k = s_.find('{', from); k != std::string_view::npos; k = s_.find('{', k + 1))
+        for (std::size_t k = s_.find('{', from); k != std::string_view::npos;
+             k = s_.find('{', k + 1))
             if (k + 1 < s_.size() && (s_[k + 1] == '{' || s_[k + 1] == '%' || s_[k + 1] == '#'))
                 return k;
         return std::string_view::npos;
@@ -289,17 +316,38 @@ class Lexer {
             char e = s_[k + 1];
             k += 2;
             switch (e) {
-            case 'n': out.push_back('\n'); break;
-            case 't': out.push_back('\t'); break;
-            case 'r': out.push_back('\r'); break;
-            case 'b': out.push_back('\b'); break;
-            case 'f': out.push_back('\f'); break;
-            case 'v': out.push_back('\v'); break;
-            case '0': out.push_back('\0'); break;
-            case '\\': out.push_back('\\'); break;
-            case '\'': out.push_back('\''); break;
-            case '"': out.push_back('"'); break;
-            case '\n': break; // line continuation
+            case 'n':
+                out.push_back('\n');
+                break;
+            case 't':
+                out.push_back('\t');
+                break;
+            case 'r':
+                out.push_back('\r');
+                break;
+            case 'b':
+                out.push_back('\b');
+                break;
+            case 'f':
+                out.push_back('\f');
+                break;
+            case 'v':
+                out.push_back('\v');
+                break;
+            case '0':
+                out.push_back('\0');
+                break;
+            case '\\':
+                out.push_back('\\');
+                break;
+            case '\'':
+                out.push_back('\'');
+                break;
+            case '"':
+                out.push_back('"');
+                break;
+            case '\n':
+                break; // line continuation
             case 'x':
             case 'u':
             case 'U': {
@@ -309,8 +357,10 @@ class Lexer {
                 std::uint32_t cp = 0;
                 for (std::size_t j = 0; j < len; ++j) {
                     char h = s_[k + j];
-                    int v = is_digit(h) ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10
-                                                  : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
+                    int v = is_digit(h)              ? h - '0'
+                            : (h >= 'a' && h <= 'f') ? h - 'a' + 10
+                            : (h >= 'A' && h <= 'F') ? h - 'A' + 10
+                                                     : -1;
                     if (v < 0)
                         src_.fail(k - 2, "bad \\" + std::string(1, e) + " escape");
                     cp = cp * 16 + static_cast<std::uint32_t>(v);
@@ -331,10 +381,12 @@ class Lexer {
     }
 
     // After `{% raw %}`: everything up to `{% endraw %}` is text.
-    std::size_t lex_raw(std::size_t pos, std::size_t tag_start, bool& strip_all, bool& trim_newline) {
+    std::size_t lex_raw(std::size_t pos, std::size_t tag_start, bool& strip_all,
+                        bool& trim_newline) {
         tokens_.resize(tokens_.size() - 3); // drop {% raw %}
         std::size_t n = s_.size();
-        for (std::size_t k = s_.find("{%", pos); k != std::string_view::npos; k = s_.find("{%", k + 2)) {
+        for (std::size_t k = s_.find("{%", pos); k != std::string_view::npos;
+             k = s_.find("{%", k + 2)) {
             std::size_t j = k + 2;
             bool minus_open = j < n && s_[j] == '-';
             if (minus_open)
@@ -401,7 +453,9 @@ class Parser {
         ~DepthGuard() { --p.depth_; }
     };
 
-    const Token& peek(std::size_t ahead = 0) const { return t_[std::min(p_ + ahead, t_.size() - 1)]; }
+    const Token& peek(std::size_t ahead = 0) const {
+        return t_[std::min(p_ + ahead, t_.size() - 1)];
+    }
     const Token& next() {
         const Token& t = t_[p_];
         if (p_ + 1 < t_.size())
@@ -475,9 +529,11 @@ class Parser {
                     if (name.s == e)
                         return body;
                 bool marker = name.s == "generation" || name.s == "endgeneration";
-                if (!marker && (name.s.rfind("end", 0) == 0 || name.s == "elif" || name.s == "else")) {
+                if (!marker &&
+                    (name.s.rfind("end", 0) == 0 || name.s == "elif" || name.s == "else")) {
                     if (ends.size() == 0)
-                        src_.fail(name.pos, "unexpected '" + name.s + "' with no open block to end");
+                        src_.fail(name.pos,
+                                  "unexpected '" + name.s + "' with no open block to end");
                     std::string want;
                     for (const char* e : ends)
                         want += std::string(want.empty() ? "'" : " or '") + e + "'";
@@ -494,9 +550,11 @@ class Parser {
     void expect_end_tag(const char* end, const Token& opener) {
         if (peek().type == Tok::end) {
             auto [l, c] = src_.line_col(opener.pos);
-            src_.fail(peek().pos, detail::str_cat("expected '{% ", end, " %}' before the end of "
-                                                  "the template (the '", opener.s, "' at line ", l,
-                                                  ", column ", c, " is not closed)"));
+            src_.fail(peek().pos, detail::str_cat("expected '{% ", end,
+                                                  " %}' before the end of "
+                                                  "the template (the '",
+                                                  opener.s, "' at line ", l, ", column ", c,
+                                                  " is not closed)"));
         }
         next(); // {%
         next(); // end name
@@ -582,7 +640,8 @@ class Parser {
                     n->names.push_back(expect_name("a variable name"));
                 }
             }
-            if (peek().type == Tok::block_end && n->names.size() == 1) { // {% set x %}...{% endset %}
+            if (peek().type == Tok::block_end &&
+                n->names.size() == 1) { // {% set x %}...{% endset %}
                 next();
                 n->flag = true;
                 n->kids.push_back(parse_body({"endset"}));

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <ctime>
 #include <cstdio>
+#include <ctime>
 #include <limits>
 #include <optional>
 
@@ -44,14 +44,22 @@ void Object::set(const std::string& key, Value v) {
 bool Value::truthy() const {
     switch (type) {
     case Type::undefined:
-    case Type::none: return false;
-    case Type::boolean: return b;
-    case Type::integer: return i != 0;
-    case Type::floating: return f != 0;
-    case Type::string: return !s.empty();
-    case Type::array: return !arr->empty();
-    case Type::object: return is_namespace || !obj->items.empty();
-    case Type::function: return true;
+    case Type::none:
+        return false;
+    case Type::boolean:
+        return b;
+    case Type::integer:
+        return i != 0;
+    case Type::floating:
+        return f != 0;
+    case Type::string:
+        return !s.empty();
+    case Type::array:
+        return !arr->empty();
+    case Type::object:
+        return is_namespace || !obj->items.empty();
+    case Type::function:
+        return true;
     }
     return false;
 }
@@ -80,7 +88,8 @@ std::string float_repr(double v) {
         if (exp < 0) {
             out = "0." + std::string(static_cast<std::size_t>(-exp - 1), '0') + digits;
         } else if (static_cast<std::size_t>(exp) + 1 >= digits.size()) {
-            out = digits + std::string(static_cast<std::size_t>(exp) + 1 - digits.size(), '0') + ".0";
+            out =
+                digits + std::string(static_cast<std::size_t>(exp) + 1 - digits.size(), '0') + ".0";
         } else {
             out = digits.substr(0, static_cast<std::size_t>(exp) + 1) + "." +
                   digits.substr(static_cast<std::size_t>(exp) + 1);
@@ -101,10 +110,18 @@ std::string py_repr_string(const std::string& s) {
     std::string out(1, q);
     for (char c : s) {
         switch (c) {
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
+        case '\\':
+            out += "\\\\";
+            break;
+        case '\n':
+            out += "\\n";
+            break;
+        case '\r':
+            out += "\\r";
+            break;
+        case '\t':
+            out += "\\t";
+            break;
         default:
             if (c == q) {
                 out += '\\';
@@ -156,15 +173,23 @@ std::string repr(const Value& v) {
 
 std::string Value::str() const {
     switch (type) {
-    case Type::undefined: return "";
-    case Type::none: return "None";
-    case Type::boolean: return b ? "True" : "False";
-    case Type::integer: return std::to_string(i);
-    case Type::floating: return float_repr(f);
-    case Type::string: return s;
+    case Type::undefined:
+        return "";
+    case Type::none:
+        return "None";
+    case Type::boolean:
+        return b ? "True" : "False";
+    case Type::integer:
+        return std::to_string(i);
+    case Type::floating:
+        return float_repr(f);
+    case Type::string:
+        return s;
     case Type::array:
-    case Type::object: return container_str(*this);
-    case Type::function: return "<function>";
+    case Type::object:
+        return container_str(*this);
+    case Type::function:
+        return "<function>";
     }
     return "";
 }
@@ -194,17 +219,22 @@ namespace {
 Value from_ordered_json(const nlohmann::ordered_json& j, int depth) {
     FORGE_CHECK(depth < 512, "[chat_template] JSON input is nested too deeply");
     switch (j.type()) {
-    case nlohmann::ordered_json::value_t::null: return Value::none();
-    case nlohmann::ordered_json::value_t::boolean: return Value::boolean(j.get<bool>());
-    case nlohmann::ordered_json::value_t::number_integer: return Value::integer(j.get<std::int64_t>());
+    case nlohmann::ordered_json::value_t::null:
+        return Value::none();
+    case nlohmann::ordered_json::value_t::boolean:
+        return Value::boolean(j.get<bool>());
+    case nlohmann::ordered_json::value_t::number_integer:
+        return Value::integer(j.get<std::int64_t>());
     case nlohmann::ordered_json::value_t::number_unsigned: {
         auto u = j.get<std::uint64_t>();
         if (u <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
             return Value::integer(static_cast<std::int64_t>(u));
         return Value::floating(static_cast<double>(u));
     }
-    case nlohmann::ordered_json::value_t::number_float: return Value::floating(j.get<double>());
-    case nlohmann::ordered_json::value_t::string: return Value::string(j.get<std::string>());
+    case nlohmann::ordered_json::value_t::number_float:
+        return Value::floating(j.get<double>());
+    case nlohmann::ordered_json::value_t::string:
+        return Value::string(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
         Array a;
         a.reserve(j.size());
@@ -215,10 +245,11 @@ Value from_ordered_json(const nlohmann::ordered_json& j, int depth) {
     case nlohmann::ordered_json::value_t::object: {
         Object o;
         for (const auto& [k, x] : j.items())
-            o.set(k, from_ordered_json(x, depth + 1));
+            o.items.emplace_back(k, from_ordered_json(x, depth + 1)); // keys are unique
         return Value::object(std::move(o));
     }
-    default: return Value::none();
+    default:
+        return Value::none();
     }
 }
 
@@ -226,13 +257,27 @@ void json_string(std::string& out, const std::string& s) {
     out += '"';
     for (char c : s) {
         switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
-        case '\b': out += "\\b"; break;
-        case '\f': out += "\\f"; break;
+        case '"':
+            out += "\\\"";
+            break;
+        case '\\':
+            out += "\\\\";
+            break;
+        case '\n':
+            out += "\\n";
+            break;
+        case '\r':
+            out += "\\r";
+            break;
+        case '\t':
+            out += "\\t";
+            break;
+        case '\b':
+            out += "\\b";
+            break;
+        case '\f':
+            out += "\\f";
+            break;
         default:
             if (static_cast<unsigned char>(c) < 0x20) {
                 char b[8];
@@ -248,18 +293,31 @@ void json_string(std::string& out, const std::string& s) {
 
 void json_dump(std::string& out, const Value& v, int indent, bool sort_keys, int depth) {
     FORGE_CHECK(depth < 512, "[chat_template] tojson: value is nested too deeply");
-    std::string pad = indent >= 0 ? "\n" + std::string(static_cast<std::size_t>(indent * (depth + 1)), ' ') : "";
-    std::string end_pad = indent >= 0 ? "\n" + std::string(static_cast<std::size_t>(indent * depth), ' ') : "";
+    std::string pad =
+        indent >= 0 ? "\n" + std::string(static_cast<std::size_t>(indent * (depth + 1)), ' ') : "";
+    std::string end_pad =
+        indent >= 0 ? "\n" + std::string(static_cast<std::size_t>(indent * depth), ' ') : "";
     const char* item_sep = indent >= 0 ? "," : ", ";
     switch (v.type) {
     case Value::Type::undefined:
-    case Value::Type::none: out += "null"; return;
-    case Value::Type::boolean: out += v.b ? "true" : "false"; return;
-    case Value::Type::integer: out += std::to_string(v.i); return;
-    case Value::Type::floating:
-        out += std::isfinite(v.f) ? float_repr(v.f) : (std::isnan(v.f) ? "NaN" : v.f < 0 ? "-Infinity" : "Infinity");
+    case Value::Type::none:
+        out += "null";
         return;
-    case Value::Type::string: json_string(out, v.s); return;
+    case Value::Type::boolean:
+        out += v.b ? "true" : "false";
+        return;
+    case Value::Type::integer:
+        out += std::to_string(v.i);
+        return;
+    case Value::Type::floating:
+        out += std::isfinite(v.f) ? float_repr(v.f)
+                                  : (std::isnan(v.f) ? "NaN"
+                                     : v.f < 0       ? "-Infinity"
+                                                     : "Infinity");
+        return;
+    case Value::Type::string:
+        json_string(out, v.s);
+        return;
     case Value::Type::array:
         if (v.arr->empty()) {
             out += "[]";
@@ -297,7 +355,8 @@ void json_dump(std::string& out, const Value& v, int indent, bool sort_keys, int
         out += end_pad + "}";
         return;
     }
-    case Value::Type::function: throw InvalidArgument("[chat_template] tojson: a function is not JSON");
+    case Value::Type::function:
+        throw InvalidArgument("[chat_template] tojson: a function is not JSON");
     }
 }
 
@@ -308,7 +367,8 @@ Value from_json(std::string_view json, std::string_view what) {
     try {
         j = nlohmann::ordered_json::parse(json);
     } catch (const nlohmann::json::exception& e) {
-        throw InvalidArgument(detail::str_cat("[chat_template] ", what, " is not valid JSON: ", e.what()));
+        throw InvalidArgument(
+            detail::str_cat("[chat_template] ", what, " is not valid JSON: ", e.what()));
     }
     return from_ordered_json(j, 0);
 }
@@ -324,10 +384,10 @@ std::string to_json(const Value& v, int indent, bool sort_keys) {
 
 namespace {
 
-constexpr std::uint64_t kMaxSteps = 2'000'000;    // node evaluations per render
-constexpr std::size_t kMaxOutput = 64u << 20;     // bytes of rendered text
-constexpr std::size_t kMaxItems = 1'000'000;      // elements one list may hold
-constexpr int kMaxCallDepth = 64;                 // nested macro calls
+constexpr std::uint64_t kMaxSteps = 2'000'000; // node evaluations per render
+constexpr std::size_t kMaxOutput = 64u << 20;  // bytes of rendered text
+constexpr std::size_t kMaxItems = 1'000'000;   // elements one list may hold
+constexpr int kMaxCallDepth = 64;              // nested macro calls
 
 struct Scope {
     std::vector<std::pair<std::string, Value>> vars;
@@ -358,7 +418,11 @@ std::vector<std::string> chars_of(const std::string& s) {
     std::vector<std::string> out;
     for (std::size_t k = 0; k < s.size();) {
         auto c = static_cast<unsigned char>(s[k]);
-        std::size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+        std::size_t len = c < 0x80         ? 1
+                          : (c >> 5) == 6  ? 2
+                          : (c >> 4) == 14 ? 3
+                          : (c >> 3) == 30 ? 4
+                                           : 1;
         if (k + len > s.size())
             len = 1;
         out.push_back(s.substr(k, len));
@@ -449,23 +513,36 @@ std::string title_case(const std::string& s) {
 
 const char* type_name(const Value& v) {
     switch (v.type) {
-    case Value::Type::undefined: return "undefined";
-    case Value::Type::none: return "none";
-    case Value::Type::boolean: return "bool";
-    case Value::Type::integer: return "int";
-    case Value::Type::floating: return "float";
-    case Value::Type::string: return "string";
-    case Value::Type::array: return "list";
-    case Value::Type::object: return v.is_namespace ? "namespace" : "dict";
-    case Value::Type::function: return "function";
+    case Value::Type::undefined:
+        return "undefined";
+    case Value::Type::none:
+        return "none";
+    case Value::Type::boolean:
+        return "bool";
+    case Value::Type::integer:
+        return "int";
+    case Value::Type::floating:
+        return "float";
+    case Value::Type::string:
+        return "string";
+    case Value::Type::array:
+        return "list";
+    case Value::Type::object:
+        return v.is_namespace ? "namespace" : "dict";
+    case Value::Type::function:
+        return "function";
     }
     return "?";
 }
 
 double as_double(const Value& v) {
-    return v.type == Value::Type::floating ? v.f : v.type == Value::Type::boolean ? (v.b ? 1 : 0) : static_cast<double>(v.i);
+    return v.type == Value::Type::floating  ? v.f
+           : v.type == Value::Type::boolean ? (v.b ? 1 : 0)
+                                            : static_cast<double>(v.i);
 }
-bool numeric(const Value& v) { return v.is_number() || v.type == Value::Type::boolean; }
+bool numeric(const Value& v) {
+    return v.is_number() || v.type == Value::Type::boolean;
+}
 
 bool equal(const Value& a, const Value& b) {
     if (numeric(a) && numeric(b)) {
@@ -479,8 +556,10 @@ bool equal(const Value& a, const Value& b) {
         return false;
     switch (a.type) {
     case Value::Type::undefined:
-    case Value::Type::none: return true;
-    case Value::Type::string: return a.s == b.s;
+    case Value::Type::none:
+        return true;
+    case Value::Type::string:
+        return a.s == b.s;
     case Value::Type::array:
         if (a.arr->size() != b.arr->size())
             return false;
@@ -497,8 +576,10 @@ bool equal(const Value& a, const Value& b) {
                 return false;
         }
         return true;
-    case Value::Type::function: return a.fn == b.fn;
-    default: return false;
+    case Value::Type::function:
+        return a.fn == b.fn;
+    default:
+        return false;
     }
 }
 
@@ -513,10 +594,12 @@ class Interp {
     int call_depth_ = 0;
 
     [[noreturn]] void fail(const Node& n, const std::string& msg) const {
-        throw InvalidArgument(detail::str_cat("[chat_template] line ", n.line, ", column ", n.col,
-                                              ": ", msg));
+        throw InvalidArgument(
+            detail::str_cat("[chat_template] line ", n.line, ", column ", n.col, ": ", msg));
     }
-    static std::string where(const Node& n) { return detail::str_cat("line ", n.line, ", column ", n.col); }
+    static std::string where(const Node& n) {
+        return detail::str_cat("line ", n.line, ", column ", n.col);
+    }
 
     void tick(const Node& n) {
         if (++steps_ > kMaxSteps)
@@ -536,8 +619,12 @@ class Interp {
             for (const auto& k : n.kids)
                 exec(*k, scope);
             return;
-        case NodeKind::text: emit(n, n.str); return;
-        case NodeKind::output: emit(n, eval(*n.kids[0], scope).str()); return;
+        case NodeKind::text:
+            emit(n, n.str);
+            return;
+        case NodeKind::output:
+            emit(n, eval(*n.kids[0], scope).str());
+            return;
         case NodeKind::if_: {
             std::size_t k = 0;
             for (; k + 1 < n.kids.size(); k += 2)
@@ -549,9 +636,15 @@ class Interp {
                 exec(*n.kids.back(), scope);
             return;
         }
-        case NodeKind::for_: exec_for(n, scope); return;
-        case NodeKind::set: exec_set(n, scope); return;
-        case NodeKind::macro: define_macro(n, scope); return;
+        case NodeKind::for_:
+            exec_for(n, scope);
+            return;
+        case NodeKind::set:
+            exec_set(n, scope);
+            return;
+        case NodeKind::macro:
+            define_macro(n, scope);
+            return;
         case NodeKind::call_block: {
             const Node& call = *n.kids[0];
             Value f = eval(*call.kids[0], scope);
@@ -570,15 +663,19 @@ class Interp {
             emit(n, (*f.fn)(args).str());
             return;
         }
-        case NodeKind::break_: throw BreakSignal{};
-        case NodeKind::continue_: throw ContinueSignal{};
-        default: fail(n, "internal error: expression where a statement belongs");
+        case NodeKind::break_:
+            throw BreakSignal{};
+        case NodeKind::continue_:
+            throw ContinueSignal{};
+        default:
+            fail(n, "internal error: expression where a statement belongs");
         }
     }
 
     std::vector<Value> iterate(const Node& n, const Value& v) {
         switch (v.type) {
-        case Value::Type::array: return *v.arr;
+        case Value::Type::array:
+            return *v.arr;
         case Value::Type::object: {
             std::vector<Value> keys;
             for (const auto& [k, x] : v.obj->items)
@@ -592,12 +689,15 @@ class Interp {
             return cs;
         }
         case Value::Type::undefined:
-        case Value::Type::none: return {};
-        default: fail(n, std::string("cannot loop over a value of type ") + type_name(v));
+        case Value::Type::none:
+            return {};
+        default:
+            fail(n, std::string("cannot loop over a value of type ") + type_name(v));
         }
     }
 
-    void bind_targets(const Node& n, Scope& scope, const std::vector<std::string>& names, const Value& v) {
+    void bind_targets(const Node& n, Scope& scope, const std::vector<std::string>& names,
+                      const Value& v) {
         if (names.size() == 1) {
             scope.set(names[0], v);
             return;
@@ -628,8 +728,8 @@ class Interp {
         auto len = static_cast<std::int64_t>(items.size());
         // One `loop` object per loop, advanced in place (as Jinja's LoopContext is).
         Value loop = Value::object();
-        for (const char* key : {"index", "index0", "revindex", "revindex0", "first", "last", "length",
-                                "previtem", "nextitem"})
+        for (const char* key : {"index", "index0", "revindex", "revindex0", "first", "last",
+                                "length", "previtem", "nextitem"})
             loop.obj->items.emplace_back(key, Value{});
         loop_scope->set("loop", loop);
         auto& f = loop.obj->items;
@@ -671,7 +771,8 @@ class Interp {
         if (!n.str.empty()) { // set ns.attr = v
             Value* target = scope->find(n.names[0]);
             if (!target || !target->is_object() || !target->is_namespace)
-                fail(n, "'" + n.names[0] + "' is not a namespace(): only namespace attributes can be set");
+                fail(n, "'" + n.names[0] +
+                            "' is not a namespace(): only namespace attributes can be set");
             target->obj->set(n.str, std::move(v));
             return;
         }
@@ -681,48 +782,50 @@ class Interp {
     void define_macro(const Node& n, const ScopePtr& scope) {
         const Node* node = &n;
         std::weak_ptr<Scope> weak = scope; // the macro lives in this scope: no reference cycle
-        scope->set(n.str, Value::function([this, node, weak](Args& args) -> Value {
-            auto defining = weak.lock();
-            if (!defining)
-                fail(*node, "macro '" + node->str + "' called after its scope ended");
-            if (++call_depth_ > kMaxCallDepth) {
-                call_depth_ = 0;
-                fail(*node, "macro '" + node->str + "' recursed too deeply");
-            }
-            auto local = std::make_shared<Scope>();
-            local->parent = defining;
-            const auto& params = node->names;
-            if (args.pos.size() > params.size())
-                fail(*node, detail::str_cat("macro '", node->str, "' takes ", params.size(),
-                                            " arguments, got ", args.pos.size()));
-            for (const auto& [k, v] : args.kw)
-                if (std::find(params.begin(), params.end(), k) == params.end())
-                    fail(*node, "macro '" + node->str + "' has no parameter '" + k + "'");
-            if (!args.caller.is_undefined())
-                local->set("caller", args.caller);
-            for (std::size_t k = 0; k < params.size(); ++k) {
-                if (args.has(k, params[k]))
-                    local->set(params[k], args.get(k, params[k]));
-                else if (node->kids[k + 1])
-                    local->set(params[k], eval(*node->kids[k + 1], local));
-                else
-                    local->set(params[k], Value{});
-            }
-            std::string saved = std::move(out);
-            out.clear();
-            exec(*node->kids[0], local);
-            Value result = Value::string(std::move(out));
-            out = std::move(saved);
-            --call_depth_;
-            return result;
-        }));
+        scope->set(
+            n.str, Value::function([this, node, weak](Args& args) -> Value {
+                auto defining = weak.lock();
+                if (!defining)
+                    fail(*node, "macro '" + node->str + "' called after its scope ended");
+                if (++call_depth_ > kMaxCallDepth) {
+                    call_depth_ = 0;
+                    fail(*node, "macro '" + node->str + "' recursed too deeply");
+                }
+                auto local = std::make_shared<Scope>();
+                local->parent = defining;
+                const auto& params = node->names;
+                if (args.pos.size() > params.size())
+                    fail(*node, detail::str_cat("macro '", node->str, "' takes ", params.size(),
+                                                " arguments, got ", args.pos.size()));
+                for (const auto& [k, v] : args.kw)
+                    if (std::find(params.begin(), params.end(), k) == params.end())
+                        fail(*node, "macro '" + node->str + "' has no parameter '" + k + "'");
+                if (!args.caller.is_undefined())
+                    local->set("caller", args.caller);
+                for (std::size_t k = 0; k < params.size(); ++k) {
+                    if (args.has(k, params[k]))
+                        local->set(params[k], args.get(k, params[k]));
+                    else if (node->kids[k + 1])
+                        local->set(params[k], eval(*node->kids[k + 1], local));
+                    else
+                        local->set(params[k], Value{});
+                }
+                std::string saved = std::move(out);
+                out.clear();
+                exec(*node->kids[0], local);
+                Value result = Value::string(std::move(out));
+                out = std::move(saved);
+                --call_depth_;
+                return result;
+            }));
     }
 
     // --- expressions ---
     Value eval(const Node& n, const ScopePtr& scope) {
         tick(n);
         switch (n.kind) {
-        case NodeKind::literal: return n.value;
+        case NodeKind::literal:
+            return n.value;
         case NodeKind::name: {
             if (Value* v = scope->find(n.str))
                 return *v;
@@ -740,14 +843,18 @@ class Interp {
             for (std::size_t k = 0; k + 1 < n.kids.size(); k += 2) {
                 Value key = eval(*n.kids[k], scope);
                 if (!key.is_string())
-                    fail(*n.kids[k], std::string("dict keys must be strings here, got ") + type_name(key));
+                    fail(*n.kids[k],
+                         std::string("dict keys must be strings here, got ") + type_name(key));
                 o.set(key.s, eval(*n.kids[k + 1], scope));
             }
             return Value::object(std::move(o));
         }
-        case NodeKind::attr: return get_attr(n, eval(*n.kids[0], scope), n.str);
-        case NodeKind::index: return get_item(n, eval(*n.kids[0], scope), eval(*n.kids[1], scope));
-        case NodeKind::slice: return slice(n, scope);
+        case NodeKind::attr:
+            return get_attr(n, eval(*n.kids[0], scope), n.str);
+        case NodeKind::index:
+            return get_item(n, eval(*n.kids[0], scope), eval(*n.kids[1], scope));
+        case NodeKind::slice:
+            return slice(n, scope);
         case NodeKind::call: {
             Value f = eval(*n.kids[0], scope);
             Args args = eval_args(n, scope, 1);
@@ -765,8 +872,8 @@ class Interp {
             return apply_filter(n, n.str, input, args, scope);
         }
         case NodeKind::test: {
-            Value input = n.str == "defined" || n.str == "undefined" ? eval_lenient(*n.kids[0], scope)
-                                                                      : eval(*n.kids[0], scope);
+            // attributes of undefined values are undefined too, so `a.b.c is defined` is safe
+            Value input = eval(*n.kids[0], scope);
             Args args = eval_args(n, scope, 1);
             bool r = apply_test(n, n.str, input, args);
             return Value::boolean(n.flag ? !r : r);
@@ -775,8 +882,11 @@ class Interp {
             Value v = eval(*n.kids[0], scope);
             if (n.str == "not")
                 return Value::boolean(!v.truthy());
-            if (v.type == Value::Type::integer)
+            if (v.type == Value::Type::integer) {
+                if (n.str == "-" && v.i == std::numeric_limits<std::int64_t>::min())
+                    fail(n, "integer overflow in unary -");
                 return Value::integer(n.str == "-" ? -v.i : v.i);
+            }
             if (v.type == Value::Type::floating)
                 return Value::floating(n.str == "-" ? -v.f : v.f);
             fail(n, "bad operand type for unary " + n.str + ": " + type_name(v));
@@ -793,13 +903,12 @@ class Interp {
             if (eval(*n.kids[1], scope).truthy())
                 return eval(*n.kids[0], scope);
             return n.kids[2] ? eval(*n.kids[2], scope) : Value{};
-        case NodeKind::binary: return binary(n, eval(*n.kids[0], scope), eval(*n.kids[1], scope));
-        default: fail(n, "internal error: statement where an expression belongs");
+        case NodeKind::binary:
+            return binary(n, eval(*n.kids[0], scope), eval(*n.kids[1], scope));
+        default:
+            fail(n, "internal error: statement where an expression belongs");
         }
     }
-
-    // `x is defined` must not fail on a missing attribute of an undefined value.
-    Value eval_lenient(const Node& n, const ScopePtr& scope) { return eval(n, scope); }
 
     Args eval_args(const Node& n, const ScopePtr& scope, std::size_t first) {
         Args args;
@@ -871,7 +980,8 @@ class Interp {
         auto start = bound(n.kids[1], "start");
         auto stop = bound(n.kids[2], "stop");
         auto step_opt = bound(n.kids[3], "step");
-        std::int64_t step = step_opt.value_or(1);
+        std::int64_t step =
+            std::max(step_opt.value_or(1), -std::numeric_limits<std::int64_t>::max());
         if (step == 0)
             fail(n, "slice step cannot be zero");
         std::vector<Value> items;
@@ -887,7 +997,8 @@ class Interp {
             fail(n, std::string("cannot slice a ") + type_name(v));
         }
         auto len = static_cast<std::int64_t>(items.size());
-        auto clamp = [&](std::optional<std::int64_t> x, std::int64_t dflt, std::int64_t lo, std::int64_t hi) {
+        auto clamp = [&](std::optional<std::int64_t> x, std::int64_t dflt, std::int64_t lo,
+                         std::int64_t hi) {
             if (!x)
                 return dflt;
             std::int64_t k = *x < 0 ? *x + len : *x;
@@ -896,11 +1007,11 @@ class Interp {
         std::vector<Value> out;
         if (step > 0) {
             std::int64_t a = clamp(start, 0, 0, len), b = clamp(stop, len, 0, len);
-            for (std::int64_t k = a; k < b; k += step)
+            for (std::int64_t k = a; k<b; k = b - k> step ? k + step : b)
                 out.push_back(items[static_cast<std::size_t>(k)]);
         } else {
             std::int64_t a = clamp(start, len - 1, -1, len - 1), b = clamp(stop, -1, -1, len - 1);
-            for (std::int64_t k = a; k > b; k += step)
+            for (std::int64_t k = a; k > b; k = k - b > -step ? k + step : b)
                 out.push_back(items[static_cast<std::size_t>(k)]);
         }
         if (is_str) {
@@ -923,13 +1034,15 @@ class Interp {
             if (b.is_string() && a.is_string()) {
                 r = b.s.find(a.s) != std::string::npos;
             } else if (b.is_array()) {
-                r = std::any_of(b.arr->begin(), b.arr->end(), [&](const Value& x) { return equal(a, x); });
+                r = std::any_of(b.arr->begin(), b.arr->end(),
+                                [&](const Value& x) { return equal(a, x); });
             } else if (b.is_object()) {
                 r = a.is_string() && b.obj->find(a.s) != nullptr;
             } else if (b.is_undefined() || b.is_none()) {
                 r = false;
             } else {
-                fail(n, std::string("'in' needs a string, list or dict on its right, got ") + type_name(b));
+                fail(n, std::string("'in' needs a string, list or dict on its right, got ") +
+                            type_name(b));
             }
             return Value::boolean(op == "in" ? r : !r);
         }
@@ -944,7 +1057,8 @@ class Interp {
                 c = a.s.compare(b.s);
                 c = c < 0 ? -1 : c > 0 ? 1 : 0;
             } else {
-                fail(n, std::string("cannot compare ") + type_name(a) + " and " + type_name(b) + " with " + op);
+                fail(n, std::string("cannot compare ") + type_name(a) + " and " + type_name(b) +
+                            " with " + op);
             }
             bool r = op == "<" ? c < 0 : op == ">" ? c > 0 : op == "<=" ? c <= 0 : c >= 0;
             return Value::boolean(r);
@@ -959,7 +1073,9 @@ class Interp {
             }
         }
         if (op == "*") {
-            const Value* seq = a.is_string() || a.is_array() ? &a : b.is_string() || b.is_array() ? &b : nullptr;
+            const Value* seq = a.is_string() || a.is_array()   ? &a
+                               : b.is_string() || b.is_array() ? &b
+                                                               : nullptr;
             const Value* cnt = seq == &a ? &b : &a;
             if (seq && cnt->type == Value::Type::integer) {
                 std::int64_t times = std::max<std::int64_t>(0, cnt->i);
@@ -987,28 +1103,43 @@ class Interp {
             }
             if (fl) {
                 double x = as_double(a), y = as_double(b);
-                if (op == "+") return Value::floating(x + y);
-                if (op == "-") return Value::floating(x - y);
-                if (op == "*") return Value::floating(x * y);
-                if (op == "**") return Value::floating(std::pow(x, y));
+                if (op == "+")
+                    return Value::floating(x + y);
+                if (op == "-")
+                    return Value::floating(x - y);
+                if (op == "*")
+                    return Value::floating(x * y);
+                if (op == "**")
+                    return Value::floating(std::pow(x, y));
                 if (y == 0)
                     fail(n, "division by zero");
-                if (op == "//") return Value::floating(std::floor(x / y));
-                if (op == "%") return Value::floating(x - y * std::floor(x / y));
+                if (op == "//")
+                    return Value::floating(std::floor(x / y));
+                if (op == "%")
+                    return Value::floating(x - y * std::floor(x / y));
             } else {
                 std::int64_t x = a.type == Value::Type::boolean ? a.b : a.i;
                 std::int64_t y = b.type == Value::Type::boolean ? b.b : b.i;
                 std::int64_t r = 0;
                 bool overflow = false;
-                if (op == "+") overflow = __builtin_add_overflow(x, y, &r);
-                else if (op == "-") overflow = __builtin_sub_overflow(x, y, &r);
-                else if (op == "*") overflow = __builtin_mul_overflow(x, y, &r);
+                if (op == "+")
+                    overflow = __builtin_add_overflow(x, y, &r);
+                else if (op == "-")
+                    overflow = __builtin_sub_overflow(x, y, &r);
+                else if (op == "*")
+                    overflow = __builtin_mul_overflow(x, y, &r);
                 else if (op == "**") {
                     if (y < 0)
-                        return Value::floating(std::pow(static_cast<double>(x), static_cast<double>(y)));
+                        return Value::floating(
+                            std::pow(static_cast<double>(x), static_cast<double>(y)));
                     r = 1;
-                    for (std::int64_t k = 0; k < y && !overflow; ++k)
-                        overflow = __builtin_mul_overflow(r, x, &r);
+                    std::int64_t base = x; // square-and-multiply: O(log y) steps
+                    for (std::int64_t e = y; e > 0 && !overflow; e >>= 1) {
+                        if (e & 1)
+                            overflow = __builtin_mul_overflow(r, base, &r);
+                        if (e > 1 && !overflow)
+                            overflow = __builtin_mul_overflow(base, base, &base);
+                    }
                 } else {
                     if (y == 0)
                         fail(n, "division by zero");
@@ -1028,7 +1159,8 @@ class Interp {
                 return Value::integer(r);
             }
         }
-        fail(n, std::string("unsupported operand types for ") + op + ": " + type_name(a) + " and " + type_name(b));
+        fail(n, std::string("unsupported operand types for ") + op + ": " + type_name(a) + " and " +
+                    type_name(b));
     }
 
     // --- attributes and methods ---
@@ -1105,7 +1237,9 @@ class Interp {
             });
         }
         if (name == "upper" || name == "lower")
-            return method(v, [name](const Value& s, Args&) { return Value::string(map_case(s.s, name == "upper")); });
+            return method(v, [name](const Value& s, Args&) {
+                return Value::string(map_case(s.s, name == "upper"));
+            });
         if (name == "capitalize")
             return method(v, [](const Value& s, Args&) { return Value::string(capitalize(s.s)); });
         if (name == "title")
@@ -1122,8 +1256,9 @@ class Interp {
                         if (o.is_string())
                             options.push_back(o.s);
                 if (options.empty())
-                    throw InvalidArgument(detail::str_cat("[chat_template] ", a.where, ": ", name,
-                                                          "() needs a string or a tuple of strings"));
+                    throw InvalidArgument(
+                        detail::str_cat("[chat_template] ", a.where, ": ", name,
+                                        "() needs a string or a tuple of strings"));
                 for (const auto& o : options) {
                     bool hit = starts ? s.s.compare(0, o.size(), o) == 0 && s.s.size() >= o.size()
                                       : s.s.size() >= o.size() &&
@@ -1163,7 +1298,8 @@ class Interp {
                     return Value::array(std::move(parts));
                 }
                 if (sep.s.empty())
-                    throw InvalidArgument(detail::str_cat("[chat_template] ", a.where, ": split(): empty separator"));
+                    throw InvalidArgument(
+                        detail::str_cat("[chat_template] ", a.where, ": split(): empty separator"));
                 std::size_t pos = 0;
                 while (true) {
                     if (maxsplit >= 0 && static_cast<std::int64_t>(parts.size()) >= maxsplit)
@@ -1198,7 +1334,8 @@ class Interp {
                 std::size_t at = s.s.find(str_arg(a, 0, "sub"));
                 if (at == std::string::npos)
                     return Value::integer(-1);
-                return Value::integer(static_cast<std::int64_t>(chars_of(s.s.substr(0, at)).size()));
+                return Value::integer(
+                    static_cast<std::int64_t>(chars_of(s.s.substr(0, at)).size()));
             });
         if (name == "count")
             return method(v, [str_arg](const Value& s, Args& a) {
@@ -1206,7 +1343,8 @@ class Interp {
                 std::int64_t c = 0;
                 if (sub.empty())
                     return Value::integer(static_cast<std::int64_t>(chars_of(s.s).size()) + 1);
-                for (std::size_t at = s.s.find(sub); at != std::string::npos; at = s.s.find(sub, at + sub.size()))
+                for (std::size_t at = s.s.find(sub); at != std::string::npos;
+                     at = s.s.find(sub, at + sub.size()))
                     ++c;
                 return Value::integer(c);
             });
@@ -1221,8 +1359,10 @@ class Interp {
                     auto cat = utf8proc_category(cp);
                     bool letter = cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
                     bool digit = cat == UTF8PROC_CATEGORY_ND;
-                    bool ok = name == "isdigit" ? digit : name == "isspace" ? is_py_space(c)
-                              : name == "isalpha" ? letter : (letter || digit);
+                    bool ok = name == "isdigit"   ? digit
+                              : name == "isspace" ? is_py_space(c)
+                              : name == "isalpha" ? letter
+                                                  : (letter || digit);
                     if (!ok)
                         return Value::boolean(false);
                 }
@@ -1231,8 +1371,8 @@ class Interp {
         return Value{};
     }
 
-    static std::string replace_all(const std::string& s, const std::string& from, const std::string& to,
-                                   std::int64_t count) {
+    static std::string replace_all(const std::string& s, const std::string& from,
+                                   const std::string& to, std::int64_t count) {
         if (from.empty()) { // Python inserts `to` between every character
             std::string r;
             auto cs = chars_of(s);
@@ -1300,11 +1440,13 @@ class Interp {
                 auto geti = [&](std::size_t k) {
                     const Value& x = a.pos[k];
                     if (x.type != Value::Type::integer)
-                        throw InvalidArgument("[chat_template] " + a.where + ": range() needs integers");
+                        throw InvalidArgument("[chat_template] " + a.where +
+                                              ": range() needs integers");
                     return x.i;
                 };
                 if (a.pos.empty() || a.pos.size() > 3)
-                    throw InvalidArgument("[chat_template] " + a.where + ": range() takes 1 to 3 arguments");
+                    throw InvalidArgument("[chat_template] " + a.where +
+                                          ": range() takes 1 to 3 arguments");
                 if (a.pos.size() == 1) {
                     stop = geti(0);
                 } else {
@@ -1314,12 +1456,16 @@ class Interp {
                         step = geti(2);
                 }
                 if (step == 0)
-                    throw InvalidArgument("[chat_template] " + a.where + ": range() step cannot be zero");
+                    throw InvalidArgument("[chat_template] " + a.where +
+                                          ": range() step cannot be zero");
                 Array r;
-                for (std::int64_t k = start; step > 0 ? k < stop : k > stop; k += step) {
+                for (std::int64_t k = start; step > 0 ? k < stop : k > stop;) {
                     if (r.size() >= kMaxItems)
-                        throw InvalidArgument("[chat_template] " + a.where + ": range() is too large");
+                        throw InvalidArgument("[chat_template] " + a.where +
+                                              ": range() is too large");
                     r.push_back(Value::integer(k));
+                    if (__builtin_add_overflow(k, step, &k))
+                        break;
                 }
                 return Value::array(std::move(r));
             });
@@ -1330,14 +1476,16 @@ class Interp {
                 std::tm tm{};
                 localtime_r(&t, &tm);
                 char buf[256];
-                std::size_t len = fmt.is_string() ? std::strftime(buf, sizeof buf, fmt.s.c_str(), &tm) : 0;
+                std::size_t len =
+                    fmt.is_string() ? std::strftime(buf, sizeof buf, fmt.s.c_str(), &tm) : 0;
                 return Value::string(std::string(buf, len));
             });
         return Value{};
     }
 
     // --- filters ---
-    Value apply_filter(const Node& n, const std::string& name, const Value& v, Args& a, const ScopePtr& scope) {
+    Value apply_filter(const Node& n, const std::string& name, const Value& v, Args& a,
+                       const ScopePtr& scope) {
         auto need_string = [&](const char* f) {
             if (!v.is_string())
                 fail(n, std::string("filter '") + f + "' needs a string, got " + type_name(v));
@@ -1357,12 +1505,16 @@ class Interp {
                 return Value::integer(static_cast<std::int64_t>(v.obj->items.size()));
             if (v.is_undefined())
                 return Value::integer(0);
-            fail(n, std::string("filter 'length' needs a string, list or dict, got ") + type_name(v));
+            fail(n,
+                 std::string("filter 'length' needs a string, list or dict, got ") + type_name(v));
         }
         if (name == "tojson") {
             Value ind = a.get(0, "indent", Value::none());
-            int indent = ind.type == Value::Type::integer ? static_cast<int>(std::clamp<std::int64_t>(ind.i, 0, 64)) : -1;
-            return Value::string(to_json(v, indent, a.get(99, "sort_keys", Value::boolean(false)).truthy()));
+            int indent = ind.type == Value::Type::integer
+                             ? static_cast<int>(std::clamp<std::int64_t>(ind.i, 0, 64))
+                             : -1;
+            return Value::string(
+                to_json(v, indent, a.get(99, "sort_keys", Value::boolean(false)).truthy()));
         }
         if (name == "upper" || name == "lower") {
             need_string(name.c_str());
@@ -1407,20 +1559,34 @@ class Interp {
             std::string r;
             for (char c : v.str()) {
                 switch (c) {
-                case '&': r += "&amp;"; break;
-                case '<': r += "&lt;"; break;
-                case '>': r += "&gt;"; break;
-                case '"': r += "&#34;"; break;
-                case '\'': r += "&#39;"; break;
-                default: r += c;
+                case '&':
+                    r += "&amp;";
+                    break;
+                case '<':
+                    r += "&lt;";
+                    break;
+                case '>':
+                    r += "&gt;";
+                    break;
+                case '"':
+                    r += "&#34;";
+                    break;
+                case '\'':
+                    r += "&#39;";
+                    break;
+                default:
+                    r += c;
                 }
             }
             return Value::string(std::move(r));
         }
         if (name == "int") {
-            if (v.type == Value::Type::integer) return v;
-            if (v.type == Value::Type::floating) return Value::integer(static_cast<std::int64_t>(v.f));
-            if (v.type == Value::Type::boolean) return Value::integer(v.b);
+            if (v.type == Value::Type::integer)
+                return v;
+            if (v.type == Value::Type::floating)
+                return Value::integer(static_cast<std::int64_t>(v.f));
+            if (v.type == Value::Type::boolean)
+                return Value::integer(v.b);
             if (v.is_string()) {
                 std::int64_t x = 0;
                 std::string t = strip_chars(v.s, Value{}, true, true);
@@ -1431,7 +1597,8 @@ class Interp {
             return a.get(0, "default", Value::integer(0));
         }
         if (name == "float") {
-            if (numeric(v)) return Value::floating(as_double(v));
+            if (numeric(v))
+                return Value::floating(as_double(v));
             if (v.is_string()) {
                 char* end = nullptr;
                 double x = std::strtod(v.s.c_str(), &end);
@@ -1441,8 +1608,10 @@ class Interp {
             return a.get(0, "default", Value::floating(0));
         }
         if (name == "abs") {
-            if (v.type == Value::Type::integer) return Value::integer(v.i < 0 ? -v.i : v.i);
-            if (v.type == Value::Type::floating) return Value::floating(std::fabs(v.f));
+            if (v.type == Value::Type::integer)
+                return Value::integer(v.i < 0 ? -v.i : v.i);
+            if (v.type == Value::Type::floating)
+                return Value::floating(std::fabs(v.f));
             fail(n, std::string("filter 'abs' needs a number, got ") + type_name(v));
         }
         if (name == "list")
@@ -1473,11 +1642,16 @@ class Interp {
             need_string("replace");
             Value from = a.get(0, "old"), to = a.get(1, "new");
             Value cv = a.get(2, "count", Value::integer(-1));
-            return Value::string(replace_all(v.s, from.str(), to.str(), cv.type == Value::Type::integer ? cv.i : -1));
+            return Value::string(replace_all(v.s, from.str(), to.str(),
+                                             cv.type == Value::Type::integer ? cv.i : -1));
         }
         if (name == "indent") {
             Value w = a.get(0, "width", Value::integer(4));
-            std::string pad = w.is_string() ? w.s : std::string(static_cast<std::size_t>(std::clamp<std::int64_t>(w.i, 0, 256)), ' ');
+            std::string pad =
+                w.is_string()
+                    ? w.s
+                    : std::string(static_cast<std::size_t>(std::clamp<std::int64_t>(w.i, 0, 256)),
+                                  ' ');
             bool first = a.get(1, "first", Value::boolean(false)).truthy();
             bool blank = a.get(2, "blank", Value::boolean(false)).truthy();
             std::string s = v.str(), r;
@@ -1485,9 +1659,10 @@ class Interp {
             bool is_first = true;
             while (true) {
                 std::size_t nl = s.find('\n', pos);
-                std::string line = s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+                std::string line =
+                    s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
                 bool indent_it = is_first ? first : (blank || !line.empty());
-                if (indent_it && !(is_first && line.empty() && !blank && false))
+                if (indent_it)
                     r += pad;
                 r += line;
                 if (nl == std::string::npos)
@@ -1539,7 +1714,8 @@ class Interp {
                 } else {
                     Args rest;
                     rest.where = a.where;
-                    rest.pos.assign(a.pos.begin() + static_cast<std::ptrdiff_t>(k0) + 1, a.pos.end());
+                    rest.pos.assign(a.pos.begin() + static_cast<std::ptrdiff_t>(k0) + 1,
+                                    a.pos.end());
                     t = apply_test(n, a.pos[k0].str(), subject, rest);
                 }
                 if (t == keep_if)
@@ -1547,11 +1723,11 @@ class Interp {
             }
             return Value::array(std::move(r));
         }
-        if (name == "batch" || name == "sort" || name == "dictsort" || name == "sum" || name == "min" ||
-            name == "max" || name == "round" || name == "wordcount" || name == "center" ||
-            name == "truncate" || name == "urlencode" || name == "pprint" || name == "xmlattr" ||
-            name == "groupby" || name == "slice" || name == "filesizeformat" || name == "format" ||
-            name == "striptags" || name == "wordwrap" || name == "random")
+        if (name == "batch" || name == "sort" || name == "dictsort" || name == "sum" ||
+            name == "min" || name == "max" || name == "round" || name == "wordcount" ||
+            name == "center" || name == "truncate" || name == "urlencode" || name == "pprint" ||
+            name == "xmlattr" || name == "groupby" || name == "slice" || name == "filesizeformat" ||
+            name == "format" || name == "striptags" || name == "wordwrap" || name == "random")
             fail(n, "filter '" + name + "' is not supported by Forge's chat templates");
         fail(n, "unknown filter '" + name + "'");
     }
@@ -1563,22 +1739,38 @@ class Interp {
                 fail(n, "test '" + name + "' needs an argument");
             return a.pos.empty() ? a.kw[0].second : a.pos[0];
         };
-        if (name == "defined") return !v.is_undefined();
-        if (name == "undefined") return v.is_undefined();
-        if (name == "none") return v.is_none();
-        if (name == "string") return v.is_string();
-        if (name == "number") return v.is_number();
-        if (name == "integer") return v.type == Value::Type::integer;
-        if (name == "float") return v.type == Value::Type::floating;
-        if (name == "boolean") return v.type == Value::Type::boolean;
-        if (name == "true") return v.type == Value::Type::boolean && v.b;
-        if (name == "false") return v.type == Value::Type::boolean && !v.b;
-        if (name == "mapping") return v.is_object();
-        if (name == "iterable") return v.is_array() || v.is_object() || v.is_string();
-        if (name == "sequence") return v.is_array() || v.is_object() || v.is_string();
-        if (name == "callable") return v.type == Value::Type::function;
-        if (name == "lower") return v.is_string() && map_case(v.s, 0) == v.s;
-        if (name == "upper") return v.is_string() && map_case(v.s, 1) == v.s;
+        if (name == "defined")
+            return !v.is_undefined();
+        if (name == "undefined")
+            return v.is_undefined();
+        if (name == "none")
+            return v.is_none();
+        if (name == "string")
+            return v.is_string();
+        if (name == "number")
+            return v.is_number();
+        if (name == "integer")
+            return v.type == Value::Type::integer;
+        if (name == "float")
+            return v.type == Value::Type::floating;
+        if (name == "boolean")
+            return v.type == Value::Type::boolean;
+        if (name == "true")
+            return v.type == Value::Type::boolean && v.b;
+        if (name == "false")
+            return v.type == Value::Type::boolean && !v.b;
+        if (name == "mapping")
+            return v.is_object();
+        if (name == "iterable")
+            return v.is_array() || v.is_object() || v.is_string();
+        if (name == "sequence")
+            return v.is_array() || v.is_object() || v.is_string();
+        if (name == "callable")
+            return v.type == Value::Type::function;
+        if (name == "lower")
+            return v.is_string() && map_case(v.s, 0) == v.s;
+        if (name == "upper")
+            return v.is_string() && map_case(v.s, 1) == v.s;
         if (name == "odd" || name == "even") {
             if (v.type != Value::Type::integer)
                 fail(n, "test '" + name + "' needs an integer");
@@ -1591,13 +1783,18 @@ class Interp {
                 fail(n, "test 'divisibleby' needs non-zero integers");
             return v.i % d.i == 0;
         }
-        if (name == "eq" || name == "equalto" || name == "==") return equal(v, arg());
-        if (name == "ne" || name == "!=") return !equal(v, arg());
+        if (name == "eq" || name == "equalto" || name == "==")
+            return equal(v, arg());
+        if (name == "ne" || name == "!=")
+            return !equal(v, arg());
         if (name == "sameas") {
             Value o = arg();
-            if (v.type != o.type) return false;
-            if (v.is_array()) return v.arr == o.arr;
-            if (v.is_object()) return v.obj == o.obj;
+            if (v.type != o.type)
+                return false;
+            if (v.is_array())
+                return v.arr == o.arr;
+            if (v.is_object())
+                return v.obj == o.obj;
             return equal(v, o);
         }
         if (name == "in") {

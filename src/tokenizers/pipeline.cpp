@@ -99,12 +99,15 @@ const SpecialToken* PipelineImpl::special_for(TokenId id) const {
     return it != specials.end() && it->id == id ? &*it : nullptr;
 }
 
-void PipelineImpl::encode_valid(std::string_view text, std::vector<TokenId>& out) const {
+void PipelineImpl::encode_valid(std::string_view text, std::vector<TokenId>& out,
+                                bool at_start) const {
     std::string normalized;
     if (normalizer) {
         normalized = normalizer->normalize(text);
         text = normalized;
     }
+    if (text.empty())
+        return;
     if (!pre_tokenizer) {
         model->encode_piece(text, out);
         return;
@@ -117,19 +120,21 @@ void PipelineImpl::encode_valid(std::string_view text, std::vector<TokenId>& out
     }
     Pieces in, res;
     in.views.push_back(text);
+    in.text_start = at_start ? text.data() : nullptr;
     pre_tokenizer->split(in, res);
     for (auto v : res.views)
         model->encode_piece(v, out);
 }
 
-void PipelineImpl::encode_ordinary(std::string_view text, std::vector<TokenId>& out) const {
+void PipelineImpl::encode_ordinary(std::string_view text, std::vector<TokenId>& out,
+                                   bool at_start) const {
     if (text.empty())
         return;
     if (!model->byte_level()) {
         if (utf8_valid(text))
-            encode_valid(text, out);
+            encode_valid(text, out, at_start);
         else
-            encode_valid(utf8_replace_invalid(text), out);
+            encode_valid(utf8_replace_invalid(text), out, at_start);
         return;
     }
     // Byte-level: valid runs go through the pipeline; each invalid byte is its own piece.
@@ -137,7 +142,7 @@ void PipelineImpl::encode_ordinary(std::string_view text, std::vector<TokenId>& 
     while (i < text.size()) {
         std::size_t v = utf8_valid_prefix(text.substr(i));
         if (v > 0)
-            encode_valid(text.substr(i, v), out);
+            encode_valid(text.substr(i, v), out, at_start && i == 0);
         i += v;
         if (i < text.size()) {
             model->encode_piece(text.substr(i, 1), out);

@@ -122,6 +122,7 @@ template <typename F> void split_each(const Pieces& in, Pieces& out, F&& f) {
 }
 
 void move_storage(const Pieces& in, Pieces& out) {
+    out.text_start = in.text_start;
     auto& src = const_cast<Pieces&>(in).storage;
     for (auto& s : src)
         out.storage.push_back(std::move(s));
@@ -152,10 +153,11 @@ class RegexPieces : public PreTokenizer {
 // Split / Whitespace: regex or literal with a behavior and invert.
 class SplitPre : public PreTokenizer {
   public:
-    SplitPre(std::string pattern, bool is_regex, SplitBehavior beh, bool invert, std::string_view origin)
+    SplitPre(std::string pattern, bool is_regex, SplitBehavior beh, bool invert, std::string_view origin,
+             RegexFlavor flavor = RegexFlavor::onig)
         : literal_(is_regex ? "" : pattern), beh_(beh), invert_(invert) {
         if (is_regex)
-            re_ = std::make_unique<Regex>(pattern, origin);
+            re_ = std::make_unique<Regex>(pattern, origin, flavor);
     }
     void split_one(std::string_view p, std::vector<std::string_view>& out) const {
         std::vector<Segment> segs;
@@ -258,7 +260,9 @@ class ByteLevelPre : public PreTokenizer {
         out.views.clear();
         move_storage(in, out);
         for (std::string_view p : in.views) {
-            if (add_prefix_space_ && (p.empty() || p[0] != ' '))
+            if (p.empty())
+                continue;
+            if (add_prefix_space_ && p[0] != ' ')
                 p = out.own(" " + std::string(p));
             if (!re_) {
                 if (!p.empty())
@@ -282,8 +286,10 @@ class MetaspacePre : public PreTokenizer {
     void split(const Pieces& in, Pieces& out) const override {
         out.views.clear();
         move_storage(in, out);
-        bool first = true;
         for (std::string_view p : in.views) {
+            if (p.empty())
+                continue;
+            bool first = in.text_start && p.data() == in.text_start;
             std::string s;
             s.reserve(p.size() + 4);
             for (char c : p) {
@@ -295,8 +301,9 @@ class MetaspacePre : public PreTokenizer {
             bool add = prepend_ == Prepend::always || (prepend_ == Prepend::first && first);
             if (add && s.compare(0, repl_.size(), repl_) != 0)
                 s = repl_ + s;
-            first = false;
             std::string_view v = out.own(std::move(s));
+            if (first)
+                out.text_start = v.data();
             if (!split_) {
                 if (!v.empty())
                     out.views.push_back(v);
@@ -401,7 +408,8 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j, std::s
                                           json_bool_or(j, "invert", false, origin, where), origin);
     }
     if (type == "Whitespace")
-        return std::make_unique<SplitPre>(R"(\w+|[^\w\s]+)", true, SplitBehavior::removed, true, origin);
+        return std::make_unique<SplitPre>(R"(\w+|[^\w\s]+)", true, SplitBehavior::removed, true, origin,
+                                          RegexFlavor::rust);
     if (type == "WhitespaceSplit")
         return char_split([](char32_t c) { return is_whitespace(c); }, SplitBehavior::removed);
     if (type == "BertPreTokenizer") {

@@ -40,7 +40,7 @@ ThreadMatchState& thread_state() {
 
 } // namespace
 
-std::string rewrite_whitespace_classes(std::string_view p) {
+std::string rewrite_whitespace_classes(std::string_view p, RegexFlavor flavor) {
     std::string out;
     out.reserve(p.size() + 64);
     bool in_class = false;
@@ -53,6 +53,22 @@ std::string rewrite_whitespace_classes(std::string_view p) {
                     out += kWhiteSpace;
                 else
                     out += "[" + std::string(kWhiteSpace) + "]";
+                ++i;
+                continue;
+            }
+            if (n == 'w' || n == 'W') {
+                // Oniguruma's Unicode \w: Letter | Mark | Number | Connector_Punctuation.
+                // Rust's: Alphabetic | Mark | Decimal_Number | Connector_Punctuation |
+                // Join_Control. PCRE2 10.42's own \w leaves out marks.
+                std::string_view kWord = flavor == RegexFlavor::onig
+                                             ? R"(\p{L}\p{M}\p{N}\p{Pc})"
+                                             : R"(\p{Alpha}\p{M}\p{Nd}\p{Pc}\x{200c}\x{200d})";
+                if (in_class && n == 'w')
+                    out += kWord;
+                else if (in_class) // [\W...]: no plain spelling inside a class; keep PCRE2's
+                    out += "\\W";
+                else
+                    out += (n == 'w' ? "[" : "[^") + std::string(kWord) + "]";
                 ++i;
                 continue;
             }
@@ -99,8 +115,9 @@ std::string rewrite_whitespace_classes(std::string_view p) {
     return out;
 }
 
-Regex::Regex(std::string pattern, std::string_view origin) : pattern_(std::move(pattern)) {
-    std::string rewritten = rewrite_whitespace_classes(pattern_);
+Regex::Regex(std::string pattern, std::string_view origin, RegexFlavor flavor)
+    : pattern_(std::move(pattern)) {
+    std::string rewritten = rewrite_whitespace_classes(pattern_, flavor);
     int err = 0;
     PCRE2_SIZE erroff = 0;
     auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(rewritten.data()), rewritten.size(),

@@ -1,6 +1,7 @@
 // PCRE2 (with JIT) behind a small interface, for pre-tokenizer patterns such as GPT-2's and
 // cl100k's. Patterns are rewritten so `\s`/`\S` mean Unicode White_Space exactly as in Rust's
-// regex (tiktoken) and Oniguruma (HF tokenizers); PCRE2's own \s also matches U+180E.
+// regex (tiktoken) and Oniguruma (HF tokenizers) (PCRE2's own \s also matches U+180E), and `\w`
+// means Oniguruma's L|M|N|Pc (PCRE2 10.42's leaves out marks).
 #pragma once
 
 #include <cstddef>
@@ -9,11 +10,15 @@
 
 namespace forge::tok {
 
+/// Whose meaning of \w to follow: Oniguruma's (HF Split/Replace patterns) or Rust's regex
+/// crate (HF's built-in Whitespace pre-tokenizer; tiktoken).
+enum class RegexFlavor { onig, rust };
+
 class Regex {
   public:
     /// Compiles `pattern` (UTF, UCP, JIT). `origin` names the file in error messages.
     /// Throws InvalidArgument when it does not compile.
-    Regex(std::string pattern, std::string_view origin);
+    Regex(std::string pattern, std::string_view origin, RegexFlavor flavor = RegexFlavor::onig);
     Regex(const Regex&) = delete;
     Regex& operator=(const Regex&) = delete;
     ~Regex();
@@ -49,7 +54,8 @@ class Regex {
     bool jit_ = false;
 };
 
-/// The pattern with \s, \S (inside and outside classes) spelled as explicit White_Space sets.
-std::string rewrite_whitespace_classes(std::string_view pattern);
+/// The pattern with \s, \S, \w, \W spelled as explicit sets (see above).
+std::string rewrite_whitespace_classes(std::string_view pattern,
+                                       RegexFlavor flavor = RegexFlavor::onig);
 
 } // namespace forge::tok

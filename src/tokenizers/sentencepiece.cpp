@@ -34,7 +34,7 @@ class SentencePieceImpl : public Tokenizer::Impl {
         finish_specials(std::size_t(n));
     }
 
-    void encode_ordinary(std::string_view text, std::vector<TokenId>& out) const override {
+    void encode_ordinary(std::string_view text, std::vector<TokenId>& out, bool) const override {
         if (text.empty())
             return;
         std::vector<int> ids;

@@ -3,6 +3,7 @@
 #include <forge/tokenizers/tokenizer.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <thread>
 
@@ -73,14 +74,14 @@ void encode_with_added(const Tokenizer::Impl& impl, std::string_view text,
         if (a.rstrip)
             while (me < text.size() && is_space_byte(text[me]))
                 ++me;
-        impl.encode_ordinary(text.substr(seg_start, mb - seg_start), out);
+        impl.encode_ordinary(text.substr(seg_start, mb - seg_start), out, seg_start == 0);
         out.push_back(a.id);
         seg_start = pos = me;
         if (me == text.size())
             break;
     }
     if (seg_start < text.size())
-        impl.encode_ordinary(text.substr(seg_start), out);
+        impl.encode_ordinary(text.substr(seg_start), out, seg_start == 0);
 }
 
 // Streams byte-concatenative tokenizers a token at a time.
@@ -121,46 +122,91 @@ class BytesStream : public IncrementalDecoder::State {
     std::string pending_;
 };
 
-// Any tokenizer: decodes a small window (the last emitted token as context + new ones) and
-// emits what the new tokens added once it ends in complete characters.
+// Any tokenizer: decodes the tokens not yet emitted behind an "anchor" token that decodes
+// cleanly on its own, so decoders that treat the first token specially (Metaspace, Strip,
+// WordPiece) see the new tokens as mid-text, and byte-fallback runs are decoded together.
+// Emits once the new text ends in a complete character (no incomplete tail, no trailing U+FFFD).
 class WindowStream : public IncrementalDecoder::State {
   public:
     WindowStream(std::shared_ptr<const Tokenizer::Impl> impl, bool skip)
-        : impl_(std::move(impl)), skip_(skip) {}
+        : impl_(std::move(impl)), skip_(skip) {
+        find_anchor();
+    }
     std::string push(TokenId id) override {
-        window_.push_back(id);
+        pending_.push_back(id);
         return take(false);
     }
     std::string flush() override { return take(true); }
 
   private:
+    void find_anchor() {
+        auto clean = [&](TokenId id) {
+            if (impl_->is_special_id(id))
+                return false;
+            std::string t;
+            std::vector<TokenId> one{id};
+            try {
+                impl_->decode_append(one, false, t);
+            } catch (const Error&) {
+                return false;
+            }
+            bool ok = !t.empty() && tok::utf8_valid(t) && t.find("\xEF\xBF\xBD") == std::string::npos &&
+                      static_cast<unsigned char>(t.back()) < 0x80 && std::isalnum(static_cast<unsigned char>(t.back()));
+            if (ok)
+                anchor_text_ = t;
+            return ok;
+        };
+        for (const char* cand : {"a", "\xE2\x96\x81" "a", "e", "the", "\xE2\x96\x81" "the", "x"}) {
+            auto id = impl_->token_to_id(cand);
+            if (id && clean(*id)) {
+                anchor_ = *id;
+                return;
+            }
+        }
+        for (TokenId id = 0; std::size_t(id) < impl_->n_vocab && id < 4096; ++id)
+            if (clean(id)) {
+                anchor_ = id;
+                return;
+            }
+    }
     std::string take(bool all) {
-        std::string text;
-        impl_->decode_append(window_, skip_, text);
-        std::size_t common = 0;
-        while (common < text.size() && common < prefix_.size() && text[common] == prefix_[common])
-            ++common;
-        if (text.size() <= common)
+        if (pending_.empty())
             return {};
-        std::string fresh = text.substr(common);
+        std::string text;
+        if (started_ && anchor_ >= 0) {
+            std::vector<TokenId> w;
+            w.reserve(pending_.size() + 1);
+            w.push_back(anchor_);
+            w.insert(w.end(), pending_.begin(), pending_.end());
+            impl_->decode_append(w, skip_, text);
+            if (text.compare(0, anchor_text_.size(), anchor_text_) == 0)
+                text.erase(0, anchor_text_.size());
+            else { // the decoder merged across the anchor: decode the new tokens alone
+                text.clear();
+                impl_->decode_append(pending_, skip_, text);
+            }
+        } else {
+            impl_->decode_append(pending_, skip_, text);
+        }
         if (!all) {
-            // Hold back an incomplete character or a pending byte-fallback U+FFFD.
-            if (tok::utf8_incomplete_tail(fresh) > 0)
+            // Hold back an incomplete character or a byte-fallback run still missing bytes.
+            if (tok::utf8_incomplete_tail(text) > 0)
                 return {};
-            if (fresh.size() >= 3 && fresh.compare(fresh.size() - 3, 3, "\xEF\xBF\xBD") == 0)
+            if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0 &&
+                pending_.size() < 4)
                 return {};
         }
-        fresh = tok::utf8_replace_invalid(fresh);
-        // Keep the newest token as context for the next round.
-        window_.erase(window_.begin(), window_.end() - (window_.empty() ? 0 : 1));
-        prefix_.clear();
-        impl_->decode_append(window_, skip_, prefix_);
-        return fresh;
+        pending_.clear();
+        if (!text.empty())
+            started_ = true;
+        return tok::utf8_replace_invalid(text);
     }
     std::shared_ptr<const Tokenizer::Impl> impl_;
     bool skip_;
-    std::vector<TokenId> window_;
-    std::string prefix_;
+    TokenId anchor_ = -1;
+    std::string anchor_text_;
+    bool started_ = false;
+    std::vector<TokenId> pending_;
 };
 
 } // namespace

@@ -38,56 +38,148 @@ Tensor rn(const Shape& s, uint64_t seed, DType dt) {
 
 std::vector<Case> cases() {
     return {
-        {"square", [](DType t) { return rn({16, 16}, 1, t); },
-         [](DType t) { return rn({16, 16}, 2, t); }},
-        {"rect", [](DType t) { return rn({7, 33}, 3, t); },
-         [](DType t) { return rn({33, 5}, 4, t); }},
-        {"a_transposed", [](DType t) { return rn({33, 7}, 5, t).t(); },
-         [](DType t) { return rn({33, 9}, 6, t); }},
-        {"b_transposed", [](DType t) { return rn({7, 33}, 7, t); },
-         [](DType t) { return rn({9, 33}, 8, t).t(); }},
-        {"both_transposed", [](DType t) { return rn({20, 6}, 9, t).t(); },
-         [](DType t) { return rn({11, 20}, 10, t).t(); }},
+        {"square",
+         [](DType t) {
+             return rn({16, 16}, 1, t);
+         },
+         [](DType t) {
+             return rn({16, 16}, 2, t);
+         }},
+        {"rect",
+         [](DType t) {
+             return rn({7, 33}, 3, t);
+         },
+         [](DType t) {
+             return rn({33, 5}, 4, t);
+         }},
+        {"a_transposed",
+         [](DType t) {
+             return rn({33, 7}, 5, t).t();
+         },
+         [](DType t) {
+             return rn({33, 9}, 6, t);
+         }},
+        {"b_transposed",
+         [](DType t) {
+             return rn({7, 33}, 7, t);
+         },
+         [](DType t) {
+             return rn({9, 33}, 8, t).t();
+         }},
+        {"both_transposed",
+         [](DType t) {
+             return rn({20, 6}, 9, t).t();
+         },
+         [](DType t) {
+             return rn({11, 20}, 10, t).t();
+         }},
         // row stride 80 > K = 40: a narrowed view is still a BLAS operand (lda = 80)
-        {"narrowed", [](DType t) { return rn({6, 80}, 11, t).narrow(1, 10, 40); },
-         [](DType t) { return rn({40, 30}, 12, t).narrow(1, 3, 8); }},
+        {"narrowed",
+         [](DType t) {
+             return rn({6, 80}, 11, t).narrow(1, 10, 40);
+         },
+         [](DType t) {
+             return rn({40, 30}, 12, t).narrow(1, 3, 8);
+         }},
         // no unit stride in either matrix dim: the op copies it to contiguous first
         {"strided_both_dims", // (6, 10) with strides (40, 2)
-         [](DType t) { return rn({12, 20}, 13, t).view({6, 2, 10, 2}).select(1, 0).select(2, 1); },
-         [](DType t) { return rn({10, 4}, 14, t); }},
-        {"batched", [](DType t) { return rn({3, 5, 8}, 15, t); },
-         [](DType t) { return rn({3, 8, 4}, 16, t); }},
-        {"broadcast_batch", [](DType t) { return rn({2, 1, 5, 8}, 17, t); },
-         [](DType t) { return rn({3, 8, 4}, 18, t); }},
-        {"shared_weight", [](DType t) { return rn({2, 3, 5, 8}, 19, t); },
-         [](DType t) { return rn({8, 6}, 20, t); }},
-        {"expanded_batch", [](DType t) { return rn({4, 5, 8}, 21, t); },
-         [](DType t) { return rn({8, 6}, 22, t).expand({4, 8, 6}); }},
+         [](DType t) {
+             return rn({12, 20}, 13, t).view({6, 2, 10, 2}).select(1, 0).select(2, 1);
+         },
+         [](DType t) {
+             return rn({10, 4}, 14, t);
+         }},
+        {"batched",
+         [](DType t) {
+             return rn({3, 5, 8}, 15, t);
+         },
+         [](DType t) {
+             return rn({3, 8, 4}, 16, t);
+         }},
+        {"broadcast_batch",
+         [](DType t) {
+             return rn({2, 1, 5, 8}, 17, t);
+         },
+         [](DType t) {
+             return rn({3, 8, 4}, 18, t);
+         }},
+        {"shared_weight",
+         [](DType t) {
+             return rn({2, 3, 5, 8}, 19, t);
+         },
+         [](DType t) {
+             return rn({8, 6}, 20, t);
+         }},
+        {"expanded_batch",
+         [](DType t) {
+             return rn({4, 5, 8}, 21, t);
+         },
+         [](DType t) {
+             return rn({8, 6}, 22, t).expand({4, 8, 6});
+         }},
         // batch dims (3, 2) with strides that don't merge into one: looped by the op
         {"unmergeable_batch",
-         [](DType t) { return rn({2, 3, 5, 8}, 23, t).transpose(0, 1); },
-         [](DType t) { return rn({3, 2, 8, 4}, 24, t); }},
+         [](DType t) {
+             return rn({2, 3, 5, 8}, 23, t).transpose(0, 1);
+         },
+         [](DType t) {
+             return rn({3, 2, 8, 4}, 24, t);
+         }},
         // column-major a batch against a shared weight: not folded into one GEMM
         {"transposed_batch_shared_weight",
-         [](DType t) { return rn({3, 8, 5}, 41, t).transpose(-2, -1); },
-         [](DType t) { return rn({8, 6}, 42, t); }},
-        {"batch_transposed_rhs", [](DType t) { return rn({4, 6, 9}, 25, t); },
-         [](DType t) { return rn({4, 7, 9}, 26, t).transpose(-2, -1); }},
-        {"vector_rhs", [](DType t) { return rn({3, 5, 8}, 27, t); },
+         [](DType t) {
+             return rn({3, 8, 5}, 41, t).transpose(-2, -1);
+         },
+         [](DType t) {
+             return rn({8, 6}, 42, t);
+         }},
+        {"batch_transposed_rhs",
+         [](DType t) {
+             return rn({4, 6, 9}, 25, t);
+         },
+         [](DType t) {
+             return rn({4, 7, 9}, 26, t).transpose(-2, -1);
+         }},
+        {"vector_rhs",
+         [](DType t) {
+             return rn({3, 5, 8}, 27, t);
+         },
          [](DType t) { return rn({8}, 28, t); }},
         {"vector_lhs", [](DType t) { return rn({8}, 29, t); },
-         [](DType t) { return rn({3, 8, 4}, 30, t); }},
+         [](DType t) {
+             return rn({3, 8, 4}, 30, t);
+         }},
         {"dot", [](DType t) { return rn({40}, 31, t); }, [](DType t) { return rn({40}, 32, t); }},
-        {"outer_k1", [](DType t) { return rn({6, 1}, 33, t); },
-         [](DType t) { return rn({1, 5}, 34, t); }},
-        {"row_times_matrix", [](DType t) { return rn({1, 64}, 35, t); },
-         [](DType t) { return rn({64, 80}, 36, t); }},
+        {"outer_k1",
+         [](DType t) {
+             return rn({6, 1}, 33, t);
+         },
+         [](DType t) {
+             return rn({1, 5}, 34, t);
+         }},
+        {"row_times_matrix",
+         [](DType t) {
+             return rn({1, 64}, 35, t);
+         },
+         [](DType t) {
+             return rn({64, 80}, 36, t);
+         }},
         // a batch of small GEMMs (the OpenMP-over-batch path)
-        {"many_small", [](DType t) { return rn({24, 8, 16}, 37, t); },
-         [](DType t) { return rn({24, 16, 8}, 38, t); }},
+        {"many_small",
+         [](DType t) {
+             return rn({24, 8, 16}, 37, t);
+         },
+         [](DType t) {
+             return rn({24, 16, 8}, 38, t);
+         }},
         // one GEMM above OpenBLAS's threading threshold
-        {"large", [](DType t) { return rn({96, 80}, 39, t); },
-         [](DType t) { return rn({80, 72}, 40, t); }},
+        {"large",
+         [](DType t) {
+             return rn({96, 80}, 39, t);
+         },
+         [](DType t) {
+             return rn({80, 72}, 40, t);
+         }},
     };
 }
 
@@ -96,9 +188,10 @@ TEST(Matmul, FastMatchesReference) {
         for (const auto& c : cases()) {
             Tensor a = c.a(dt), b = c.b(dt);
             const std::string what = "Matmul(" + c.name + ", a=" + shape_str(a.shape()) +
-                                     ", b=" + shape_str(b.shape()) + ", dtype=" +
-                                     std::string(dtype_name(dt)) + ")";
-            expect_fast_matches_ref(what, [&] { return matmul(a, b); }, dtype_tolerance(dt));
+                                     ", b=" + shape_str(b.shape()) +
+                                     ", dtype=" + std::string(dtype_name(dt)) + ")";
+            expect_fast_matches_ref(
+                what, [&] { return matmul(a, b); }, dtype_tolerance(dt));
             EXPECT_EQ(matmul(a, b).dtype(), dt) << what;
         }
     }
@@ -120,8 +213,9 @@ TEST(Matmul, SmallValuesByHand) {
 }
 
 TEST(Matmul, StridedInputsMatchNaive) {
-    Tensor a = Tensor::randn({9, 14}, 41, DType::f64).narrow(1, 2, 7).t(); // (7, 9), strides (1, 14)
-    Tensor b = Tensor::randn({9, 10}, 42, DType::f64).narrow(1, 1, 8);     // (9, 8), row stride 10
+    Tensor a =
+        Tensor::randn({9, 14}, 41, DType::f64).narrow(1, 2, 7).t();    // (7, 9), strides (1, 14)
+    Tensor b = Tensor::randn({9, 10}, 42, DType::f64).narrow(1, 1, 8); // (9, 8), row stride 10
     EXPECT_LE(max_rel_diff(matmul(a, b), naive_matmul(a, b)), 1e-12);
     Tensor s = Tensor::randn({7, 3, 9}, 43, DType::f64).select(1, 2); // (7, 9), strides (27, 1)
     EXPECT_LE(max_rel_diff(matmul(s, b), naive_matmul(s, b)), 1e-12);
@@ -206,16 +300,26 @@ TEST(Matmul, HalfInputsAccumulateInF32) {
 
 TEST(Matmul, Errors) {
     Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({4, 5});
-    expect_error([&] { matmul(a, b); }, "[matmul] shapes [2,3] and [4,5]: inner dims 3 and 4 differ");
-    expect_error([&] { matmul(Tensor::zeros({2, 3, 4}), Tensor::zeros({5, 4, 2})); },
-                 "[matmul] shapes [2,3,4] and [5,4,2]: batch dims [2] and [5] do not broadcast");
+    expect_error([&] { matmul(a, b); },
+                 "[matmul] shapes [2,3] and [4,5]: inner dims 3 and 4 differ");
+    expect_error(
+        [&] {
+            matmul(Tensor::zeros({2, 3, 4}), Tensor::zeros({5, 4, 2}));
+        },
+        "[matmul] shapes [2,3,4] and [5,4,2]: batch dims [2] and [5] do not broadcast");
     expect_error([&] { matmul(Tensor::zeros({3}), Tensor::zeros({4})); },
                  "[matmul] shapes [3] and [4]: inner dims 3 and 4 differ");
     expect_error([&] { matmul(Tensor::scalar(1.0), Tensor::zeros({4})); }, "[matmul] shapes []");
-    expect_error([&] { matmul(Tensor::zeros({2, 2}, DType::i64), Tensor::zeros({2, 2})); },
-                 "[matmul] expects a float tensor, got i64 [2,2]");
-    expect_error([&] { matmul(Tensor::zeros({2, 2}), Tensor::zeros({2, 2}, DType::f64)); },
-                 "[matmul] dtypes differ: f32 [2,2] and f64 [2,2]");
+    expect_error(
+        [&] {
+            matmul(Tensor::zeros({2, 2}, DType::i64), Tensor::zeros({2, 2}));
+        },
+        "[matmul] expects a float tensor, got i64 [2,2]");
+    expect_error(
+        [&] {
+            matmul(Tensor::zeros({2, 2}), Tensor::zeros({2, 2}, DType::f64));
+        },
+        "[matmul] dtypes differ: f32 [2,2] and f64 [2,2]");
     expect_error([&] { matmul(Tensor(), Tensor::zeros({2, 2})); }, "[matmul]");
 }
 

@@ -6,6 +6,10 @@
 //   npm install && node make_fixtures.mjs [--templates templates.json] [--only name,name]
 //
 // Cases where @huggingface/jinja itself fails (not via raise_exception) are left out and listed.
+// templates.json holds each model's `chat_template`, `bos_token` and `eos_token` as published in
+// its tokenizer_config.json on the Hugging Face Hub (copied from the collection in openvino.genai's
+// tests/python_tests/data/tokenizer_configs.py); the same script renders that whole collection
+// (166 templates) when given it with --templates.
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";

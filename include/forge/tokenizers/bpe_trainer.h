@@ -26,12 +26,12 @@ struct BpeTrainerOptions {
     /// earlier when no pair occurs `min_frequency` times.
     std::size_t vocab_size = 4096;
     /// Special tokens get ids 0..n-1 in this order; their text is cut out of the training data.
-    std::vector<std::string> special_tokens;
+    std::vector<std::string> special_tokens{};
     /// A pair must occur at least this often (weighted by word counts) to be merged.
     std::uint64_t min_frequency = 2;
     /// Pre-tokenizer regex (PCRE2 syntax, Unicode properties). Empty means kGpt2Pattern. The
     /// GPT-2 pattern is saved as a ByteLevel pre-tokenizer, any other as Split + ByteLevel.
-    std::string pattern;
+    std::string pattern{};
     /// Pre-split each line (with its '\n') on its own, as HF's train-from-files does. When false,
     /// the regex runs over whole texts, so runs like "\n\n" can become tokens (threads then cut
     /// only at a '\n' between two ASCII non-space characters, where no match or lookahead of the
@@ -70,7 +70,7 @@ struct BpeTrainerStats {
     std::uint64_t n_bytes = 0;        // text bytes counted
     std::uint64_t n_words = 0;        // pre-tokenized pieces counted
     std::uint64_t n_unique_words = 0; // distinct pieces
-    double count_seconds = 0;         // reading + pre-splitting + counting
+    double count_seconds = 0;         // pre-splitting + counting in add_text (not file reads)
     double merge_seconds = 0;         // the merge loop
 };
 

@@ -1,6 +1,7 @@
 // Chat templates: turn a list of chat messages into the prompt text a model was trained on, by
 // rendering the Jinja template from the model's tokenizer_config.json (the subset of Jinja real
-// templates use), or a built-in ChatML / Llama-3 template. Tokenizing the result is Tokenizer's job.
+// templates use), or a built-in ChatML / Llama-3 template. Tokenizing the result is Tokenizer's
+// job.
 #pragma once
 
 #include <memory>
@@ -17,7 +18,8 @@ struct ChatTemplateOptions {
     /// ones read by ChatTemplate::from_tokenizer_config).
     std::optional<std::string> bos_token{};
     std::optional<std::string> eos_token{};
-    /// JSON array of tool definitions, seen by the template as `tools`; empty: `tools` is undefined.
+    /// JSON array of tool definitions, seen by the template as `tools`; empty: `tools` is
+    /// undefined.
     std::string tools_json{};
     /// JSON object whose members become template variables too (e.g. {"date_string": "1 Jan 2025"}
     /// or {"enable_thinking": false}); they override the ones above.
@@ -32,7 +34,8 @@ struct ChatTemplateOptions {
 /// column) and render from several threads at once. Rendering follows transformers: trim_blocks
 /// and lstrip_blocks on, one trailing newline dropped, `raise_exception(msg)` throws
 /// forge::InvalidArgument whose what() is msg. A template that loops forever or grows without
-/// bound is stopped with InvalidArgument.
+/// bound is stopped with InvalidArgument. Semantics are Python Jinja2's (printing True, None,
+/// ['a']; str + dict is an error); @huggingface/jinja, the test oracle, differs in those corners.
 class ChatTemplate {
   public:
     /// Parses Jinja template text.

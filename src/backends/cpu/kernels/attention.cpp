@@ -20,8 +20,10 @@ enum class Isa { avx512, avx2, scalar };
 Isa pick_isa(int64_t D) {
     static const bool avx512 = __builtin_cpu_supports("avx512f");
     static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx512 && D % 16 == 0) return Isa::avx512;
-    if (avx2 && D % 8 == 0) return Isa::avx2;
+    if (avx512 && D % 16 == 0)
+        return Isa::avx512;
+    if (avx2 && D % 8 == 0)
+        return Isa::avx2;
     return Isa::scalar;
 }
 
@@ -39,14 +41,28 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
     const int64_t D = q.size(3);
     Tensor scratch = scratch_for(q, flash::fwd_scratch(D));
     visit_float(q.dtype(), [&]<typename T>() {
-        flash::FwdArgs<T> a{q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<T>(),
-                            q.size(0),   q.size(1),   k.size(1),   q.size(2),     k.size(2),
-                            D,           T(scale),    causal,      scratch.data<T>()};
+        const flash::FwdArgs<T> a{.q = q.data<T>(),
+                                  .k = k.data<T>(),
+                                  .v = v.data<T>(),
+                                  .out = out.data<T>(),
+                                  .lse = lse.data<T>(),
+                                  .B = q.size(0),
+                                  .Hq = q.size(1),
+                                  .Hkv = k.size(1),
+                                  .Tq = q.size(2),
+                                  .Tk = k.size(2),
+                                  .D = D,
+                                  .scale = T(scale),
+                                  .causal = causal,
+                                  .scratch = scratch.data<T>()};
         if constexpr (std::is_same_v<T, float>) {
             switch (pick_isa(D)) {
-            case Isa::avx512: return flash::forward_f32_avx512(a);
-            case Isa::avx2: return flash::forward_f32_avx2(a);
-            case Isa::scalar: break;
+            case Isa::avx512:
+                return flash::forward_f32_avx512(a);
+            case Isa::avx2:
+                return flash::forward_f32_avx2(a);
+            case Isa::scalar:
+                break;
             }
         }
         flash::flash_forward<flash::ScalarVec<T>>(a);
@@ -60,17 +76,40 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
     const int64_t D = q.size(3);
     Tensor scratch = scratch_for(q, flash::bwd_scratch(D));
     Tensor delta = Tensor::empty({q.size(0), q.size(1), q.size(2)}, q.dtype(), q.device());
+    // Too few (batch, kv-head) pairs to keep every thread busy: per-query-head partial dK, dV.
+    const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), Tk = k.size(2);
+    Tensor dkv_part;
+    if (Hq > Hkv && B * Hkv < omp_get_max_threads())
+        dkv_part = Tensor::empty({2 * B * Hq * Tk * D}, q.dtype(), q.device());
     visit_float(q.dtype(), [&]<typename T>() {
-        flash::BwdArgs<T> a{q.data<T>(),  k.data<T>(),  v.data<T>(),     out.data<T>(),
-                            lse.data<T>(), dout.data<T>(), dq.data<T>(),  dk.data<T>(),
-                            dv.data<T>(), delta.data<T>(), q.size(0),     q.size(1),
-                            k.size(1),    q.size(2),     k.size(2),       D,
-                            T(scale),     causal,        scratch.data<T>()};
+        const flash::BwdArgs<T> a{.q = q.data<T>(),
+                                  .k = k.data<T>(),
+                                  .v = v.data<T>(),
+                                  .out = out.data<T>(),
+                                  .lse = lse.data<T>(),
+                                  .dout = dout.data<T>(),
+                                  .dq = dq.data<T>(),
+                                  .dk = dk.data<T>(),
+                                  .dv = dv.data<T>(),
+                                  .delta = delta.data<T>(),
+                                  .dkv_part = dkv_part.defined() ? dkv_part.data<T>() : nullptr,
+                                  .B = q.size(0),
+                                  .Hq = q.size(1),
+                                  .Hkv = k.size(1),
+                                  .Tq = q.size(2),
+                                  .Tk = k.size(2),
+                                  .D = D,
+                                  .scale = T(scale),
+                                  .causal = causal,
+                                  .scratch = scratch.data<T>()};
         if constexpr (std::is_same_v<T, float>) {
             switch (pick_isa(D)) {
-            case Isa::avx512: return flash::backward_f32_avx512(a);
-            case Isa::avx2: return flash::backward_f32_avx2(a);
-            case Isa::scalar: break;
+            case Isa::avx512:
+                return flash::backward_f32_avx512(a);
+            case Isa::avx2:
+                return flash::backward_f32_avx2(a);
+            case Isa::scalar:
+                break;
             }
         }
         flash::flash_backward<flash::ScalarVec<T>>(a);

@@ -22,11 +22,9 @@ struct Avx2 {
     static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
     static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static V max(V a, V b) { return _mm256_max_ps(a, b); }
-    static float reduce_max(V v) {
-        __m128 q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        q = _mm_max_ps(q, _mm_movehl_ps(q, q));
-        q = _mm_max_ss(q, _mm_shuffle_ps(q, q, 1));
-        return _mm_cvtss_f32(q);
+    static V neg_inf_to_zero(V x) {
+        return _mm256_andnot_ps(
+            _mm256_cmp_ps(x, _mm256_set1_ps(-__builtin_huge_valf()), _CMP_EQ_OQ), x);
     }
     static float reduce_add(V v) {
         __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -63,7 +61,11 @@ struct Avx2 {
 
 } // namespace
 
-void forward_f32_avx2(const FwdArgs<float>& a) { flash_forward<Avx2>(a); }
-void backward_f32_avx2(const BwdArgs<float>& a) { flash_backward<Avx2>(a); }
+void forward_f32_avx2(const FwdArgs<float>& a) {
+    flash_forward<Avx2>(a);
+}
+void backward_f32_avx2(const BwdArgs<float>& a) {
+    flash_backward<Avx2>(a);
+}
 
 } // namespace forge::cpu::flash

@@ -26,13 +26,10 @@ struct Avx512 {
     static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
     static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
     static V max(V a, V b) { return _mm512_max_ps(a, b); }
-    static float reduce_max(V v) {
-        __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v),
-                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        q = _mm_max_ps(q, _mm_movehl_ps(q, q));
-        q = _mm_max_ss(q, _mm_shuffle_ps(q, q, 1));
-        return _mm_cvtss_f32(q);
+    static V neg_inf_to_zero(V x) {
+        return _mm512_mask_mov_ps(
+            x, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-__builtin_huge_valf()), _CMP_EQ_OQ),
+            _mm512_setzero_ps());
     }
     static float reduce_add(V v) {
         __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
@@ -64,7 +61,11 @@ struct Avx512 {
 
 } // namespace
 
-void forward_f32_avx512(const FwdArgs<float>& a) { flash_forward<Avx512>(a); }
-void backward_f32_avx512(const BwdArgs<float>& a) { flash_backward<Avx512>(a); }
+void forward_f32_avx512(const FwdArgs<float>& a) {
+    flash_forward<Avx512>(a);
+}
+void backward_f32_avx512(const BwdArgs<float>& a) {
+    flash_backward<Avx512>(a);
+}
 
 } // namespace forge::cpu::flash

@@ -5,9 +5,14 @@
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
+#include "backends/cpu/cpu_features.h"
 #include "backends/cpu/elementwise_math.h"
 
 namespace forge::cpu {
+
+// Vectorised f32 activations (activations_avx*.cpp); false if op has no vector form.
+bool unary_f32_avx512(UnaryOp op, const float* x, float* y, int64_t n);
+bool unary_f32_avx2(UnaryOp op, const float* x, float* y, int64_t n);
 
 namespace {
 // Below this many elements a parallel region costs more than it saves.
@@ -20,6 +25,18 @@ bool all_zero(const Shape& strides) {
 
 void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
     if (!x.is_contiguous()) return CpuRefBackend().CpuRefBackend::unary(op, x, out, alpha);
+    const Isa level = isa();
+    auto* vec = level == Isa::avx512 ? unary_f32_avx512 : unary_f32_avx2;
+    // A zero-length call only asks whether op has a vector form.
+    if (x.dtype() == DType::f32 && level != Isa::scalar && vec(op, nullptr, nullptr, 0)) {
+        const float* xp = x.data<float>();
+        float* yp = out.data<float>();
+        const int64_t n = out.numel(), chunk = 16384;
+#pragma omp parallel for if (n >= kParallelMin)
+        for (int64_t c = 0; c < n; c += chunk)
+            vec(op, xp + c, yp + c, std::min(chunk, n - c));
+        return;
+    }
     visit_float(x.dtype(), [&]<typename T>() {
         visit_unary(op, [&]<UnaryOp O>() {
             const T* xp = x.data<T>();

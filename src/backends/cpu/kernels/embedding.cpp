@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <omp.h>
+
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
 #include "backends/cpu/simd/nn_kernels.h"
@@ -30,9 +32,13 @@ void CpuBackend::embedding_backward(const Tensor& dout, const Tensor& ids, const
     visit_float(dweight.dtype(), [&]<typename T>() {
         const T* gp = dout.data<T>();
         T* dwp = dweight.data<T>();
-        // Column blocks of 64 elements (whole cache lines) per thread.
-        const int64_t block = 64, n_blocks = (cols + block - 1) / block;
-#pragma omp parallel for schedule(static) if (n_ids * cols >= nn::kParallelMinElems && n_blocks > 1)
+        // One column block per thread (a multiple of 16 elements: whole cache lines for f32),
+        // so each thread streams through dout once. Any split gives the same sums.
+        const bool par = n_ids * cols >= nn::kParallelMinElems;
+        const int64_t n_threads = par ? omp_get_max_threads() : 1;
+        const int64_t block = std::max<int64_t>(16, (cols / n_threads + 15) / 16 * 16);
+        const int64_t n_blocks = (cols + block - 1) / block;
+#pragma omp parallel for schedule(static) if (par && n_blocks > 1)
         for (int64_t bk = 0; bk < n_blocks; ++bk) {
             const int64_t c0 = bk * block, c1 = std::min(cols, c0 + block);
             for (int64_t n = 0; n < n_ids; ++n) {

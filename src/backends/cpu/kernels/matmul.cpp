@@ -21,7 +21,8 @@ struct BlasOperand {
 };
 
 BlasOperand blas_operand(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
-    if (cs == 1 && rs >= std::max<int64_t>(cols, 1)) return {CblasNoTrans, int(rs)};
+    if (cs == 1 && rs >= std::max<int64_t>(cols, 1))
+        return {CblasNoTrans, int(rs)};
     FORGE_ASSERT(rs == 1 && cs >= std::max<int64_t>(rows, 1));
     return {CblasTrans, int(cs)};
 }
@@ -49,9 +50,8 @@ constexpr int64_t kMinParallel = 1 << 16;
 // out: (Bt, M, N) contiguous.
 void CpuBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     const int64_t Bt = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);
-    FORGE_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX,
-                "[matmul] matrix dims ", M, "x", K, " and ", K, "x", N,
-                " exceed the BLAS int range");
+    FORGE_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX, "[matmul] matrix dims ", M, "x",
+                K, " and ", K, "x", N, " exceed the BLAS int range");
     const BlasOperand A = blas_operand(M, K, a.strides()[1], a.strides()[2]);
     const BlasOperand B = blas_operand(K, N, b.strides()[1], b.strides()[2]);
     const int64_t sa = a.strides()[0], sb = b.strides()[0];

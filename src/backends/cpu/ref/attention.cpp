@@ -16,8 +16,7 @@ namespace {
 struct Dims {
     int64_t B, Hq, Hkv, Tq, Tk, D;
     explicit Dims(const Tensor& q, const Tensor& k)
-        : B(q.size(0)), Hq(q.size(1)), Hkv(k.size(1)), Tq(q.size(2)), Tk(k.size(2)),
-          D(q.size(3)) {}
+        : B(q.size(0)), Hq(q.size(1)), Hkv(k.size(1)), Tq(q.size(2)), Tk(k.size(2)), D(q.size(3)) {}
     // Keys query i may attend to: all, or (causal) those at positions <= Tk - Tq + i.
     int64_t n_keys(bool causal, int64_t i) const {
         return causal ? std::min(Tk, Tk - Tq + i + 1) : Tk;
