@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -61,9 +63,16 @@ __attribute__((target("avx2,fma"))) float fma_loop_avx2(int64_t iters) {
     return t;
 }
 
-// FLOP/s of all OpenMP threads running the FMA loop at once: each thread times its own loop
-// (so a thread that starts late or gets preempted doesn't count against the others) and the
-// per-thread rates are summed; the best round over `seconds` wins.
+// CPU time of the calling thread: what a loop costs regardless of preemption by other tenants.
+double thread_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// FLOP/s of all OpenMP threads running the FMA loop at once: each thread times its own loop by
+// its CPU time (so a thread that starts late or gets preempted doesn't count against the
+// others) and the per-thread rates are summed; the best round over `seconds` wins.
 double measure_fma_gflops(bool avx512, double seconds = 0.3) {
     const int64_t iters = 1 << 21;
     const int lanes = avx512 ? 16 : 8;
@@ -74,11 +83,9 @@ double measure_fma_gflops(bool avx512, double seconds = 0.3) {
         double rate = 0;
 #pragma omp parallel reduction(+ : sink, rate)
         {
-            auto t0 = std::chrono::steady_clock::now();
+            const double t0 = thread_cpu_seconds();
             sink += avx512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters);
-            double dt =
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            rate += double(iters) * 32.0 * lanes / dt / 1e9;
+            rate += double(iters) * 32.0 * lanes / (thread_cpu_seconds() - t0) / 1e9;
         }
         best = std::max(best, rate);
     }
@@ -222,7 +229,9 @@ void BM_CblasBatchedSmall(benchmark::State& state) {
 // call timed alone. On a shared or virtualised machine, load and clock changes hit both sides
 // alike; interference only ever adds time, so the best call of each side is the cleanest
 // figure and the median shows the typical one. Counters: GFLOP/s of each side (best and
-// median) and forge/BLAS throughput ratios.
+// median) and forge/BLAS throughput ratios. FORGE_BENCH_CPU_TIME=1 (with OMP_NUM_THREADS=1
+// OPENBLAS_NUM_THREADS=1) times each call by the thread's CPU time instead of the wall clock,
+// for a machine whose other tenants keep preempting us.
 void BM_MatmulAB(benchmark::State& state) {
     const int64_t M = state.range(0), K = state.range(1), N = state.range(2);
     forge::Tensor a = forge::Tensor::randn({M, K}, 1), b = forge::Tensor::randn({K, N}, 2);
@@ -230,7 +239,14 @@ void BM_MatmulAB(benchmark::State& state) {
     const double flop = 2.0 * double(M) * double(K) * double(N);
     const int rounds = int(std::clamp(2e11 / flop, 5.0, 50.0)); // about 0.5-2 s a side
     std::vector<double> tf, tb;
-    auto seconds_of = [](auto&& fn) {
+    const char* cpu_env = std::getenv("FORGE_BENCH_CPU_TIME");
+    const bool cpu_time = cpu_env && std::string(cpu_env) == "1";
+    auto seconds_of = [cpu_time](auto&& fn) {
+        if (cpu_time) {
+            const double t0 = thread_cpu_seconds();
+            fn();
+            return thread_cpu_seconds() - t0;
+        }
         auto t0 = std::chrono::steady_clock::now();
         fn();
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

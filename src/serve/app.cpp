@@ -229,6 +229,8 @@ App& App::all(const std::string& p, Handler h) { root_.all(p, std::move(h)); ret
 App& App::on_error(ErrorHandler h) { root_.on_error(std::move(h)); return *this; }
 Router& App::router() { return root_; }
 
+void mark_root(Router& r) { r.impl_->root = true; }
+
 Response App::handle(Request req) const {
     const Next not_found = [](Request& r) -> Response {
         if (r.body_truncated)

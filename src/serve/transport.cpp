@@ -29,7 +29,9 @@ struct App::Transport {
     bool stopped = false;
 };
 
-App::App() { root_.impl_->root = true; }
+void mark_root(Router& r);
+
+App::App() { mark_root(root_); }
 
 App::~App() { stop(0); }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -174,6 +175,17 @@ class PipelineImpl : public Tokenizer::Impl {
   private:
     void encode_valid(std::string_view text, std::vector<TokenId>& out, bool at_start) const;
     const SpecialToken* special_for(TokenId id) const;
+
+    // Byte-level decode: every id's bytes (vocabulary or special text) in one buffer, built on
+    // first use. entry = offset << 8 | flags; flags: 1 present, 2 special.
+    struct DecodeTable {
+        std::string bytes;
+        std::vector<std::uint64_t> entry;
+        std::vector<std::uint32_t> len;
+    };
+    const DecodeTable& decode_table() const;
+    mutable std::once_flag decode_once_;
+    mutable DecodeTable decode_table_;
 };
 
 // Factories (one file each).

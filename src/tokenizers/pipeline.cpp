@@ -1,6 +1,7 @@
 // Vocab, the shared parts of Tokenizer::Impl, and PipelineImpl: normalizer -> pre-tokenizer ->
 // model, and decoders back (impl.h).
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -151,6 +152,33 @@ void PipelineImpl::encode_ordinary(std::string_view text, std::vector<TokenId>& 
     }
 }
 
+const PipelineImpl::DecodeTable& PipelineImpl::decode_table() const {
+    std::call_once(decode_once_, [&] {
+        DecodeTable& t = decode_table_;
+        const Vocab& v = model->vocab();
+        t.entry.assign(n_vocab, 0);
+        t.len.assign(n_vocab, 0);
+        t.bytes.reserve(v.data().size() + 256);
+        for (std::size_t id = 0; id < n_vocab; ++id) {
+            std::string_view s;
+            std::uint64_t flags = 0;
+            if (const SpecialToken* sp = special_for(TokenId(id))) {
+                s = sp->text;
+                flags = 1 | (sp->special ? 2 : 0);
+            } else if (v.has(TokenId(id))) {
+                s = v.surface(TokenId(id));
+                flags = 1;
+            } else {
+                continue;
+            }
+            t.entry[id] = (std::uint64_t(t.bytes.size()) << 8) | flags;
+            t.len[id] = std::uint32_t(s.size());
+            t.bytes.append(s);
+        }
+    });
+    return decode_table_;
+}
+
 std::string_view PipelineImpl::token_bytes(TokenId id) const {
     if (const SpecialToken* s = special_for(id))
         return s->text;
@@ -165,21 +193,33 @@ void PipelineImpl::decode_append(std::span<const TokenId> ids, bool skip_special
                                  std::string& out) const {
     const Vocab& v = model->vocab();
     if (concat_decode) {
-        const char* data = v.data().data();
-        const std::uint32_t* off = v.offsets().data();
-        std::size_t n = v.size();
+        const DecodeTable& t = decode_table();
+        const std::size_t n = t.entry.size();
+        const char* bytes = t.bytes.data();
+        const std::uint64_t* entry = t.entry.data();
+        const std::uint32_t* len = t.len.data();
+        std::size_t start = out.size();
+        out.resize(start + ids.size() * 8);
+        char* w = out.data() + start;
+        char* end = out.data() + out.size();
         for (TokenId id : ids) {
-            if (std::size_t(id) < n && v.has(id) && (specials.empty() || !special_for(id))) {
-                out.append(data + off[id], off[id + 1] - off[id]);
-                continue;
-            }
-            const SpecialToken* s = special_for(id);
-            if (!s)
+            std::uint64_t e = std::size_t(id) < n ? entry[id] : 0;
+            if (!(e & 1))
                 throw InvalidArgument(detail::str_cat("[tokenizer] ", kind, ": token id ", id,
                                                       " is outside the vocabulary (size ", n_vocab, ")"));
-            if (!(skip_special && s->special))
-                out += s->text;
+            if ((e & 2) && skip_special)
+                continue;
+            std::size_t l = len[id];
+            if (std::size_t(end - w) < l) { // grow the output buffer
+                std::size_t used = std::size_t(w - out.data());
+                out.resize(std::max(out.size() * 2, used + l + 64));
+                w = out.data() + used;
+                end = out.data() + out.size();
+            }
+            std::memcpy(w, bytes + (e >> 8), l);
+            w += l;
         }
+        out.resize(std::size_t(w - out.data()));
         return;
     }
     std::vector<std::string> toks;

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/simd/nn_kernels.h"
 #include "core/op_test_util.h"
 
 namespace forge::test {
@@ -72,13 +73,25 @@ Tensor forward_backward(const QKV& x, bool causal,
 }
 
 TEST(Attention, FastMatchesReferenceForwardAndBackward) {
-    // Every case in f32 (each SIMD path); a few in the other dtypes, whose kernels are the
-    // scalar policy (f64) or the f32 ones behind a conversion (f16, bf16).
+    // Every case in f32 under each instruction set this CPU has (capped like the NN kernels'
+    // tests, so an AVX-512 machine also runs the AVX2 and scalar policies); a few cases in the
+    // other dtypes, whose kernels are the scalar policy (f64) or the f32 ones behind a
+    // conversion (f16, bf16).
+    using cpu::nn::Isa;
     const auto all = cases();
-    for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
-        for (size_t i = 0; i < all.size(); ++i) {
-            if (dt != DType::f32 && i % 3 != 2)
-                continue;
+    for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512}) {
+        if (int(isa) > int(cpu::nn::best_isa()))
+            break;
+        cpu::nn::IsaCapScope cap(isa);
+        for (const auto& c : all) {
+            QKV x = make_qkv(c, DType::f32, 7, true);
+            expect_fast_matches_ref(
+                c.str() + " dtype=f32 isa=" + std::to_string(int(isa)),
+                [&] { return forward_backward(x, c.causal, attention); }, 1e-5);
+        }
+    }
+    for (DType dt : {DType::f64, DType::f16, DType::bf16}) {
+        for (size_t i = 2; i < all.size(); i += 3) {
             const AttnCase& c = all[i];
             QKV x = make_qkv(c, dt, 7, true);
             const std::string what = c.str() + " dtype=" + std::string(dtype_name(dt));

@@ -184,17 +184,17 @@ TEST(NnOps, NormsFastMatchRef) {
                 1e-5);
         }
         // Many rows: exercises the threaded paths and the per-thread weight-gradient partials.
-        Tensor x = Tensor::randn({64, 768}, 13, DType::f32);
+        Tensor x = Tensor::randn({48, 768}, 13, DType::f32);
         Tensor w = Tensor::randn({768}, 14, DType::f32);
         expect_all_match_ref(
-            "rms_norm 64x768 grads",
+            "rms_norm 48x768 grads",
             [&] {
                 return value_and_grads([](auto& in) { return rms_norm(in[0], in[1], 1e-6f); },
                                        {x, w});
             },
             1e-5);
         expect_all_match_ref(
-            "layer_norm 64x768 grads",
+            "layer_norm 48x768 grads",
             [&] {
                 return value_and_grads(
                     [](auto& in) { return layer_norm(in[0], in[1], Tensor(), 1e-5f); }, {x, w});
@@ -297,13 +297,13 @@ TEST(NnOps, EmbeddingFastMatchesRef) {
                 0.0);
         }
         // Threaded backward: many ids, a wide table.
-        Tensor w = Tensor::randn({50, 300}, 41, DType::f32);
-        std::vector<int64_t> iv(500);
+        Tensor w = Tensor::randn({50, 200}, 41, DType::f32);
+        std::vector<int64_t> iv(200);
         for (size_t i = 0; i < iv.size(); ++i)
             iv[i] = int64_t(i * 37 % 50);
-        Tensor ids = ids_tensor(iv, {500}, DType::i32);
+        Tensor ids = ids_tensor(iv, {200}, DType::i32);
         expect_all_match_ref(
-            "embedding 500 ids",
+            "embedding 200 ids",
             [&] { return value_and_grads([&](auto& in) { return embedding(in[0], ids); }, {w}); },
             0.0);
     });
@@ -558,7 +558,7 @@ TEST(NnOps, GradcheckDropout) {
 
 TEST(NnOps, DropoutMaskIsSeededAndScaled) {
     const double p = 0.3;
-    Tensor x = Tensor::ones({100000});
+    Tensor x = Tensor::ones({40000});
     Tensor y1 = dropout(x, p, 42), y2 = dropout(x, p, 42), y3 = dropout(x, p, 43);
     EXPECT_EQ(max_rel_diff(y1, y2), 0.0) << "same seed, same mask";
     EXPECT_GT(max_rel_diff(y1, y3), 0.0) << "another seed, another mask";
@@ -570,7 +570,7 @@ TEST(NnOps, DropoutMaskIsSeededAndScaled) {
         ++kept;
         ASSERT_FLOAT_EQ(e, float(1.0 / (1.0 - p))) << "kept values scale by 1/(1-p)";
     }
-    // Binomial(1e5, 0.7): sd 0.0014 of the rate; 0.01 is 7 sd.
+    // Binomial(4e4, 0.7): sd 0.0023 of the rate; 0.01 is 4.4 sd (and the seed is fixed).
     EXPECT_NEAR(double(kept) / double(v.size()), 1.0 - p, 0.01);
     // The mean is preserved in expectation.
     EXPECT_NEAR(mean(y1).item(), 1.0, 0.02);

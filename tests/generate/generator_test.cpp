@@ -58,16 +58,16 @@ TEST_P(GreedyOracle, CachedGreedyEqualsFullForwardArgmax) {
     s.prefill();
     std::vector<TokenId> seq = prompt;
     while (!s.finished()) {
+        TokenStep step = s.next();
         std::vector<float> full = full_forward_last(model, seq);
-        std::span<const float> cached = s.logits();
+        std::span<const float> cached = s.logits(); // what step.token was sampled from
         ASSERT_EQ(cached.size(), full.size());
         float max_diff = 0, max_abs = 0;
         for (size_t i = 0; i < full.size(); ++i) {
             max_diff = std::max(max_diff, std::abs(cached[i] - full[i]));
             max_abs = std::max(max_abs, std::abs(full[i]));
         }
-        EXPECT_LE(max_diff, 1e-4f * std::max(1.0f, max_abs)) << "step " << seq.size() - prompt.size();
-        TokenStep step = s.next();
+        EXPECT_LE(max_diff, 1e-4f * std::max(1.0f, max_abs)) << "step " << step.index;
         const size_t want = argmax(full);
         if (size_t(step.token) != want) {
             // Only a genuine near-tie may differ.

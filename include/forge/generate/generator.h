@@ -154,8 +154,10 @@ class Session {
 
     /// Counts, timings and (once finished) the final tokens and text.
     const GenerateResult& result() const;
-    /// The logits (n_vocab) the next token will be sampled from (after prefill; before any
-    /// sampler stage). Empty before prefill.
+    /// The logits (n_vocab, before any sampler stage) that the latest next() sampled from; after
+    /// prefill() and before the first next(), the prompt's. Empty before prefill. (A sampled
+    /// token is fed to the model at the start of the following next(), so its text streams
+    /// out without waiting for a forward pass.)
     std::span<const float> logits() const;
     const SamplerChain& sampler() const;
     const std::vector<TokenId>& prompt() const;

@@ -58,6 +58,7 @@ class Router {
 
   private:
     friend class App;
+    friend void mark_root(Router& r);
     std::shared_ptr<Impl> impl_;
 };
 

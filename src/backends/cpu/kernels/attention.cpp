@@ -9,22 +9,23 @@
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
 #include "backends/cpu/kernels/attention_flash.h"
+#include "backends/cpu/simd/nn_kernels.h"
 
 namespace forge::cpu {
 
 namespace {
 
-enum class Isa { avx512, avx2, scalar };
+enum class Path { avx512, avx2, scalar };
 
-// The widest kernel the CPU runs for head size D (the SIMD policies need D % lanes == 0).
-Isa pick_isa(int64_t D) {
-    static const bool avx512 = __builtin_cpu_supports("avx512f");
-    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx512 && D % 16 == 0)
-        return Isa::avx512;
-    if (avx2 && D % 8 == 0)
-        return Isa::avx2;
-    return Isa::scalar;
+// The widest kernel for head size D under the active instruction set (the CPU's best, or less
+// when a test caps it; see simd/nn_kernels.h). The SIMD policies need D % lanes == 0.
+Path pick_path(int64_t D) {
+    const nn::Isa isa = nn::active_isa();
+    if (isa == nn::Isa::avx512 && D % 16 == 0)
+        return Path::avx512;
+    if (int(isa) >= int(nn::Isa::avx2) && D % 8 == 0)
+        return Path::avx2;
+    return Path::scalar;
 }
 
 // Per-thread tiles: omp_get_max_threads() slots, one per thread of the kernel's parallel region.
@@ -56,12 +57,12 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
                                   .causal = causal,
                                   .scratch = scratch.data<T>()};
         if constexpr (std::is_same_v<T, float>) {
-            switch (pick_isa(D)) {
-            case Isa::avx512:
+            switch (pick_path(D)) {
+            case Path::avx512:
                 return flash::forward_f32_avx512(a);
-            case Isa::avx2:
+            case Path::avx2:
                 return flash::forward_f32_avx2(a);
-            case Isa::scalar:
+            case Path::scalar:
                 break;
             }
         }
@@ -103,12 +104,12 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
                                   .causal = causal,
                                   .scratch = scratch.data<T>()};
         if constexpr (std::is_same_v<T, float>) {
-            switch (pick_isa(D)) {
-            case Isa::avx512:
+            switch (pick_path(D)) {
+            case Path::avx512:
                 return flash::backward_f32_avx512(a);
-            case Isa::avx2:
+            case Path::avx2:
                 return flash::backward_f32_avx2(a);
-            case Isa::scalar:
+            case Path::scalar:
                 break;
             }
         }
