@@ -321,6 +321,11 @@ int run_train(Settings st) {
     const char* shape_keys[] = {"n-layer", "n-head", "n-head-kv", "n-embd", "n-ff", "n-ctx"};
     if (!ckpt_dir.empty()) {
         cfg = ckpt.config;
+        // A project's forge.toml names a preset and shapes for new runs: a checkpoint's model
+        // overrides those; only flags that try to change it are errors.
+        for (const char* k : {"preset", "n-layer", "n-head", "n-head-kv", "n-embd", "n-ff", "n-ctx"})
+            if (auto* s = st.find(k); s && s->origin.rfind("--", 0) != 0)
+                st.map.erase(k);
         for (const char* k : shape_keys)
             FORGE_CHECK(!st.has(k), "--", k, " cannot change the shape of a checkpoint's model (",
                         ckpt_dir.string(), ")");

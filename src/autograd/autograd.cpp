@@ -69,16 +69,21 @@ std::vector<Node*> topo_order(Node* root) {
     return order;
 }
 
+// `g` is moved in: when this handle is the only one to its storage, the leaf takes it as is;
+// otherwise (the same gradient also flows elsewhere) it gets its own copy, so an in-place change
+// to one .grad() (clipping, scaling) never shows in another.
 void accumulate_leaf(const Tensor& leaf, Tensor g) {
     FORGE_ASSERT(g.shape() == leaf.shape());
     g = g.to(leaf.dtype());
     Tensor old = leaf.grad();
     if (old.defined()) {
         leaf.set_grad(add(old, g));
-    } else {
-        // Own the gradient: never alias a tensor the backward pass may reuse.
-        leaf.set_grad(g.shares_storage(leaf) ? g.clone() : g.contiguous().clone());
+        return;
     }
+    const bool sole_owner = g.is_contiguous() && g.impl().use_count() == 1 &&
+                            g.storage().use_count() == 1 && g.numel() * int64_t(dtype_size(g.dtype())) ==
+                                                                 int64_t(g.storage()->nbytes);
+    leaf.set_grad(sole_owner ? g : g.contiguous().clone());
 }
 
 } // namespace
@@ -119,7 +124,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output, bool retain_gra
             if (!grads[i].defined() || !in.requires_grad()) continue;
             FORGE_ASSERT(grads[i].shape() == in.shape());
             if (in.is_leaf()) {
-                accumulate_leaf(in, grads[i]);
+                accumulate_leaf(in, std::move(grads[i]));
             } else {
                 Node* child = in.grad_fn().get();
                 auto p = pending.find(child);

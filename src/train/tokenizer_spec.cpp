@@ -122,7 +122,7 @@ std::string char_tokenizer_json(const std::vector<std::string>& chars) {
     vocab += "\n    }";
     return "{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n"
            "  \"added_tokens\": [],\n  \"normalizer\": null,\n  \"pre_tokenizer\": null,\n"
-           "  \"post_processor\": null,\n  \"decoder\": null,\n"
+           "  \"post_processor\": null,\n  \"decoder\": {\"type\": \"Fuse\"},\n"
            "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n"
            "    \"unk_token\": null,\n    \"continuing_subword_prefix\": null,\n"
            "    \"end_of_word_suffix\": null,\n    \"fuse_unk\": false,\n"

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -296,6 +297,26 @@ TEST(Matmul, HalfInputsAccumulateInF32) {
     Tensor c = matmul(a, b);
     EXPECT_EQ(c.dtype(), DType::f16);
     EXPECT_EQ(c.item(), 257.0);
+}
+
+TEST(Matmul, HalfGradientsMatchF32) {
+    // The backward of a half matmul runs the same ops in the half dtype: its gradients are the
+    // f32 ones up to half rounding (inputs are exactly representable in both).
+    for (DType dt : {DType::f16, DType::bf16}) {
+        auto grads = [&](DType t) {
+            Tensor a = rn({2, 5, 8}, 80, DType::bf16).to(t), b = rn({8, 6}, 81, DType::bf16).to(t);
+            a.set_requires_grad(true);
+            b.set_requires_grad(true);
+            Tensor g = rn({2, 5, 6}, 82, DType::bf16).to(t);
+            matmul(a, b).backward(g);
+            EXPECT_EQ(a.grad().dtype(), t);
+            return std::pair{a.grad(), b.grad()};
+        };
+        auto [ga, gb] = grads(dt);
+        auto [fa, fb] = grads(DType::f32);
+        EXPECT_LE(max_rel_diff(ga, fa), dtype_tolerance(dt)) << dtype_name(dt);
+        EXPECT_LE(max_rel_diff(gb, fb), dtype_tolerance(dt)) << dtype_name(dt);
+    }
 }
 
 TEST(Matmul, Errors) {

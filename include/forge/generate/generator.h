@@ -61,6 +61,8 @@ class TransformerLM : public CausalLM {
     Transformer& model() { return model_; }
 
   private:
+    // h: (1, T, C) hidden states -> logits (V) of the last position.
+    void project_last(const Tensor& h, std::vector<float>& logits) const;
     Transformer& model_;
     int64_t prefill_chunk_;
     Tensor head_; // (V, C): the LM head's weight (the embedding when tied)

@@ -23,7 +23,8 @@ struct TrainingTokenizer {
 
 /// HF tokenizer.json for a character-level vocabulary: a BPE model without merges (so
 /// Tokenizer::load reads it) whose vocab is `chars` (UTF-8 strings, one code point each) with
-/// ids in the given order, and no normalizer or pre-tokenizer. Characters outside the vocab
+/// ids in the given order, no normalizer or pre-tokenizer, and a Fuse decoder (tokens joined
+/// without spaces). Characters outside the vocab
 /// are dropped when encoding (there is no unknown token).
 std::string char_tokenizer_json(const std::vector<std::string>& chars);
 /// The distinct code points of UTF-8 `text`, sorted by code point, each as UTF-8 (invalid bytes

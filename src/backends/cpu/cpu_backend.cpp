@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
 
 #include "backends/cpu/cpu_common.h"
@@ -36,20 +38,97 @@ inline double uniform01(uint64_t seed, uint64_t i) {
 }
 } // namespace
 
-MemoryStats memory_stats() { return {g_current.load(), g_peak.load()}; }
+// A caching allocator for large blocks: a tensor's storage freed in one step is handed to a
+// tensor of the same size class in the next, so training steps stop paying glibc's fresh-page
+// faults (measured 3-6x the kernel time for 32+ MiB outputs). Blocks below kCacheMin go straight
+// to the system allocator, which is fast at those sizes. Size classes are 8 per power of two,
+// so a reused block wastes at most 12.5%.
+namespace {
+constexpr size_t kCacheMin = 64 << 10;
+constexpr size_t kCacheMaxBytes = size_t(2) << 30; // beyond this, freed blocks go back to the OS
+
+size_t size_class(size_t n) {
+    n = (std::max<size_t>(n, 1) + 63) / 64 * 64;
+    if (n < kCacheMin) return n;
+    int top = 63 - __builtin_clzll(n);
+    size_t step = size_t(1) << (top - 3);
+    return (n + step - 1) / step * step;
+}
+
+struct BlockCache {
+    std::mutex mu;
+    std::multimap<size_t, void*> free_blocks; // size class -> block
+    size_t cached = 0;
+    ~BlockCache() {
+        for (auto& [n, p] : free_blocks)
+            std::free(p);
+    }
+};
+BlockCache& block_cache() {
+    static BlockCache c;
+    return c;
+}
+std::atomic<size_t> g_cached{0};
+
+void* take_block(size_t cls) {
+    if (cls >= kCacheMin) {
+        BlockCache& c = block_cache();
+        std::lock_guard lock(c.mu);
+        auto it = c.free_blocks.find(cls);
+        if (it != c.free_blocks.end()) {
+            void* p = it->second;
+            c.free_blocks.erase(it);
+            c.cached -= cls;
+            g_cached.store(c.cached);
+            return p;
+        }
+    }
+    return std::aligned_alloc(64, cls);
+}
+
+void give_block(void* p, size_t cls) {
+    if (cls >= kCacheMin) {
+        BlockCache& c = block_cache();
+        std::lock_guard lock(c.mu);
+        if (c.cached + cls <= kCacheMaxBytes) {
+            c.free_blocks.emplace(cls, p);
+            c.cached += cls;
+            g_cached.store(c.cached);
+            return;
+        }
+    }
+    std::free(p);
+}
+} // namespace
+
+MemoryStats memory_stats() { return {g_current.load(), g_peak.load(), g_cached.load()}; }
 void reset_peak_memory() { g_peak.store(g_current.load()); }
 
+void empty_cache() {
+    BlockCache& c = block_cache();
+    std::lock_guard lock(c.mu);
+    for (auto& [n, p] : c.free_blocks)
+        std::free(p);
+    c.free_blocks.clear();
+    c.cached = 0;
+    g_cached.store(0);
+}
+
 std::shared_ptr<Storage> CpuBackend::allocate(size_t nbytes, Device device) {
-    size_t rounded = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
+    const size_t cls = size_class(nbytes);
+    void* p = take_block(cls);
+    if (!p) {
+        empty_cache(); // the OS may satisfy it once our cached blocks are back
+        p = std::aligned_alloc(64, cls);
+    }
     if (!p)
         throw DeviceError("out of memory: failed to allocate " + std::to_string(nbytes) +
                           " bytes on the CPU (" + std::to_string(memory_stats().current) +
                           " bytes in use by tensors)");
-    note_alloc(rounded);
-    return std::make_shared<Storage>(p, nbytes, device, [rounded](void* q) {
-        std::free(q);
-        g_current.fetch_sub(rounded);
+    note_alloc(cls);
+    return std::make_shared<Storage>(p, nbytes, device, [cls](void* q) {
+        g_current.fetch_sub(cls);
+        give_block(q, cls);
     });
 }
 

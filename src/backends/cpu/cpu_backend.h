@@ -7,13 +7,17 @@
 
 namespace forge::cpu {
 
-/// Bytes of CPU tensor storage allocated now, and the most since the last reset.
+/// Bytes of CPU tensor storage in use now, the most since the last reset, and the bytes of
+/// freed large blocks the allocator keeps for reuse.
 struct MemoryStats {
     size_t current = 0;
     size_t peak = 0;
+    size_t cached = 0;
 };
 MemoryStats memory_stats();
 void reset_peak_memory();
+/// Returns the allocator's cached blocks to the system.
+void empty_cache();
 
 class CpuBackend : public Backend {
   public:
