@@ -2,6 +2,7 @@
 // reference kernels, gradients against finite differences, and the error paths.
 #include <cmath>
 
+#include "backends/cpu/simd/nn_kernels.h"
 #include "core/op_helpers.h"
 #include "op_test_util.h"
 
@@ -47,17 +48,28 @@ Tensor domain(const Tensor& x, bool positive) {
 }
 
 TEST(Unary, FastMatchesReference) {
-    for (const auto& c : unary_cases()) {
-        for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
-            Tensor x = domain(Tensor::randn({3, 257}, 1, DType::f32, 0, 2), c.positive).to(dt);
-            expect_fast_matches_ref(std::string(c.name) + "/" + std::string(dtype_name(dt)),
-                                    [&] { return c.f(x); }, test::dtype_tolerance(dt));
-            EXPECT_EQ(c.f(x).dtype(), dt);
+    // Every instruction-set path of the fast kernels (AVX-512, AVX2, generic loops).
+    for (auto cap : {cpu::nn::Isa::avx512, cpu::nn::Isa::avx2, cpu::nn::Isa::generic}) {
+        cpu::nn::IsaCapScope scope(cap);
+        for (const auto& c : unary_cases()) {
+            for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+                Tensor x = domain(Tensor::randn({3, 257}, 1, DType::f32, 0, 2), c.positive).to(dt);
+                expect_fast_matches_ref(
+                    std::string(c.name) + "/" + std::string(dtype_name(dt)), [&] { return c.f(x); },
+                    test::dtype_tolerance(dt));
+                EXPECT_EQ(c.f(x).dtype(), dt);
+            }
+            // non-contiguous input
+            Tensor xt = domain(Tensor::randn({40, 33}, 2), c.positive).t();
+            expect_fast_matches_ref(
+                std::string(c.name) + "/transposed", [&] { return c.f(xt); }, 1e-5);
+            // tails of every length below one vector, and tiny inputs (tanh's series branch)
+            for (int64_t n : {1, 7, 15, 17}) {
+                Tensor small = mul_scalar(domain(Tensor::randn({n}, 8), c.positive), 0.01);
+                expect_fast_matches_ref(
+                    std::string(c.name) + "/tail", [&] { return c.f(small); }, 1e-6);
+            }
         }
-        // non-contiguous input
-        Tensor xt = domain(Tensor::randn({40, 33}, 2), c.positive).t();
-        expect_fast_matches_ref(std::string(c.name) + "/transposed", [&] { return c.f(xt); },
-                                1e-5);
     }
 }
 
@@ -69,7 +81,8 @@ TEST(Unary, ValuesMatchClosedForms) {
     for (int i = 0; i < 5; ++i) {
         double v = x.at({i});
         EXPECT_NEAR(g[i], 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))), 1e-15);
-        EXPECT_NEAR(gt_[i], 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))),
+        EXPECT_NEAR(gt_[i],
+                    0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))),
                     1e-15);
         EXPECT_NEAR(s[i], v / (1 + std::exp(-v)), 1e-15);
     }
@@ -80,9 +93,10 @@ TEST(Unary, Gradcheck) {
         if (std::string(c.name) == "relu" || std::string(c.name) == "abs") {
             // kinks at 0: keep inputs away from it
             Tensor x = rand_leaf({4, 5}, 3);
-            Tensor xs = add(x.detach(), mul_scalar(gt(x.detach(), Tensor::scalar(0.0, DType::f64))
-                                                       .to(DType::f64), 0.2))
-                            .detach();
+            Tensor xs =
+                add(x.detach(),
+                    mul_scalar(gt(x.detach(), Tensor::scalar(0.0, DType::f64)).to(DType::f64), 0.2))
+                    .detach();
             xs.set_requires_grad();
             expect_gradcheck(c.name, [&](const auto& in) { return c.f(in[0]); }, {xs});
             continue;
@@ -95,8 +109,8 @@ TEST(Unary, Gradcheck) {
 
 TEST(Binary, FastMatchesReferenceWithBroadcasting) {
     std::vector<std::pair<Shape, Shape>> shapes = {
-        {{4, 5}, {4, 5}}, {{4, 5}, {5}}, {{4, 1}, {1, 5}}, {{2, 3, 4}, {}}, {{3, 1, 4}, {2, 4}},
-        {{7}, {1}}, {{1024, 64}, {64}}};
+        {{4, 5}, {4, 5}},    {{4, 5}, {5}}, {{4, 1}, {1, 5}},  {{2, 3, 4}, {}},
+        {{3, 1, 4}, {2, 4}}, {{7}, {1}},    {{1024, 64}, {64}}};
     using BinFn = Tensor (*)(const Tensor&, const Tensor&);
     std::vector<std::pair<const char*, BinFn>> ops = {
         {"add", add}, {"sub", sub}, {"mul", mul}, {"div", div}, {"maximum", maximum}};
@@ -105,8 +119,9 @@ TEST(Binary, FastMatchesReferenceWithBroadcasting) {
             for (DType dt : {DType::f32, DType::f64, DType::bf16}) {
                 Tensor a = Tensor::randn(sa, 5, dt);
                 Tensor b = add_scalar(abs(Tensor::randn(sb, 6, dt)), 0.5);
-                expect_fast_matches_ref(std::string(name) + shape_str(sa) + shape_str(sb),
-                                        [&] { return f(a, b); }, test::dtype_tolerance(dt));
+                expect_fast_matches_ref(
+                    std::string(name) + shape_str(sa) + shape_str(sb), [&] { return f(a, b); },
+                    test::dtype_tolerance(dt));
                 EXPECT_EQ(f(a, b).shape(), detail::broadcast_shapes("t", sa, sb));
             }
     // integer and comparison ops
@@ -140,9 +155,12 @@ TEST(Reduce, FastMatchesReference) {
     std::vector<std::vector<int64_t>> dimsets = {{}, {0}, {1}, {3}, {-1}, {1, 2}, {0, 2}, {0, 3}};
     for (const auto& dims : dimsets)
         for (bool keep : {false, true}) {
-            expect_fast_matches_ref("sum", [&] { return sum(x, dims, keep); }, 1e-6);
-            expect_fast_matches_ref("max", [&] { return max(x, dims, keep); }, 0);
-            expect_fast_matches_ref("mean", [&] { return mean(x, dims, keep); }, 1e-6);
+            expect_fast_matches_ref(
+                "sum", [&] { return sum(x, dims, keep); }, 1e-6);
+            expect_fast_matches_ref(
+                "max", [&] { return max(x, dims, keep); }, 0);
+            expect_fast_matches_ref(
+                "mean", [&] { return mean(x, dims, keep); }, 1e-6);
         }
     EXPECT_EQ(sum(x, {1, 2}).shape(), (Shape{3, 2}));
     EXPECT_EQ(sum(x, {1, 2}, true).shape(), (Shape{3, 1, 1, 2}));
@@ -180,9 +198,15 @@ TEST(Shape, ConcatSplitWhereMaskedFill) {
     auto parts = split(cat, {3, 5, 1}, -1);
     EXPECT_TRUE(parts[1].shares_storage(cat));
     EXPECT_EQ(max(abs(sub(parts[1], b))).item(), 0.0);
-    expect_gradcheck("concat", [](const auto& in) { return concat({in[0], in[1], in[2]}, 1); },
+    expect_gradcheck("concat",
+                     [](const auto& in) {
+                         return concat({in[0], in[1], in[2]}, 1);
+                     },
                      {a, b, c});
-    expect_gradcheck("split", [](const auto& in) { return mul(split(in[0], {1, 4}, 1)[1], in[0].narrow(1, 0, 4)); },
+    expect_gradcheck("split",
+                     [](const auto& in) {
+                         return mul(split(in[0], {1, 4}, 1)[1], in[0].narrow(1, 0, 4));
+                     },
                      {b});
 
     Tensor mask = gt(Tensor::randn({2, 3}, 4), Tensor::scalar(0.0));
@@ -194,7 +218,8 @@ TEST(Shape, ConcatSplitWhereMaskedFill) {
                      {a});
     Tensor y = rand_leaf({3}, 5);
     expect_gradcheck("where", [&](const auto& in) { return where(mask, in[0], in[1]); }, {a, y});
-    expect_fast_matches_ref("where", [&] { return where(mask, a, y); }, 0);
+    expect_fast_matches_ref(
+        "where", [&] { return where(mask, a, y); }, 0);
 }
 
 TEST(Autograd, AccumulatesAndReleasesGraph) {

@@ -5,8 +5,8 @@
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
-#include "backends/cpu/cpu_features.h"
 #include "backends/cpu/elementwise_math.h"
+#include "backends/cpu/simd/nn_kernels.h"
 
 namespace forge::cpu {
 
@@ -25,10 +25,10 @@ bool all_zero(const Shape& strides) {
 
 void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
     if (!x.is_contiguous()) return CpuRefBackend().CpuRefBackend::unary(op, x, out, alpha);
-    const Isa level = isa();
-    auto* vec = level == Isa::avx512 ? unary_f32_avx512 : unary_f32_avx2;
+    const nn::Isa level = nn::active_isa();
+    auto* vec = level == nn::Isa::avx512 ? unary_f32_avx512 : unary_f32_avx2;
     // A zero-length call only asks whether op has a vector form.
-    if (x.dtype() == DType::f32 && level != Isa::scalar && vec(op, nullptr, nullptr, 0)) {
+    if (x.dtype() == DType::f32 && level != nn::Isa::generic && vec(op, nullptr, nullptr, 0)) {
         const float* xp = x.data<float>();
         float* yp = out.data<float>();
         const int64_t n = out.numel(), chunk = 16384;
