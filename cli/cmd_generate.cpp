@@ -146,7 +146,8 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
         ->capture_default_str();
     cmd->add_option("--seed,-s", o->seed, "sampling seed (default: random, printed at the end)");
     cmd->add_option("--stop", o->stop,
-                    "stop when the text contains STR (repeatable; STR is not printed)");
+                    "stop when the text contains STR (repeatable; STR is not printed)")
+        ->allow_extra_args(false); // one value per --stop, so a prompt-like word is never taken
     cmd->add_flag("--ids", o->ids, "print the generated token ids as a JSON array instead");
     cmd->add_flag("--echo", o->echo, "print the prompt before the generated text");
     cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating past the end-of-text token");

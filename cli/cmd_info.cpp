@@ -40,8 +40,9 @@ std::string with_commas(int64_t n) {
 }
 
 void run_info(const InfoOptions& o) {
-    FORGE_CHECK(o.preset.empty() != o.model.empty(), "forge info needs exactly one of --preset NAME "
-                                                     "or --model DIR");
+    FORGE_CHECK(o.preset.empty() != o.model.empty(),
+                "forge info needs exactly one of --preset NAME "
+                "or --model DIR");
     ModelConfig c;
     std::string what;
     if (!o.preset.empty()) {
@@ -52,21 +53,28 @@ void run_info(const InfoOptions& o) {
         what = "model " + o.model;
     }
     const ModelConfig base = c;
-    if (o.n_layer) c.n_layer = o.n_layer;
+    if (o.n_layer)
+        c.n_layer = o.n_layer;
     if (o.n_head) {
         c.n_head = o.n_head;
-        if (!o.n_head_kv && base.n_head_kv == base.n_head) c.n_head_kv = o.n_head;
+        if (!o.n_head_kv && base.n_head_kv == base.n_head)
+            c.n_head_kv = o.n_head;
         c.head_dim = 0;
     }
-    if (o.n_head_kv) c.n_head_kv = o.n_head_kv;
+    if (o.n_head_kv)
+        c.n_head_kv = o.n_head_kv;
     if (o.n_embd) {
         c.n_embd = o.n_embd;
         c.head_dim = 0;
-        if (!o.n_ff) c.n_ff = base.n_ff * o.n_embd / base.n_embd;
+        if (!o.n_ff)
+            c.n_ff = base.n_ff * o.n_embd / base.n_embd;
     }
-    if (o.n_ff) c.n_ff = o.n_ff;
-    if (o.n_ctx) c.n_ctx = o.n_ctx;
-    if (o.vocab) c.vocab_size = o.vocab;
+    if (o.n_ff)
+        c.n_ff = o.n_ff;
+    if (o.n_ctx)
+        c.n_ctx = o.n_ctx;
+    if (o.vocab)
+        c.vocab_size = o.vocab;
     c.validate();
 
     const int64_t n = c.num_parameters();

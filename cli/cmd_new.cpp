@@ -31,7 +31,8 @@ std::string config_text(const std::string& preset) {
 # file. Lines starting with # are comments: uncomment a line to use it.
 
 [model]
-preset = ")" + preset + R"("   # tiny, gpt2, gpt2-medium, llama-1b, ... (`forge info --preset NAME`)
+preset = ")" +
+           preset + R"("   # tiny, gpt2, gpt2-medium, llama-1b, ... (`forge info --preset NAME`)
 # n_layer = 4          # shape overrides of the preset
 # n_head = 4
 # n_embd = 128

@@ -171,15 +171,16 @@ void apply_config(Settings& st, const fs::path& file) {
         const std::string origin = file.string() + ":" + std::to_string(e.line);
         const FlagSpec* f = spec_of(e.key);
         if (!f || e.key == "resume" || e.key == "config")
-            throw InvalidArgument(origin + ": unknown key '" + e.key + "'", "known keys: " + known_keys());
+            throw InvalidArgument(origin + ": unknown key '" + e.key + "'",
+                                  "known keys: " + known_keys());
         if (e.is_array && f->kind != Kind::paths)
             throw InvalidArgument(origin + ": '" + e.key + "' takes one value, not an array");
         if (st.has(e.key))
             continue; // the flag wins
         Setting s{e.values, origin};
         const bool is_path = f->kind == Kind::path || f->kind == Kind::paths ||
-                             (e.key == "tokenizer" && e.values[0] != "char" && e.values[0] != "byte" &&
-                              e.values[0].rfind("bpe:", 0) != 0);
+                             (e.key == "tokenizer" && e.values[0] != "char" &&
+                              e.values[0] != "byte" && e.values[0].rfind("bpe:", 0) != 0);
         if (is_path)
             for (auto& v : s.values)
                 if (fs::path(v).is_relative())
@@ -306,10 +307,9 @@ int run_train(Settings st) {
     // Tokenizer: a checkpoint's own file unless --tokenizer says otherwise.
     std::unique_ptr<TrainingTokenizer> tok;
     if (!ckpt_dir.empty() && !st.has("tokenizer"))
-        tok = std::make_unique<TrainingTokenizer>(
-            load_training_tokenizer(ckpt.tokenizer_file, ckpt.data.tokenizer.empty()
-                                                             ? ckpt.tokenizer_file.string()
-                                                             : ckpt.data.tokenizer));
+        tok = std::make_unique<TrainingTokenizer>(load_training_tokenizer(
+            ckpt.tokenizer_file,
+            ckpt.data.tokenizer.empty() ? ckpt.tokenizer_file.string() : ckpt.data.tokenizer));
     else
         tok = std::make_unique<TrainingTokenizer>(
             make_training_tokenizer(st.str("tokenizer", "char"), files, cache_dir, threads));
@@ -323,7 +323,8 @@ int run_train(Settings st) {
         cfg = ckpt.config;
         // A project's forge.toml names a preset and shapes for new runs: a checkpoint's model
         // overrides those; only flags that try to change it are errors.
-        for (const char* k : {"preset", "n-layer", "n-head", "n-head-kv", "n-embd", "n-ff", "n-ctx"})
+        for (const char* k :
+             {"preset", "n-layer", "n-head", "n-head-kv", "n-embd", "n-ff", "n-ctx"})
             if (auto* s = st.find(k); s && s->origin.rfind("--", 0) != 0)
                 st.map.erase(k);
         for (const char* k : shape_keys)
@@ -343,9 +344,8 @@ int run_train(Settings st) {
         cfg.n_head = st.integer("n-head", cfg.n_head);
         // A changed head count keeps the preset's attention kind: MHA stays MHA.
         const ModelConfig base = ModelConfig::preset(preset);
-        cfg.n_head_kv = st.integer("n-head-kv", head_set && base.n_head_kv == base.n_head
-                                                    ? cfg.n_head
-                                                    : cfg.n_head_kv);
+        cfg.n_head_kv = st.integer(
+            "n-head-kv", head_set && base.n_head_kv == base.n_head ? cfg.n_head : cfg.n_head_kv);
         const bool embd_set = st.has("n-embd");
         cfg.n_embd = st.integer("n-embd", cfg.n_embd);
         if (embd_set || head_set)
@@ -375,8 +375,9 @@ int run_train(Settings st) {
         opts.metrics_out = st.str("metrics-out", "");
     opts.validate();
     if (resuming && opts.threads != threads)
-        std::fprintf(stderr, "warning: this run uses %d threads, the checkpoint %d: losses may "
-                             "differ in the last bits from an uninterrupted run\n",
+        std::fprintf(stderr,
+                     "warning: this run uses %d threads, the checkpoint %d: losses may "
+                     "differ in the last bits from an uninterrupted run\n",
                      threads, opts.threads);
 
     TokenCache cache = tokenize_cached(files, tok->tokenizer, tok->hash, cache_dir, threads);
@@ -390,8 +391,8 @@ int run_train(Settings st) {
                 model_desc.c_str(), cfg.family == ModelFamily::gpt2 ? "gpt2" : "llama",
                 static_cast<long long>(cfg.n_layer), static_cast<long long>(cfg.n_head),
                 static_cast<long long>(cfg.n_embd), static_cast<long long>(cfg.n_ctx),
-                human_count(double(model.num_parameters())).c_str(),
-                static_cast<long long>(vocab), tok->spec.c_str());
+                human_count(double(model.num_parameters())).c_str(), static_cast<long long>(vocab),
+                tok->spec.c_str());
     std::printf("data: %zu file%s, %s bytes -> %lld tokens (%s %s)\n", files.size(),
                 files.size() == 1 ? "" : "s", human_count(double(cache.n_bytes)).c_str(),
                 static_cast<long long>(cache.tokens.size()),
@@ -413,7 +414,8 @@ int run_train(Settings st) {
                 "%d thread%s, seed %llu\n",
                 static_cast<long long>(opts.steps), static_cast<long long>(opts.batch),
                 static_cast<long long>(opts.seq_len),
-                opts.grad_accum > 1 ? (" x " + std::to_string(opts.grad_accum) + " accum").c_str() : "",
+                opts.grad_accum > 1 ? (" x " + std::to_string(opts.grad_accum) + " accum").c_str()
+                                    : "",
                 opts.optimizer.c_str(), opts.lr, opts.min_lr, opts.schedule.c_str(),
                 static_cast<long long>(opts.warmup), threads, threads == 1 ? "" : "s",
                 static_cast<unsigned long long>(opts.seed));

@@ -149,6 +149,7 @@ ModelConfig ModelConfig::from_hf_json(const std::string& text) {
         c.n_ff = get("n_inner", int64_t(4 * c.n_embd));
         c.norm_eps = float(get("layer_norm_epsilon", 1e-5));
         c.tie_embeddings = get("tie_word_embeddings", true);
+        c.dropout = float(get("resid_pdrop", 0.0));
         std::string act = get("activation_function", std::string("gelu_new"));
         FORGE_CHECK(act == "gelu_new" || act == "gelu_pytorch_tanh",
                     "[config.json] activation_function '", act,

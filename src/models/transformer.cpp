@@ -180,6 +180,9 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg), imp
 
 Transformer::~Transformer() = default;
 
+uint64_t Transformer::dropout_state() const { return impl_->dropout_seed; }
+void Transformer::set_dropout_state(uint64_t state) { impl_->dropout_seed = state; }
+
 Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
     FORGE_CHECK(ids_in.defined() && ids_in.dim() == 2, "[transformer] ids must be (B, T), got ",
                 ids_in.defined() ? shape_str(ids_in.shape()) : "undefined");
@@ -222,12 +225,13 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
 
     Tensor x = embedding(m.wte, ids); // (B, T, C)
     if (c.family == ModelFamily::gpt2) x = add(x, m.wpe.narrow(0, pos0, T));
-    x = dropout_(x, ++m.dropout_seed);
+    // The stream advances only when masks are drawn, so evaluation never shifts training's masks.
+    x = drop ? dropout_(x, ++m.dropout_seed) : x;
 
     for (int64_t l = 0; l < c.n_layer; ++l) {
         const LayerWeights w = m.layers[size_t(l)]; // handles: shares the parameters
         const uint64_t seed0 = m.dropout_seed;
-        m.dropout_seed += 2;
+        if (drop) m.dropout_seed += 2;
         const std::vector<float> factors = m.rope_freq_factors;
         auto block = [=](const Tensor& xin) -> Tensor {
             Tensor q, k, v, a, mlp_out;

@@ -55,12 +55,23 @@ std::string parse_string(Cursor& c) {
                 c.fail("unterminated string");
             char e = c.text[c.pos++];
             switch (e) {
-            case 'n': out += '\n'; break;
-            case 't': out += '\t'; break;
-            case 'r': out += '\r'; break;
-            case '"': out += '"'; break;
-            case '\\': out += '\\'; break;
-            default: c.fail(std::string("unknown escape \\") + e + " in a string");
+            case 'n':
+                out += '\n';
+                break;
+            case 't':
+                out += '\t';
+                break;
+            case 'r':
+                out += '\r';
+                break;
+            case '"':
+                out += '"';
+                break;
+            case '\\':
+                out += '\\';
+                break;
+            default:
+                c.fail(std::string("unknown escape \\") + e + " in a string");
             }
             continue;
         }

@@ -123,7 +123,8 @@ std::vector<fs::path> list_data_files(const std::vector<fs::path>& inputs) {
                            "pass text files or folders of text files with --data");
         if (fs::is_directory(st)) {
             std::vector<fs::path> found;
-            for (auto it = fs::recursive_directory_iterator(in, fs::directory_options::skip_permission_denied);
+            for (auto it = fs::recursive_directory_iterator(
+                     in, fs::directory_options::skip_permission_denied);
                  it != fs::recursive_directory_iterator(); ++it) {
                 const auto name = it->path().filename().string();
                 if (!name.empty() && name[0] == '.') {
@@ -188,9 +189,15 @@ TokenFile TokenFile::open(const fs::path& path) {
     return f;
 }
 
-int64_t TokenFile::size() const { return map_ ? int64_t(map_->header.n_tokens) : 0; }
-int TokenFile::width() const { return map_ ? int(map_->header.width) : 0; }
-uint64_t TokenFile::key() const { return map_ ? map_->header.key : 0; }
+int64_t TokenFile::size() const {
+    return map_ ? int64_t(map_->header.n_tokens) : 0;
+}
+int TokenFile::width() const {
+    return map_ ? int(map_->header.width) : 0;
+}
+uint64_t TokenFile::key() const {
+    return map_ ? map_->header.key : 0;
+}
 const fs::path& TokenFile::path() const {
     FORGE_ASSERT(map_);
     return map_->path;
@@ -209,8 +216,8 @@ uint32_t TokenFile::operator[](int64_t i) const {
 }
 
 void TokenFile::read(int64_t start, int64_t n, int64_t* out) const {
-    FORGE_CHECK(map_ && start >= 0 && n >= 0 && start + n <= size(), "[data] token range [",
-                start, ", ", start + n, ") outside a file of ", size(), " tokens");
+    FORGE_CHECK(map_ && start >= 0 && n >= 0 && start + n <= size(), "[data] token range [", start,
+                ", ", start + n, ") outside a file of ", size(), " tokens");
     const uint8_t* d = map_->base + kHeaderBytes;
     if (map_->header.width == 2) {
         const auto* s = reinterpret_cast<const uint16_t*>(d) + start; // 64-byte header: aligned
@@ -247,7 +254,8 @@ TokenCache tokenize_cached(const std::vector<fs::path>& files, const Tokenizer& 
     }
     out.key = key;
     char name[64];
-    std::snprintf(name, sizeof(name), "tokens-%016llx.bin", static_cast<unsigned long long>(name_hash));
+    std::snprintf(name, sizeof(name), "tokens-%016llx.bin",
+                  static_cast<unsigned long long>(name_hash));
     const fs::path path = cache_dir / name;
 
     std::error_code ec;
@@ -287,10 +295,12 @@ TokenCache tokenize_cached(const std::vector<fs::path>& files, const Tokenizer& 
                             " outside its vocabulary of ", vocab, " in ", src.string());
             if (width == 2) {
                 buf16.assign(ids.begin(), ids.end());
-                o.write(reinterpret_cast<const char*>(buf16.data()), std::streamsize(2 * buf16.size()));
+                o.write(reinterpret_cast<const char*>(buf16.data()),
+                        std::streamsize(2 * buf16.size()));
             } else {
                 buf32.assign(ids.begin(), ids.end());
-                o.write(reinterpret_cast<const char*>(buf32.data()), std::streamsize(4 * buf32.size()));
+                o.write(reinterpret_cast<const char*>(buf32.data()),
+                        std::streamsize(4 * buf32.size()));
             }
             n_tokens += ids.size();
         };
@@ -311,7 +321,8 @@ TokenCache tokenize_cached(const std::vector<fs::path>& files, const Tokenizer& 
         FORGE_CHECK(o, "[data] failed writing ", tmp.string());
     }
     fs::rename(tmp, path, ec);
-    FORGE_CHECK(!ec, "[data] cannot move ", tmp.string(), " to ", path.string(), ": ", ec.message());
+    FORGE_CHECK(!ec, "[data] cannot move ", tmp.string(), " to ", path.string(), ": ",
+                ec.message());
     out.tokens = TokenFile::open(path);
     out.rebuilt = true;
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -334,8 +345,8 @@ BatchSampler::BatchSampler(TokenFile tokens, int64_t begin, int64_t end, int64_t
                            int64_t seq_len, Mode mode, uint64_t seed)
     : tokens_(std::move(tokens)), begin_(begin), end_(end), batch_(batch), seq_len_(seq_len),
       mode_(mode), rng_{mix64(seed ^ 0xda942042e4dd58b5ULL)}, cursor_(begin) {
-    FORGE_CHECK(batch > 0 && seq_len > 0, "[data] batch and seq_len must be positive, got ",
-                batch, " and ", seq_len);
+    FORGE_CHECK(batch > 0 && seq_len > 0, "[data] batch and seq_len must be positive, got ", batch,
+                " and ", seq_len);
     FORGE_CHECK(begin >= 0 && end <= tokens_.size() && begin <= end, "[data] bad token range [",
                 begin, ", ", end, ")");
     FORGE_CHECK(end - begin >= seq_len + 1, "[data] this split has ", end - begin,

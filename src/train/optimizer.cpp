@@ -49,16 +49,18 @@ int64_t load_step(const std::map<std::string, Tensor>& state) {
     return int64_t(it->second.item());
 }
 
-Tensor step_tensor(int64_t t) { return Tensor::from_vector(std::vector<int64_t>{t}, {1}); }
+Tensor step_tensor(int64_t t) {
+    return Tensor::from_vector(std::vector<int64_t>{t}, {1});
+}
 
 } // namespace
 
 bool default_weight_decay(const std::string& name, const Tensor& t, bool decay_embeddings) {
     if (t.dim() < 2)
         return false; // norms' gains and biases
-    if (!decay_embeddings && (name.find("wte") != std::string::npos ||
-                              name.find("wpe") != std::string::npos ||
-                              name.find("embed") != std::string::npos))
+    if (!decay_embeddings &&
+        (name.find("wte") != std::string::npos || name.find("wpe") != std::string::npos ||
+         name.find("embed") != std::string::npos))
         return false;
     return true;
 }
@@ -76,8 +78,8 @@ std::vector<ParamRef> collect_parameters(const nn::Module& module, bool decay_em
 
 Optimizer::Optimizer(std::vector<ParamRef> params) : params_(std::move(params)) {
     for (auto& p : params_)
-        FORGE_CHECK(p.tensor.defined() && is_floating(p.tensor.dtype()),
-                    "[optimizer] parameter '", p.name, "' is not a floating-point tensor");
+        FORGE_CHECK(p.tensor.defined() && is_floating(p.tensor.dtype()), "[optimizer] parameter '",
+                    p.name, "' is not a floating-point tensor");
 }
 
 void Optimizer::zero_grad() const {
@@ -168,7 +170,8 @@ void AdamW::load_state_tensors(const std::map<std::string, Tensor>& state) {
 
 // -------------------------------------------------------------------------------------- SGD
 
-SGD::SGD(std::vector<ParamRef> params, SgdOptions opts) : Optimizer(std::move(params)), opts_(opts) {
+SGD::SGD(std::vector<ParamRef> params, SgdOptions opts)
+    : Optimizer(std::move(params)), opts_(opts) {
     FORGE_CHECK(opts_.momentum >= 0, "[sgd] momentum must be >= 0, got ", opts_.momentum);
     FORGE_CHECK(!opts_.nesterov || (opts_.momentum > 0 && opts_.dampening == 0),
                 "[sgd] nesterov needs momentum > 0 and dampening 0");
@@ -227,8 +230,8 @@ std::map<std::string, Tensor> SGD::state_tensors() const {
 
 void SGD::load_state_tensors(const std::map<std::string, Tensor>& state) {
     for (size_t i = 0; i < params_.size(); ++i)
-        buf_[i].copy_(state_at(state, "momentum_buffer." + params_[i].name,
-                               params_[i].tensor.shape()));
+        buf_[i].copy_(
+            state_at(state, "momentum_buffer." + params_[i].name, params_[i].tensor.shape()));
     t_ = load_step(state);
 }
 

@@ -16,8 +16,8 @@ double LrSchedule::at(int64_t step) const {
     if (step >= decay_steps)
         return min_lr;
     const double r = double(step - warmup) / double(decay_steps - warmup); // in [0, 1)
-    const double coeff = kind == Kind::cosine ? 0.5 * (1.0 + std::cos(std::numbers::pi * r))
-                                              : 1.0 - r;
+    const double coeff =
+        kind == Kind::cosine ? 0.5 * (1.0 + std::cos(std::numbers::pi * r)) : 1.0 - r;
     return min_lr + coeff * (lr - min_lr);
 }
 
@@ -34,9 +34,12 @@ LrSchedule::Kind LrSchedule::parse_kind(const std::string& name) {
 
 std::string LrSchedule::kind_name(Kind k) {
     switch (k) {
-    case Kind::cosine: return "cosine";
-    case Kind::linear: return "linear";
-    case Kind::constant: return "constant";
+    case Kind::cosine:
+        return "cosine";
+    case Kind::linear:
+        return "linear";
+    case Kind::constant:
+        return "constant";
     }
     return "?";
 }

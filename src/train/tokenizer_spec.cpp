@@ -127,7 +127,8 @@ std::string char_tokenizer_json(const std::vector<std::string>& chars) {
            "    \"unk_token\": null,\n    \"continuing_subword_prefix\": null,\n"
            "    \"end_of_word_suffix\": null,\n    \"fuse_unk\": false,\n"
            "    \"byte_fallback\": false,\n    \"ignore_merges\": false,\n"
-           "    \"vocab\": " + vocab + ",\n    \"merges\": []\n  }\n}\n";
+           "    \"vocab\": " +
+           vocab + ",\n    \"merges\": []\n  }\n}\n";
 }
 
 std::string byte_tokenizer_json() {

@@ -111,7 +111,8 @@ class Progress {
         std::snprintf(line, sizeof(line),
                       "step %6lld/%lld | loss %.4f | lr %.3e | %s tok/s | %.1f ms/step | ETA %s",
                       static_cast<long long>(s.step), static_cast<long long>(opts_.steps), s.loss,
-                      s.lr, fmt_rate(per_step > 0 ? double(tokens_per_step_) / per_step : 0).c_str(),
+                      s.lr,
+                      fmt_rate(per_step > 0 ? double(tokens_per_step_) / per_step : 0).c_str(),
                       per_step * 1e3, fmt_duration(eta).c_str());
         if (tty_) {
             std::printf("\r%s\x1b[K", line);
@@ -170,8 +171,8 @@ void TrainOptions::validate() const {
     FORGE_CHECK(batch > 0, "[train] --batch must be > 0, got ", batch);
     FORGE_CHECK(seq_len > 0, "[train] --seq-len must be > 0, got ", seq_len);
     FORGE_CHECK(grad_accum > 0, "[train] --grad-accum must be > 0, got ", grad_accum);
-    FORGE_CHECK(optimizer == "adamw" || optimizer == "sgd", "[train] --optimizer must be adamw or sgd, got '",
-                optimizer, "'");
+    FORGE_CHECK(optimizer == "adamw" || optimizer == "sgd",
+                "[train] --optimizer must be adamw or sgd, got '", optimizer, "'");
     FORGE_CHECK(std::isfinite(lr) && lr > 0, "[train] --lr must be > 0, got ", lr);
     FORGE_CHECK(std::isfinite(min_lr) && min_lr >= 0 && min_lr <= lr,
                 "[train] --min-lr must be in [0, lr], got ", min_lr);
@@ -185,8 +186,8 @@ void TrainOptions::validate() const {
     FORGE_CHECK(grad_clip >= 0, "[train] --grad-clip must be >= 0 (0 = off), got ", grad_clip);
     FORGE_CHECK(eval_every >= 0, "[train] --eval-every must be >= 0, got ", eval_every);
     FORGE_CHECK(eval_iters > 0, "[train] --eval-iters must be > 0, got ", eval_iters);
-    FORGE_CHECK(val_fraction > 0 && val_fraction < 1, "[train] --val-fraction must be in (0, 1), got ",
-                val_fraction);
+    FORGE_CHECK(val_fraction > 0 && val_fraction < 1,
+                "[train] --val-fraction must be in (0, 1), got ", val_fraction);
     FORGE_CHECK(sampling == "random" || sampling == "sequential",
                 "[train] --sampling must be random or sequential, got '", sampling, "'");
     FORGE_CHECK(log_every >= 0, "[train] --log-every must be >= 0, got ", log_every);
@@ -194,18 +195,29 @@ void TrainOptions::validate() const {
 }
 
 std::string TrainOptions::to_json() const {
-    json j = {{"steps", steps},           {"batch", batch},
-              {"seq_len", seq_len},       {"grad_accum", grad_accum},
-              {"optimizer", optimizer},   {"lr", lr},
-              {"min_lr", min_lr},         {"warmup", warmup},
-              {"schedule", schedule},     {"weight_decay", weight_decay},
-              {"beta1", beta1},           {"beta2", beta2},
-              {"eps", eps},               {"momentum", momentum},
+    json j = {{"steps", steps},
+              {"batch", batch},
+              {"seq_len", seq_len},
+              {"grad_accum", grad_accum},
+              {"optimizer", optimizer},
+              {"lr", lr},
+              {"min_lr", min_lr},
+              {"warmup", warmup},
+              {"schedule", schedule},
+              {"weight_decay", weight_decay},
+              {"beta1", beta1},
+              {"beta2", beta2},
+              {"eps", eps},
+              {"momentum", momentum},
               {"decay_embeddings", decay_embeddings},
-              {"grad_clip", grad_clip},   {"eval_every", eval_every},
-              {"eval_iters", eval_iters}, {"val_fraction", val_fraction},
-              {"sampling", sampling},     {"seed", std::to_string(seed)},
-              {"threads", threads},       {"log_every", log_every},
+              {"grad_clip", grad_clip},
+              {"eval_every", eval_every},
+              {"eval_iters", eval_iters},
+              {"val_fraction", val_fraction},
+              {"sampling", sampling},
+              {"seed", std::to_string(seed)},
+              {"threads", threads},
+              {"log_every", log_every},
               {"save_every", save_every}};
     return j.dump(2);
 }
@@ -221,7 +233,8 @@ TrainOptions TrainOptions::from_json(const std::string& text) {
         try {
             it->get_to(field);
         } catch (const json::exception&) {
-            throw InvalidArgument(std::string("[train] saved option '") + key + "' has the wrong type");
+            throw InvalidArgument(std::string("[train] saved option '") + key +
+                                  "' has the wrong type");
         }
     };
     get("steps", o.steps);
@@ -267,9 +280,9 @@ Trainer::Trainer(Transformer& model, TrainOptions opts) : model_(model), opts_(s
     for (auto& p : params)
         p.tensor.set_requires_grad(true);
     if (opts_.optimizer == "adamw")
-        opt_ = std::make_unique<AdamW>(std::move(params),
-                                       AdamWOptions{opts_.beta1, opts_.beta2, opts_.eps,
-                                                    opts_.weight_decay});
+        opt_ =
+            std::make_unique<AdamW>(std::move(params), AdamWOptions{opts_.beta1, opts_.beta2,
+                                                                    opts_.eps, opts_.weight_decay});
     else
         opt_ = std::make_unique<SGD>(std::move(params),
                                      SgdOptions{opts_.momentum, 0.0, false, opts_.weight_decay});
@@ -285,7 +298,8 @@ void Trainer::set_data(TokenFile tokens) {
     const int64_t need = opts_.seq_len + 1;
     FORGE_CHECK(n_train_ >= need && n_val >= need, "[train] the data has ", n,
                 " tokens: the training split (", n_train_, ") and the held-out split (", n_val,
-                ") each need at least --seq-len + 1 = ", need, " tokens; add data or lower --seq-len");
+                ") each need at least --seq-len + 1 = ", need,
+                " tokens; add data or lower --seq-len");
     const int64_t vocab = model_.config().vocab_size;
     // Ids at or past the model's vocabulary would fail deep in the embedding: check once here.
     for (int64_t i = 0; i < n; i += std::max<int64_t>(1, n / 4096))
@@ -316,8 +330,7 @@ StepStats Trainer::train_step() {
         if (!std::isfinite(l)) {
             opt_->zero_grad();
             throw Error(detail::str_cat("[train] step ", this_step, ": the loss is ", l,
-                                        " (micro-batch ", micro + 1, " of ", opts_.grad_accum,
-                                        ")"),
+                                        " (micro-batch ", micro + 1, " of ", opts_.grad_accum, ")"),
                         "the run diverged: lower --lr, raise --warmup or set --grad-clip");
         }
         loss_sum += l;
@@ -439,7 +452,8 @@ EvalStats Trainer::fit() {
 // ---------------------------------------------------------------------------- checkpoints
 
 void Trainer::save(const fs::path& dir) const {
-    FORGE_CHECK(tokenizer_.has_value(), "[checkpoint] the trainer has no tokenizer to save (set_tokenizer)");
+    FORGE_CHECK(tokenizer_.has_value(),
+                "[checkpoint] the trainer has no tokenizer to save (set_tokenizer)");
     std::error_code ec;
     fs::create_directories(dir, ec);
     FORGE_CHECK(!ec, "[checkpoint] cannot create ", dir.string(), ": ", ec.message());
@@ -455,13 +469,15 @@ void Trainer::save(const fs::path& dir) const {
               {"optimizer", opt_->name()},
               {"rng", std::to_string(st.rng)},
               {"data_cursor", st.cursor},
+              {"dropout_state", std::to_string(model_.dropout_state())},
               {"elapsed_s", elapsed_before_},
               {"options", json::parse(opts_.to_json())},
-              {"data", {{"inputs", data_spec_.inputs},
-                        {"tokenizer", data_spec_.tokenizer},
-                        {"tokenizer_file", tokenizer_->file_name},
-                        {"n_tokens", tokens_.size()},
-                        {"token_key", std::to_string(tokens_.key())}}}};
+              {"data",
+               {{"inputs", data_spec_.inputs},
+                {"tokenizer", data_spec_.tokenizer},
+                {"tokenizer_file", tokenizer_->file_name},
+                {"n_tokens", tokens_.size()},
+                {"token_key", std::to_string(tokens_.key())}}}};
     write_text_atomic(dir / "trainer_state.json", j.dump(2) + "\n");
 }
 
@@ -486,11 +502,14 @@ void Trainer::resume(const fs::path& dir) {
         st.rng = std::stoull(j.at("rng").get<std::string>());
         st.cursor = j.at("data_cursor").get<int64_t>();
         sampler_->set_state(st);
+        if (j.contains("dropout_state"))
+            model_.set_dropout_state(std::stoull(j.at("dropout_state").get<std::string>()));
         elapsed_before_ = j.value("elapsed_s", 0.0);
         if (j.contains("data") && j["data"].contains("token_key") &&
             j["data"]["token_key"].get<std::string>() != std::to_string(tokens_.key()))
-            std::fprintf(stderr, "warning: the data or tokenizer changed since %s was saved; the "
-                                 "run continues on the new tokens\n",
+            std::fprintf(stderr,
+                         "warning: the data or tokenizer changed since %s was saved; the "
+                         "run continues on the new tokens\n",
                          dir.string().c_str());
     } catch (const json::exception& e) {
         throw InvalidArgument("[checkpoint] " + (dir / "trainer_state.json").string() +

@@ -18,7 +18,8 @@ struct CliResult {
 };
 
 CliResult forge_cli(const std::string& args, const fs::path& cwd = FORGE_BINARY_DIR) {
-    const std::string cmd = "cd '" + cwd.string() + "' && '" FORGE_BINARY_DIR "/forge' " + args + " 2>&1";
+    const std::string cmd =
+        "cd '" + cwd.string() + "' && '" FORGE_BINARY_DIR "/forge' " + args + " 2>&1";
     CliResult r{-1, {}};
     FILE* p = popen(cmd.c_str(), "r");
     if (!p)
@@ -38,7 +39,8 @@ class Cli : public ::testing::Test {
         if (!fs::exists(FORGE_BINARY_DIR "/forge"))
             GTEST_SKIP() << "build the forge_cli target first";
     }
-    void expect_error(const std::string& args, const std::string& needle, const fs::path& cwd = FORGE_BINARY_DIR) {
+    void expect_error(const std::string& args, const std::string& needle,
+                      const fs::path& cwd = FORGE_BINARY_DIR) {
         CliResult r = forge_cli(args, cwd);
         EXPECT_NE(r.code, 0) << args << "\n" << r.out;
         EXPECT_LT(r.code, 128) << "crashed: " << args << "\n" << r.out;
@@ -52,7 +54,8 @@ class Cli : public ::testing::Test {
 TEST_F(Cli, TrainErrors) {
     auto dir = forge::test::scratch("cli_errors");
     forge::test::write_file(dir / "a.txt", forge::test::shakespeare(20000));
-    const std::string data = " --data '" + (dir / "a.txt").string() + "' --out '" + (dir / "o").string() + "'";
+    const std::string data =
+        " --data '" + (dir / "a.txt").string() + "' --out '" + (dir / "o").string() + "'";
     expect_error("train --data '" + (dir / "missing.txt").string() + "'", "no such file or folder");
     expect_error("train --preset nope" + data, "nope");
     expect_error("train --steps abc" + data, "bad value 'abc' for steps");

@@ -153,7 +153,8 @@ TEST(BatchSampler, ShiftedTargetsSeededAndRestorable) {
     auto sx = s.next().first.to_vector<int64_t>();
     EXPECT_EQ(sx[0], int64_t(c.tokens[100]));
     EXPECT_EQ(sx[10], int64_t(c.tokens[110]));
-    EXPECT_THROW(BatchSampler(c.tokens, 0, 5, 1, 8, BatchSampler::Mode::random, 0), InvalidArgument);
+    EXPECT_THROW(BatchSampler(c.tokens, 0, 5, 1, 8, BatchSampler::Mode::random, 0),
+                 InvalidArgument);
 }
 
 TEST(ConfigFile, ParsesTheSubset) {
@@ -168,7 +169,8 @@ lr = 1e-3
 flag = true
 steps = 2_000
 name = "say \"hi\""
-)", "t.toml");
+)",
+                                "t.toml");
     ASSERT_EQ(entries.size(), 7u);
     EXPECT_EQ(entries[0].key, "preset");
     EXPECT_EQ(entries[0].values[0], "tiny");

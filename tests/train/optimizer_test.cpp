@@ -118,7 +118,8 @@ TEST(SGD, MatchesTorch) {
 
 TEST(AdamW, StateRoundTripsExactly) {
     Tensor w1 = param({0.1f, 0.2f, 0.3f}, {3}), w2 = param({0.1f, 0.2f, 0.3f}, {3});
-    AdamW a({{"w", w1, true}}, {0.9, 0.95, 1e-8, 0.1}), b({{"w", w2, true}}, {0.9, 0.95, 1e-8, 0.1});
+    AdamW a({{"w", w1, true}}, {0.9, 0.95, 1e-8, 0.1}),
+        b({{"w", w2, true}}, {0.9, 0.95, 1e-8, 0.1});
     for (int i = 0; i < 3; ++i) {
         w1.set_grad(Tensor::from_vector(std::vector<float>{0.5f, -0.1f, float(i)}, {3}));
         a.step(1e-2);
@@ -149,7 +150,7 @@ TEST(Schedule, WarmupCosineValues) {
     EXPECT_DOUBLE_EQ(s.at(0), 1e-3 * 1 / 100);
     EXPECT_DOUBLE_EQ(s.at(49), 1e-3 * 50 / 100);
     EXPECT_DOUBLE_EQ(s.at(99), 1e-3);
-    EXPECT_DOUBLE_EQ(s.at(100), 1e-3); // cos(0) = 1: the peak
+    EXPECT_DOUBLE_EQ(s.at(100), 1e-3);                          // cos(0) = 1: the peak
     EXPECT_NEAR(s.at(1050), 1e-4 + 0.5 * (1e-3 - 1e-4), 1e-15); // halfway: mean of the ends
     EXPECT_NEAR(s.at(1999), 1e-4 + 0.5 * (1 + std::cos(M_PI * 1899.0 / 1900)) * 9e-4, 1e-15);
     EXPECT_DOUBLE_EQ(s.at(2000), 1e-4);

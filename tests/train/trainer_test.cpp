@@ -101,7 +101,8 @@ TEST(Trainer, GradAccumulationGradientsMatch) {
     }
     auto p1 = m1.named_parameters(), p2 = m2.named_parameters();
     for (size_t i = 0; i < p1.size(); ++i) {
-        auto g1 = p1[i].second.grad().to_vector<float>(), g2 = p2[i].second.grad().to_vector<float>();
+        auto g1 = p1[i].second.grad().to_vector<float>(),
+             g2 = p2[i].second.grad().to_vector<float>();
         for (size_t k = 0; k < g1.size(); ++k)
             ASSERT_NEAR(g1[k], g2[k], 1e-6) << p1[i].first << "[" << k << "]";
     }
@@ -109,9 +110,11 @@ TEST(Trainer, GradAccumulationGradientsMatch) {
 
 // N steps straight vs N/2, save, a fresh process-like restart (new model, trainer, data
 // mapping), resume, N/2: every loss and every weight bit-identical.
+// With dropout on, so the resumed run must also continue the dropout stream.
 TEST(Trainer, ResumeIsBitIdentical) {
     auto fx = make_data("resume");
-    const ModelConfig cfg = test::tiny_config(int64_t(fx.tok.tokenizer.vocab_size()));
+    ModelConfig cfg = test::tiny_config(int64_t(fx.tok.tokenizer.vocab_size()));
+    cfg.dropout = 0.1f;
     TrainOptions o = small_options();
     o.steps = 10;
     o.eval_every = 5; // evals in between must not disturb the trajectory
@@ -212,7 +215,8 @@ TEST(Trainer, NanGuardNamesNonFiniteGradient) {
     // gradient leaves the loss finite and makes exactly that gradient non-finite.
     const auto& params = t.optimizer().params();
     const ParamRef& victim = params[3];
-    victim.tensor.set_grad(Tensor::full(victim.tensor.shape(), std::numeric_limits<double>::infinity()));
+    victim.tensor.set_grad(
+        Tensor::full(victim.tensor.shape(), std::numeric_limits<double>::infinity()));
     try {
         t.train_step();
         FAIL() << "no error";

@@ -46,6 +46,11 @@ class Transformer : public nn::Module {
     /// ignore_index are skipped.
     Tensor loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100);
 
+    /// The dropout stream's position: each training forward draws fresh masks from it.
+    /// Checkpoints save it so a resumed run draws the same masks as an uninterrupted one.
+    uint64_t dropout_state() const;
+    void set_dropout_state(uint64_t state);
+
     /// Hidden states after the final norm: (B, T, n_embd) (used for embeddings).
     Tensor hidden(const Tensor& ids, KVCache* cache = nullptr);
 

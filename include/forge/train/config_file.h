@@ -15,7 +15,7 @@ struct ConfigEntry {
     std::string key;                 ///< as written, '_' turned into '-' ("n_layer" -> "n-layer")
     std::vector<std::string> values; ///< one value, or an array's items, unquoted
     bool is_array = false;
-    int line = 0;                    ///< 1-based line of the key
+    int line = 0; ///< 1-based line of the key
 };
 
 /// Parses config text; `origin` names it in errors ("forge.toml:12: ..."). Throws

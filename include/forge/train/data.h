@@ -20,7 +20,8 @@ class Tokenizer;
 /// The files behind data inputs: a file is itself; a folder gives every regular file under it,
 /// recursively, sorted by path, skipping names that start with '.'. Throws NotFound for a path
 /// that does not exist and InvalidArgument when no file is found.
-std::vector<std::filesystem::path> list_data_files(const std::vector<std::filesystem::path>& inputs);
+std::vector<std::filesystem::path>
+list_data_files(const std::vector<std::filesystem::path>& inputs);
 
 /// A fast non-cryptographic 64-bit hash of bytes (content fingerprints, cache keys).
 uint64_t hash64(std::string_view bytes, uint64_t seed = 0);
@@ -52,10 +53,10 @@ class TokenFile {
 
 struct TokenCache {
     TokenFile tokens;
-    bool rebuilt = false;   ///< false: an existing valid cache was reused
-    uint64_t key = 0;       ///< hash of (tokenizer, every file's path, size, mtime, content)
-    int64_t n_bytes = 0;    ///< text bytes read
-    double seconds = 0;     ///< time spent tokenizing (0 when reused)
+    bool rebuilt = false; ///< false: an existing valid cache was reused
+    uint64_t key = 0;     ///< hash of (tokenizer, every file's path, size, mtime, content)
+    int64_t n_bytes = 0;  ///< text bytes read
+    double seconds = 0;   ///< time spent tokenizing (0 when reused)
 };
 
 /// Tokenizes `files` (in order; between files the tokenizer's EOS if it has one) into

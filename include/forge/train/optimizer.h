@@ -18,8 +18,8 @@ namespace forge {
 
 /// One trainable tensor as an optimizer sees it.
 struct ParamRef {
-    std::string name; ///< dotted name from named_parameters() (the first one, for tied tensors)
-    Tensor tensor;    ///< the parameter itself (updated in place)
+    std::string name;  ///< dotted name from named_parameters() (the first one, for tied tensors)
+    Tensor tensor;     ///< the parameter itself (updated in place)
     bool decay = true; ///< weight decay applies to it
 };
 

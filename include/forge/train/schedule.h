@@ -10,9 +10,9 @@ namespace forge {
 struct LrSchedule {
     enum class Kind { cosine, linear, constant };
     Kind kind = Kind::cosine;
-    double lr = 1e-3;      ///< peak rate, reached at the end of warmup
-    double min_lr = 1e-4;  ///< floor of the decay (cosine/linear)
-    int64_t warmup = 0;    ///< steps of linear warmup
+    double lr = 1e-3;        ///< peak rate, reached at the end of warmup
+    double min_lr = 1e-4;    ///< floor of the decay (cosine/linear)
+    int64_t warmup = 0;      ///< steps of linear warmup
     int64_t decay_steps = 0; ///< step at which the decay reaches min_lr (usually total steps)
 
     /// The rate for update `step` (0-based):

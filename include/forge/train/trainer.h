@@ -25,10 +25,10 @@ namespace forge {
 class Transformer;
 
 struct TrainOptions {
-    int64_t steps = 1000;     ///< optimizer updates in total (a resumed run counts from 0 too)
-    int64_t batch = 12;       ///< sequences per micro-batch
-    int64_t seq_len = 64;     ///< tokens per sequence
-    int64_t grad_accum = 1;   ///< micro-batches per update (the loss is averaged over them)
+    int64_t steps = 1000;   ///< optimizer updates in total (a resumed run counts from 0 too)
+    int64_t batch = 12;     ///< sequences per micro-batch
+    int64_t seq_len = 64;   ///< tokens per sequence
+    int64_t grad_accum = 1; ///< micro-batches per update (the loss is averaged over them)
 
     std::string optimizer = "adamw"; ///< "adamw" or "sgd"
     double lr = 1e-3;
@@ -39,21 +39,21 @@ struct TrainOptions {
     double beta1 = 0.9;
     double beta2 = 0.95;
     double eps = 1e-8;
-    double momentum = 0.9;           ///< SGD only
-    bool decay_embeddings = false;   ///< also decay embedding tables (nanoGPT does)
-    double grad_clip = 1.0;          ///< max global grad norm; 0 = off
+    double momentum = 0.9;         ///< SGD only
+    bool decay_embeddings = false; ///< also decay embedding tables (nanoGPT does)
+    double grad_clip = 1.0;        ///< max global grad norm; 0 = off
 
-    int64_t eval_every = 500;   ///< 0 = only at the end
-    int64_t eval_iters = 20;    ///< batches per split per eval
-    double val_fraction = 0.1;  ///< the last fraction of the tokens is the held-out split
+    int64_t eval_every = 500;        ///< 0 = only at the end
+    int64_t eval_iters = 20;         ///< batches per split per eval
+    double val_fraction = 0.1;       ///< the last fraction of the tokens is the held-out split
     std::string sampling = "random"; ///< random | sequential
     uint64_t seed = 1337;
-    int threads = 0;            ///< recorded (determinism needs the same count); set by the CLI
+    int threads = 0; ///< recorded (determinism needs the same count); set by the CLI
 
-    int64_t log_every = 10;     ///< plain progress lines every N steps (0: none)
-    bool progress = true;       ///< print progress at all (tests turn it off)
-    std::filesystem::path out;  ///< checkpoint folder (empty: do not save)
-    int64_t save_every = 0;     ///< also save every N steps (0: only at the end)
+    int64_t log_every = 10;            ///< plain progress lines every N steps (0: none)
+    bool progress = true;              ///< print progress at all (tests turn it off)
+    std::filesystem::path out;         ///< checkpoint folder (empty: do not save)
+    int64_t save_every = 0;            ///< also save every N steps (0: only at the end)
     std::filesystem::path metrics_out; ///< JSON lines, one per eval (empty: none)
 
     /// Throws InvalidArgument naming the first bad field.
@@ -63,10 +63,10 @@ struct TrainOptions {
 };
 
 struct StepStats {
-    int64_t step = 0;        ///< updates done, including this one
-    double loss = 0;         ///< mean training loss over the step's micro-batches
+    int64_t step = 0; ///< updates done, including this one
+    double loss = 0;  ///< mean training loss over the step's micro-batches
     double lr = 0;
-    double grad_norm = 0;    ///< before clipping
+    double grad_norm = 0; ///< before clipping
 };
 
 struct EvalStats {
@@ -143,8 +143,8 @@ struct CheckpointInfo {
     ModelConfig config;
     std::filesystem::path tokenizer_file; ///< the tokenizer file inside the folder
     bool has_trainer_state = false;
-    TrainOptions options;                 ///< valid when has_trainer_state
-    DataSpec data;                        ///< valid when has_trainer_state
+    TrainOptions options; ///< valid when has_trainer_state
+    DataSpec data;        ///< valid when has_trainer_state
     int64_t step = 0;
 };
 /// Reads config.json (and trainer_state.json if present). Throws NotFound / InvalidArgument

@@ -15,7 +15,8 @@ namespace fs = std::filesystem;
 namespace {
 
 int run(const std::string& args, const fs::path& cwd, std::string* out = nullptr) {
-    const std::string cmd = "cd '" + cwd.string() + "' && '" FORGE_BINARY_DIR "/forge' " + args + " 2>&1";
+    const std::string cmd =
+        "cd '" + cwd.string() + "' && '" FORGE_BINARY_DIR "/forge' " + args + " 2>&1";
     FILE* p = popen(cmd.c_str(), "r");
     std::array<char, 4096> buf{};
     std::string text;
@@ -54,7 +55,7 @@ TEST(CliTrain, ProjectTrainResumeFineTune) {
     ASSERT_EQ(run("train --steps 20" + small, proj, &out), 0) << out;
     ASSERT_TRUE(fs::exists(proj / "out" / "model.safetensors")) << out;
     auto m = metrics(proj / "out" / "metrics.jsonl"); // metrics_out from forge.toml
-    ASSERT_EQ(m.size(), 3u) << out;                    // steps 0, 10, 20
+    ASSERT_EQ(m.size(), 3u) << out;                   // steps 0, 10, 20
     for (const char* k : {"step", "train_loss", "val_loss", "tokens_per_s", "elapsed_s"})
         EXPECT_TRUE(m.back().contains(k)) << k;
     EXPECT_EQ(m.back()["step"], 20);
