@@ -346,3 +346,23 @@ TEST(Matmul, Errors) {
 
 } // namespace
 } // namespace forge::test
+
+namespace forge {
+namespace {
+// One-row products (decoding) take the GEMV path: every layout of a and b against the
+// reference kernel, f32 and f64.
+TEST(Matmul, SingleRowEveryLayout) {
+    for (DType dt : {DType::f32, DType::f64}) {
+        Tensor w = Tensor::randn({33, 19}, 52, dt);      // b row-major
+        Tensor wt = Tensor::randn({19, 33}, 53, dt).t(); // b column-major
+        Tensor row = Tensor::randn({1, 33}, 54, dt);     // a row-major
+        Tensor col_row =
+            Tensor::randn({33, 4}, 56, dt).narrow(1, 2, 1).t(); // (1, 33), stride 4 apart
+        for (const Tensor& a : {row, col_row, Tensor::randn({3, 1, 33}, 55, dt)})
+            for (const Tensor& b : {w, wt})
+                test::expect_fast_matches_ref(
+                    "gemv", [&] { return matmul(a, b); }, test::dtype_tolerance(dt));
+    }
+}
+} // namespace
+} // namespace forge

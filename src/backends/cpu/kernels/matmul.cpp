@@ -27,12 +27,32 @@ BlasOperand blas_operand(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
     return {CblasTrans, int(cs)};
 }
 
+// M = 1 (decoding) goes to GEMV: OpenBLAS 0.3.21's sgemm packs the whole of B first even for
+// one row, which measured 2-4x slower than sgemv on GPT-2's decode shapes (docs/PERF.md).
+// c (1 x N) = a (1 x K) B (K x N); B row-major is y = B^T a, B column-major (stored N x K) is
+// y = B_stored a. a's K elements are 1 apart (row-major) or A.ld apart (column-major).
 inline void gemm(const BlasOperand& A, const BlasOperand& B, int M, int N, int K, const float* a,
                  const float* b, float* c) {
+    if (M == 1) {
+        const int inc_a = A.trans == CblasNoTrans ? 1 : A.ld;
+        if (B.trans == CblasNoTrans)
+            cblas_sgemv(CblasRowMajor, CblasTrans, K, N, 1.0f, b, B.ld, a, inc_a, 0.0f, c, 1);
+        else
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, b, B.ld, a, inc_a, 0.0f, c, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, A.trans, B.trans, M, N, K, 1.0f, a, A.ld, b, B.ld, 0.0f, c, N);
 }
 inline void gemm(const BlasOperand& A, const BlasOperand& B, int M, int N, int K, const double* a,
                  const double* b, double* c) {
+    if (M == 1) {
+        const int inc_a = A.trans == CblasNoTrans ? 1 : A.ld;
+        if (B.trans == CblasNoTrans)
+            cblas_dgemv(CblasRowMajor, CblasTrans, K, N, 1.0, b, B.ld, a, inc_a, 0.0, c, 1);
+        else
+            cblas_dgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0, b, B.ld, a, inc_a, 0.0, c, 1);
+        return;
+    }
     cblas_dgemm(CblasRowMajor, A.trans, B.trans, M, N, K, 1.0, a, A.ld, b, B.ld, 0.0, c, N);
 }
 
