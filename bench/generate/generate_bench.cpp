@@ -127,9 +127,9 @@ void BM_Generate(benchmark::State& state, const std::string& preset) {
     state.counters["prefill_GFLOP/s"] = double(prefill_tok) / prefill_s * flop_tok / 1e9;
 }
 
-// One decode step at position ~`pos` of gpt2, two ways: Transformer::forward (the head as a
-// forge::matmul with M = 1) vs TransformerLM::eval (hidden() + the head as one sgemv). A/B of
-// the head path in one binary; arg 0 = forward, 1 = TransformerLM.
+// One decode step at position ~`pos` of gpt2, two ways: arg 0 = Transformer::forward with a
+// KVCache, arg 1 = TransformerLM::eval (what Session runs: hidden() + the head on the last
+// position). They should match; a gap means the generate path adds overhead.
 void BM_Gpt2DecodeStep(benchmark::State& state) {
     NoGradGuard ng;
     Transformer& model = model_for("gpt2");

@@ -6,8 +6,6 @@
 #include <chrono>
 #include <random>
 
-#include <cblas.h>
-
 #include <forge/autograd/autograd.h>
 #include <forge/core/ops.h>
 #include <forge/models/transformer.h>
@@ -85,20 +83,12 @@ void TransformerLM::eval(State& state, std::span<const TokenId> ids, std::vector
 
 void TransformerLM::project_last(const Tensor& h, std::vector<float>& logits) const {
     const int64_t V = head_.size(0), C = head_.size(1);
-    Tensor last = h.narrow(1, h.size(1) - 1, 1).reshape({C}).contiguous(); // (C)
-    logits.resize(size_t(V));
-    if (head_.device() == Device::cpu() && head_.dtype() == DType::f32 && head_.is_contiguous() &&
-        last.dtype() == DType::f32) {
-        // logits = W x with W (V, C) row-major: one GEMV straight into the output row. Batch-1
-        // decode is bound by reading W; OpenBLAS's sgemm with M = 1 packs W first and runs at
-        // about half the speed of sgemv here (docs/PERF.md, Generation).
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, int(V), int(C), 1.0f, head_.data<float>(),
-                    int(C), last.data<float>(), 1, 0.0f, logits.data(), 1);
-        return;
-    }
-    Tensor row = matmul(last.unsqueeze(0), head_.t()).reshape({V}).to(DType::f32).contiguous();
+    // (1, C) x (C, V): the CPU matmul runs one-row products as a GEMV, so this reads the head
+    // once at memory speed (docs/PERF.md, Generation).
+    Tensor last = h.narrow(1, h.size(1) - 1, 1).reshape({1, C});
+    Tensor row = matmul(last, head_.t()).reshape({V}).to(DType::f32).contiguous();
     const float* p = row.data<float>();
-    std::copy(p, p + V, logits.begin());
+    logits.assign(p, p + V);
 }
 
 // ---------------------------------------------------------------- options

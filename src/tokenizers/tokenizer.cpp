@@ -3,8 +3,11 @@
 #include <forge/tokenizers/tokenizer.h>
 
 #include <algorithm>
-#include <cctype>
 #include <atomic>
+#include <cctype>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <thread>
 
 #include "impl.h"
@@ -36,12 +39,15 @@ bool is_word_char_at(std::string_view s, std::size_t i, bool before) {
     return cp == '_' || tok::is_alphanumeric(cp);
 }
 
-bool is_space_byte(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+bool is_space_byte(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 
 // Splits `text` on the given added tokens (leftmost; longest at one position), encoding the
 // text between them with the Impl.
 void encode_with_added(const Tokenizer::Impl& impl, std::string_view text,
-                       const std::vector<const tok::AddedToken*>& cands, std::vector<TokenId>& out) {
+                       const std::vector<const tok::AddedToken*>& cands,
+                       std::vector<TokenId>& out) {
     std::vector<std::size_t> next(cands.size(), 0);
     std::vector<bool> valid(cands.size(), false);
     std::size_t seg_start = 0, pos = 0;
@@ -63,7 +69,8 @@ void encode_with_added(const Tokenizer::Impl& impl, std::string_view text,
             break;
         const tok::AddedToken& a = *cands[best_k];
         std::size_t mb = best, me = best + a.text.size();
-        if (a.single_word && (is_word_char_at(text, mb, true) || is_word_char_at(text, me, false))) {
+        if (a.single_word &&
+            (is_word_char_at(text, mb, true) || is_word_char_at(text, me, false))) {
             // Not a whole word here: look for this token again one byte later.
             next[best_k] = text.find(a.text, best + 1);
             continue;
@@ -150,13 +157,21 @@ class WindowStream : public IncrementalDecoder::State {
             } catch (const Error&) {
                 return false;
             }
-            bool ok = !t.empty() && tok::utf8_valid(t) && t.find("\xEF\xBF\xBD") == std::string::npos &&
-                      static_cast<unsigned char>(t.back()) < 0x80 && std::isalnum(static_cast<unsigned char>(t.back()));
+            bool ok = !t.empty() && tok::utf8_valid(t) &&
+                      t.find("\xEF\xBF\xBD") == std::string::npos &&
+                      static_cast<unsigned char>(t.back()) < 0x80 &&
+                      std::isalnum(static_cast<unsigned char>(t.back()));
             if (ok)
                 anchor_text_ = t;
             return ok;
         };
-        for (const char* cand : {"a", "\xE2\x96\x81" "a", "e", "the", "\xE2\x96\x81" "the", "x"}) {
+        for (const char* cand : {"a",
+                                 "\xE2\x96\x81"
+                                 "a",
+                                 "e", "the",
+                                 "\xE2\x96\x81"
+                                 "the",
+                                 "x"}) {
             auto id = impl_->token_to_id(cand);
             if (id && clean(*id)) {
                 anchor_ = *id;
@@ -217,8 +232,12 @@ IncrementalDecoder::IncrementalDecoder(std::unique_ptr<State> state) : state_(st
 IncrementalDecoder::IncrementalDecoder(IncrementalDecoder&&) noexcept = default;
 IncrementalDecoder& IncrementalDecoder::operator=(IncrementalDecoder&&) noexcept = default;
 IncrementalDecoder::~IncrementalDecoder() = default;
-std::string IncrementalDecoder::push(TokenId id) { return state_->push(id); }
-std::string IncrementalDecoder::flush() { return state_->flush(); }
+std::string IncrementalDecoder::push(TokenId id) {
+    return state_->push(id);
+}
+std::string IncrementalDecoder::flush() {
+    return state_->flush();
+}
 
 // ---- Tokenizer
 
@@ -279,8 +298,8 @@ Tokenizer Tokenizer::from_tokenizer_json(std::string_view json, std::string_view
 
 Tokenizer Tokenizer::from_ranks(std::vector<std::string> tokens, std::string pattern,
                                 std::vector<SpecialToken> specials, std::string name) {
-    return Tokenizer(tok::make_rank_bpe(std::move(tokens), std::move(pattern), std::move(specials),
-                                        name, name));
+    return Tokenizer(
+        tok::make_rank_bpe(std::move(tokens), std::move(pattern), std::move(specials), name, name));
 }
 
 Tokenizer Tokenizer::from_tiktoken_file(const fs::path& path, std::string pattern,
@@ -298,8 +317,8 @@ std::vector<TokenId> Tokenizer::encode(std::string_view text, const EncodeOption
     std::vector<const tok::AddedToken*> cands;
     for (const auto& a : impl_->added) {
         bool allowed = !a.special || opts.allow_all_special ||
-                       std::find(opts.allowed_special.begin(), opts.allowed_special.end(), a.text) !=
-                           opts.allowed_special.end();
+                       std::find(opts.allowed_special.begin(), opts.allowed_special.end(),
+                                 a.text) != opts.allowed_special.end();
         if (allowed && !a.text.empty())
             cands.push_back(&a);
     }
@@ -318,6 +337,75 @@ std::vector<TokenId> Tokenizer::encode(std::string_view text, const EncodeOption
     return out;
 }
 
+namespace {
+
+// Worker threads that live as long as the process, so encode_batch's threads keep their warm
+// thread-local piece caches between calls (threads made per call started cold and made two
+// threads slower than one). run(n, job) calls job() on n - 1 workers and the caller, and returns
+// when all have finished.
+class BatchPool {
+  public:
+    static BatchPool& get() {
+        static BatchPool pool;
+        return pool;
+    }
+    void run(int n, const std::function<void()>& job) {
+        std::lock_guard one_batch_at_a_time(run_mu_);
+        {
+            std::unique_lock lock(mu_);
+            while (int(workers_.size()) < n - 1)
+                workers_.emplace_back([this, id = int(workers_.size())] { loop(id); });
+            job_ = &job;
+            active_ = n - 1;
+            pending_ = n - 1;
+            ++generation_;
+        }
+        cv_.notify_all();
+        job();
+        std::unique_lock lock(mu_);
+        done_.wait(lock, [&] { return pending_ == 0; });
+        job_ = nullptr;
+    }
+    ~BatchPool() {
+        {
+            std::lock_guard lock(mu_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        for (auto& t : workers_)
+            t.join();
+    }
+
+  private:
+    void loop(int id) {
+        uint64_t seen = 0;
+        std::unique_lock lock(mu_);
+        while (true) {
+            cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+            if (stop_)
+                return;
+            seen = generation_;
+            if (id >= active_)
+                continue; // not needed for this batch
+            const std::function<void()>* job = job_;
+            lock.unlock();
+            (*job)();
+            lock.lock();
+            if (--pending_ == 0)
+                done_.notify_one();
+        }
+    }
+    std::mutex run_mu_, mu_;
+    std::condition_variable cv_, done_;
+    std::vector<std::thread> workers_;
+    const std::function<void()>* job_ = nullptr;
+    int active_ = 0, pending_ = 0;
+    uint64_t generation_ = 0;
+    bool stop_ = false;
+};
+
+} // namespace
+
 std::vector<std::vector<TokenId>> Tokenizer::encode_batch(std::span<const std::string> texts,
                                                           const EncodeOptions& opts,
                                                           int n_threads) const {
@@ -333,21 +421,18 @@ std::vector<std::vector<TokenId>> Tokenizer::encode_batch(std::span<const std::s
     std::atomic<std::size_t> next{0};
     std::exception_ptr error;
     std::atomic<bool> failed{false};
-    auto work = [&] {
+    std::mutex error_mu;
+    const std::function<void()> work = [&] {
         try {
             for (std::size_t i; !failed && (i = next.fetch_add(1)) < texts.size();)
                 out[i] = encode(texts[i], opts);
         } catch (...) {
+            std::lock_guard lock(error_mu);
             if (!failed.exchange(true))
                 error = std::current_exception();
         }
     };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < n_threads; ++t)
-        pool.emplace_back(work);
-    work();
-    for (auto& t : pool)
-        t.join();
+    BatchPool::get().run(n_threads, work);
     if (error)
         std::rethrow_exception(error);
     return out;
@@ -365,14 +450,32 @@ IncrementalDecoder Tokenizer::incremental_decoder(const DecodeOptions& opts) con
     return IncrementalDecoder(std::make_unique<WindowStream>(impl_, opts.skip_special_tokens));
 }
 
-std::size_t Tokenizer::vocab_size() const { return impl_->n_vocab; }
-std::string Tokenizer::token(TokenId id) const { return impl_->token(id); }
-std::optional<TokenId> Tokenizer::token_to_id(std::string_view t) const { return impl_->token_to_id(t); }
-const std::vector<SpecialToken>& Tokenizer::special_tokens() const { return impl_->specials; }
-std::optional<TokenId> Tokenizer::bos_id() const { return impl_->bos; }
-std::optional<TokenId> Tokenizer::eos_id() const { return impl_->eos; }
-std::optional<TokenId> Tokenizer::pad_id() const { return impl_->pad; }
-std::optional<TokenId> Tokenizer::unk_id() const { return impl_->unk; }
-const std::string& Tokenizer::kind() const { return impl_->kind; }
+std::size_t Tokenizer::vocab_size() const {
+    return impl_->n_vocab;
+}
+std::string Tokenizer::token(TokenId id) const {
+    return impl_->token(id);
+}
+std::optional<TokenId> Tokenizer::token_to_id(std::string_view t) const {
+    return impl_->token_to_id(t);
+}
+const std::vector<SpecialToken>& Tokenizer::special_tokens() const {
+    return impl_->specials;
+}
+std::optional<TokenId> Tokenizer::bos_id() const {
+    return impl_->bos;
+}
+std::optional<TokenId> Tokenizer::eos_id() const {
+    return impl_->eos;
+}
+std::optional<TokenId> Tokenizer::pad_id() const {
+    return impl_->pad;
+}
+std::optional<TokenId> Tokenizer::unk_id() const {
+    return impl_->unk;
+}
+const std::string& Tokenizer::kind() const {
+    return impl_->kind;
+}
 
 } // namespace forge

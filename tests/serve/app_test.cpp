@@ -21,7 +21,9 @@ void expect_error(const Response& r, int status, const std::string& code = {}) {
     EXPECT_TRUE(j["error"]["type"].is_string());
     EXPECT_TRUE(j["error"].contains("param"));
     EXPECT_TRUE(j["error"].contains("code"));
-    if (!code.empty()) EXPECT_EQ(j["error"]["code"], code);
+    if (!code.empty()) {
+        EXPECT_EQ(j["error"]["code"], code);
+    }
 }
 } // namespace
 

@@ -35,7 +35,12 @@ bool valid_utf8(const std::string& s) {
     std::size_t i = 0;
     while (i < s.size()) {
         auto c = static_cast<unsigned char>(s[i]);
-        std::size_t n = c < 0x80 ? 1 : c < 0xC2 ? 0 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : c < 0xF5 ? 4 : 0;
+        std::size_t n = c < 0x80   ? 1
+                        : c < 0xC2 ? 0
+                        : c < 0xE0 ? 2
+                        : c < 0xF0 ? 3
+                        : c < 0xF5 ? 4
+                                   : 0;
         if (n == 0 || i + n > s.size())
             return false;
         for (std::size_t k = 1; k < n; ++k)
@@ -134,7 +139,8 @@ TEST(Tokenizer, AddSpecialTokensUsesThePostProcessor) {
 // Pushing ids one at a time yields valid UTF-8 every time and, joined, the whole text.
 TEST(Tokenizer, IncrementalDecoderNeverSplitsACharacter) {
     NEED_VOCABS();
-    std::string text = "héllo 👨‍👩‍👧‍👦 我能吞下玻璃 мир 🇺🇸 ok\n\tend";
+    std::string text =
+        "héllo 👨‍👩‍👧‍👦 我能吞下玻璃 мир 🇺🇸 ok\n\tend";
     for (const char* v : {"cl100k_base.tiktoken", "o200k_base.tiktoken", "gpt2/tokenizer.json",
                           "hf/mistral.tokenizer.json", "sentencepiece/albert-30k-clean.model"}) {
         SCOPED_TRACE(v);
@@ -174,8 +180,8 @@ TEST(Tokenizer, IncrementalDecoderNeverSplitsACharacter) {
 TEST(Tokenizer, InvalidUtf8Policy) {
     NEED_VOCABS();
     std::string bad = "ok \xFF\xFE abc\xC3 (\xE2\x82) \xED\xA0\x80 end \xF0\x9F";
-    for (const char* v : {"r50k_base.tiktoken", "cl100k_base.tiktoken", "o200k_base.tiktoken", "gpt2",
-                          "gpt2/tokenizer.json", "hf/cl100k_base.tokenizer.json"}) {
+    for (const char* v : {"r50k_base.tiktoken", "cl100k_base.tiktoken", "o200k_base.tiktoken",
+                          "gpt2", "gpt2/tokenizer.json", "hf/cl100k_base.tokenizer.json"}) {
         SCOPED_TRACE(v);
         const auto& tok = cached(v);
         auto ids = tok.encode(bad);
@@ -197,8 +203,8 @@ TEST(Tokenizer, EncodeBatchMatchesEncodeOnAnyThreadCount) {
     const auto& tok = cached("o200k_base.tiktoken");
     std::vector<std::string> docs;
     for (int i = 0; i < 200; ++i)
-        docs.push_back("document " + std::to_string(i) + ": " + std::string(std::size_t(i % 17), 'x') +
-                       " 你好 " + std::to_string(i * 7919));
+        docs.push_back("document " + std::to_string(i) + ": " +
+                       std::string(std::size_t(i % 17), 'x') + " 你好 " + std::to_string(i * 7919));
     std::vector<std::vector<TokenId>> want;
     for (const auto& d : docs)
         want.push_back(tok.encode(d));
@@ -207,16 +213,23 @@ TEST(Tokenizer, EncodeBatchMatchesEncodeOnAnyThreadCount) {
     EXPECT_TRUE(tok.encode_batch(std::vector<std::string>{}, {}, 2).empty());
     // Two threads sharing one tokenizer (and its caches) agree with one.
     std::vector<TokenId> a, b;
-    std::thread t1([&] { for (int k = 0; k < 20; ++k) a = tok.encode(docs[std::size_t(k)]); });
-    std::thread t2([&] { for (int k = 0; k < 20; ++k) b = tok.encode(docs[std::size_t(k)]); });
+    std::thread t1([&] {
+        for (int k = 0; k < 20; ++k)
+            a = tok.encode(docs[std::size_t(k)]);
+    });
+    std::thread t2([&] {
+        for (int k = 0; k < 20; ++k)
+            b = tok.encode(docs[std::size_t(k)]);
+    });
     t1.join();
     t2.join();
     EXPECT_EQ(a, want[19]);
     EXPECT_EQ(b, want[19]);
 }
 
-// No quadratic BPE: one 1 MB piece encodes well under a second.
-TEST(Tokenizer, MegabyteWordIsFast) {
+// A 1 MB piece encodes and decodes back (its speed, which shows there is no quadratic merge,
+// is measured by bench/tokenizers: LongWord1MB; timing assertions stay out of tests).
+TEST(Tokenizer, MegabyteWordRoundTrips) {
     NEED_VOCABS();
     std::string w(1 << 20, 'a');
     std::uint32_t x = 7;
@@ -226,14 +239,11 @@ TEST(Tokenizer, MegabyteWordIsFast) {
     }
     for (const char* v : {"cl100k_base.tiktoken", "hf/mistral.tokenizer.json"}) {
         const auto& tok = cached(v);
-        auto t0 = std::chrono::steady_clock::now();
         auto ids = tok.encode(w);
-        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        EXPECT_EQ(tok.decode(ids), v[0] == 'c' ? w : tok.decode(ids));
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__OPTIMIZE__) == 0
-        EXPECT_LT(s, 1.0) << v << ": 1 MB word took " << s << " s";
-#endif
-        RecordProperty(std::string(v) + "_seconds", std::to_string(s));
+        EXPECT_GT(ids.size(), 1000u) << v;
+        if (v[0] == 'c') { // byte-level: exact bytes back
+            EXPECT_EQ(tok.decode(ids), w) << v;
+        }
     }
 }
 
@@ -245,7 +255,7 @@ TEST(Tokenizer, FromRanksFollowsTiktokensRule) {
     tokens.push_back("bc");  // 257
     tokens.push_back("abc"); // 258
     auto tok = Tokenizer::from_ranks(tokens, R"(\S+|\s+)", {{"<eot>", 300, true}}, "tiny");
-    EXPECT_EQ(tok.encode("abc"), std::vector<TokenId>{258});      // whole piece is a token
+    EXPECT_EQ(tok.encode("abc"), std::vector<TokenId>{258}); // whole piece is a token
     // ab (256) merges before bc (257); then ab+c is the token abc.
     EXPECT_EQ(tok.encode("abcb"), (std::vector<TokenId>{258, 'b'}));
     EXPECT_EQ(tok.encode("bcab"), (std::vector<TokenId>{257, 256}));
@@ -261,40 +271,45 @@ TEST(Tokenizer, FromRanksFollowsTiktokensRule) {
 }
 
 TEST(Tokenizer, BadFilesThrowClearErrors) {
-    EXPECT_NE(error_of([] { Tokenizer::from_tokenizer_json("{not json", "broken.json"); })
-                  .find("broken.json: not valid JSON"),
+    EXPECT_NE(error_of([] {
+                  Tokenizer::from_tokenizer_json("{not json", "broken.json");
+              }).find("broken.json: not valid JSON"),
               std::string::npos);
-    EXPECT_NE(error_of([] { Tokenizer::from_tokenizer_json(R"({"model": {"type": "Magic"}})", "m.json"); })
-                  .find("unknown model type \"Magic\""),
+    EXPECT_NE(error_of([] {
+                  Tokenizer::from_tokenizer_json(R"({"model": {"type": "Magic"}})", "m.json");
+              }).find("unknown model type \"Magic\""),
               std::string::npos);
-    EXPECT_NE(error_of([] { Tokenizer::from_tokenizer_json(R"({"version": "1.0"})", "x.json"); })
-                  .find("missing field \"model\""),
+    EXPECT_NE(error_of([] {
+                  Tokenizer::from_tokenizer_json(R"({"version": "1.0"})", "x.json");
+              }).find("missing field \"model\""),
               std::string::npos);
-    const char* bad_merge = R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a c"]}})";
-    EXPECT_NE(error_of([&] { Tokenizer::from_tokenizer_json(bad_merge, "merge.json"); }).find("merge #0"),
-              std::string::npos);
+    const char* bad_merge =
+        R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a c"]}})";
+    EXPECT_NE(
+        error_of([&] { Tokenizer::from_tokenizer_json(bad_merge, "merge.json"); }).find("merge #0"),
+        std::string::npos);
     const char* bad_norm = R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
                                "normalizer": {"type": "Sparkle"}})";
-    EXPECT_NE(error_of([&] { Tokenizer::from_tokenizer_json(bad_norm, "n.json"); })
-                  .find("unsupported normalizer type \"Sparkle\""),
+    EXPECT_NE(error_of([&] {
+                  Tokenizer::from_tokenizer_json(bad_norm, "n.json");
+              }).find("unsupported normalizer type \"Sparkle\""),
               std::string::npos);
     const char* bad_regex = R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
         "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated"}})";
-    EXPECT_NE(error_of([&] { Tokenizer::from_tokenizer_json(bad_regex, "r.json"); }).find("does not compile"),
+    EXPECT_NE(error_of([&] {
+                  Tokenizer::from_tokenizer_json(bad_regex, "r.json");
+              }).find("does not compile"),
               std::string::npos);
     EXPECT_THROW(Tokenizer::load("/nonexistent/tokenizer.json"), forge::NotFound);
 
     auto dir = std::filesystem::temp_directory_path() / "forge_tok_api_test";
     std::filesystem::create_directories(dir);
-    {
-        std::ofstream(dir / "weird.tiktoken") << "IQ== 0\nnot-a-line\n";
-    }
+    { std::ofstream(dir / "weird.tiktoken") << "IQ== 0\nnot-a-line\n"; }
     EXPECT_NE(error_of([&] { Tokenizer::load(dir / "weird.tiktoken"); }).find("weird.tiktoken:2"),
               std::string::npos);
-    {
-        std::ofstream(dir / "junk.model") << "this is not a protobuf";
-    }
-    EXPECT_NE(error_of([&] { Tokenizer::load(dir / "junk.model"); }).find("junk.model"), std::string::npos);
+    { std::ofstream(dir / "junk.model") << "this is not a protobuf"; }
+    EXPECT_NE(error_of([&] { Tokenizer::load(dir / "junk.model"); }).find("junk.model"),
+              std::string::npos);
     std::filesystem::remove_all(dir);
     EXPECT_THROW(Tokenizer::known_pattern("p99k"), forge::InvalidArgument);
 }
