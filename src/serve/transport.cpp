@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <strings.h>
+#include <sys/socket.h>
 #include <thread>
 
 #include <httplib.h>
@@ -69,6 +70,12 @@ int App::start(const std::string& host, int port, const ListenOptions& opts) {
     svr.set_write_timeout(opts.write_timeout_s, 0);
     svr.set_keep_alive_timeout(opts.keep_alive_timeout_s);
     svr.set_tcp_nodelay(true);
+    // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port
+    // silently; keep SO_REUSEADDR only, so a taken port is a clear error.
+    svr.set_socket_options([](socket_t sock) {
+        int yes = 1;
+        ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
 
     // Runs the app and hands its Response to httplib.
     auto serve = [this, t](const httplib::Request& hr, httplib::Response& hres, std::string body,
