@@ -314,11 +314,9 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
     s[d] = length;
     Tensor out = make_view(*this, s, strides(), offset() + start * strides()[d]);
     Shape in_shape = shape();
-    DType dt = dtype();
-    autograd::record("narrow", out, {*this}, [in_shape, dt, d, start, length](const Tensor& g) {
+    autograd::record("narrow", out, {*this}, [in_shape, d, start, length](const Tensor& g) {
         Tensor gi = Tensor::zeros(in_shape, g.dtype(), g.device());
         gi.narrow(d, start, length).copy_(g);
-        (void)dt;
         return std::vector<Tensor>{gi};
     });
     return out;
