@@ -5,6 +5,7 @@
 
 #include "cuda/cuda_test_util.h"
 #include <forge/core/ops_backward.h>
+#include <forge/train/optimizer.h>
 
 namespace forge::test {
 namespace {

@@ -79,10 +79,10 @@ __global__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k,
         if (!active) continue;
         const int64_t j = k0 + lane;
         T s = j <= my_last ? dot_row(qs, Ks + lane * ld, g.D) * T(g.scale) : T(-INFINITY);
-        const T m_new = fmax(m, warp_max(s));
+        const T m_new = ::fmax(m, warp_max(s));
         if (m_new == T(-INFINITY)) continue; // nothing visible yet
-        const T p = j <= my_last ? exp(s - m_new) : T(0);
-        const T corr = exp(m - m_new);
+        const T p = j <= my_last ? ::exp(s - m_new) : T(0);
+        const T corr = ::exp(m - m_new);
         l = l * corr + warp_sum(p);
         m = m_new;
 #pragma unroll
@@ -105,7 +105,7 @@ __global__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k,
         const int64_t d = lane + 32 * t;
         if (d < g.D) out[row * g.D + d] = o[t] * inv;
     }
-    if (lane == 0) lse[row] = m + log(l);
+    if (lane == 0) lse[row] = m + ::log(l);
 }
 
 // delta[row] = dO[row] . O[row]; a warp per row.
@@ -166,7 +166,7 @@ __global__ void attn_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
         const int64_t j = k0 + lane;
         T ds = 0;
         if (j <= my_last) {
-            const T p = exp(dot_row(qs, Ks + lane * ld, g.D) * T(g.scale) - L);
+            const T p = ::exp(dot_row(qs, Ks + lane * ld, g.D) * T(g.scale) - L);
             ds = p * (dot_row(gs, Vs + lane * ld, g.D) - Di);
         }
         const int n_keys = int(min64(kTile, my_last - k0 + 1));
@@ -242,7 +242,7 @@ __global__ void attn_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k,
             const bool vis = i < g.Tq && (!g.causal || j <= g.Tk - g.Tq + i);
             T p = 0, ds = 0;
             if (vis) {
-                p = exp(dot_row(Qs + lane * ld, ks, g.D) * T(g.scale) - Ls[lane]);
+                p = ::exp(dot_row(Qs + lane * ld, ks, g.D) * T(g.scale) - Ls[lane]);
                 ds = p * (dot_row(Gs + lane * ld, vs, g.D) - Ds[lane]);
             }
             const int n_q = int(min64(kTile, g.Tq - i0));

@@ -49,7 +49,7 @@ __global__ void random_kernel(T* __restrict__ p, int64_t n, int kind, uint64_t s
         if (kind == int(RandomKind::normal)) { // Box-Muller on two counters
             const double u1 = uniform01(seed_mixed, uint64_t(2 * i));
             const double u2 = uniform01(seed_mixed, uint64_t(2 * i + 1));
-            v = a + b * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+            v = a + b * ::sqrt(-2.0 * ::log(u1)) * cos(6.283185307179586 * u2);
         } else if (kind == int(RandomKind::uniform)) {
             v = a + (b - a) * uniform01(seed_mixed, uint64_t(i));
         } else {
@@ -103,11 +103,13 @@ void CudaBackend::fill(const Tensor& dst, double value) {
         // The value is rounded on the host exactly as the CPU's store_from_double does.
         T v;
         if constexpr (std::is_same_v<T, __half>) {
-            const uint16_t bits = f32_to_f16(float(value));
-            std::memcpy(&v, &bits, 2);
+            __half_raw r;
+            r.x = f32_to_f16(float(value));
+            v = __half(r);
         } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-            const uint16_t bits = f32_to_bf16(float(value));
-            std::memcpy(&v, &bits, 2);
+            __nv_bfloat16_raw r;
+            r.x = f32_to_bf16(float(value));
+            v = __nv_bfloat16(r);
         } else {
             v = T(value);
         }

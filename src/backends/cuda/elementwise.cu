@@ -9,38 +9,38 @@ namespace forge::cuda {
 namespace {
 
 template <typename T> __device__ __forceinline__ T unary_fn(UnaryOp op, T x, T alpha) {
-    constexpr T k0 = T(0.7978845608028654); // sqrt(2/pi)
+    constexpr T k0 = T(0.7978845608028654); // ::sqrt(2/pi)
     constexpr T k1 = T(0.044715);
     constexpr T inv_sqrt2 = T(0.7071067811865476);
     constexpr T inv_sqrt2pi = T(0.3989422804014327);
     switch (op) {
     case UnaryOp::neg: return -x;
-    case UnaryOp::exp: return exp(x);
-    case UnaryOp::log: return log(x);
-    case UnaryOp::sqrt: return sqrt(x);
-    case UnaryOp::rsqrt: return T(1) / sqrt(x);
-    case UnaryOp::tanh: return tanh(x);
-    case UnaryOp::sigmoid: return T(1) / (T(1) + exp(-x));
+    case UnaryOp::exp: return ::exp(x);
+    case UnaryOp::log: return ::log(x);
+    case UnaryOp::sqrt: return ::sqrt(x);
+    case UnaryOp::rsqrt: return T(1) / ::sqrt(x);
+    case UnaryOp::tanh: return ::tanh(x);
+    case UnaryOp::sigmoid: return T(1) / (T(1) + ::exp(-x));
     case UnaryOp::relu: return x > T(0) ? x : T(0);
-    case UnaryOp::abs: return fabs(x);
-    case UnaryOp::gelu_tanh: return T(0.5) * x * (T(1) + tanh(k0 * (x + k1 * x * x * x)));
-    case UnaryOp::gelu_erf: return T(0.5) * x * (T(1) + erf(x * inv_sqrt2));
-    case UnaryOp::silu: return x / (T(1) + exp(-x));
+    case UnaryOp::abs: return ::fabs(x);
+    case UnaryOp::gelu_tanh: return T(0.5) * x * (T(1) + ::tanh(k0 * (x + k1 * x * x * x)));
+    case UnaryOp::gelu_erf: return T(0.5) * x * (T(1) + ::erf(x * inv_sqrt2));
+    case UnaryOp::silu: return x / (T(1) + ::exp(-x));
     case UnaryOp::gelu_tanh_grad: {
         const T u = k0 * (x + k1 * x * x * x);
-        const T t = tanh(u);
+        const T t = ::tanh(u);
         const T du = k0 * (T(1) + T(3) * k1 * x * x);
         return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du;
     }
     case UnaryOp::gelu_erf_grad:
-        return T(0.5) * (T(1) + erf(x * inv_sqrt2)) + x * inv_sqrt2pi * exp(-T(0.5) * x * x);
+        return T(0.5) * (T(1) + ::erf(x * inv_sqrt2)) + x * inv_sqrt2pi * ::exp(-T(0.5) * x * x);
     case UnaryOp::silu_grad: {
-        const T s = T(1) / (T(1) + exp(-x));
+        const T s = T(1) / (T(1) + ::exp(-x));
         return s * (T(1) + x * (T(1) - s));
     }
     case UnaryOp::add_scalar: return x + alpha;
     case UnaryOp::mul_scalar: return x * alpha;
-    case UnaryOp::pow_scalar: return pow(x, alpha);
+    case UnaryOp::pow_scalar: return ::pow(x, alpha);
     case UnaryOp::rsub_scalar: return alpha - x;
     }
     return x;

@@ -48,9 +48,9 @@ __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t 
             continue;
         }
         const double pos = double(pos_offset + row % seq);
-        const double angle = pos * pow(theta, -2.0 * double(j) / double(rd));
+        const double angle = pos * ::pow(theta, -2.0 * double(j) / double(rd));
         double sn, cs;
-        sincos(angle, &sn, &cs);
+        ::sincos(angle, &sn, &cs);
         if (inverse) sn = -sn;
         const int64_t i0 = neox ? j : 2 * j, i1 = neox ? j + half : 2 * j + 1;
         const double x0 = double(xr[i0]), x1 = double(xr[i1]);

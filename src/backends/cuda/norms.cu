@@ -24,7 +24,7 @@ __global__ void layer_norm_fwd(const T* __restrict__ x, const T* __restrict__ w,
     T v = 0;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
         v += (xr[c] - m) * (xr[c] - m);
-    const T rs = T(1) / sqrt(block_sum(v, scratch) / T(cols) + eps);
+    const T rs = T(1) / ::sqrt(block_sum(v, scratch) / T(cols) + eps);
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
         const T o = (xr[c] - m) * rs * w[c];
         yr[c] = b ? o + b[c] : o;
@@ -44,7 +44,7 @@ __global__ void rms_norm_fwd(const T* __restrict__ x, const T* __restrict__ w, T
     T ss = 0;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
         ss += xr[c] * xr[c];
-    const T rs = T(1) / sqrt(block_sum(ss, scratch) / T(cols) + eps);
+    const T rs = T(1) / ::sqrt(block_sum(ss, scratch) / T(cols) + eps);
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
         yr[c] = xr[c] * rs * w[c];
     if (threadIdx.x == 0) rstd[blockIdx.x] = rs;

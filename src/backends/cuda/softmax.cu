@@ -13,11 +13,11 @@ template <typename T>
 __device__ void row_max_sum(const T* __restrict__ xr, int64_t cols, T* scratch, T& m, T& s) {
     T mx = T(-INFINITY);
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-        mx = fmax(mx, xr[c]);
+        mx = ::fmax(mx, xr[c]);
     m = block_max(mx, scratch);
     T sum = 0;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-        sum += exp(xr[c] - m);
+        sum += ::exp(xr[c] - m);
     s = block_sum(sum, scratch);
 }
 
@@ -29,9 +29,9 @@ __global__ void softmax_kernel(const T* __restrict__ x, T* __restrict__ y, int64
     T* yr = y + blockIdx.x * cols;
     T m, s;
     row_max_sum(xr, cols, scratch, m, s);
-    const T ls = log(s), inv = T(1) / s;
+    const T ls = ::log(s), inv = T(1) / s;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-        yr[c] = log_out ? xr[c] - m - ls : exp(xr[c] - m) * inv;
+        yr[c] = log_out ? xr[c] - m - ls : ::exp(xr[c] - m) * inv;
 }
 
 template <typename T>
@@ -48,7 +48,7 @@ __global__ void ce_forward(const T* __restrict__ x, const int64_t* __restrict__ 
     T m, s;
     row_max_sum(xr, cols, scratch, m, s);
     if (threadIdx.x == 0) {
-        const T l = m + log(s);
+        const T l = m + ::log(s);
         lse[row] = l;
         losses[row] = l - xr[t];
     }
@@ -68,7 +68,7 @@ __global__ void ce_backward(const T* __restrict__ x, const int64_t* __restrict__
     const T* xr = x + row * cols;
     const T l = lse[row], scale = dloss[0] * inv_count;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-        dr[c] = (exp(xr[c] - l) - (c == t ? T(1) : T(0))) * scale;
+        dr[c] = (::exp(xr[c] - l) - (c == t ? T(1) : T(0))) * scale;
 }
 
 } // namespace
