@@ -12,7 +12,7 @@ echo "cuda_test exit: ${PIPESTATUS[0]}"
 SAN=/usr/local/cuda/bin/compute-sanitizer
 FILTER='CudaNN.*:CudaElementwise.*:CudaReduce.*:CudaCopy.StridedAndCastingCopies:CudaAttention.*:CudaOptimizer.*'
 for tool in memcheck racecheck; do
-    timeout 150 $SAN --tool $tool --error-exitcode 9 "$DIR/cuda_test" --gtest_filter="$FILTER" \
+    timeout 100 $SAN --tool $tool --error-exitcode 9 "$DIR/cuda_test" --gtest_filter="$FILTER" \
         > "$OUT/sanitizer_$tool.log" 2>&1
     echo "compute-sanitizer $tool exit: $? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1))"
 done

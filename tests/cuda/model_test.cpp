@@ -79,8 +79,20 @@ TEST_P(CudaModel, TrainingStepsMatchCpu) {
         opt_g.step(3e-3);
     }
     auto pc = cpu_m.named_parameters(), pg = gpu_m.named_parameters();
-    for (size_t i = 0; i < pc.size(); ++i)
-        EXPECT_LE(norm_rel_diff(pg[i].second, pc[i].second), 1e-4) << pc[i].first;
+    const int64_t C = cfg.n_embd;
+    for (size_t i = 0; i < pc.size(); ++i) {
+        Tensor a = pg[i].second, b = pc[i].second;
+        if (pc[i].first.find("c_attn.bias") != std::string::npos) {
+            // The key bias adds q.b_k to every score of a query row, which softmax ignores: its
+            // gradient is rounding noise on either device, and AdamW scales noise up to full
+            // lr-sized steps of random sign. Compare the query and value biases only.
+            EXPECT_LE(norm_rel_diff(a.narrow(0, 0, C), b.narrow(0, 0, C)), 1e-4) << pc[i].first;
+            EXPECT_LE(norm_rel_diff(a.narrow(0, 2 * C, C), b.narrow(0, 2 * C, C)), 1e-4)
+                << pc[i].first;
+            continue;
+        }
+        EXPECT_LE(norm_rel_diff(a, b), 1e-4) << pc[i].first;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, CudaModel,
