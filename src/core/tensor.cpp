@@ -414,7 +414,11 @@ Tensor Tensor::to(DType dt) const {
 // accelerators the data goes through the host. Differentiable: the gradient goes back.
 Tensor Tensor::to(Device d) const {
     if (d == device()) return *this;
-    Tensor out = Tensor::empty(shape(), dtype(), d); // throws if this build lacks d's backend
+    if (d.type == DeviceType::cuda && !cuda::is_available())
+        throw DeviceError("[to] copying " + str() + " from " + device().str() + " to " + d.str() +
+                          ": no backend for " + d.str() +
+                          " (this build of Forge has no CUDA support, or no GPU is visible)");
+    Tensor out = Tensor::empty(shape(), dtype(), d);
     Tensor src = detach().contiguous();
     if (device().type != DeviceType::cpu && d.type != DeviceType::cpu)
         src = src.to(Device::cpu());
