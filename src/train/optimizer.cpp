@@ -30,11 +30,13 @@ bool fast_path(const Tensor& p, const Tensor& g) {
            g.dtype() == DType::f32 && g.is_contiguous() && g.device().type == DeviceType::cpu;
 }
 
+#ifdef FORGE_HAS_CUDA
 // f32 contiguous parameter and gradient on one CUDA device: the fused multi-tensor kernel.
 bool cuda_fused_path(const Tensor& p, const Tensor& g) {
     return p.device().type == DeviceType::cuda && p.dtype() == DType::f32 && p.is_contiguous() &&
            g.dtype() == DType::f32 && g.is_contiguous() && g.device() == p.device();
 }
+#endif
 
 Tensor grad_of(const ParamRef& p) {
     Tensor g = p.tensor.grad();
