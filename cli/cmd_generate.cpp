@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "command.h"
+#include <forge/core/device.h>
 #include <forge/core/error.h>
 #include <forge/generate/generator.h>
 #include <forge/models/loader.h>
@@ -33,6 +34,7 @@ struct GenerateCliOptions {
     std::vector<std::string> stop;
     bool ids = false, echo = false, ignore_eos = false, quiet = false;
     int threads = 0;
+    std::string device = "cpu";
 };
 
 // One message naming the flag, as the user typed it.
@@ -87,7 +89,10 @@ void write_out(const std::string& s) {
 void run_generate(const GenerateCliOptions& o) {
     const GenerateOptions opts = to_options(o); // flags first: no model load for a typo
     if (o.threads > 0) set_num_threads(o.threads);
+    const Device device = Device::parse(o.device);
+    cuda::check_device(device); // before the load: a missing GPU fails fast
     LoadedModel lm = load_model_dir(o.model);
+    lm.model->to(device); // weights, then the KV cache and prefill/decode run there
     Generator gen(*lm.model, lm.tokenizer);
     std::vector<TokenId> prompt = gen.encode_prompt(o.prompt);
 
@@ -154,6 +159,7 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     cmd->add_flag("--quiet,-q", o->quiet, "no statistics line on stderr");
     cmd->add_option("--threads,-t", o->threads, "CPU threads (0 = all cores)")
         ->capture_default_str();
+    cmd->add_option("--device", o->device, "cpu | cuda | cuda:N")->capture_default_str();
     cmd->callback([o] { run_generate(*o); });
 });
 

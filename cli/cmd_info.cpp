@@ -1,11 +1,13 @@
 // `forge info`: a model's size from its config alone (a preset with optional shape overrides,
 // or a checkpoint's config.json): parameters, weight memory per dtype, KV cache per 1k tokens
-// and AdamW training state. Nothing is allocated.
+// and AdamW training state. Nothing is allocated. With a GPU visible (CUDA build), also each
+// device's name and memory: the driver's total/free and Forge's allocator statistics.
 #include <cstdio>
 #include <memory>
 #include <string>
 
 #include "command.h"
+#include <forge/core/device.h>
 #include <forge/models/config.h>
 #include <forge/train/trainer.h>
 
@@ -99,6 +101,18 @@ void run_info(const InfoOptions& o) {
     std::printf("training state, AdamW f32 (weights + grads + 2 moments, 16 B/param): %s "
                 "(activations extra)\n",
                 bytes_str(p * 16).c_str());
+    // The GPUs this process sees, with the driver's and Forge's allocator's memory figures.
+    for (int d = 0; d < cuda::device_count(); ++d) {
+        const cuda::DeviceProperties gp = cuda::device_properties(d);
+        const cuda::MemoryStats ms = cuda::memory_stats(d);
+        std::printf("cuda:%d: %s, sm_%d%d, %d SMs, memory %s total, %s free; forge allocator: %s "
+                    "allocated, %s reserved, %s peak\n",
+                    d, gp.name.c_str(), gp.major, gp.minor, gp.sm_count,
+                    bytes_str(double(gp.total_memory)).c_str(),
+                    bytes_str(double(gp.free_memory)).c_str(),
+                    bytes_str(double(ms.allocated)).c_str(),
+                    bytes_str(double(ms.reserved)).c_str(), bytes_str(double(ms.peak)).c_str());
+    }
 }
 
 FORGE_CLI_COMMAND([](CLI::App& root) {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "command.h"
+#include <forge/core/device.h>
 #include <forge/models/config.h>
 #include <forge/models/transformer.h>
 #include <forge/train/config_file.h>
@@ -68,6 +69,7 @@ const std::vector<FlagSpec> kFlags = {
     {"sampling", Kind::str, "random | sequential batches (default random)"},
     {"seed", Kind::integer, "random seed: init, batches (default 1337)"},
     {"threads", Kind::integer, "CPU threads (default: all cores)"},
+    {"device", Kind::str, "where the model trains: cpu | cuda | cuda:N (default cpu)"},
     {"log-every", Kind::integer, "progress line every N steps when not a terminal (default 10)"},
     {"save-every", Kind::integer, "also save a checkpoint every N steps (default: at the end)"},
     {"out", Kind::path, "checkpoint folder (default out)"},
@@ -259,6 +261,10 @@ int run_train(Settings st) {
     set_num_threads(threads);
     threads = omp_get_max_threads();
 
+    // The device first too: a missing GPU is reported before any tokenizing.
+    const Device device = Device::parse(st.str("device", "cpu"));
+    cuda::check_device(device);
+
     const fs::path out = st.str("out", resuming ? ckpt_dir.string() : "out");
     const fs::path cache_dir = st.str("cache-dir", (out / "cache").string());
 
@@ -355,6 +361,7 @@ int run_train(Settings st) {
     Transformer model(cfg, opts.seed);
     if (st.has("init-from"))
         load_checkpoint_weights(model, ckpt_dir);
+    model.to(device); // before the trainer: the optimizer's state is made beside the weights
 
     std::printf("model: %s, %s family, %lld layers, %lld heads, n_embd %lld, n_ctx %lld, "
                 "%s parameters, vocab %lld (%s)\n",
@@ -380,6 +387,11 @@ int run_train(Settings st) {
         std::printf("resumed %s at step %lld\n", ckpt_dir.c_str(),
                     static_cast<long long>(trainer.step()));
     }
+    if (device.type == DeviceType::cuda) {
+        const auto p = cuda::device_properties(device.index);
+        std::printf("device: %s (%s, sm_%d%d, %.1f GiB)\n", device.str().c_str(), p.name.c_str(),
+                    p.major, p.minor, double(p.total_memory) / (1024.0 * 1024 * 1024));
+    }
     std::printf("train: %lld steps x %lld x %lld tokens%s, %s lr %.3g -> %.3g (%s, warmup %lld), "
                 "%d thread%s, seed %llu\n",
                 static_cast<long long>(opts.steps), static_cast<long long>(opts.batch),
@@ -393,6 +405,10 @@ int run_train(Settings st) {
     EvalStats last = trainer.fit();
     std::printf("done: step %lld, val loss %.4f\n", static_cast<long long>(last.step),
                 last.val_loss);
+    if (device.type == DeviceType::cuda)
+        std::printf("cuda memory: peak %.2f GiB allocated, %.2f GiB reserved\n",
+                    double(cuda::memory_stats(device.index).peak) / (1024.0 * 1024 * 1024),
+                    double(cuda::memory_stats(device.index).reserved) / (1024.0 * 1024 * 1024));
     return 0;
 }
 

@@ -45,6 +45,32 @@ void set_reference_kernels(bool on) { t_reference_kernels = on; }
 bool reference_kernels() { return t_reference_kernels; }
 } // namespace cpu
 
+namespace cuda {
+bool is_built() {
+#ifdef FORGE_HAS_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+void check_device(Device device) {
+    if (device.type == DeviceType::cpu) return;
+    if (!is_built())
+        throw DeviceError("device " + device.str() + ": this build of Forge has no CUDA support",
+                          "rebuild with -DFORGE_CUDA=ON (make build-cuda) on a machine with "
+                          "the CUDA toolkit, or use --device cpu");
+    const int n = device_count();
+    if (n == 0)
+        throw DeviceError("device " + device.str() + ": no CUDA GPU is visible",
+                          "check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --device cpu");
+    if (device.index >= n)
+        throw DeviceError("device " + device.str() + " does not exist: " + std::to_string(n) +
+                              " CUDA device" + (n == 1 ? "" : "s") + " visible (cuda:0" +
+                              (n > 1 ? "..cuda:" + std::to_string(n - 1) : "") + ")");
+}
+} // namespace cuda
+
 #ifndef FORGE_HAS_CUDA
 // This build has no CUDA backend: no devices, nothing allocated.
 namespace cuda {
@@ -56,6 +82,9 @@ void empty_cache(int) {}
 void synchronize(int) {}
 void set_allow_tf32(bool) {}
 bool allow_tf32() { return false; }
+void set_allow_reduced_precision_attention(bool) {}
+bool allow_reduced_precision_attention() { return false; }
+DeviceProperties device_properties(int) { return {}; }
 } // namespace cuda
 #endif
 

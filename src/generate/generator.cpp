@@ -60,7 +60,7 @@ std::unique_ptr<CausalLM::State> TransformerLM::new_state(int64_t capacity) {
     FORGE_CHECK(capacity > 0 && capacity <= n_ctx(), "[generate] a sequence of ", capacity,
                 " positions does not fit the model's context of ", n_ctx());
     auto st = std::make_unique<TransformerState>();
-    st->cache = KVCache::create(model_.config(), 1, capacity);
+    st->cache = KVCache::create(model_.config(), 1, capacity, DType::f32, model_.device());
     return st;
 }
 
@@ -86,7 +86,7 @@ void TransformerLM::project_last(const Tensor& h, std::vector<float>& logits) co
     // (1, C) x (C, V): the CPU matmul runs one-row products as a GEMV, so this reads the head
     // once at memory speed (docs/PERF.md, Generation).
     Tensor last = h.narrow(1, h.size(1) - 1, 1).reshape({1, C});
-    Tensor row = matmul(last, head_.t()).reshape({V}).to(DType::f32).contiguous();
+    Tensor row = matmul(last, head_.t()).reshape({V}).to(DType::f32).to(Device::cpu()).contiguous();
     const float* p = row.data<float>();
     logits.assign(p, p + V);
 }

@@ -87,8 +87,8 @@ Tensor rope_with_factors(const Tensor& x, const ModelConfig& c, int64_t pos0,
             cs[size_t(t * half + i)] = std::cos(double(pos0 + t) * inv);
             sn[size_t(t * half + i)] = std::sin(double(pos0 + t) * inv);
         }
-    Tensor cos_t = Tensor::from_vector(cs, {T, half}, x.dtype());
-    Tensor sin_t = Tensor::from_vector(sn, {T, half}, x.dtype());
+    Tensor cos_t = Tensor::from_vector(cs, {T, half}, x.dtype()).to(x.device());
+    Tensor sin_t = Tensor::from_vector(sn, {T, half}, x.dtype()).to(x.device());
     Tensor x1 = x.narrow(3, 0, half), x2 = x.narrow(3, half, half);
     return concat({sub(mul(x1, cos_t), mul(x2, sin_t)), add(mul(x2, cos_t), mul(x1, sin_t))}, 3);
 }
@@ -190,7 +190,8 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
                 "[transformer] ids must be i32 or i64, got ", dtype_name(ids_in.dtype()));
     const ModelConfig& c = cfg_;
     Impl& m = *impl_;
-    const Tensor ids = ids_in.to(DType::i64);
+    // Ids follow the weights (a CUDA model takes host ids; the copy is B * T integers).
+    const Tensor ids = ids_in.to(DType::i64).to(m.wte.device());
     const int64_t B = ids.size(0), T = ids.size(1), C = c.n_embd, D = c.dim_head();
     const int64_t H = c.n_head, Hkv = c.n_head_kv;
     const int64_t pos0 = cache ? cache->length : 0;

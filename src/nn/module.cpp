@@ -1,6 +1,7 @@
 // nn::Module bookkeeping: registration, dotted names, state_dict load/save.
 #include <forge/nn/module.h>
 
+#include <map>
 #include <set>
 
 #include <forge/autograd/autograd.h>
@@ -74,7 +75,7 @@ void Module::load_state_dict(const std::map<std::string, Tensor>& sd, bool stric
                     shape_str(t.shape()), " in the model");
         NoGradGuard ng;
         Tensor dst = t.detach();
-        dst.copy_(it->second);
+        dst.copy_(it->second.detach().to(dst.device()));
     }
     if (!strict) return;
     FORGE_CHECK(missing.empty(), "[load_state_dict] missing tensors: ", missing);
@@ -105,6 +106,47 @@ void Module::requires_grad(bool on) {
 void Module::zero_grad() const {
     for (auto& t : parameters())
         t.zero_grad();
+}
+
+// Storages move whole, once each: tensors that share one (tied weights, views into a packed
+// buffer) point into the one new copy with their old offsets and strides.
+Module& Module::to(Device device) {
+    std::vector<std::shared_ptr<TensorImpl>> impls;
+    std::set<TensorImpl*> seen;
+    auto add = [&](const std::shared_ptr<TensorImpl>& p) {
+        if (p && p->storage && seen.insert(p.get()).second) impls.push_back(p);
+    };
+    for (auto& [name, t] : named_parameters()) {
+        add(t.impl());
+        add(t.impl()->grad);
+    }
+    for (auto& [name, t] : named_buffers())
+        add(t.impl());
+    std::map<Storage*, std::shared_ptr<Storage>> moved;
+    NoGradGuard ng;
+    for (auto& p : impls) {
+        if (p->storage->device == device) continue;
+        auto it = moved.find(p->storage.get());
+        if (it == moved.end()) {
+            // The whole storage as one flat tensor of this impl's dtype (bytes past the last
+            // whole element cannot belong to a tensor of it).
+            const size_t es = dtype_size(p->dtype);
+            auto flat = std::make_shared<TensorImpl>();
+            flat->storage = p->storage;
+            flat->shape = {int64_t(p->storage->nbytes / es)};
+            flat->strides = {1};
+            flat->dtype = p->dtype;
+            Tensor copy = Tensor(flat).to(device);
+            it = moved.emplace(p->storage.get(), copy.storage()).first;
+        }
+        p->storage = it->second;
+    }
+    return *this;
+}
+
+Device Module::device() const {
+    auto ps = named_parameters();
+    return ps.empty() ? Device::cpu() : ps.front().second.device();
 }
 
 } // namespace forge::nn

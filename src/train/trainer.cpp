@@ -322,8 +322,9 @@ StepStats Trainer::train_step() {
     const auto& params = opt_->params();
     double loss_sum = 0;
     for (int64_t micro = 0; micro < opts_.grad_accum; ++micro) {
-        auto [x, y] = sampler_->next(); // (B, T) each
-        Tensor loss = model_.loss(x, y);
+        auto [x, y] = sampler_->next(); // (B, T) each, on the host
+        const Device dev = model_.device();
+        Tensor loss = model_.loss(x.to(dev), y.to(dev));
         const double l = loss.item();
         if (!std::isfinite(l)) {
             opt_->zero_grad();
@@ -362,7 +363,8 @@ double Trainer::eval_split(int64_t begin, int64_t end, uint64_t salt) {
     double sum = 0;
     for (int64_t i = 0; i < opts_.eval_iters; ++i) {
         auto [x, y] = sampler.next();
-        sum += model_.loss(x, y).item();
+        const Device dev = model_.device();
+        sum += model_.loss(x.to(dev), y.to(dev)).item();
     }
     return sum / double(opts_.eval_iters);
 }
@@ -492,7 +494,11 @@ void Trainer::resume(const fs::path& dir) {
         const fs::path state_file = dir / "trainer_state.safetensors";
         if (!fs::exists(state_file))
             throw NotFound("[checkpoint] " + dir.string() + " has no trainer_state.safetensors");
-        opt_->load_state_tensors(formats::load_safetensors(state_file));
+        auto state = formats::load_safetensors(state_file);
+        const Device dev = model_.device(); // the moments live with the weights
+        for (auto& [name, t] : state)
+            if (name != "step") t = t.to(dev);
+        opt_->load_state_tensors(state);
         step_ = j.at("step").get<int64_t>();
         FORGE_CHECK(step_ == opt_->steps_taken(), "[checkpoint] ", dir.string(), ": step ", step_,
                     " but the optimizer state has ", opt_->steps_taken(), " steps");

@@ -101,20 +101,4 @@ inline Tensor leaf_on(const Shape& s, uint64_t seed, Device d, DType dt = DType:
     return t;
 }
 
-/// Moves every parameter and buffer of m to `d` in place (tied parameters share one impl).
-/// TODO(#7): replace with nn::Module::to(Device) once the nn layer has it.
-inline void move_module(const nn::Module& m, Device d) {
-    auto move = [&](const Tensor& t) {
-        if (t.device() == d) return;
-        Tensor c = t.detach().to(d);
-        t.impl()->storage = c.storage();
-        t.impl()->strides = c.strides();
-        t.impl()->offset = c.offset();
-    };
-    for (auto& [name, t] : m.named_parameters())
-        move(t);
-    for (auto& [name, t] : m.named_buffers())
-        move(t);
-}
-
 } // namespace forge::test

@@ -5,6 +5,8 @@
 #include <forge/models/transformer.h>
 #include <forge/train/optimizer.h>
 
+#include <map>
+
 namespace forge::test {
 namespace {
 
@@ -35,10 +37,50 @@ Batch batch(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
 
 class CudaModel : public ::testing::TestWithParam<ModelFamily> {};
 
+TEST_P(CudaModel, ModuleToKeepsHandlesTiesAndValues) {
+    const ModelConfig cfg = tiny(GetParam());
+    Transformer m(cfg, 5), ref(cfg, 5);
+    const auto before = m.named_parameters();
+    std::map<std::string, TensorImpl*> impls;
+    for (auto& [n, t] : before)
+        impls[n] = t.impl().get();
+    m.to(kCuda);
+    EXPECT_EQ(m.device(), kCuda);
+    const auto after = m.named_parameters();
+    ASSERT_EQ(after.size(), before.size());
+    for (size_t i = 0; i < after.size(); ++i) {
+        const auto& [n, t] = after[i];
+        EXPECT_EQ(t.impl().get(), impls[n]) << n; // same handle
+        EXPECT_EQ(before[i].second.device(), kCuda) << n; // old handles see the move
+        EXPECT_TRUE(t.requires_grad()) << n;
+    }
+    for (auto& [n, t] : m.named_buffers())
+        EXPECT_EQ(t.device(), kCuda) << n;
+    // Tied weights (GPT-2's wte / lm_head) still share one storage.
+    std::map<TensorImpl*, const Storage*> storage_of;
+    for (auto& [n, t] : after) {
+        auto [it, fresh] = storage_of.emplace(t.impl().get(), t.storage().get());
+        if (!fresh) EXPECT_EQ(it->second, t.storage().get()) << n;
+    }
+    m.to(Device::cpu());
+    EXPECT_EQ(m.device(), Device::cpu());
+    const auto back = m.state_dict(), orig = ref.state_dict();
+    for (auto& [n, t] : orig)
+        EXPECT_EQ(max_rel_diff(back.at(n), t), 0.0) << n; // bit-exact round trip
+    // load_state_dict copies a CPU state dict into a CUDA model.
+    Transformer g(cfg, 99);
+    g.to(kCuda);
+    g.load_state_dict(orig);
+    for (auto& [n, t] : g.state_dict()) {
+        EXPECT_EQ(t.device(), kCuda) << n;
+        EXPECT_EQ(max_rel_diff(t, orig.at(n)), 0.0) << n;
+    }
+}
+
 TEST_P(CudaModel, LogitsLossGradientsMatchCpu) {
     const ModelConfig cfg = tiny(GetParam());
     Transformer cpu_m(cfg, 7), gpu_m(cfg, 7); // same seed, same weights
-    move_module(gpu_m, kCuda);
+    gpu_m.to(kCuda);
     const Batch bt = batch(2, 48, cfg.vocab_size, 3);
 
     Tensor lc = cpu_m.forward(bt.ids), lg = gpu_m.forward(bt.ids.to(kCuda));
@@ -63,7 +105,7 @@ TEST_P(CudaModel, LogitsLossGradientsMatchCpu) {
 TEST_P(CudaModel, TrainingStepsMatchCpu) {
     const ModelConfig cfg = tiny(GetParam());
     Transformer cpu_m(cfg, 11), gpu_m(cfg, 11);
-    move_module(gpu_m, kCuda);
+    gpu_m.to(kCuda);
     AdamW opt_c(collect_parameters(cpu_m), {.weight_decay = 0.1});
     AdamW opt_g(collect_parameters(gpu_m), {.weight_decay = 0.1});
     for (int step = 0; step < 4; ++step) {

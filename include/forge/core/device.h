@@ -44,6 +44,24 @@ void synchronize(int device = 0);
 /// Lets f32 matmuls use TF32 tensor cores (about 1e-3 relative error). Off by default.
 void set_allow_tf32(bool on);
 bool allow_tf32();
+/// Lets attention on f32 tensors run the bf16 tensor-core flash kernel (inputs rounded to
+/// bf16 inside the kernel, f32 accumulation and softmax: about 1e-2 relative error) for head
+/// dims 64 and 128. Off by default: f32 attention is exact f32 on CUDA cores.
+void set_allow_reduced_precision_attention(bool on);
+bool allow_reduced_precision_attention();
+/// The GPU as the driver reports it (all zero / empty in a build without CUDA).
+struct DeviceProperties {
+    std::string name;
+    int major = 0, minor = 0; ///< compute capability
+    int sm_count = 0;
+    size_t total_memory = 0, free_memory = 0;
+};
+DeviceProperties device_properties(int device = 0);
+/// True when this build of Forge has the CUDA backend compiled in (a GPU may still be absent).
+bool is_built();
+/// Throws DeviceError saying why `device` cannot run kernels here (no CUDA build, no GPU, index
+/// out of range); does nothing for the CPU or a usable GPU.
+void check_device(Device device);
 } // namespace cuda
 
 } // namespace forge

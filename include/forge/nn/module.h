@@ -39,6 +39,13 @@ class Module {
     void requires_grad(bool on);
     /// Clears every parameter's gradient.
     void zero_grad() const;
+    /// Moves every parameter and buffer (and any gradient) to `device` in place: the tensor
+    /// handles stay the same objects, so optimizers, tied weights and requires_grad survive.
+    /// Tensors that share a storage (tied weights, views) still share it afterwards. Throws
+    /// DeviceError when the device has no backend (no CUDA build, no GPU).
+    Module& to(Device device);
+    /// The device of the first parameter (CPU for a module without parameters).
+    Device device() const;
 
   protected:
     Tensor& register_parameter(const std::string& name, Tensor t);

@@ -14,6 +14,7 @@ namespace forge::cuda {
 namespace {
 constexpr int kMaxDevices = 16;
 std::atomic<bool> g_allow_tf32{false};
+std::atomic<bool> g_allow_rp_attention{false};
 thread_local int t_current = -1;
 } // namespace
 
@@ -83,6 +84,27 @@ void synchronize(int device) {
 
 void set_allow_tf32(bool on) { g_allow_tf32.store(on); }
 bool allow_tf32() { return g_allow_tf32.load(); }
+void set_allow_reduced_precision_attention(bool on) { g_allow_rp_attention.store(on); }
+bool allow_reduced_precision_attention() { return g_allow_rp_attention.load(); }
+
+DeviceProperties device_properties(int device) {
+    check_device(Device::cuda(device));
+    cudaDeviceProp p{};
+    FORGE_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+    DeviceProperties out;
+    out.name = p.name;
+    out.major = p.major;
+    out.minor = p.minor;
+    out.sm_count = p.multiProcessorCount;
+    // cudaMemGetInfo reads the current device: switch for the call (no Forge context made).
+    int prev = 0;
+    FORGE_CUDA_CHECK(cudaGetDevice(&prev));
+    FORGE_CUDA_CHECK(cudaSetDevice(device));
+    const cudaError_t rc = cudaMemGetInfo(&out.free_memory, &out.total_memory);
+    FORGE_CUDA_CHECK(cudaSetDevice(prev));
+    FORGE_CUDA_CHECK(rc);
+    return out;
+}
 
 CudaBackend& backend() {
     static CudaBackend b;
