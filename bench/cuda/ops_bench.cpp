@@ -1,7 +1,7 @@
 // CUDA kernel and training-step figures, one line each: time per call, then GB/s or TFLOP/s.
 // Shapes are GPT-2 124M's (C = 768, V = 50257, T = 1024, 12 heads of 64). The ceilings (device
 // copy GB/s, cuBLAS TF32 TFLOP/s) are measured in the same run. Run on the GPU machine through
-// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|train B T]...
+// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|attn|train B T exact|tf32]...
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -150,16 +150,52 @@ void kernels() {
     }
 }
 
+// Flash attention, causal, forward and forward+backward through the op (autograd included),
+// at T = 1024..8192 with B * T fixed (8 x 1024 tokens per head), head dims 64 and 128, 12 heads:
+// the exact f32 kernel (T = 1024 only: it is slow) and the bf16 tensor-core kernel
+// (allow_reduced_precision_attention) on the same f32 tensors. FLOPs: 4 B H T^2 D / 2 forward,
+// 2.5x that backward (FlashAttention's count). Peer: bench/cuda/torch_attn.py.
+void attn() {
+    for (int64_t D : {64, 128})
+        for (int64_t T : {1024, 2048, 4096, 8192}) {
+            const int64_t B = 8 * 1024 / T, H = 12;
+            Tensor q = randn({B, H, T, D}, 1), k = randn({B, H, T, D}, 2),
+                   v = randn({B, H, T, D}, 3);
+            q.set_requires_grad(true);
+            k.set_requires_grad(true);
+            v.set_requires_grad(true);
+            const double fl = 4.0 * double(B * H) * double(T) * double(T) * double(D) / 2;
+            for (bool tc : {false, true}) {
+                if (!tc && T > 1024) continue;
+                cuda::set_allow_reduced_precision_attention(tc);
+                const std::string name = std::string(tc ? "bf16 tensor cores" : "exact f32") +
+                                         " B" + std::to_string(B) + " H12 T" + std::to_string(T) +
+                                         " D" + std::to_string(D);
+                {
+                    NoGradGuard ng;
+                    report("attention fwd " + name, time_ms([&] { (void)attention(q, k, v); }), 0,
+                           fl);
+                }
+                report("attention fwd+bwd " + name, time_ms([&] {
+                           Tensor o = attention(q, k, v);
+                           o.backward(o.detach());
+                           q.zero_grad();
+                           k.zero_grad();
+                           v.zero_grad();
+                       }),
+                       0, 3.5 * fl);
+            }
+            cuda::set_allow_reduced_precision_attention(false);
+        }
+}
+
 // One GPT-2 124M training step in f32 (forward, backward, AdamW) at batch B x T.
-void train(int64_t B, int64_t T, bool tf32) {
+void train(int64_t B, int64_t T, bool tf32, bool bf16_attn) {
     cuda::set_allow_tf32(tf32);
+    cuda::set_allow_reduced_precision_attention(bf16_attn);
     ModelConfig cfg = ModelConfig::preset("gpt2");
     Transformer model(cfg, 1);
-    for (auto& [name, t] : model.named_parameters()) { // move in place (no Module::to yet)
-        if (t.device() == kCuda) continue;
-        Tensor c = t.detach().to(kCuda);
-        t.impl()->storage = c.storage();
-    }
+    model.to(kCuda);
     AdamW opt(collect_parameters(model), {.weight_decay = 0.1});
     Tensor r = Tensor::rand({B, T + 1}, 5, DType::f64, 0, double(cfg.vocab_size)).to(DType::i64);
     Tensor ids = r.narrow(1, 0, T).contiguous().to(kCuda);
@@ -180,10 +216,14 @@ void train(int64_t B, int64_t T, bool tf32) {
     const cuda::MemoryStats st = cuda::memory_stats();
     std::printf("gpt2-124M train step f32%s B%lld T%lld: %.1f ms, %.0f tokens/s, %.1f TFLOP/s, "
                 "peak %.2f GiB\n",
-                tf32 ? " (TF32 matmuls)" : " (exact f32)", (long long)B, (long long)T, ms,
+                tf32 ? (bf16_attn ? " (TF32 matmuls, bf16 tensor-core attention)"
+                                  : " (TF32 matmuls)")
+                     : " (exact f32)",
+                (long long)B, (long long)T, ms,
                 tokens / ms * 1e3, flops / ms / 1e9, double(st.peak) / double(1 << 30));
     std::fflush(stdout);
     cuda::set_allow_tf32(false);
+    cuda::set_allow_reduced_precision_attention(false);
 }
 
 } // namespace
@@ -196,9 +236,11 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string what = argv[i];
         if (what == "kernels") kernels();
-        else if (what == "train" && i + 3 < argc) { // train B T exact|tf32
-            train(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]),
-                  std::string(argv[i + 3]) == "tf32");
+        else if (what == "attn") attn();
+        else if (what == "train" && i + 3 < argc) { // train B T exact|tf32|tf32-bf16attn
+            const std::string mode = argv[i + 3];
+            train(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]), mode != "exact",
+                  mode == "tf32-bf16attn");
             i += 3;
         }
     }

@@ -60,7 +60,9 @@ TEST_P(CudaModel, ModuleToKeepsHandlesTiesAndValues) {
     std::map<TensorImpl*, const Storage*> storage_of;
     for (auto& [n, t] : after) {
         auto [it, fresh] = storage_of.emplace(t.impl().get(), t.storage().get());
-        if (!fresh) EXPECT_EQ(it->second, t.storage().get()) << n;
+        if (!fresh) {
+            EXPECT_EQ(it->second, t.storage().get()) << n;
+        }
     }
     m.to(Device::cpu());
     EXPECT_EQ(m.device(), Device::cpu());

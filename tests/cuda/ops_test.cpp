@@ -302,6 +302,55 @@ TEST(CudaAttention, ForwardBackwardMatchReference) {
         1e-2);
 }
 
+// The bf16 tensor-core kernel (allow_reduced_precision_attention): inputs rounded to bf16, f32
+// accumulation. Documented bound: 1e-2 relative (norm) against the f32 CPU reference for the
+// output and every gradient; tails (T not a multiple of 64), GQA, Tq < Tk, head dims 64/128.
+TEST(CudaAttention, TensorCoreKernelWithinBf16Tolerance) {
+    struct Flag {
+        Flag() { cuda::set_allow_reduced_precision_attention(true); }
+        ~Flag() { cuda::set_allow_reduced_precision_attention(false); }
+    };
+    const AttnCase cases[] = {
+        {2, 4, 4, 100, 100, 64, true},  {1, 8, 2, 130, 130, 128, true}, // tails, GQA 4:1
+        {2, 2, 1, 70, 70, 64, false},   {1, 4, 2, 37, 150, 64, true},   // full; Tq < Tk
+        {1, 2, 2, 128, 128, 128, false}, {1, 2, 1, 1, 200, 128, true},  // whole tiles; decode
+        {1, 2, 2, 256, 256, 64, true},
+    };
+    for (const AttnCase& c : cases) {
+        const std::string what = "tc attention B" + std::to_string(c.B) + " Hq" +
+                                 std::to_string(c.Hq) + " Hkv" + std::to_string(c.Hkv) + " Tq" +
+                                 std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " D" +
+                                 std::to_string(c.D) + (c.causal ? " causal" : "");
+        auto run = [&](Device d) {
+            Tensor q = leaf_on({c.B, c.Hq, c.Tq, c.D}, 1, d);
+            Tensor k = leaf_on({c.B, c.Hkv, c.Tk, c.D}, 2, d);
+            Tensor v = leaf_on({c.B, c.Hkv, c.Tk, c.D}, 3, d);
+            Tensor o = attention(q, k, v, {.causal = c.causal});
+            Tensor g = randn_on(o.shape(), 4, d);
+            sum(mul(o, g)).backward();
+            return std::vector<Tensor>{o, q.grad(), k.grad(), v.grad()};
+        };
+        std::vector<Tensor> ref;
+        {
+            cpu::ReferenceKernelsScope scope(true);
+            ref = run(Device::cpu());
+        }
+        const std::vector<Tensor> exact = run(kCuda);
+        std::vector<Tensor> fast;
+        {
+            Flag on;
+            fast = run(kCuda);
+        }
+        const char* names[] = {"out", "dq", "dk", "dv"};
+        for (size_t i = 0; i < ref.size(); ++i) {
+            EXPECT_LE(norm_rel_diff(fast[i], ref[i]), 1e-2) << what << " " << names[i];
+            EXPECT_LE(max_rel_diff(fast[i], ref[i]), 5e-2) << what << " " << names[i];
+            // bf16 rounding shows: the tensor-core kernel ran, not the exact fallback.
+            EXPECT_GT(max_rel_diff(fast[i], exact[i]), 1e-6) << what << " " << names[i];
+        }
+    }
+}
+
 // ---------------------------------------------------------------- autograd, memory, optimizer
 
 TEST(CudaAutograd, MlpGradientsMatchCpu) {

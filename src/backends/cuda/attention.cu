@@ -2,8 +2,9 @@
 // tiles of 32 keys (or queries) staged in shared memory, an online softmax in the forward, and a
 // backward that recomputes the probabilities from q, k and the saved log-sum-exp, so memory is
 // O(T * D), never (Tq, Tk). Causal (query i sits at position Tk - Tq + i), GQA (query head h
-// reads kv-head h / (Hq / Hkv)), head dims up to 256, f32/f64 on CUDA cores: correctness
-// first; a tensor-core (wgmma) version is the next step (issue 7).
+// reads kv-head h / (Hq / Hkv)), head dims up to 256, f32/f64 on CUDA cores: the exact kernel.
+// With forge::cuda::set_allow_reduced_precision_attention(true), f32 attention of head dim 64
+// or 128 runs the bf16 tensor-core kernel of attention_tc.cu instead.
 // Layout: a warp owns one query row (forward, dq) or one key row (dk, dv). Scores: lane j
 // takes key (query) j of the tile; outputs: lane l owns features l, l + 32, ... (DPL of them).
 #include "backends/cuda/common.cuh"
@@ -299,6 +300,10 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
                             bool causal, const Tensor& out, const Tensor& lse) {
     const Geo g = make_geo(q, k, scale, causal);
     if (g.Tq == 0) return;
+    if (allow_reduced_precision_attention() && attention_tc_supported(q, k, v, causal)) {
+        attention_tc_forward(q, k, v, scale, causal, out, lse);
+        return;
+    }
     cudaStream_t s = stream_of(q);
     visit_float(q.dtype(), [&]<typename T>() {
         visit_dpl(g.D, [&]<int DPL>() {
@@ -318,6 +323,11 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                      float scale, bool causal, const Tensor& dq, const Tensor& dk,
                                      const Tensor& dv) {
     const Geo g = make_geo(q, k, scale, causal);
+    if (allow_reduced_precision_attention() && attention_tc_supported(q, k, v, causal) &&
+        (reinterpret_cast<uintptr_t>(dout.data_ptr()) & 15) == 0) {
+        attention_tc_backward(q, k, v, out, lse, dout, scale, causal, dq, dk, dv);
+        return;
+    }
     cudaStream_t s = stream_of(q);
     visit_float(q.dtype(), [&]<typename T>() {
         const int64_t rows = g.B * g.Hq * g.Tq;

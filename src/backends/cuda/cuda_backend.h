@@ -77,6 +77,16 @@ void copy_host_device(const Tensor& src, const Tensor& dst);
 /// After a kernel launch: turns a launch error into a DeviceError naming the op.
 void check_launch(const char* op);
 
+/// The bf16 tensor-core flash attention (attention_tc.cu): f32 q/k/v, head dim 64 or 128, not
+/// causal with Tq > Tk, 16-byte aligned. attention() takes it for f32 tensors when
+/// allow_reduced_precision_attention() is on; otherwise the exact f32 kernel runs.
+bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal);
+void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                          bool causal, const Tensor& out, const Tensor& lse);
+void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                           const Tensor& lse, const Tensor& dout, float scale, bool causal,
+                           const Tensor& dq, const Tensor& dk, const Tensor& dv);
+
 /// Fused AdamW over many f32 tensors of one device in one launch per chunk of tensors:
 /// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w = w * decay_i - step_size * m / (sqrt(v) /
 /// bc2_sqrt + eps). decay is per tensor (1 when not decayed). All tensors contiguous f32.

@@ -1,0 +1,511 @@
+// Flash attention on bf16 tensor cores (FlashAttention-2 layout, Dao 2023,
+// https://arxiv.org/abs/2307.08691): mma.sync m16n8k16 (bf16 x bf16 -> f32) for every product,
+// the online softmax and all accumulators in f32. Head dims 64 and 128, causal or full, GQA,
+// any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu).
+//
+// Inputs are f32 (or bf16) in global memory and are rounded to bf16 as tiles are staged in
+// shared memory, so results carry bf16 input rounding: about 1e-2 relative error against the
+// f32 reference (tests/cuda/ops_test.cpp checks that bound). Outputs, lse and gradients are f32.
+//
+// Blocks of 4 warps; a warp owns 16 rows of a 64-row tile (query rows in the forward and dq
+// kernels, key rows in the dk/dv kernel) and the tile loops over 64-row tiles of the other side.
+// Shared rows are padded by 8 bf16 (16 bytes), so the fragment loads and ldmatrix rows of a warp
+// fall in distinct banks. Fragment layouts (PTX ISA, "mma.m16n8k16"), g = lane / 4, c = lane % 4:
+//   A (16x16, row): a0 (g, 2c..2c+1) a1 (g+8, 2c..) a2 (g, 2c+8..) a3 (g+8, 2c+8..)
+//   B (16x8, col):  b0 (k 2c..2c+1, n g) b1 (k 2c+8.., n g)
+//   C (16x8, f32):  c0,c1 (g, 2c..2c+1) c2,c3 (g+8, 2c..)
+// so a C tile pair packs straight into an A fragment (P and dS never leave registers), a B
+// operand stored [n][k] is two 32-bit shared loads, and one stored [k][n] is ldmatrix.trans.
+// The backward is two kernels: dq (query-major, like the forward) and dk/dv (key-major); each
+// recomputes the probabilities from the saved log-sum-exp, so no atomics and deterministic.
+#include "backends/cuda/common.cuh"
+
+namespace forge::cuda {
+
+namespace {
+
+constexpr int kRows = 64;    // rows per tile (both sides)
+constexpr int kWarpsTc = 4;  // 16 rows each
+constexpr int kThreadsTc = kWarpsTc * 32;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct TcGeo {
+    int64_t B, Hq, Hkv, Tq, Tk;
+    float scale_log2; // softmax scale * log2(e): scores live in the log2 domain
+    bool causal;
+    // Key j is visible to query i.
+    __device__ __forceinline__ bool visible(int64_t i, int64_t j) const {
+        return j < Tk && (!causal || j <= Tk - Tq + i);
+    }
+};
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two 8x8 b16 matrices, transposed: rows p (lanes 0-7) and p + 8 rows (lanes 8-15) of a
+// [k][n] tile give the B fragment of the k16 x n8 block starting at p.
+__device__ __forceinline__ void ldsm_x2_trans(uint32_t& r0, uint32_t& r1, const void* p) {
+    const uint32_t addr = uint32_t(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r0), "=r"(r1)
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (low half) = lo
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t lds32(const __nv_bfloat16* p) {
+    return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// A fragment of rows [r0, r0+16), k [k0, k0+16) of a row-major [row][k] tile (ld elements).
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const __nv_bfloat16* s, int ld, int r0,
+                                       int k0, int lane) {
+    const int g = lane >> 2, c = lane & 3;
+    const __nv_bfloat16* p = s + (r0 + g) * ld + k0 + 2 * c;
+    a[0] = lds32(p);
+    a[1] = lds32(p + 8 * ld);
+    a[2] = lds32(p + 8);
+    a[3] = lds32(p + 8 * ld + 8);
+}
+
+// B fragment (k [k0, k0+16), n [n0, n0+8)) of a tile stored [n][k] (row-major, ld elements).
+__device__ __forceinline__ void load_b_nk(uint32_t& b0, uint32_t& b1, const __nv_bfloat16* s,
+                                          int ld, int n0, int k0, int lane) {
+    const __nv_bfloat16* p = s + (n0 + (lane >> 2)) * ld + k0 + 2 * (lane & 3);
+    b0 = lds32(p);
+    b1 = lds32(p + 8);
+}
+
+// B fragment (k [k0, k0+16), n [n0, n0+8)) of a tile stored [k][n] (row-major, ld elements).
+__device__ __forceinline__ void load_b_kn(uint32_t& b0, uint32_t& b1, const __nv_bfloat16* s,
+                                          int ld, int k0, int n0, int lane) {
+    ldsm_x2_trans(b0, b1, s + (k0 + (lane & 15)) * ld + n0);
+}
+
+// A C tile pair (n-tiles 2kk, 2kk+1 of 16x8) as the A fragment of k-chunk kk.
+__device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
+                                       const float (&c1)[4]) {
+    a[0] = pack_bf16(c0[0], c0[1]);
+    a[1] = pack_bf16(c0[2], c0[3]);
+    a[2] = pack_bf16(c1[0], c1[1]);
+    a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+template <typename T> __device__ __forceinline__ float to_f(T v) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+    else return float(v);
+}
+
+// Rows [r0, r0 + kRows) of src (n_rows, D) into a bf16 tile [kRows][D + 8], zero past n_rows.
+// 8 elements per thread per step (one 16-byte shared store).
+template <typename T, int D>
+__device__ __forceinline__ void stage_tile(__nv_bfloat16* tile, const T* __restrict__ src,
+                                           int64_t r0, int64_t n_rows) {
+    constexpr int kLd = D + 8, kChunks = D / 8;
+    for (int e = threadIdx.x; e < kRows * kChunks; e += kThreadsTc) {
+        const int r = e / kChunks, d = (e - r * kChunks) * 8;
+        uint4 packed = make_uint4(0, 0, 0, 0);
+        if (r0 + r < n_rows) {
+            const T* p = src + (r0 + r) * D + d;
+            if constexpr (std::is_same_v<T, float>) {
+                const float4 x0 = *reinterpret_cast<const float4*>(p);
+                const float4 x1 = *reinterpret_cast<const float4*>(p + 4);
+                packed = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x0.z, x0.w),
+                                    pack_bf16(x1.x, x1.y), pack_bf16(x1.z, x1.w));
+            } else {
+                packed = *reinterpret_cast<const uint4*>(p);
+            }
+        }
+        *reinterpret_cast<uint4*>(tile + r * kLd + d) = packed;
+    }
+}
+
+// Max / sum over the 4 lanes of a quad (the lanes holding one row of a C tile).
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// The q tile this block takes: the last tiles (most keys under causal masking) start first.
+__device__ __forceinline__ int64_t tile_index() { return int64_t(gridDim.x) - 1 - blockIdx.x; }
+
+// ---------------------------------------------------------------- forward
+
+// grid (ceil(Tq / 64), B * Hq); smem Q, K, V tiles [64][D + 8] bf16.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreadsTc)
+    fa_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+           float* __restrict__ out, float* __restrict__ lse, TcGeo g) {
+    constexpr int kLd = D + 8, kNt = kRows / 8, kDt = D / 8;
+    extern __shared__ __align__(16) unsigned char smem_tc[];
+    auto* Qs = reinterpret_cast<__nv_bfloat16*>(smem_tc);
+    __nv_bfloat16* Ks = Qs + kRows * kLd;
+    __nv_bfloat16* Vs = Ks + kRows * kLd;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
+    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq;
+    const int64_t kvh = b * g.Hkv + h / (g.Hq / g.Hkv);
+    const int64_t q0 = tile_index() * kRows;
+    const T* K = k + kvh * g.Tk * D;
+    const T* V = v + kvh * g.Tk * D;
+    stage_tile<T, D>(Qs, q + bh * g.Tq * D, q0, g.Tq);
+    // Rows of this thread: i0 (c0, c1) and i0 + 8 (c2, c3).
+    const int64_t i0 = q0 + warp * 16 + g4;
+    const int64_t last_q = min64(g.Tq, q0 + kRows) - 1;
+    const int64_t k_end = g.causal ? min64(g.Tk, g.Tk - g.Tq + last_q + 1) : g.Tk;
+    float o[kDt][4] = {};
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    for (int64_t k0 = 0; k0 < k_end; k0 += kRows) {
+        __syncthreads(); // the previous tiles are read (and Q staged, first time)
+        stage_tile<T, D>(Ks, K, k0, g.Tk);
+        stage_tile<T, D>(Vs, V, k0, g.Tk);
+        __syncthreads();
+        float s[kNt][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t a[4];
+            load_a(a, Qs, kLd, warp * 16, kk * 16, lane);
+#pragma unroll
+            for (int nt = 0; nt < kNt; ++nt) {
+                uint32_t b0, b1;
+                load_b_nk(b0, b1, Ks, kLd, nt * 8, kk * 16, lane);
+                mma_bf16(s[nt], a, b0, b1);
+            }
+        }
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int64_t i = i0 + (e >> 1) * 8, j = k0 + nt * 8 + 2 * c4 + (e & 1);
+                s[nt][e] = g.visible(i, j) ? s[nt][e] * g.scale_log2 : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+            }
+        float base[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float m_new = fmaxf(m[r], quad_max(mx[r]));
+            base[r] = m_new == -INFINITY ? 0.f : m_new; // a row with nothing visible yet
+            const float corr = exp2f(m[r] - base[r]);
+            m[r] = m_new;
+            l[r] *= corr;
+#pragma unroll
+            for (int dt = 0; dt < kDt; ++dt) {
+                o[dt][2 * r] *= corr;
+                o[dt][2 * r + 1] *= corr;
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
+                l[e >> 1] += s[nt][e];
+            }
+        // O += P V: P from registers, V stored [key][d] = [k][n].
+#pragma unroll
+        for (int kk = 0; kk < kNt / 2; ++kk) {
+            uint32_t a[4];
+            c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int dt = 0; dt < kDt; ++dt) {
+                uint32_t b0, b1;
+                load_b_kn(b0, b1, Vs, kLd, kk * 16, dt * 8, lane);
+                mma_bf16(o[dt], a, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t i = i0 + 8 * r;
+        const float lsum = quad_sum(l[r]);
+        if (i >= g.Tq) continue;
+        const float inv = 1.f / lsum;
+        float* orow = out + (bh * g.Tq + i) * D;
+#pragma unroll
+        for (int dt = 0; dt < kDt; ++dt)
+            *reinterpret_cast<float2*>(orow + dt * 8 + 2 * c4) =
+                make_float2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+        if (c4 == 0) lse[bh * g.Tq + i] = (m[r] + log2f(lsum)) * kLn2;
+    }
+}
+
+// ---------------------------------------------------------------- backward
+
+// delta[row] = dO[row] . O[row] (f32), one warp per row.
+__global__ void fa_delta(const float* __restrict__ dout, const float* __restrict__ out,
+                         float* __restrict__ delta, int64_t rows, int D) {
+    const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float s = 0;
+    for (int d = lane; d < D; d += 32)
+        s += dout[row * D + d] * out[row * D + d];
+    for (int o = 16; o > 0; o >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) delta[row] = s;
+}
+
+// dq, query-major: per key tile S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - delta),
+// dQ += dS K. grid (ceil(Tq / 64), B * Hq); smem Q, dO, K, V tiles.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreadsTc)
+    fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+              const float* __restrict__ dout, const float* __restrict__ lse,
+              const float* __restrict__ delta, float* __restrict__ dq, TcGeo g, float scale) {
+    constexpr int kLd = D + 8, kNt = kRows / 8, kDt = D / 8;
+    extern __shared__ __align__(16) unsigned char smem_tc[];
+    auto* Qs = reinterpret_cast<__nv_bfloat16*>(smem_tc);
+    __nv_bfloat16* Gs = Qs + kRows * kLd;
+    __nv_bfloat16* Ks = Gs + kRows * kLd;
+    __nv_bfloat16* Vs = Ks + kRows * kLd;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
+    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq;
+    const int64_t kvh = b * g.Hkv + h / (g.Hq / g.Hkv);
+    const int64_t q0 = tile_index() * kRows;
+    const T* K = k + kvh * g.Tk * D;
+    const T* V = v + kvh * g.Tk * D;
+    stage_tile<T, D>(Qs, q + bh * g.Tq * D, q0, g.Tq);
+    stage_tile<float, D>(Gs, dout + bh * g.Tq * D, q0, g.Tq);
+    const int64_t i0 = q0 + warp * 16 + g4;
+    float L[2], Dl[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t i = i0 + 8 * r;
+        L[r] = i < g.Tq ? lse[bh * g.Tq + i] * kLog2e : 0.f;
+        Dl[r] = i < g.Tq ? delta[bh * g.Tq + i] : 0.f;
+    }
+    const int64_t last_q = min64(g.Tq, q0 + kRows) - 1;
+    const int64_t k_end = g.causal ? min64(g.Tk, g.Tk - g.Tq + last_q + 1) : g.Tk;
+    float acc[kDt][4] = {};
+    for (int64_t k0 = 0; k0 < k_end; k0 += kRows) {
+        __syncthreads();
+        stage_tile<T, D>(Ks, K, k0, g.Tk);
+        stage_tile<T, D>(Vs, V, k0, g.Tk);
+        __syncthreads();
+        float s[kNt][4] = {}, dp[kNt][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t a[4], ag[4];
+            load_a(a, Qs, kLd, warp * 16, kk * 16, lane);
+            load_a(ag, Gs, kLd, warp * 16, kk * 16, lane);
+#pragma unroll
+            for (int nt = 0; nt < kNt; ++nt) {
+                uint32_t b0, b1;
+                load_b_nk(b0, b1, Ks, kLd, nt * 8, kk * 16, lane);
+                mma_bf16(s[nt], a, b0, b1);
+                load_b_nk(b0, b1, Vs, kLd, nt * 8, kk * 16, lane);
+                mma_bf16(dp[nt], ag, b0, b1);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = e >> 1;
+                const int64_t i = i0 + 8 * r, j = k0 + nt * 8 + 2 * c4 + (e & 1);
+                const float p = g.visible(i, j) ? exp2f(s[nt][e] * g.scale_log2 - L[r]) : 0.f;
+                s[nt][e] = p * (dp[nt][e] - Dl[r]); // dS
+            }
+        // dQ += dS K: K stored [key][d] = [k][n].
+#pragma unroll
+        for (int kk = 0; kk < kNt / 2; ++kk) {
+            uint32_t a[4];
+            c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int dt = 0; dt < kDt; ++dt) {
+                uint32_t b0, b1;
+                load_b_kn(b0, b1, Ks, kLd, kk * 16, dt * 8, lane);
+                mma_bf16(acc[dt], a, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t i = i0 + 8 * r;
+        if (i >= g.Tq) continue;
+        float* row = dq + (bh * g.Tq + i) * D;
+#pragma unroll
+        for (int dt = 0; dt < kDt; ++dt)
+            *reinterpret_cast<float2*>(row + dt * 8 + 2 * c4) =
+                make_float2(acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale);
+    }
+}
+
+// dk, dv, key-major: a warp owns 16 keys; per query tile (of every query head of the group)
+// S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta),
+// dV += P^T dO, dK += dS^T Q. grid (ceil(Tk / 64), B * Hkv); smem K, V, Q, dO tiles, lse, delta.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreadsTc)
+    fa_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+               const float* __restrict__ dout, const float* __restrict__ lse,
+               const float* __restrict__ delta, float* __restrict__ dk, float* __restrict__ dv,
+               TcGeo g, float scale) {
+    constexpr int kLd = D + 8, kNt = kRows / 8, kDt = D / 8;
+    extern __shared__ __align__(16) unsigned char smem_tc[];
+    auto* Ks = reinterpret_cast<__nv_bfloat16*>(smem_tc);
+    __nv_bfloat16* Vs = Ks + kRows * kLd;
+    __nv_bfloat16* Qs = Vs + kRows * kLd;
+    __nv_bfloat16* Gs = Qs + kRows * kLd;
+    float* Ls = reinterpret_cast<float*>(Gs + kRows * kLd);
+    float* Ds = Ls + kRows;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
+    const int64_t bk = blockIdx.y, b = bk / g.Hkv, hk = bk % g.Hkv, group = g.Hq / g.Hkv;
+    const int64_t j_first = int64_t(blockIdx.x) * kRows; // causal: low keys (most work) first
+    stage_tile<T, D>(Ks, k + bk * g.Tk * D, j_first, g.Tk);
+    stage_tile<T, D>(Vs, v + bk * g.Tk * D, j_first, g.Tk);
+    // Keys of this thread's C rows: j0 and j0 + 8.
+    const int64_t j0 = j_first + warp * 16 + g4;
+    // The first query that sees key j_first, rounded down to a tile.
+    const int64_t i_start = g.causal ? max64(0, j_first - (g.Tk - g.Tq)) / kRows * kRows : 0;
+    float ak[kDt][4] = {}, av[kDt][4] = {};
+    for (int64_t hh = 0; hh < group; ++hh) {
+        const int64_t qh = b * g.Hq + hk * group + hh;
+        for (int64_t i0 = i_start; i0 < g.Tq; i0 += kRows) {
+            __syncthreads();
+            stage_tile<T, D>(Qs, q + qh * g.Tq * D, i0, g.Tq);
+            stage_tile<float, D>(Gs, dout + qh * g.Tq * D, i0, g.Tq);
+            if (threadIdx.x < kRows) {
+                const int64_t i = i0 + threadIdx.x;
+                Ls[threadIdx.x] = i < g.Tq ? lse[qh * g.Tq + i] * kLog2e : 0.f;
+                Ds[threadIdx.x] = i < g.Tq ? delta[qh * g.Tq + i] : 0.f;
+            }
+            __syncthreads();
+            float s[kNt][4] = {}, dp[kNt][4] = {};
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t a[4], av4[4];
+                load_a(a, Ks, kLd, warp * 16, kk * 16, lane);
+                load_a(av4, Vs, kLd, warp * 16, kk * 16, lane);
+#pragma unroll
+                for (int nt = 0; nt < kNt; ++nt) {
+                    uint32_t b0, b1;
+                    load_b_nk(b0, b1, Qs, kLd, nt * 8, kk * 16, lane);
+                    mma_bf16(s[nt], a, b0, b1);
+                    load_b_nk(b0, b1, Gs, kLd, nt * 8, kk * 16, lane);
+                    mma_bf16(dp[nt], av4, b0, b1);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int col = nt * 8 + 2 * c4 + (e & 1);
+                    const int64_t j = j0 + 8 * (e >> 1), i = i0 + col;
+                    const bool vis = i < g.Tq && g.visible(i, j);
+                    const float p = vis ? exp2f(s[nt][e] * g.scale_log2 - Ls[col]) : 0.f;
+                    s[nt][e] = p;                       // P^T
+                    dp[nt][e] = p * (dp[nt][e] - Ds[col]); // dS^T
+                }
+            // dV += P^T dO, dK += dS^T Q: dO and Q stored [query][d] = [k][n].
+#pragma unroll
+            for (int kk = 0; kk < kNt / 2; ++kk) {
+                uint32_t ap[4], ad[4];
+                c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
+                c_to_a(ad, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+                for (int dt = 0; dt < kDt; ++dt) {
+                    uint32_t b0, b1;
+                    load_b_kn(b0, b1, Gs, kLd, kk * 16, dt * 8, lane);
+                    mma_bf16(av[dt], ap, b0, b1);
+                    load_b_kn(b0, b1, Qs, kLd, kk * 16, dt * 8, lane);
+                    mma_bf16(ak[dt], ad, b0, b1);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t j = j0 + 8 * r;
+        if (j >= g.Tk) continue;
+        float* krow = dk + (bk * g.Tk + j) * D;
+        float* vrow = dv + (bk * g.Tk + j) * D;
+#pragma unroll
+        for (int dt = 0; dt < kDt; ++dt) {
+            *reinterpret_cast<float2*>(krow + dt * 8 + 2 * c4) =
+                make_float2(ak[dt][2 * r] * scale, ak[dt][2 * r + 1] * scale);
+            *reinterpret_cast<float2*>(vrow + dt * 8 + 2 * c4) =
+                make_float2(av[dt][2 * r], av[dt][2 * r + 1]);
+        }
+    }
+}
+
+template <typename K> void set_smem_tc(K kernel, size_t bytes) {
+    FORGE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+bool aligned16(const Tensor& t) { return (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15) == 0; }
+
+template <typename F> void visit_head_dim(int64_t D, F&& f) {
+    if (D == 64) f.template operator()<64>();
+    else f.template operator()<128>();
+}
+
+constexpr size_t tile_bytes(int D) { return size_t(kRows) * (D + 8) * sizeof(__nv_bfloat16); }
+
+} // namespace
+
+bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
+    const int64_t D = q.size(3), Tq = q.size(2), Tk = k.size(2);
+    return q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32 &&
+           (D == 64 || D == 128) && !(causal && Tq > Tk) && Tq > 0 && Tk > 0 &&
+           q.size(0) * q.size(1) < 65536 && aligned16(q) && aligned16(k) && aligned16(v);
+}
+
+void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                          bool causal, const Tensor& out, const Tensor& lse) {
+    const TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
+    cudaStream_t s = stream_of(q);
+    const dim3 grid(unsigned((g.Tq + kRows - 1) / kRows), unsigned(g.B * g.Hq));
+    visit_head_dim(q.size(3), [&]<int D>() {
+        const size_t smem = 3 * tile_bytes(D);
+        set_smem_tc(fa_fwd<float, D>, smem);
+        fa_fwd<float, D><<<grid, kThreadsTc, smem, s>>>(q.data<float>(), k.data<float>(),
+                                                        v.data<float>(), out.data<float>(),
+                                                        lse.data<float>(), g);
+    });
+    check_launch("attention (tensor cores)");
+}
+
+void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                           const Tensor& lse, const Tensor& dout, float scale, bool causal,
+                           const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+    const TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
+    const int D = int(q.size(3));
+    cudaStream_t s = stream_of(q);
+    const int64_t rows = g.B * g.Hq * g.Tq;
+    auto delta_buf = backend().allocate(size_t(rows) * sizeof(float), q.device());
+    auto* delta = static_cast<float*>(delta_buf->data);
+    fa_delta<<<blocks_for(rows * 32), kBlock, 0, s>>>(dout.data<float>(), out.data<float>(), delta,
+                                                      rows, D);
+    visit_head_dim(D, [&]<int HD>() {
+        const size_t smem_q = 4 * tile_bytes(HD);
+        set_smem_tc(fa_bwd_dq<float, HD>, smem_q);
+        const dim3 grid_q(unsigned((g.Tq + kRows - 1) / kRows), unsigned(g.B * g.Hq));
+        fa_bwd_dq<float, HD><<<grid_q, kThreadsTc, smem_q, s>>>(
+            q.data<float>(), k.data<float>(), v.data<float>(), dout.data<float>(),
+            lse.data<float>(), delta, dq.data<float>(), g, scale);
+        const size_t smem_kv = 4 * tile_bytes(HD) + 2 * kRows * sizeof(float);
+        set_smem_tc(fa_bwd_dkv<float, HD>, smem_kv);
+        const dim3 grid_kv(unsigned((g.Tk + kRows - 1) / kRows), unsigned(g.B * g.Hkv));
+        fa_bwd_dkv<float, HD><<<grid_kv, kThreadsTc, smem_kv, s>>>(
+            q.data<float>(), k.data<float>(), v.data<float>(), dout.data<float>(),
+            lse.data<float>(), delta, dk.data<float>(), dv.data<float>(), g, scale);
+    });
+    check_launch("attention_backward (tensor cores)");
+}
+
+} // namespace forge::cuda
