@@ -70,6 +70,9 @@ const std::vector<FlagSpec> kFlags = {
     {"seed", Kind::integer, "random seed: init, batches (default 1337)"},
     {"threads", Kind::integer, "CPU threads (default: all cores)"},
     {"device", Kind::str, "where the model trains: cpu | cuda | cuda:N (default cpu)"},
+    {"dtype", Kind::str,
+     "compute precision on CUDA: f32 | tf32 | bf16 (bf16 autocast: bf16 matmuls and attention, "
+     "f32 master weights and optimizer state; default f32)"},
     {"log-every", Kind::integer, "progress line every N steps when not a terminal (default 10)"},
     {"save-every", Kind::integer, "also save a checkpoint every N steps (default: at the end)"},
     {"out", Kind::path, "checkpoint folder (default out)"},
@@ -221,6 +224,7 @@ TrainOptions options_from(const Settings& st, TrainOptions o, int64_t n_ctx) {
     o.momentum = st.real("momentum", o.momentum);
     o.decay_embeddings = st.boolean("decay-embeddings", o.decay_embeddings);
     o.grad_clip = st.real("grad-clip", o.grad_clip);
+    o.dtype = st.str("dtype", o.dtype);
     o.eval_every = st.integer("eval-every", o.eval_every);
     o.eval_iters = st.integer("eval-iters", o.eval_iters);
     o.val_fraction = st.real("val-fraction", o.val_fraction);
@@ -389,8 +393,9 @@ int run_train(Settings st) {
     }
     if (device.type == DeviceType::cuda) {
         const auto p = cuda::device_properties(device.index);
-        std::printf("device: %s (%s, sm_%d%d, %.1f GiB)\n", device.str().c_str(), p.name.c_str(),
-                    p.major, p.minor, double(p.total_memory) / (1024.0 * 1024 * 1024));
+        std::printf("device: %s (%s, sm_%d%d, %.1f GiB), compute %s\n", device.str().c_str(),
+                    p.name.c_str(), p.major, p.minor,
+                    double(p.total_memory) / (1024.0 * 1024 * 1024), opts.dtype.c_str());
     }
     std::printf("train: %lld steps x %lld x %lld tokens%s, %s lr %.3g -> %.3g (%s, warmup %lld), "
                 "%d thread%s, seed %llu\n",

@@ -1,7 +1,7 @@
 // CUDA kernel and training-step figures, one line each: time per call, then GB/s or TFLOP/s.
 // Shapes are GPT-2 124M's (C = 768, V = 50257, T = 1024, 12 heads of 64). The ceilings (device
 // copy GB/s, cuBLAS TF32 TFLOP/s) are measured in the same run. Run on the GPU machine through
-// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|attn|train B T exact|tf32]...
+// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|attn|train B T f32|tf32|bf16]...
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +13,8 @@
 #include <forge/core/ops.h>
 #include <forge/models/transformer.h>
 #include <forge/train/optimizer.h>
+
+#include "backends/cuda/cuda_backend.h" // set_attention_tc_warps
 
 using namespace forge;
 
@@ -153,7 +155,7 @@ void kernels() {
 // Flash attention, causal, forward and forward+backward through the op (autograd included),
 // at T = 1024..8192 with B * T fixed (8 x 1024 tokens per head), head dims 64 and 128, 12 heads:
 // the exact f32 kernel (T = 1024 only: it is slow) and the bf16 tensor-core kernel
-// (allow_reduced_precision_attention) on the same f32 tensors. FLOPs: 4 B H T^2 D / 2 forward,
+// (allow_reduced_precision_attention; blocks of 4 and of 8 warps) on the same f32 tensors. FLOPs: 4 B H T^2 D / 2 forward,
 // 2.5x that backward (FlashAttention's count). Peer: bench/cuda/torch_attn.py.
 void attn() {
     for (int64_t D : {64, 128})
@@ -165,12 +167,15 @@ void attn() {
             k.set_requires_grad(true);
             v.set_requires_grad(true);
             const double fl = 4.0 * double(B * H) * double(T) * double(T) * double(D) / 2;
-            for (bool tc : {false, true}) {
+            for (int variant : {0, 4, 8}) { // exact f32; tensor cores with 4 or 8 warps
+                const bool tc = variant > 0;
                 if (!tc && T > 1024) continue;
                 cuda::set_allow_reduced_precision_attention(tc);
-                const std::string name = std::string(tc ? "bf16 tensor cores" : "exact f32") +
-                                         " B" + std::to_string(B) + " H12 T" + std::to_string(T) +
-                                         " D" + std::to_string(D);
+                if (tc) cuda::set_attention_tc_warps(variant);
+                const std::string name =
+                    std::string(tc ? "bf16 tc " + std::to_string(variant) + "w" : "exact f32") +
+                    " B" + std::to_string(B) + " H12 T" + std::to_string(T) + " D" +
+                    std::to_string(D);
                 {
                     NoGradGuard ng;
                     report("attention fwd " + name, time_ms([&] { (void)attention(q, k, v); }), 0,
@@ -186,12 +191,16 @@ void attn() {
                        0, 3.5 * fl);
             }
             cuda::set_allow_reduced_precision_attention(false);
+            cuda::set_attention_tc_warps(0); // the default again
         }
 }
 
 // One GPT-2 124M training step in f32 (forward, backward, AdamW) at batch B x T.
-void train(int64_t B, int64_t T, bool tf32, bool bf16_attn) {
-    cuda::set_allow_tf32(tf32);
+// precision: f32 | tf32 | tf32-bf16attn (TF32 matmuls, bf16 tensor-core attention) | bf16
+// (autocast: bf16 matmuls and attention, f32 weights and AdamW state).
+void train(int64_t B, int64_t T, const std::string& precision) {
+    const bool bf16_attn = precision == "tf32-bf16attn";
+    const cuda::PrecisionScope scope(bf16_attn ? "tf32" : precision);
     cuda::set_allow_reduced_precision_attention(bf16_attn);
     ModelConfig cfg = ModelConfig::preset("gpt2");
     Transformer model(cfg, 1);
@@ -214,15 +223,11 @@ void train(int64_t B, int64_t T, bool tf32, bool bf16_attn) {
     // 6 N per token for the matmuls + attention's 12 L T C (PaLM's MFU count).
     const double n_params = 124e6, flops = tokens * (6 * n_params + 12.0 * 12 * 768 * double(T));
     const cuda::MemoryStats st = cuda::memory_stats();
-    std::printf("gpt2-124M train step f32%s B%lld T%lld: %.1f ms, %.0f tokens/s, %.1f TFLOP/s, "
-                "peak %.2f GiB\n",
-                tf32 ? (bf16_attn ? " (TF32 matmuls, bf16 tensor-core attention)"
-                                  : " (TF32 matmuls)")
-                     : " (exact f32)",
-                (long long)B, (long long)T, ms,
+    std::printf("gpt2-124M train step, f32 weights, compute %s B%lld T%lld: %.1f ms, %.0f "
+                "tokens/s, %.1f TFLOP/s, peak %.2f GiB\n",
+                precision.c_str(), (long long)B, (long long)T, ms,
                 tokens / ms * 1e3, flops / ms / 1e9, double(st.peak) / double(1 << 30));
     std::fflush(stdout);
-    cuda::set_allow_tf32(false);
     cuda::set_allow_reduced_precision_attention(false);
 }
 
@@ -237,10 +242,8 @@ int main(int argc, char** argv) {
         const std::string what = argv[i];
         if (what == "kernels") kernels();
         else if (what == "attn") attn();
-        else if (what == "train" && i + 3 < argc) { // train B T exact|tf32|tf32-bf16attn
-            const std::string mode = argv[i + 3];
-            train(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]), mode != "exact",
-                  mode == "tf32-bf16attn");
+        else if (what == "train" && i + 3 < argc) { // train B T f32|tf32|tf32-bf16attn|bf16
+            train(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]), argv[i + 3]);
             i += 3;
         }
     }

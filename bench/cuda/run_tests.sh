@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$DIR/cuda_test" 2>&1 | tee "$OUT/cuda_test.log" | grep -E "^\[  (PASSED|FAILED) |FAILED|SKIPPED|Failure|error|differs" | head -80
 echo "cuda_test exit: ${PIPESTATUS[0]}"
 SAN=/usr/local/cuda/bin/compute-sanitizer
-FILTER='CudaNN.*:CudaElementwise.*:CudaReduce.*:CudaCopy.StridedAndCastingCopies:CudaAttention.*:CudaOptimizer.*'
+FILTER='CudaNN.*:CudaElementwise.*:CudaReduce.*:CudaCopy.StridedAndCastingCopies:CudaAttention.*:CudaOptimizer.*:CudaMatmul.Bf16*'
 for tool in memcheck racecheck; do
     timeout 100 $SAN --tool $tool --error-exitcode 9 "$DIR/cuda_test" --gtest_filter="$FILTER" \
         > "$OUT/sanitizer_$tool.log" 2>&1

@@ -1,7 +1,7 @@
 # GPT-2 124M training step in PyTorch, the peer of `cuda_bench train`: same shapes (12 layers,
 # 12 heads, C 768, V 50257, tied embeddings), f32 weights, AdamW (fused), flash/efficient SDPA.
 # Prints one line per configuration: ms per step, tokens/s, peak memory.
-# Usage: python3 bench/cuda/torch_gpt2.py B T [exact|tf32] [eager|compile]
+# Usage: python3 bench/cuda/torch_gpt2.py B T [exact|tf32|bf16] [eager|compile]
 import math
 import sys
 import time
@@ -47,7 +47,9 @@ class GPT(nn.Module):
 
 def main():
     B, T = int(sys.argv[1]), int(sys.argv[2])
-    tf32 = len(sys.argv) > 3 and sys.argv[3] == "tf32"
+    mode = sys.argv[3] if len(sys.argv) > 3 else "exact"
+    tf32 = mode == "tf32"
+    bf16 = mode == "bf16"  # autocast: bf16 matmuls and SDPA, f32 weights and AdamW state
     compiled = len(sys.argv) > 4 and sys.argv[4] == "compile"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -60,7 +62,9 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        fwd(x, y).backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = fwd(x, y)
+        loss.backward()
         opt.step()
 
     for _ in range(3):
@@ -76,7 +80,8 @@ def main():
         if (el > 3 and n >= 3) or n >= 200:
             break
     ms = el / n * 1e3
-    print(f"pytorch {torch.__version__} gpt2-124M train step f32{' (TF32 matmuls)' if tf32 else ' (exact f32)'}"
+    what = " (bf16 autocast)" if bf16 else " (TF32 matmuls)" if tf32 else " (exact f32)"
+    print(f"pytorch {torch.__version__} gpt2-124M train step f32 weights{what}"
           f"{' compiled' if compiled else ' eager'} B{B} T{T}: {ms:.1f} ms, {B * T / ms * 1e3:.0f} tokens/s, "
           f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
 

@@ -69,6 +69,18 @@ void check_device(Device device) {
                               " CUDA device" + (n == 1 ? "" : "s") + " visible (cuda:0" +
                               (n > 1 ? "..cuda:" + std::to_string(n - 1) : "") + ")");
 }
+
+PrecisionScope::PrecisionScope(const std::string& precision)
+    : tf32_(allow_tf32()), bf16_(autocast_bf16()) {
+    FORGE_CHECK(precision == "f32" || precision == "tf32" || precision == "bf16",
+                "unknown precision '", precision, "' (expected f32, tf32 or bf16)");
+    set_allow_tf32(precision == "tf32");
+    set_autocast_bf16(precision == "bf16");
+}
+PrecisionScope::~PrecisionScope() {
+    set_allow_tf32(tf32_);
+    set_autocast_bf16(bf16_);
+}
 } // namespace cuda
 
 #ifndef FORGE_HAS_CUDA
@@ -82,6 +94,8 @@ void empty_cache(int) {}
 void synchronize(int) {}
 void set_allow_tf32(bool) {}
 bool allow_tf32() { return false; }
+void set_autocast_bf16(bool) {}
+bool autocast_bf16() { return false; }
 void set_allow_reduced_precision_attention(bool) {}
 bool allow_reduced_precision_attention() { return false; }
 DeviceProperties device_properties(int) { return {}; }

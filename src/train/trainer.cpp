@@ -182,6 +182,8 @@ void TrainOptions::validate() const {
     FORGE_CHECK(eps > 0, "[train] --eps must be > 0, got ", eps);
     FORGE_CHECK(momentum >= 0, "[train] --momentum must be >= 0, got ", momentum);
     FORGE_CHECK(grad_clip >= 0, "[train] --grad-clip must be >= 0 (0 = off), got ", grad_clip);
+    FORGE_CHECK(dtype == "f32" || dtype == "tf32" || dtype == "bf16",
+                "[train] --dtype must be f32, tf32 or bf16, got '", dtype, "'");
     FORGE_CHECK(eval_every >= 0, "[train] --eval-every must be >= 0, got ", eval_every);
     FORGE_CHECK(eval_iters > 0, "[train] --eval-iters must be > 0, got ", eval_iters);
     FORGE_CHECK(val_fraction > 0 && val_fraction < 1,
@@ -209,6 +211,7 @@ std::string TrainOptions::to_json() const {
               {"momentum", momentum},
               {"decay_embeddings", decay_embeddings},
               {"grad_clip", grad_clip},
+              {"dtype", dtype},
               {"eval_every", eval_every},
               {"eval_iters", eval_iters},
               {"val_fraction", val_fraction},
@@ -251,6 +254,7 @@ TrainOptions TrainOptions::from_json(const std::string& text) {
     get("momentum", o.momentum);
     get("decay_embeddings", o.decay_embeddings);
     get("grad_clip", o.grad_clip);
+    get("dtype", o.dtype);
     get("eval_every", o.eval_every);
     get("eval_iters", o.eval_iters);
     get("val_fraction", o.val_fraction);
@@ -269,6 +273,9 @@ TrainOptions TrainOptions::from_json(const std::string& text) {
 
 Trainer::Trainer(Transformer& model, TrainOptions opts) : model_(model), opts_(std::move(opts)) {
     opts_.validate();
+    FORGE_CHECK(opts_.dtype == "f32" || model_.device().type == DeviceType::cuda,
+                "[train] --dtype ", opts_.dtype, " runs on CUDA only; the model is on ",
+                model_.device().str(), " (add --device cuda, or use --dtype f32)");
     schedule_.kind = LrSchedule::parse_kind(opts_.schedule);
     schedule_.lr = opts_.lr;
     schedule_.min_lr = opts_.min_lr;
@@ -320,6 +327,7 @@ StepStats Trainer::train_step() {
     model_.train();
     const int64_t this_step = step_ + 1; // 1-based in messages, as the progress line counts
     const auto& params = opt_->params();
+    const cuda::PrecisionScope precision(opts_.dtype); // f32 outside the step
     double loss_sum = 0;
     for (int64_t micro = 0; micro < opts_.grad_accum; ++micro) {
         auto [x, y] = sampler_->next(); // (B, T) each, on the host
@@ -372,6 +380,7 @@ double Trainer::eval_split(int64_t begin, int64_t end, uint64_t salt) {
 EvalStats Trainer::evaluate() {
     FORGE_CHECK(sampler_, "[train] no data: call set_data() first");
     NoGradGuard no_grad;
+    const cuda::PrecisionScope precision(opts_.dtype);
     model_.eval();
     EvalStats e;
     e.step = step_;

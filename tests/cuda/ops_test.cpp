@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "cuda/cuda_test_util.h"
+#include "backends/cuda/cuda_backend.h"
 #include <forge/core/ops_backward.h>
 #include <forge/train/optimizer.h>
 
@@ -193,6 +194,33 @@ TEST(CudaMatmul, Tf32IsOptInAndClose) {
     EXPECT_GT(tf32, exact); // TF32 really ran (it drops 13 mantissa bits)
 }
 
+// bf16 autocast: operands rounded to bf16 (8 mantissa bits), f32 accumulation. PrecisionScope
+// sets and restores the switches.
+TEST(CudaMatmul, Bf16AutocastIsScopedAndClose) {
+    Tensor a = randn_on({256, 512}, 1, Device::cpu()), b = randn_on({512, 128}, 2, Device::cpu());
+    Tensor ref;
+    {
+        cpu::ReferenceKernelsScope scope(true);
+        ref = matmul(a, b);
+    }
+    double bf16 = 0, tf32 = 0;
+    {
+        const cuda::PrecisionScope p("bf16");
+        EXPECT_TRUE(cuda::autocast_bf16());
+        EXPECT_FALSE(cuda::allow_tf32());
+        bf16 = norm_rel_diff(matmul(a.to(kCuda), b.to(kCuda)), ref);
+        {
+            const cuda::PrecisionScope inner("tf32");
+            tf32 = norm_rel_diff(matmul(a.to(kCuda), b.to(kCuda)), ref);
+        }
+        EXPECT_TRUE(cuda::autocast_bf16()); // restored
+    }
+    EXPECT_FALSE(cuda::autocast_bf16());
+    EXPECT_LE(bf16, 1e-2);
+    EXPECT_GT(bf16, tf32); // bf16 really ran: 3 fewer mantissa bits than TF32
+    EXPECT_THROW(cuda::PrecisionScope("f16"), InvalidArgument);
+}
+
 // ---------------------------------------------------------------- nn kernels
 
 TEST(CudaNN, SoftmaxNormsCrossEntropy) {
@@ -336,18 +364,23 @@ TEST(CudaAttention, TensorCoreKernelWithinBf16Tolerance) {
             ref = run(Device::cpu());
         }
         const std::vector<Tensor> exact = run(kCuda);
-        std::vector<Tensor> fast;
-        {
-            Flag on;
-            fast = run(kCuda);
+        for (int warps : {8, 4}) { // both block shapes of the kernels
+            cuda::set_attention_tc_warps(warps);
+            std::vector<Tensor> fast;
+            {
+                Flag on;
+                fast = run(kCuda);
+            }
+            const std::string w = what + " (" + std::to_string(warps) + " warps) ";
+            const char* names[] = {"out", "dq", "dk", "dv"};
+            for (size_t i = 0; i < ref.size(); ++i) {
+                EXPECT_LE(norm_rel_diff(fast[i], ref[i]), 1e-2) << w << names[i];
+                EXPECT_LE(max_rel_diff(fast[i], ref[i]), 5e-2) << w << names[i];
+                // bf16 rounding shows: the tensor-core kernel ran, not the exact fallback.
+                EXPECT_GT(max_rel_diff(fast[i], exact[i]), 1e-6) << w << names[i];
+            }
         }
-        const char* names[] = {"out", "dq", "dk", "dv"};
-        for (size_t i = 0; i < ref.size(); ++i) {
-            EXPECT_LE(norm_rel_diff(fast[i], ref[i]), 1e-2) << what << " " << names[i];
-            EXPECT_LE(max_rel_diff(fast[i], ref[i]), 5e-2) << what << " " << names[i];
-            // bf16 rounding shows: the tensor-core kernel ran, not the exact fallback.
-            EXPECT_GT(max_rel_diff(fast[i], exact[i]), 1e-6) << what << " " << names[i];
-        }
+        cuda::set_attention_tc_warps(0); // the default again
     }
 }
 

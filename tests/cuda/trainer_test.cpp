@@ -95,6 +95,34 @@ TEST(CudaTrainer, LossesMatchCpuRun) {
     EXPECT_EQ(gpu_m.device(), kCuda);
 }
 
+// bf16 autocast (--dtype bf16) follows the f32 run's loss curve; f32 weights and moments.
+TEST(CudaTrainer, Bf16AutocastTracksF32Losses) {
+    auto d = make_data("cuda_bf16");
+    const ModelConfig cfg = tiny_config(int64_t(d.tok.tokenizer.vocab_size()));
+    TrainOptions o = small_options();
+    o.steps = 20;
+    Transformer f32_m(cfg, 3), bf16_m(cfg, 3);
+    f32_m.to(kCuda);
+    bf16_m.to(kCuda);
+    const auto lf = run_losses(f32_m, o, d.tokens);
+    o.dtype = "bf16";
+    const auto lb = run_losses(bf16_m, o, d.tokens);
+    ASSERT_EQ(lf.size(), lb.size());
+    double max_diff = 0;
+    for (size_t i = 0; i < lf.size(); ++i) {
+        EXPECT_NEAR(lb[i], lf[i], 2e-2 * lf[i]) << "step " << i + 1;
+        max_diff = std::max(max_diff, std::abs(lb[i] - lf[i]));
+    }
+    EXPECT_GT(max_diff, 0.0); // bf16 really ran
+    EXPECT_LT(lb.back(), lb.front()); // and it learns
+    for (auto& [n, t] : bf16_m.named_parameters())
+        EXPECT_EQ(dtype_name(t.dtype()), dtype_name(DType::f32)) << n;
+    EXPECT_FALSE(cuda::autocast_bf16()); // the trainer's scope ended with the step
+    // The CPU has no autocast: a clear error, not silent f32.
+    Transformer cpu_m(cfg, 3);
+    EXPECT_THROW(Trainer(cpu_m, o), InvalidArgument);
+}
+
 // 3 steps, save from the device, a fresh CUDA model resumes, 3 more: the losses of 6 straight.
 TEST(CudaTrainer, SaveFromDeviceAndResumeOnDevice) {
     auto d = make_data("cuda_resume");

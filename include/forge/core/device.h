@@ -49,6 +49,25 @@ bool allow_tf32();
 /// dims 64 and 128. Off by default: f32 attention is exact f32 on CUDA cores.
 void set_allow_reduced_precision_attention(bool on);
 bool allow_reduced_precision_attention();
+/// bf16 autocast for f32 tensors on CUDA (mixed-precision training): matmuls round their
+/// operands to bf16 (a copy of each) and run on bf16 tensor cores with f32 accumulation and f32
+/// output, attention runs the bf16 tensor-core kernel. Norms, softmax,
+/// cross-entropy, elementwise ops and the optimizer stay f32, and so do the weights (the f32
+/// master copy), gradients and optimizer state. Off by default.
+void set_autocast_bf16(bool on);
+bool autocast_bf16();
+/// The numerics of f32 work on CUDA, by name: "f32" (exact), "tf32" (TF32 matmuls), "bf16"
+/// (autocast above). RAII: applies one for a scope and restores the previous switches.
+class PrecisionScope {
+  public:
+    explicit PrecisionScope(const std::string& precision);
+    ~PrecisionScope();
+    PrecisionScope(const PrecisionScope&) = delete;
+    PrecisionScope& operator=(const PrecisionScope&) = delete;
+
+  private:
+    bool tf32_, bf16_;
+};
 /// The GPU as the driver reports it (all zero / empty in a build without CUDA).
 struct DeviceProperties {
     std::string name;

@@ -42,6 +42,10 @@ struct TrainOptions {
     double momentum = 0.9;         ///< SGD only
     bool decay_embeddings = false; ///< also decay embedding tables (nanoGPT does)
     double grad_clip = 1.0;        ///< max global grad norm; 0 = off
+    /// Compute precision on CUDA (weights, gradients and optimizer state stay f32): "f32"
+    /// exact, "tf32" TF32 matmuls, "bf16" autocast (bf16 matmuls and attention, f32
+    /// accumulation; cuda::set_autocast_bf16). The CPU trains in f32 only.
+    std::string dtype = "f32";
 
     int64_t eval_every = 500;        ///< 0 = only at the end
     int64_t eval_iters = 20;         ///< batches per split per eval

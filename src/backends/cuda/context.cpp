@@ -15,6 +15,7 @@ namespace {
 constexpr int kMaxDevices = 16;
 std::atomic<bool> g_allow_tf32{false};
 std::atomic<bool> g_allow_rp_attention{false};
+std::atomic<bool> g_autocast_bf16{false};
 thread_local int t_current = -1;
 } // namespace
 
@@ -85,6 +86,8 @@ void synchronize(int device) {
 void set_allow_tf32(bool on) { g_allow_tf32.store(on); }
 bool allow_tf32() { return g_allow_tf32.load(); }
 void set_allow_reduced_precision_attention(bool on) { g_allow_rp_attention.store(on); }
+void set_autocast_bf16(bool on) { g_autocast_bf16.store(on); }
+bool autocast_bf16() { return g_autocast_bf16.load(); }
 bool allow_reduced_precision_attention() { return g_allow_rp_attention.load(); }
 
 DeviceProperties device_properties(int device) {

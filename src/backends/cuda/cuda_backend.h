@@ -86,6 +86,12 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
 void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                            const Tensor& lse, const Tensor& dout, float scale, bool causal,
                            const Tensor& dq, const Tensor& dk, const Tensor& dv);
+/// Warps per block of those kernels: 4 or 8, or 0 for the default (4 for head dim 64, 8 for
+/// 128); for tests and benchmarks.
+void set_attention_tc_warps(int warps);
+
+/// dst[i] = bf16(src[i]) for i < n (device pointers) on `stream` (a cudaStream_t).
+void convert_f32_to_bf16(const float* src, void* dst, int64_t n, void* stream);
 
 /// Fused AdamW over many f32 tensors of one device in one launch per chunk of tensors:
 /// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w = w * decay_i - step_size * m / (sqrt(v) /
