@@ -1,7 +1,8 @@
 // ONNX export of a Transformer's forward pass: one graph from `input_ids` (int64, (batch,
-// sequence), both dims dynamic) to `logits` (float, (batch, sequence, vocab)), written with the
-// ONNX protos of libonnx and standard opset-17 ops only, so onnxruntime and other runtimes run
-// it. Not the KV-cache decode step (the graph recomputes every position) and not training.
+// sequence), both dims dynamic) to `logits` (float, (batch, sequence, vocab)), standard
+// opset-17 ops only, so onnxruntime and other runtimes run it. The file is an onnx.proto
+// ModelProto (checked in tests by libonnx's parser and checker, and run by onnxruntime). Not the
+// KV-cache decode step (the graph recomputes every position) and not training.
 #pragma once
 
 #include <cstdint>
@@ -23,12 +24,11 @@ enum class OnnxExternalData {
 };
 
 struct OnnxExportOptions {
-    /// The default domain's opset. 17 is the lowest with LayerNormalization; the graph uses
-    /// nothing newer, and libonnx 1.12 (Debian 12) knows nothing past 17.
+    /// The default domain's opset, 17..21. 17 is the lowest with LayerNormalization and the
+    /// newest libonnx 1.12 (Debian 12) checks; the graph uses no op changed after it except
+    /// ReduceMean (axes as an input from 18), which follows the opset asked for.
     int64_t opset = 17;
     OnnxExternalData external_data = OnnxExternalData::automatic;
-    /// Run onnx::checker::check_model on the finished model before writing it.
-    bool check = true;
     std::string graph_name = "forge";
 };
 
@@ -36,8 +36,9 @@ struct OnnxExportOptions {
 /// The graph: token embedding (+ learned positions for GPT-2), per block pre-norm causal
 /// self-attention (RoPE with the config's theta and Llama 3 scaling, grouped-query heads) and
 /// MLP (tanh-GELU or SwiGLU), final norm, LM head (tied or not). Throws InvalidArgument for a
-/// bad option or a model too big for the chosen external_data mode, forge::Error when the file
-/// cannot be written or the checker rejects the model (a bug: report it).
+/// bad option (opset outside 17..21, empty path) or a model too big for the chosen
+/// external_data mode (`never` past 2 GiB), InvalidArgument naming the file when it cannot be
+/// written. Writes `<out>.tmp` then renames; a stale `<out>.data` is removed when unused.
 void export_onnx(const Transformer& model, const std::filesystem::path& out,
                  const OnnxExportOptions& opts = {});
 

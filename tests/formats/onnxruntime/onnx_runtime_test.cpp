@@ -66,6 +66,7 @@ void randomize(Transformer& m, uint64_t seed) {
 struct Case {
     std::string name;
     ModelConfig cfg;
+    formats::OnnxExportOptions opts = {};
 };
 
 std::vector<Case> cases() {
@@ -104,7 +105,10 @@ std::vector<Case> cases() {
     llama3.rope_original_max_pos = 64;   // wavelengths 6..2e4: below 16, 16..64 and above 64
 
     return {{"gpt2", gpt2}, {"gpt2_untied", gpt2_untied}, {"llama", llama},
-            {"llama_gqa_tied", gqa}, {"llama3_rope_scaling", llama3}};
+            {"llama_gqa_tied", gqa}, {"llama3_rope_scaling", llama3},
+            // Weights in model.onnx.data, and the newest opset (ReduceMean's axes as an input).
+            {"llama3_external_opset21", llama3,
+             {.opset = 21, .external_data = formats::OnnxExternalData::always}}};
 }
 
 class OnnxRuntime : public ::testing::TestWithParam<Case> {};
@@ -116,7 +120,9 @@ TEST_P(OnnxRuntime, LogitsMatchForge) {
     fs::create_directories(dir);
     Transformer model(tc.cfg, 11);
     randomize(model, 1000);
-    formats::export_onnx(model, dir / "model.onnx");
+    formats::export_onnx(model, dir / "model.onnx", tc.opts);
+    ASSERT_EQ(fs::exists(dir / "model.onnx.data"),
+              tc.opts.external_data == formats::OnnxExternalData::always);
 
     const int64_t B = 2;
     std::string args;
