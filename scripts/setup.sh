@@ -7,7 +7,7 @@ packages=(
     build-essential cmake ninja-build pkg-config git
     libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev
     nlohmann-json3-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev libcli11-dev
-    libcpp-httplib-dev
+    libcpp-httplib-dev libonnx-dev libprotobuf-dev
     clang libclang-rt-14-dev
     python3 python3-numpy
 )
