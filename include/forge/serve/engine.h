@@ -28,7 +28,7 @@ struct EngineOptions {
     /// Jobs waiting for a slot at most; a submit() beyond it gets HttpError 503.
     int max_queue = 64;
     /// Optional: engine gauges, token counters and the time-to-first-token histogram.
-    std::shared_ptr<Metrics> metrics;
+    std::shared_ptr<Metrics> metrics{};
 };
 
 /// One generation to run.

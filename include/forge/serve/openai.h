@@ -35,10 +35,10 @@ struct ServeOptions {
     /// model's is an error.
     int64_t ctx = 0;
     /// Engine metrics (slots, queue, tokens, time to first token); optional.
-    std::shared_ptr<Metrics> metrics;
+    std::shared_ptr<Metrics> metrics{};
     /// The chat template; none: the model folder's tokenizer_config.json `chat_template`, else
     /// ChatML.
-    std::optional<ChatTemplate> chat_template;
+    std::optional<ChatTemplate> chat_template{};
 };
 
 /// One model behind the OpenAI routes: weights, tokenizer, chat template and its engine.
