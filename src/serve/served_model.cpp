@@ -2,6 +2,7 @@
 // template and engine, and the thread-safe set of them that the OpenAI routes answer from.
 #include <forge/serve/openai.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include <forge/core/ops.h>
 #include <forge/models/loader.h>
 #include <forge/models/transformer.h>
+#include <forge/serve/middleware.h>
 
 namespace forge::serve {
 
@@ -29,7 +31,10 @@ ServedModel::ServedModel(std::string id, std::shared_ptr<Transformer> model, Tok
     created_ = std::chrono::duration_cast<std::chrono::seconds>(
                    std::chrono::system_clock::now().time_since_epoch())
                    .count();
-    auto lm = std::make_shared<TransformerLM>(*model_);
+    std::shared_ptr<CausalLM> lm = opts.lm;
+    if (!lm) lm = std::make_shared<TransformerLM>(*model_);
+    FORGE_CHECK(lm->n_vocab() == model_->config().vocab_size, "[serve] the engine's model has ",
+                lm->n_vocab(), " logits, the model ", model_->config().vocab_size);
     engine_ = std::make_unique<Engine>(
         lm, tokenizer_,
         EngineOptions{.slots = opts.slots, .max_queue = opts.max_queue, .metrics = opts.metrics});
@@ -71,6 +76,27 @@ std::vector<float> ServedModel::embed(std::span<const TokenId> ids) const {
     if (norm > 0)
         for (float& x : out) x = float(x / norm);
     return out;
+}
+
+// ---------------------------------------------------------------- middleware
+
+void use_server_middleware(App& app, const ServerOptions& o) {
+    FORGE_CHECK(o.metrics != nullptr, "[serve] use_server_middleware needs a metrics registry");
+    FORGE_CHECK(o.rate_limit_per_min >= 0 && o.rate_limit_burst >= 0,
+                "[serve] rate limits must be >= 0");
+    app.use(mw::request_id());
+    if (o.access_log) app.use(mw::access_log());
+    app.use(mw::metrics(o.metrics));
+    app.use(mw::cors());
+    app.use(mw::body_limit(o.max_body));
+    app.use(mw::api_keys({.keys = o.api_keys}));
+    if (o.rate_limit_per_min > 0) {
+        const double burst = o.rate_limit_burst > 0 ? o.rate_limit_burst
+                                                    : std::max(1.0, o.rate_limit_per_min / 10);
+        app.use(mw::rate_limit({.requests_per_minute = o.rate_limit_per_min,
+                                .burst = burst,
+                                .metrics = o.metrics}));
+    }
 }
 
 // ---------------------------------------------------------------- ModelRegistry

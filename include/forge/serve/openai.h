@@ -39,6 +39,9 @@ struct ServeOptions {
     /// The chat template; none: the model folder's tokenizer_config.json `chat_template`, else
     /// ChatML.
     std::optional<ChatTemplate> chat_template{};
+    /// What the engine runs; none: a TransformerLM over the model. (A wrapper over it, e.g. a
+    /// test's gate or a later quantized path.)
+    std::shared_ptr<CausalLM> lm{};
 };
 
 /// One model behind the OpenAI routes: weights, tokenizer, chat template and its engine.
@@ -95,5 +98,17 @@ class ModelRegistry {
 
 /// Mounts the routes on `app`; they answer from `models`.
 void mount_openai(App& app, std::shared_ptr<ModelRegistry> models);
+
+/// The middleware stack of `forge serve`, in order: request id, access log, metrics (and
+/// GET /metrics), CORS, body limit, API keys, rate limit.
+struct ServerOptions {
+    std::vector<std::string> api_keys{};   ///< none: open
+    double rate_limit_per_min = 0;         ///< 0: off; else per key (or address)
+    double rate_limit_burst = 0;           ///< 0: a tenth of a minute's allowance, at least 1
+    uint64_t max_body = 4ull << 20;        ///< 413 beyond
+    bool access_log = true;                ///< JSON lines on stderr
+    std::shared_ptr<Metrics> metrics{};    ///< required: /metrics renders it
+};
+void use_server_middleware(App& app, const ServerOptions& opts);
 
 } // namespace forge::serve
