@@ -15,15 +15,17 @@ namespace forge::serve {
 namespace {
 using Clock = std::chrono::steady_clock;
 
-// log-softmax of the raw logits: the sampled id first, then the k most likely.
-std::vector<TokenLogprob> logprobs_of(std::span<const float> logits, TokenId chosen, int k) {
+// log-softmax of the raw logits: the sampled id first, then the k most likely of the first
+// n_top ids.
+std::vector<TokenLogprob> logprobs_of(std::span<const float> logits, size_t n_top, TokenId chosen,
+                                      int k) {
     const float mx = *std::max_element(logits.begin(), logits.end());
     double sum = 0;
     for (float l : logits) sum += std::exp(double(l - mx));
     const float lse = mx + float(std::log(sum));
     std::vector<TokenLogprob> out{{chosen, logits[size_t(chosen)] - lse}};
     if (k <= 0) return out;
-    std::vector<TokenId> ids(logits.size());
+    std::vector<TokenId> ids(n_top);
     std::iota(ids.begin(), ids.end(), 0);
     const size_t n = std::min(size_t(k), ids.size());
     std::partial_sort(ids.begin(), ids.begin() + long(n), ids.end(), [&](TokenId a, TokenId b) {
@@ -174,8 +176,13 @@ void Engine::emit(Job& job, const TokenStep& step) {
     EngineEvent ev;
     ev.index = job.index;
     ev.step = step;
-    if (job.top_logprobs >= 0)
-        ev.logprobs = logprobs_of(job.session.logits(), step.token, job.top_logprobs);
+    if (job.top_logprobs >= 0) {
+        // Alternatives only among ids the tokenizer can spell (a model's vocabulary may be
+        // padded past it); the distribution is still the model's whole row.
+        std::span<const float> row = job.session.logits();
+        const size_t n_spell = tokenizer_ ? std::min(row.size(), tokenizer_->vocab_size()) : row.size();
+        ev.logprobs = logprobs_of(row, n_spell, step.token, job.top_logprobs);
+    }
     if (step.finished) {
         ev.done = true;
         ev.result = job.session.result();

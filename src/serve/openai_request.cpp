@@ -161,7 +161,8 @@ void fit_context(GenRequest& r, const ServedModel& m, const JsonView& body,
                     "context_length_exceeded");
     std::string_view which = body.contains("max_completion_tokens") ? "max_completion_tokens"
                                                                      : "max_tokens";
-    const int64_t want = int_field(body, which, 1, INT32_MAX, default_max.value_or(room));
+    // Unset: the route's default, cut to what fits (only an explicit value is an error).
+    const int64_t want = int_field(body, which, 1, INT32_MAX, std::min(default_max.value_or(room), room));
     if (want > room)
         bad_request(which,
                     detail::str_cat("This model's maximum context length is ", m.n_ctx(),
