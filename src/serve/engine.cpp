@@ -209,6 +209,22 @@ void Engine::finish(Job& job, const std::string& error) {
     reader->push(std::move(ev));
 }
 
+bool Engine::sample(Job& job) {
+    try {
+        TokenStep step = job.session.next();
+        emit(job, step);
+        if (!step.finished) return true;
+        if (opts_.metrics)
+            opts_.metrics->inc("forge_engine_generations_total",
+                               {{"finish_reason",
+                                 std::string(finish_reason_name(job.session.result().finish_reason))}});
+        return false;
+    } catch (const std::exception& e) {
+        finish(job, e.what());
+        return false;
+    }
+}
+
 void Engine::admit(std::vector<std::unique_ptr<Job>>& live) {
     std::vector<std::unique_ptr<Job>> fresh;
     {
@@ -228,7 +244,8 @@ void Engine::admit(std::vector<std::unique_ptr<Job>>& live) {
             if (opts_.metrics)
                 opts_.metrics->inc("forge_tokens_prompt_total", {},
                                    double(job->session.prompt().size()));
-            live.push_back(std::move(job));
+            // The first token goes out now, not after the other newcomers' prefills.
+            if (sample(*job)) live.push_back(std::move(job));
         } catch (const std::exception& e) {
             finish(*job, e.what());
         }
@@ -256,7 +273,7 @@ void Engine::run() {
             finish(*j);
             return true;
         });
-        // 2. Prefill newcomers into free slots; their first token is sampled in step 4.
+        // 2. Prefill newcomers into free slots and sample their first token.
         admit(live);
         update_gauges(live.size());
         if (live.empty()) continue;
@@ -273,21 +290,7 @@ void Engine::run() {
             continue;
         }
         // 4. Sample per slot and stream the token out.
-        std::erase_if(live, [&](std::unique_ptr<Job>& j) {
-            try {
-                TokenStep step = j->session.next();
-                emit(*j, step);
-                if (!step.finished) return false;
-                if (opts_.metrics)
-                    opts_.metrics->inc("forge_engine_generations_total",
-                                       {{"finish_reason", std::string(finish_reason_name(
-                                                              j->session.result().finish_reason))}});
-                return true;
-            } catch (const std::exception& e) {
-                finish(*j, e.what());
-                return true;
-            }
-        });
+        std::erase_if(live, [&](std::unique_ptr<Job>& j) { return !sample(*j); });
         update_gauges(live.size());
     }
 }

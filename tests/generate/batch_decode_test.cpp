@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "generate/generate_test_util.h"
 
@@ -120,6 +121,28 @@ TEST_P(BatchDecode, GreedyOutputIndependentOfNeighbours) {
     for (size_t n = 2; n <= ps.size(); ++n) {
         const auto with = batched_greedy(gen, {ps.begin(), ps.begin() + long(n)}, opts);
         EXPECT_EQ(with[0], alone[0]) << "beside " << n - 1 << " others";
+    }
+}
+
+// What the guarantee above rests on: a row of the batched product is bit-identical whatever the
+// number of rows (2 to 16; one row is padded to two), at GPT-2's decode shapes, both weight
+// layouts (x W and x W^T).
+TEST(BatchDecodeMatmul, RowsDoNotDependOnTheBatchSize) {
+    NoGradGuard ng;
+    struct Shape3 { int64_t K, N; bool transposed; };
+    for (const Shape3 sh : {Shape3{768, 2304, false}, Shape3{3072, 768, false},
+                            Shape3{768, 5000, true}}) {
+        Tensor w = sh.transposed ? Tensor::randn({sh.N, sh.K}, 1) : Tensor::randn({sh.K, sh.N}, 1);
+        Tensor wt = sh.transposed ? w.t() : w;
+        Tensor x = Tensor::randn({16, sh.K}, 2);
+        Tensor ref = matmul(x.narrow(0, 0, 2), wt).contiguous();
+        for (int64_t S = 3; S <= 16; ++S) {
+            Tensor y = matmul(x.narrow(0, 0, S), wt).contiguous();
+            const float* a = ref.data<float>();
+            const float* b = y.data<float>();
+            EXPECT_EQ(std::memcmp(a, b, size_t(2 * sh.N) * sizeof(float)), 0)
+                << "K " << sh.K << " N " << sh.N << " rows " << S;
+        }
     }
 }
 

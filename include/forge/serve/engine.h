@@ -1,7 +1,7 @@
 // The serving engine: N slots and one scheduler thread doing continuous batching. Each tick it
-// drops cancelled requests, admits queued ones into free slots (prefill), runs ONE batched
-// decode step for every live slot (CausalLM::eval_batch) and samples per slot, pushing each
-// token to its request's EngineStream. Not HTTP: the OpenAI routes (openai.h) sit on top.
+// drops cancelled requests, admits queued ones into free slots (prefill, then their first
+// token), runs ONE batched decode step for every live slot (CausalLM::eval_batch) and samples
+// per slot, pushing each token to its request's EngineStream. Not HTTP: the OpenAI routes (openai.h) sit on top.
 #pragma once
 
 #include <atomic>
@@ -124,6 +124,8 @@ class Engine {
     struct Job;
     void run();
     void admit(std::vector<std::unique_ptr<Job>>& live);
+    /// Samples the job's next token and streams it; false once the job has ended.
+    bool sample(Job& job);
     void emit(Job& job, const TokenStep& step);
     void finish(Job& job, const std::string& error = {});
     void update_gauges(size_t n_live);
