@@ -90,6 +90,9 @@ void run_serve(const ServeCliOptions& o) {
     std::fflush(stdout);
 
     LoadedModel loaded = load_model_dir(o.model);
+    if (o.ctx > loaded.config.n_ctx)
+        throw InvalidArgument("--ctx " + std::to_string(o.ctx) + " is over the model's context of " +
+                              std::to_string(loaded.config.n_ctx) + " positions");
     const std::string id = o.name.empty() ? std::filesystem::path(o.model).lexically_normal()
                                                 .filename().string()
                                           : o.name;
