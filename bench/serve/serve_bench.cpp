@@ -44,10 +44,11 @@ std::vector<TokenId> prompt_ids(size_t i, size_t n, int64_t vocab) {
     return p;
 }
 
+// n tokens, greedy, never stopped early (random weights may pick EOS).
 GenerateOptions greedy(int64_t n) {
     GenerateOptions o;
-    o.max_tokens = n;
     o.sampling.temperature = 0;
+    o.max_tokens = n;
     o.ignore_eos = true;
     return o;
 }

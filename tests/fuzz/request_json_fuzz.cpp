@@ -11,35 +11,22 @@
 
 #include <nlohmann/json.hpp>
 
-#include <forge/models/transformer.h>
+#include "generate/generate_test_util.h"
 #include <forge/serve/openai.h>
 
 namespace {
 
-forge::Tokenizer byte_tokenizer() {
-    std::vector<std::string> tokens;
-    for (int b = 0; b < 256; ++b) tokens.push_back(std::string(1, char(b)));
-    return forge::Tokenizer::from_ranks(tokens, forge::Tokenizer::known_pattern("gpt2"),
-                                        {{"<|endoftext|>", 256, true}}, "fuzz-bytes");
-}
-
 forge::App& app() {
     static forge::App* a = [] {
-        forge::ModelConfig c;
-        c.family = forge::ModelFamily::gpt2;
-        c.vocab_size = 257;
-        c.n_ctx = 48;
+        // One layer, 16 wide: fast enough for thousands of generations a second.
+        forge::ModelConfig c = forge::testing::small_config(forge::ModelFamily::gpt2, 257, 48);
         c.n_layer = 1;
-        c.n_head = 2;
-        c.n_head_kv = 2;
         c.n_embd = 16;
-        c.n_ff = 32;
-        c.tie_embeddings = true;
         auto model = std::make_shared<forge::Transformer>(c, 1);
         model->eval();
         auto* app = new forge::App;
-        app->model(std::make_shared<forge::serve::ServedModel>("m", model, byte_tokenizer(),
-                                                               forge::serve::ServeOptions{.slots = 2}));
+        app->model(std::make_shared<forge::serve::ServedModel>(
+            "m", model, forge::testing::byte_tokenizer(), forge::serve::ServeOptions{.slots = 2}));
         return app;
     }();
     return *a;

@@ -19,13 +19,8 @@ std::vector<TokenId> prompt_of(size_t i) {
     return p;
 }
 
-GenerateOptions greedy(int64_t n) {
-    GenerateOptions o;
-    o.max_tokens = n;
-    o.sampling.temperature = 0;
-    o.ignore_eos = true;
-    return o;
-}
+// The engine tests run to max_tokens.
+GenerateOptions greedy(int64_t n) { return testing::greedy(n, {}, true); }
 
 // Reads every event of a stream: the final result per job.
 std::vector<GenerateResult> drain(EngineStream& s, std::vector<std::string>* texts = nullptr) {

@@ -40,13 +40,7 @@ struct Fixture {
     }
 };
 
-GenerateOptions greedy(int64_t n, std::vector<std::string> stop = {}) {
-    GenerateOptions o;
-    o.max_tokens = n;
-    o.sampling.temperature = 0;
-    o.stop = std::move(stop);
-    return o;
-}
+using testing::greedy;
 
 json body_of(const Response& r) { return json::parse(r.body); }
 

@@ -24,6 +24,16 @@ inline std::shared_ptr<Transformer> serve_model(int64_t n_ctx = 64, uint64_t see
     return m;
 }
 
+/// Greedy decoding of n tokens; EOS ends it unless ignore_eos.
+inline GenerateOptions greedy(int64_t n, std::vector<std::string> stop = {}, bool ignore_eos = false) {
+    GenerateOptions o;
+    o.max_tokens = n;
+    o.sampling.temperature = 0;
+    o.stop = std::move(stop);
+    o.ignore_eos = ignore_eos;
+    return o;
+}
+
 /// A CausalLM whose batched decode steps wait for permits, so tests can hold the engine at a
 /// step boundary (e.g. cancel between two steps) without timing. Prefill is not gated.
 class GatedLM : public CausalLM {
