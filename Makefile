@@ -34,3 +34,14 @@ bench: build
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+
+# The CUDA build (FORGE_CUDA=ON, sm_90a): compiles libforge with src/backends/cuda, the CUDA
+# tests and bench/cuda's binary. Needs nvcc (CUDA 13), not a GPU, so CI can run it; the tests
+# themselves (ctest -L cuda) skip without a GPU. bench/cuda/*.sh run them on a GPU machine.
+CUDA_BUILD ?= build-cuda
+NVCC ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+.PHONY: build-cuda
+build-cuda: setup
+	cmake -S . -B $(CUDA_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DFORGE_CUDA=ON \
+	    -DCMAKE_CUDA_COMPILER=$(NVCC)
+	cmake --build $(CUDA_BUILD) -j $(JOBS) --target forge cuda_test cuda_bench

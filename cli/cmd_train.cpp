@@ -229,37 +229,7 @@ TrainOptions options_from(const Settings& st, TrainOptions o, int64_t n_ctx) {
     return o;
 }
 
-// libgomp's default wait policy spins idle OpenMP threads, which then fight OpenBLAS's own
-// pthreads for the same cores: on 2 cores a step of the nanoGPT anchor took 160 ms instead of
-// 55 ms. The policy is read when libgomp loads, before main, so `forge train` re-executes itself
-// once with OMP_WAIT_POLICY=passive unless the user set a policy. (The lasting fix is one
-// thread pool for both: OpenBLAS's OpenMP build; reported for the core.)
-void ensure_passive_omp_wait() {
-    if (std::getenv("OMP_WAIT_POLICY") || std::getenv("FORGE_NO_REEXEC"))
-        return;
-    std::ifstream in("/proc/self/cmdline", std::ios::binary);
-    std::string all((std::istreambuf_iterator<char>(in)), {});
-    std::vector<std::string> args;
-    for (size_t start = 0; start < all.size();) {
-        size_t end = all.find('\0', start);
-        if (end == std::string::npos)
-            end = all.size();
-        args.push_back(all.substr(start, end - start));
-        start = end + 1;
-    }
-    if (args.empty())
-        return;
-    std::vector<char*> argv;
-    for (auto& a : args)
-        argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::setenv("OMP_WAIT_POLICY", "passive", 1);
-    std::fflush(stdout);
-    ::execv("/proc/self/exe", argv.data()); // returns only on failure: carry on as we are
-}
-
 int run_train(Settings st) {
-    ensure_passive_omp_wait();
     const bool resuming = st.has("resume");
     // The project config: --config FILE, else ./forge.toml (not when resuming: the checkpoint
     // holds the run's options, and only flags change them).

@@ -410,10 +410,25 @@ Tensor Tensor::to(DType dt) const {
     return out;
 }
 
+// Across devices the accelerator's backend copies (its copy() takes a host side); between two
+// accelerators the data goes through the host. Differentiable: the gradient goes back.
 Tensor Tensor::to(Device d) const {
     if (d == device()) return *this;
-    throw DeviceError("[to] copying " + str() + " from " + device().str() + " to " + d.str() +
-                      ": this build of Forge has no backend for " + d.str());
+    if (d.type == DeviceType::cuda && !cuda::is_available())
+        throw DeviceError("[to] copying " + str() + " from " + device().str() + " to " + d.str() +
+                          ": no backend for " + d.str() +
+                          " (this build of Forge has no CUDA support, or no GPU is visible)");
+    Tensor out = Tensor::empty(shape(), dtype(), d);
+    Tensor src = detach().contiguous();
+    if (device().type != DeviceType::cpu && d.type != DeviceType::cpu)
+        src = src.to(Device::cpu());
+    backend_for(d.type != DeviceType::cpu ? d : src.device()).copy(src, out);
+    if (is_floating(dtype())) {
+        Device from = device();
+        autograd::record("to_device", out, {*this},
+                         [from](const Tensor& g) { return std::vector<Tensor>{g.to(from)}; });
+    }
+    return out;
 }
 
 void Tensor::copy_(const Tensor& src) {
@@ -436,7 +451,8 @@ void Tensor::fill_(double value) {
 double Tensor::at(const std::vector<int64_t>& index) const {
     FORGE_CHECK(int64_t(index.size()) == dim(), "[at] ", index.size(),
                 " indices for a tensor of shape ", shape_str(shape()));
-    FORGE_CHECK(device().type == DeviceType::cpu, "[at] tensor is on ", device().str());
+    if (device().type != DeviceType::cpu) // one element through the host (slow; tests, item())
+        return to(Device::cpu()).at(index);
     int64_t off = 0;
     for (size_t i = 0; i < index.size(); ++i) {
         int64_t k = index[i] < 0 ? index[i] + shape()[i] : index[i];

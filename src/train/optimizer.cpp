@@ -1,6 +1,7 @@
 // AdamW and SGD updates, the weight-decay rule and gradient clipping (see optimizer.h). The CPU
 // f32 path is one fused loop per parameter; anything else (half params, other devices) goes
-// through public ops, so the optimizers work wherever the ops do.
+// through public ops, so the optimizers work wherever the ops do. f32 parameters on a CUDA
+// device take one fused multi-tensor kernel per device (src/backends/cuda/adamw.cu).
 #include <forge/train/optimizer.h>
 
 #include <cmath>
@@ -9,6 +10,11 @@
 #include <forge/autograd/autograd.h>
 #include <forge/core/ops.h>
 #include <forge/nn/module.h>
+#ifdef FORGE_HAS_CUDA
+#include <map>
+
+#include "backends/cuda/cuda_backend.h"
+#endif
 
 namespace forge {
 
@@ -23,6 +29,14 @@ bool fast_path(const Tensor& p, const Tensor& g) {
     return p.device().type == DeviceType::cpu && p.dtype() == DType::f32 && p.is_contiguous() &&
            g.dtype() == DType::f32 && g.is_contiguous() && g.device().type == DeviceType::cpu;
 }
+
+#ifdef FORGE_HAS_CUDA
+// f32 contiguous parameter and gradient on one CUDA device: the fused multi-tensor kernel.
+bool cuda_fused_path(const Tensor& p, const Tensor& g) {
+    return p.device().type == DeviceType::cuda && p.dtype() == DType::f32 && p.is_contiguous() &&
+           g.dtype() == DType::f32 && g.is_contiguous() && g.device() == p.device();
+}
+#endif
 
 Tensor grad_of(const ParamRef& p) {
     Tensor g = p.tensor.grad();
@@ -114,12 +128,25 @@ void AdamW::step(double lr) {
     const float a1 = float(1.0 - opts_.beta1), a2 = float(1.0 - opts_.beta2);
     const float step_size = float(lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
     const float eps = float(opts_.eps);
+#ifdef FORGE_HAS_CUDA
+    std::map<int, std::vector<cuda::AdamWTensor>> fused; // CUDA device -> its tensors
+    std::vector<Tensor> keep;                              // grads alive until the launch
+#endif
     for (size_t i = 0; i < params_.size(); ++i) {
         const ParamRef& p = params_[i];
         Tensor g = grad_of(p);
         if (!g.defined())
             continue; // unused this step (torch skips params whose grad is None)
         const float decay = p.decay ? float(1.0 - lr * opts_.weight_decay) : 1.0f;
+#ifdef FORGE_HAS_CUDA
+        if (cuda_fused_path(p.tensor, g) && m_[i].device() == p.tensor.device()) {
+            fused[p.tensor.device().index].push_back({p.tensor.data<float>(), g.data<float>(),
+                                                      m_[i].data<float>(), v_[i].data<float>(),
+                                                      p.tensor.numel(), decay});
+            keep.push_back(g);
+            continue;
+        }
+#endif
         if (fast_path(p.tensor, g)) {
             float* w = p.tensor.data<float>();
             const float* gd = g.data<float>();
@@ -147,6 +174,10 @@ void AdamW::step(double lr) {
         Tensor w = p.tensor;
         w.copy_(sub(w32, mul_scalar(div(m_[i], denom), step_size)));
     }
+#ifdef FORGE_HAS_CUDA
+    for (auto& [dev, ts] : fused)
+        cuda::adamw_multi_tensor(dev, ts, b1, b2, a1, a2, step_size, bc2_sqrt, eps);
+#endif
 }
 
 std::map<std::string, Tensor> AdamW::state_tensors() const {

@@ -16,7 +16,6 @@
 #include <forge/formats/safetensors.h>
 #include <forge/models/transformer.h>
 
-extern "C" void openblas_set_num_threads(int);
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -160,8 +159,7 @@ class Progress {
 void set_num_threads(int n) {
     if (n <= 0)
         return;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
+    omp_set_num_threads(n); // OpenBLAS stays single-threaded: matmul splits work over OpenMP
 }
 
 // ------------------------------------------------------------------------------ options

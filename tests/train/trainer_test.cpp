@@ -82,7 +82,11 @@ TEST(Trainer, GradAccumulationEqualsBiggerBatch) {
     double max_diff = 0;
     for (size_t i = 0; i < w1.size(); ++i)
         max_diff = std::max(max_diff, double(std::fabs(w1[i] - w2[i])));
-    EXPECT_LE(max_diff, 1e-6);
+    // Adam's first update is lr * g / (|g| + eps): for entries with |g| near eps it magnifies
+    // f32 summation-order noise (the matmuls are blocked differently for batch 8 and 4), so
+    // weights agree to ~1e-6 of lr-sized steps, not bit for bit; the loss and the gradient
+    // norm above (and GradAccumulationGradientsMatch) pin the accumulation itself.
+    EXPECT_LE(max_diff, 1e-5);
 }
 
 TEST(Trainer, GradAccumulationGradientsMatch) {

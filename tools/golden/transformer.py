@@ -160,8 +160,33 @@ def make(name, cfg, shapes, model, seed):
     for n, t in w.items():
         out["weight." + n] = t
         out["grad." + n] = t.grad
+    out.update(adamw_steps(w, cfg, model, g))
     save_safetensors(os.path.join(OUT, name + ".safetensors"), out, {"config": json.dumps(cfg)})
     print(name, "loss", float(loss))
+
+
+def adamw_steps(w0, cfg, model, g, steps=10):
+    """Ten torch.optim.AdamW steps from the same weights, a fresh batch each step. Decay as
+    Forge's default rule: matrices yes; norms, biases and embedding tables no."""
+    w = {n: t.detach().clone().requires_grad_(True) for n, t in w0.items()}
+    decay = [t for n, t in w.items() if t.dim() >= 2 and not any(e in n for e in ("wte", "wpe", "embed"))]
+    rest = [t for n, t in w.items() if not any(t is d for d in decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    V, out, losses = cfg["vocab_size"], {}, []
+    for k in range(steps):
+        ids = torch.randint(0, V, (2, 7), generator=g)
+        targets = torch.randint(0, V, (2, 7), generator=g)
+        out[f"train.ids.{k}"], out[f"train.targets.{k}"] = ids, targets
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(w, cfg, ids).reshape(-1, V), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    out["train.losses"] = torch.tensor(losses, dtype=torch.float32)
+    for n, t in w.items():
+        out["train.final." + n] = t
+    return out
 
 
 def main():

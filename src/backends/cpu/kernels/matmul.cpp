@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include <cblas.h>
+#include <omp.h>
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
@@ -31,8 +32,8 @@ BlasOperand blas_operand(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
 // one row, which measured 2-4x slower than sgemv on GPT-2's decode shapes (docs/PERF.md).
 // c (1 x N) = a (1 x K) B (K x N); B row-major is y = B^T a, B column-major (stored N x K) is
 // y = B_stored a. a's K elements are 1 apart (row-major) or A.ld apart (column-major).
-inline void gemm(const BlasOperand& A, const BlasOperand& B, int M, int N, int K, const float* a,
-                 const float* b, float* c) {
+inline void gemm_ld(const BlasOperand& A, const BlasOperand& B, int M, int N, int K,
+                    const float* a, const float* b, float* c, int ldc) {
     if (M == 1) {
         const int inc_a = A.trans == CblasNoTrans ? 1 : A.ld;
         if (B.trans == CblasNoTrans)
@@ -41,10 +42,10 @@ inline void gemm(const BlasOperand& A, const BlasOperand& B, int M, int N, int K
             cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, b, B.ld, a, inc_a, 0.0f, c, 1);
         return;
     }
-    cblas_sgemm(CblasRowMajor, A.trans, B.trans, M, N, K, 1.0f, a, A.ld, b, B.ld, 0.0f, c, N);
+    cblas_sgemm(CblasRowMajor, A.trans, B.trans, M, N, K, 1.0f, a, A.ld, b, B.ld, 0.0f, c, ldc);
 }
-inline void gemm(const BlasOperand& A, const BlasOperand& B, int M, int N, int K, const double* a,
-                 const double* b, double* c) {
+inline void gemm_ld(const BlasOperand& A, const BlasOperand& B, int M, int N, int K,
+                    const double* a, const double* b, double* c, int ldc) {
     if (M == 1) {
         const int inc_a = A.trans == CblasNoTrans ? 1 : A.ld;
         if (B.trans == CblasNoTrans)
@@ -53,16 +54,32 @@ inline void gemm(const BlasOperand& A, const BlasOperand& B, int M, int N, int K
             cblas_dgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0, b, B.ld, a, inc_a, 0.0, c, 1);
         return;
     }
-    cblas_dgemm(CblasRowMajor, A.trans, B.trans, M, N, K, 1.0, a, A.ld, b, B.ld, 0.0, c, N);
+    cblas_dgemm(CblasRowMajor, A.trans, B.trans, M, N, K, 1.0, a, A.ld, b, B.ld, 0.0, c, ldc);
 }
 
-// OpenBLAS runs a GEMM on one thread below M*N*K = 64^3 (its SMP threshold), so a batch of
-// such matrices is spread over our OpenMP threads instead; larger ones use OpenBLAS's own
-// threads, one matrix at a time (nesting both would oversubscribe the cores). A batch whose
-// total work is below kMinParallel multiply-adds (a few microseconds) stays on one thread: a
-// fork/join would cost more than it saves.
-constexpr int64_t kSmallGemm = 64 * 64 * 64;
+// One thread pool: OpenBLAS runs single-threaded (pinned once below) and our OpenMP threads
+// split the work. With OpenBLAS's own pthreads beside libgomp's workers the two pools fought
+// for the cores (sched_yield took ~20% of a nanoGPT-sized training step; docs/PERF.md).
+// Work split: a batch of matrices goes one matrix per thread; a single matrix is cut into
+// row blocks (or column blocks when it has few rows, e.g. GEMV), each a GEMM of its own.
+// Below kMinParallel multiply-adds (a few microseconds) a fork/join costs more than it saves.
 constexpr int64_t kMinParallel = 1 << 16;
+
+extern "C" void openblas_set_num_threads(int);
+const bool kOpenblasSingleThreaded = [] {
+    openblas_set_num_threads(1);
+    return true;
+}();
+
+// Rows [r0, r1) and columns [c0, c1) of c = a b as one BLAS call.
+template <typename T>
+void gemm_block(const BlasOperand& A, const BlasOperand& B, int64_t N, int64_t K, const T* a,
+                const T* b, T* c, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    // Row r of a starts at r * lda (row-major) or r (column-major); column j of b likewise.
+    const T* a0 = a + (A.trans == CblasNoTrans ? r0 * A.ld : r0);
+    const T* b0 = b + (B.trans == CblasNoTrans ? c0 : c0 * B.ld);
+    gemm_ld(A, B, int(r1 - r0), int(c1 - c0), int(K), a0, b0, c + r0 * N + c0, int(N));
+}
 
 } // namespace
 
@@ -75,14 +92,33 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     const BlasOperand A = blas_operand(M, K, a.strides()[1], a.strides()[2]);
     const BlasOperand B = blas_operand(K, N, b.strides()[1], b.strides()[2]);
     const int64_t sa = a.strides()[0], sb = b.strides()[0];
+    const int threads = Bt * M * N * K >= kMinParallel ? omp_get_max_threads() : 1;
     visit_float(out.dtype(), [&]<typename T>() {
         const T* ap = a.data<T>();
         const T* bp = b.data<T>();
         T* op = out.data<T>();
-        const bool parallel = M * N * K < kSmallGemm && Bt > 1 && Bt * M * N * K >= kMinParallel;
-#pragma omp parallel for schedule(static) if (parallel)
-        for (int64_t i = 0; i < Bt; ++i)
-            gemm(A, B, int(M), int(N), int(K), ap + i * sa, bp + i * sb, op + i * M * N);
+        if (Bt >= threads) {
+#pragma omp parallel for schedule(static) if (threads > 1)
+            for (int64_t i = 0; i < Bt; ++i)
+                gemm_block(A, B, N, K, ap + i * sa, bp + i * sb, op + i * M * N, 0, M, 0, N);
+            return;
+        }
+        // Few large matrices: each is cut into `threads` blocks, rows in multiples of 16 (or
+        // columns in multiples of 64 when M is small), so no two threads share a cache line.
+        const bool by_rows = M >= 16 * threads;
+        const int64_t extent = by_rows ? M : N, quantum = by_rows ? 16 : 64;
+        const int64_t chunk = (extent / quantum + threads - 1) / threads * quantum;
+        const int64_t step = std::max<int64_t>(chunk, quantum);
+        for (int64_t i = 0; i < Bt; ++i) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+            for (int64_t s0 = 0; s0 < extent; s0 += step) {
+                const int64_t s1 = std::min(extent, s0 + step);
+                if (by_rows)
+                    gemm_block(A, B, N, K, ap + i * sa, bp + i * sb, op + i * M * N, s0, s1, 0, N);
+                else
+                    gemm_block(A, B, N, K, ap + i * sa, bp + i * sb, op + i * M * N, 0, M, s0, s1);
+            }
+        }
     });
 }
 

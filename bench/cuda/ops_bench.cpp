@@ -1,0 +1,206 @@
+// CUDA kernel and training-step figures, one line each: time per call, then GB/s or TFLOP/s.
+// Shapes are GPT-2 124M's (C = 768, V = 50257, T = 1024, 12 heads of 64). The ceilings (device
+// copy GB/s, cuBLAS TF32 TFLOP/s) are measured in the same run. Run on the GPU machine through
+// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|train B T]...
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+
+#include <forge/autograd/autograd.h>
+#include <forge/core/device.h>
+#include <forge/core/ops.h>
+#include <forge/models/transformer.h>
+#include <forge/train/optimizer.h>
+
+using namespace forge;
+
+namespace {
+
+const Device kCuda = Device::cuda(0);
+
+// Warm up 3 calls, then the mean over enough calls for ~0.5 s (at least 3).
+double time_ms(const std::function<void()>& f, double budget_ms = 500) {
+    for (int i = 0; i < 3; ++i)
+        f();
+    cuda::synchronize();
+    int n = 0;
+    double el = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    do {
+        f();
+        ++n;
+        cuda::synchronize();
+        el = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                 .count();
+    } while ((el < budget_ms || n < 3) && n < 2000);
+    return el / n;
+}
+
+void report(const std::string& name, double ms, double bytes, double flops) {
+    std::printf("%-52s %9.3f ms", name.c_str(), ms);
+    if (bytes > 0) std::printf("  %8.1f GB/s", bytes / ms / 1e6);
+    if (flops > 0) std::printf("  %8.1f TFLOP/s", flops / ms / 1e9);
+    std::printf("\n");
+    std::fflush(stdout);
+}
+
+Tensor randn(const Shape& s, uint64_t seed) {
+    return Tensor::randn(s, seed, DType::f32, 0.0, 1.0, kCuda);
+}
+
+void kernels() {
+    NoGradGuard ng;
+    const double f4 = 4.0;
+    {
+        const int64_t n = int64_t(1) << 28; // 1 GiB of f32
+        Tensor a = randn({n}, 1), b = Tensor::empty({n}, DType::f32, kCuda);
+        report("ceiling: device copy 1 GiB (read + write)", time_ms([&] { b.copy_(a); }),
+               2.0 * f4 * double(n), 0);
+        Tensor h = Tensor::randn({n / 4}, 2);
+        report("host -> device 256 MiB (pinned staging)",
+               time_ms([&] { (void)h.to(kCuda); }), f4 * double(n / 4), 0);
+        Tensor d = randn({n / 4}, 3);
+        report("device -> host 256 MiB (pinned staging)",
+               time_ms([&] { (void)d.to(Device::cpu()); }), f4 * double(n / 4), 0);
+    }
+    {
+        const int64_t M = 8192, K = 768, N = 3072;
+        Tensor a = randn({M, K}, 1), w = randn({K, N}, 2);
+        const double fl = 2.0 * double(M) * double(K) * double(N);
+        report("matmul f32 8192x768 @ 768x3072 (exact f32)", time_ms([&] { (void)matmul(a, w); }),
+               0, fl);
+        cuda::set_allow_tf32(true);
+        report("matmul f32 8192x768 @ 768x3072 (TF32)", time_ms([&] { (void)matmul(a, w); }), 0,
+               fl);
+        Tensor a2 = randn({8192, 8192}, 3), b2 = randn({8192, 8192}, 4);
+        report("ceiling: cuBLAS TF32 8192^3", time_ms([&] { (void)matmul(a2, b2); }), 0,
+               2.0 * 8192.0 * 8192.0 * 8192.0);
+        cuda::set_allow_tf32(false);
+    }
+    {
+        const int64_t R = 16384, C = 768;
+        Tensor x = randn({R, C}, 1), w = randn({C}, 2), b = randn({C}, 3);
+        const double rc = double(R) * double(C) * f4;
+        report("layer_norm fwd 16384x768", time_ms([&] { (void)layer_norm(x, w, b); }), 2 * rc, 0);
+        report("rms_norm fwd 16384x768", time_ms([&] { (void)rms_norm(x, w); }), 2 * rc, 0);
+        Tensor h = randn({R, 3072}, 4);
+        report("gelu fwd 16384x3072", time_ms([&] { (void)gelu(h); }), 2.0 * 4 * rc, 0);
+        report("add 16384x768 + 16384x768", time_ms([&] { (void)add(x, x); }), 3 * rc, 0);
+        report("add 16384x768 + (768) broadcast", time_ms([&] { (void)add(x, b); }), 2 * rc, 0);
+        report("sum over rows 16384x768 -> 768", time_ms([&] { (void)sum(x, {0}); }), rc, 0);
+        Tensor s = randn({R, 1024}, 5);
+        report("softmax 16384x1024", time_ms([&] { (void)softmax(s); }),
+               2.0 * double(R) * 1024 * f4, 0);
+    }
+    {
+        const int64_t N = 8192, V = 50257;
+        Tensor lg = randn({N, V}, 1);
+        Tensor tg = Tensor::rand({N}, 2, DType::f64, 0, double(V)).to(DType::i64).to(kCuda);
+        const double nv = double(N) * double(V) * f4;
+        report("cross_entropy fwd 8192x50257", time_ms([&] { (void)cross_entropy(lg, tg); }), nv,
+               0);
+        {
+            Tensor leaf = lg.detach();
+            leaf.set_requires_grad(true);
+            set_grad_enabled(true);
+            report("cross_entropy fwd+bwd 8192x50257", time_ms([&] {
+                       Tensor l = cross_entropy(leaf, tg);
+                       l.backward();
+                       leaf.zero_grad();
+                   }),
+                   3 * nv, 0);
+            set_grad_enabled(false);
+        }
+    }
+    {
+        const int64_t B = 8, H = 12, T = 1024, D = 64;
+        Tensor q = randn({B, H, T, D}, 1), k = randn({B, H, T, D}, 2), v = randn({B, H, T, D}, 3);
+        const double fl = 4.0 * double(B * H) * double(T) * double(T) * double(D) / 2; // causal
+        report("attention fwd causal B8 H12 T1024 D64 (f32 cores)",
+               time_ms([&] { (void)attention(q, k, v); }), 0, fl);
+        Tensor ql = q.detach(), kl = k.detach(), vl = v.detach();
+        ql.set_requires_grad(true);
+        kl.set_requires_grad(true);
+        vl.set_requires_grad(true);
+        set_grad_enabled(true);
+        report("attention fwd+bwd causal B8 H12 T1024 D64", time_ms([&] {
+                   Tensor o = attention(ql, kl, vl);
+                   o.backward(o.detach());
+                   ql.zero_grad();
+                   kl.zero_grad();
+                   vl.zero_grad();
+               }),
+               0, 3.5 * fl);
+        set_grad_enabled(false);
+    }
+    {
+        // AdamW over 124M f32 parameters in 12 tensors: reads w, g, m, v; writes w, m, v.
+        std::vector<ParamRef> ps;
+        for (int i = 0; i < 12; ++i) {
+            Tensor p = randn({10340000}, uint64_t(10 + i));
+            p.set_requires_grad(true);
+            p.set_grad(randn(p.shape(), uint64_t(100 + i)));
+            ps.push_back({"p" + std::to_string(i), p, true});
+        }
+        AdamW opt(ps, {.weight_decay = 0.1});
+        report("adamw fused, 124M f32 params", time_ms([&] { opt.step(1e-4); }),
+               7.0 * f4 * 12 * 10340000.0, 0);
+    }
+}
+
+// One GPT-2 124M training step in f32 (forward, backward, AdamW) at batch B x T.
+void train(int64_t B, int64_t T, bool tf32) {
+    cuda::set_allow_tf32(tf32);
+    ModelConfig cfg = ModelConfig::preset("gpt2");
+    Transformer model(cfg, 1);
+    for (auto& [name, t] : model.named_parameters()) { // move in place (no Module::to yet)
+        if (t.device() == kCuda) continue;
+        Tensor c = t.detach().to(kCuda);
+        t.impl()->storage = c.storage();
+    }
+    AdamW opt(collect_parameters(model), {.weight_decay = 0.1});
+    Tensor r = Tensor::rand({B, T + 1}, 5, DType::f64, 0, double(cfg.vocab_size)).to(DType::i64);
+    Tensor ids = r.narrow(1, 0, T).contiguous().to(kCuda);
+    Tensor tg = r.narrow(1, 1, T).contiguous().to(kCuda);
+    auto step = [&] { // no .item() inside: it would wait for the GPU
+        opt.zero_grad();
+        Tensor l = model.loss(ids, tg);
+        l.backward();
+        opt.step(1e-4);
+    };
+    step();
+    cuda::synchronize();
+    cuda::reset_peak_memory();
+    const double ms = time_ms(step, 3000);
+    const double tokens = double(B * T);
+    // 6 N per token for the matmuls + attention's 12 L T C (PaLM's MFU count).
+    const double n_params = 124e6, flops = tokens * (6 * n_params + 12.0 * 12 * 768 * double(T));
+    const cuda::MemoryStats st = cuda::memory_stats();
+    std::printf("gpt2-124M train step f32%s B%lld T%lld: %.1f ms, %.0f tokens/s, %.1f TFLOP/s, "
+                "peak %.2f GiB\n",
+                tf32 ? " (TF32 matmuls)" : " (exact f32)", (long long)B, (long long)T, ms,
+                tokens / ms * 1e3, flops / ms / 1e9, double(st.peak) / double(1 << 30));
+    std::fflush(stdout);
+    cuda::set_allow_tf32(false);
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    if (!cuda::is_available()) {
+        std::printf("no CUDA device\n");
+        return 1;
+    }
+    for (int i = 1; i < argc; ++i) {
+        const std::string what = argv[i];
+        if (what == "kernels") kernels();
+        else if (what == "train" && i + 3 < argc) { // train B T exact|tf32
+            train(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]),
+                  std::string(argv[i + 3]) == "tf32");
+            i += 3;
+        }
+    }
+    return 0;
+}

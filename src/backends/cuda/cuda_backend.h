@@ -1,0 +1,102 @@
+// The CUDA backend: the Backend table on NVIDIA GPUs (Hopper, sm_90a). One context per device
+// (a stream, cuBLAS handles); every kernel and copy runs on that one stream, so the caching
+// allocator can hand a freed block to the next tensor without waiting. Host-only header: no
+// CUDA types, so plain C++ files (registry, optimizer) can include it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "backends/backend.h"
+
+namespace forge::cuda {
+
+class CudaBackend : public Backend {
+  public:
+    const char* name() const override { return "cuda"; }
+    std::shared_ptr<Storage> allocate(size_t nbytes, Device device) override;
+    /// Also copies between the host and the device when one side is on the CPU (both
+    /// contiguous, one dtype): the transfer behind Tensor::to(Device).
+    void copy(const Tensor& src, const Tensor& dst) override;
+    void fill(const Tensor& dst, double value) override;
+    void random(const Tensor& dst, RandomKind kind, uint64_t seed, double a, double b) override;
+
+    void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
+    void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+    void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;
+    void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims,
+                const Tensor& out) override;
+    void matmul(const Tensor& a, const Tensor& b, const Tensor& out) override;
+    void softmax(const Tensor& x, const Tensor& out, bool log) override;
+    void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                    const Tensor& out, const Tensor& mean, const Tensor& rstd) override;
+    void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                             const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+                             const Tensor& dw, const Tensor& db) override;
+    void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& out,
+                  const Tensor& rstd) override;
+    void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                           const Tensor& rstd, const Tensor& dx, const Tensor& dw) override;
+    void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                       const Tensor& losses, const Tensor& lse) override;
+    void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                                int64_t ignore_index, const Tensor& dloss, double inv_count,
+                                const Tensor& dlogits) override;
+    void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) override;
+    void embedding_backward(const Tensor& dout, const Tensor& ids,
+                            const Tensor& dweight) override;
+    void rope(const Tensor& x, const RopeOptions& opts, const Tensor& out) override;
+    void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,
+                   const Tensor& out, const Tensor& lse) override;
+    void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                            const Tensor& lse, const Tensor& dout, float scale, bool causal,
+                            const Tensor& dq, const Tensor& dk, const Tensor& dv) override;
+};
+
+/// The process-wide CUDA backend (registry.cpp hands it out for cuda devices).
+CudaBackend& backend();
+
+/// Per-device state, created on first use. The stream is an opaque cudaStream_t.
+struct Context {
+    int device = 0;
+    void* stream = nullptr;       // cudaStream_t
+    void* cublas = nullptr;       // cublasHandle_t
+    void* workspace = nullptr;    // cuBLAS workspace on this device
+    size_t workspace_bytes = 0;
+};
+/// Makes `device` current on this thread and returns its context.
+Context& context(int device);
+inline Context& context(const Tensor& t) { return context(t.device().index); }
+
+/// src or dst on the host, the other on a CUDA device; both contiguous, one dtype. Large copies
+/// go through pinned buffers; host -> device returns before the data has landed (stream order).
+void copy_host_device(const Tensor& src, const Tensor& dst);
+
+/// Throws DeviceError naming the failing statement, file:line and CUDA's message.
+[[noreturn]] void throw_cuda_error(int code, const char* what, const char* file, int line);
+/// After a kernel launch: turns a launch error into a DeviceError naming the op.
+void check_launch(const char* op);
+
+/// Fused AdamW over many f32 tensors of one device in one launch per chunk of tensors:
+/// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w = w * decay_i - step_size * m / (sqrt(v) /
+/// bc2_sqrt + eps). decay is per tensor (1 when not decayed). All tensors contiguous f32.
+struct AdamWTensor {
+    float* w;
+    const float* g;
+    float* m;
+    float* v;
+    int64_t n;
+    float decay;
+};
+void adamw_multi_tensor(int device, const std::vector<AdamWTensor>& ts, float b1, float b2,
+                        float a1, float a2, float step_size, float bc2_sqrt, float eps);
+
+} // namespace forge::cuda
+
+/// Wraps a CUDA runtime call: throws forge::DeviceError with the statement and file:line.
+#define FORGE_CUDA_CHECK(call)                                                                     \
+    do {                                                                                           \
+        const int forge_cuda_rc_ = int(call);                                                      \
+        if (forge_cuda_rc_ != 0)                                                                   \
+            ::forge::cuda::throw_cuda_error(forge_cuda_rc_, #call, __FILE__, __LINE__);            \
+    } while (0)

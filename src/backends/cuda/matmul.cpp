@@ -1,0 +1,61 @@
+// Matmul through cuBLAS: one strided-batched GEMM per call. The op layer hands each matrix
+// row-major (column stride 1) or column-major (row stride 1), with any batch stride (0 when
+// broadcast), so the transposes come from the strides and nothing is copied.
+// cuBLAS is column-major; a row-major (M, N) output is the column-major (N, M) matrix
+// C^T = B^T A^T, so the call computes that with B as the first operand.
+// f32 runs in full f32 (CUBLAS_COMPUTE_32F) unless forge::cuda::set_allow_tf32(true).
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "backends/cuda/cuda_backend.h"
+
+namespace forge::cuda {
+
+namespace {
+
+// A stored matrix as cuBLAS sees it, for the product C^T = X^T-ish: `x` of shape (rows, cols)
+// with strides (rs, cs). Returns the op that turns the column-major view of its memory into
+// the transpose of x (the factor C^T needs), and the leading dimension.
+struct Operand {
+    cublasOperation_t op;
+    int64_t ld;
+};
+Operand transpose_operand(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+    if (cs == 1) // row-major: its column-major view is x^T already
+        return {CUBLAS_OP_N, std::max<int64_t>(rs, std::max<int64_t>(cols, 1))};
+    // column-major (rs == 1): the view is x itself, so transpose it
+    return {CUBLAS_OP_T, std::max<int64_t>(cs, std::max<int64_t>(rows, 1))};
+}
+
+} // namespace
+
+// a: (Bt, M, K), b: (Bt, K, N), out: (Bt, M, N) contiguous.
+void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
+    const int64_t Bt = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);
+    if (out.numel() == 0) return;
+    FORGE_CHECK(M < INT32_MAX && N < INT32_MAX && K < INT32_MAX && Bt < INT32_MAX,
+                "[matmul] a dimension of ", shape_str(a.shape()), " x ", shape_str(b.shape()),
+                " exceeds cuBLAS's 32-bit sizes");
+    Context& c = context(out);
+    auto h = cublasHandle_t(c.cublas);
+    const Operand ob = transpose_operand(K, N, b.strides()[1], b.strides()[2]); // gives B^T
+    const Operand oa = transpose_operand(M, K, a.strides()[1], a.strides()[2]); // gives A^T
+    const long long sb = b.strides()[0], sa = a.strides()[0], so = M * N;
+    if (out.dtype() == DType::f32) {
+        const float one = 1.0f, zero = 0.0f;
+        const cublasComputeType_t ct =
+            allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        FORGE_CUDA_CHECK(cublasGemmStridedBatchedEx(
+            h, ob.op, oa.op, int(N), int(M), int(K), &one, b.data_ptr(), CUDA_R_32F, int(ob.ld),
+            sb, a.data_ptr(), CUDA_R_32F, int(oa.ld), sa, &zero, out.data_ptr(), CUDA_R_32F,
+            int(N), so, int(Bt), ct, CUBLAS_GEMM_DEFAULT));
+    } else {
+        FORGE_ASSERT(out.dtype() == DType::f64);
+        const double one = 1.0, zero = 0.0;
+        FORGE_CUDA_CHECK(cublasDgemmStridedBatched(
+            h, ob.op, oa.op, int(N), int(M), int(K), &one, b.data<double>(), int(ob.ld), sb,
+            a.data<double>(), int(oa.ld), sa, &zero, out.data<double>(), int(N), so, int(Bt)));
+    }
+}
+
+} // namespace forge::cuda

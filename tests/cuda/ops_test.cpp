@@ -1,0 +1,380 @@
+// Every CUDA kernel against the CPU reference kernel on seeded random inputs: f32 within 1e-5
+// (matmul with TF32 off), f64 to rounding, bf16 within 1e-2; plus gradients through autograd
+// on CUDA tensors compared with the same graph on the CPU.
+#include <limits>
+
+#include "cuda/cuda_test_util.h"
+#include <forge/core/ops_backward.h>
+#include <forge/train/optimizer.h>
+
+namespace forge::test {
+namespace {
+
+// ---------------------------------------------------------------- copies, fill, random
+
+TEST(CudaCopy, HostDeviceRoundTripSmallAndChunked) {
+    // 1 KiB (pageable path) and 40 MiB (pinned, five 8 MiB chunks, a partial last one).
+    for (int64_t n : {int64_t(256), int64_t(10 << 20) + 123}) {
+        Tensor h = Tensor::randn({n}, 3, DType::f32);
+        Tensor d = h.to(kCuda);
+        EXPECT_EQ(d.device(), kCuda);
+        Tensor back = d.to(Device::cpu());
+        EXPECT_EQ(back.device(), Device::cpu());
+        EXPECT_EQ(max_rel_diff(back, h), 0.0) << n;
+    }
+}
+
+TEST(CudaCopy, StridedAndCastingCopies) {
+    expect_cuda_matches_cpu(
+        "transpose/narrow/expand copies",
+        [](Device d) {
+            Tensor x = randn_on({6, 5, 7}, 1, d);
+            Tensor row = randn_on({7}, 2, d);
+            return std::vector<Tensor>{x.transpose(0, 2).contiguous(),
+                                       x.narrow(1, 1, 3).permute({2, 0, 1}).contiguous(),
+                                       row.expand({4, 7}).contiguous(), x.select(2, 3).clone()};
+        },
+        0.0);
+    for (DType from : {DType::f32, DType::f64, DType::f16, DType::bf16, DType::i32, DType::i64,
+                       DType::u8})
+        for (DType to : {DType::f32, DType::f64, DType::f16, DType::bf16, DType::i32,
+                         DType::i64, DType::u8})
+            expect_cuda_matches_cpu(
+                std::string("cast ") + std::string(dtype_name(from)) + " -> " +
+                    std::string(dtype_name(to)),
+                [&](Device d) {
+                    // values in [0, 100) so every cast is defined (u8 included)
+                    Tensor x = Tensor::rand({3, 37}, 5, DType::f64, 0.0, 100.0).to(from).to(d);
+                    return std::vector<Tensor>{x.to(to), x.t().to(to)};
+                },
+                0.0);
+}
+
+TEST(CudaCopy, FillEveryDtype) {
+    for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16, DType::i32, DType::i64,
+                     DType::u8})
+        expect_cuda_matches_cpu(
+            "fill", [&](Device d) { return std::vector<Tensor>{Tensor::full({5, 3}, 3.3, dt, d)}; },
+            0.0);
+}
+
+TEST(CudaRandom, SameSeedSameValuesAsCpu) {
+    for (DType dt : {DType::f32, DType::f64})
+        expect_cuda_matches_cpu(
+            "randn/rand/dropout",
+            [&](Device d) {
+                Tensor x = Tensor::ones({1000, 33}, dt, d);
+                return std::vector<Tensor>{Tensor::randn({1000, 33}, 42, dt, 0.5, 2.0, d),
+                                           Tensor::rand({77, 5}, 7, dt, -1.0, 3.0, d),
+                                           dropout(x, 0.25, 99)};
+            },
+            dt == DType::f32 ? 1e-6 : 1e-13);
+}
+
+// ---------------------------------------------------------------- element-wise, reductions
+
+TEST(CudaElementwise, UnaryOps) {
+    for (DType dt : {DType::f32, DType::f64, DType::bf16})
+        expect_cuda_matches_cpu(
+            "unary",
+            [&](Device d) {
+                Tensor x = randn_on({9, 31}, 11, d, dt);
+                Tensor p = add_scalar(abs(x), 0.1); // positive, for log/sqrt/pow
+                Tensor xt = x.t();                   // strided input
+                return std::vector<Tensor>{
+                    neg(xt),           exp(x),           log(p),
+                    sqrt(p),           rsqrt(p),         tanh(xt),
+                    sigmoid(x),        relu(xt),         abs(x),
+                    gelu(xt),          gelu(x, GeluApprox::erf),
+                    silu(x),           gelu_grad(x),     gelu_grad(xt, GeluApprox::erf),
+                    silu_grad(x),      add_scalar(x, 2.5), mul_scalar(xt, -3.0),
+                    pow_scalar(p, 1.7), rsub_scalar(x, 4.0)};
+            },
+            tol_of(dt));
+}
+
+TEST(CudaElementwise, BinaryBroadcastCompareWhere) {
+    for (DType dt : {DType::f32, DType::f64, DType::i64, DType::i32})
+        expect_cuda_matches_cpu(
+            "binary",
+            [&](Device d) {
+                Tensor a = Tensor::rand({4, 1, 6}, 1, DType::f64, -5, 5).to(dt).to(d);
+                Tensor b = Tensor::rand({3, 1}, 2, DType::f64, 1, 5).to(dt).to(d);
+                Tensor c = Tensor::rand({6, 4}, 3, DType::f64, -5, 5).to(dt).to(d).t();
+                return std::vector<Tensor>{add(a, b), sub(a, b),    mul(a, c), div(a, b),
+                                           maximum(a, b), eq(a, a), gt(a, b), lt(c, a),
+                                           where(gt(a, b), a, b)};
+            },
+            tol_of(dt == DType::f32 ? DType::f32 : DType::f64));
+    expect_cuda_matches_cpu(
+        "masked_fill",
+        [](Device d) {
+            Tensor x = randn_on({5, 8}, 4, d);
+            return std::vector<Tensor>{masked_fill(x, gt(x, Tensor::scalar(0.3, DType::f32, d)),
+                                                   -std::numeric_limits<double>::infinity())};
+        },
+        0.0);
+}
+
+// The CPU reference sums f32 in f32, in order (error ~1e-5 over 300 terms); the CUDA kernel
+// accumulates in double. The oracle for f32 is therefore the reference kernel run in f64 on the
+// same values, rounded to f32 at the end.
+TEST(CudaReduce, SumMeanMaxOverDims) {
+    for (DType dt : {DType::f32, DType::f64, DType::i64})
+        expect_cuda_matches_cpu(
+            "reduce",
+            [&](Device d) {
+                Tensor x = Tensor::rand({7, 300, 5}, 6, DType::f64, -3, 3).to(dt);
+                if (d.type == DeviceType::cpu && dt == DType::f32) {
+                    std::vector<Tensor> r;
+                    Tensor x64 = x.to(DType::f64);
+                    for (Tensor t : {sum(x64), sum(x64, {0}), sum(x64, {1}), sum(x64, {2}, true),
+                                     sum(x64, {0, 2}), max(x64), max(x64, {1}), max(x64, {0, 2}),
+                                     mean(x64, {-1}), sum(x64.transpose(0, 1), {1})})
+                        r.push_back(t.to(DType::f32));
+                    return r;
+                }
+                x = x.to(d);
+                std::vector<Tensor> r = {sum(x), sum(x, {0}), sum(x, {1}), sum(x, {2}, true),
+                                         sum(x, {0, 2}), max(x), max(x, {1}), max(x, {0, 2})};
+                if (is_floating(dt)) {
+                    r.push_back(mean(x, {-1}));
+                    r.push_back(sum(x.transpose(0, 1), {1}));
+                }
+                return r;
+            },
+            tol_of(dt == DType::i64 ? DType::f64 : dt));
+    // Bias-gradient shape: many rows, few columns (the chunked two-pass path).
+    expect_cuda_matches_cpu(
+        "sum over rows",
+        [](Device d) {
+            Tensor x = randn_on({8192, 96}, 9, d);
+            if (d.type == DeviceType::cpu) // f64 oracle, as above
+                return std::vector<Tensor>{sum(x.to(DType::f64), {0}).to(DType::f32)};
+            return std::vector<Tensor>{sum(x, {0})};
+        },
+        1e-6);
+}
+
+// ---------------------------------------------------------------- matmul
+
+TEST(CudaMatmul, LayoutsBatchesBroadcast) {
+    for (DType dt : {DType::f32, DType::f64, DType::bf16})
+        expect_cuda_matches_cpu(
+            "matmul",
+            [&](Device d) {
+                Tensor a = randn_on({3, 37, 64}, 1, d, dt), b = randn_on({3, 64, 29}, 2, d, dt);
+                Tensor w = randn_on({64, 29}, 3, d, dt);
+                Tensor bt = randn_on({3, 29, 64}, 4, d, dt).transpose(-2, -1); // column-major
+                Tensor at = randn_on({64, 37}, 5, d, dt).t();
+                Tensor v = randn_on({64}, 6, d, dt);
+                Tensor a4 = randn_on({2, 1, 5, 64}, 7, d, dt), b4 = randn_on({4, 64, 3}, 8, d, dt);
+                return std::vector<Tensor>{matmul(a, b),   matmul(a, w),  matmul(a, bt),
+                                           matmul(at, w),  matmul(a, v),  matmul(v, w),
+                                           matmul(a4, b4), matmul(at, bt.select(0, 1))};
+            },
+            tol_of(dt));
+}
+
+TEST(CudaMatmul, Tf32IsOptInAndClose) {
+    Tensor a = randn_on({256, 512}, 1, Device::cpu()), b = randn_on({512, 128}, 2, Device::cpu());
+    Tensor ref;
+    {
+        cpu::ReferenceKernelsScope scope(true);
+        ref = matmul(a, b);
+    }
+    EXPECT_FALSE(cuda::allow_tf32());
+    const double exact = norm_rel_diff(matmul(a.to(kCuda), b.to(kCuda)), ref);
+    cuda::set_allow_tf32(true);
+    const double tf32 = norm_rel_diff(matmul(a.to(kCuda), b.to(kCuda)), ref);
+    cuda::set_allow_tf32(false);
+    EXPECT_LE(exact, 1e-6);
+    EXPECT_LE(tf32, 1e-3);
+    EXPECT_GT(tf32, exact); // TF32 really ran (it drops 13 mantissa bits)
+}
+
+// ---------------------------------------------------------------- nn kernels
+
+TEST(CudaNN, SoftmaxNormsCrossEntropy) {
+    for (DType dt : {DType::f32, DType::f64, DType::bf16})
+        expect_cuda_matches_cpu(
+            "softmax/norms/ce",
+            [&](Device d) {
+                Tensor x = randn_on({12, 1000}, 1, d, dt, 3.0);
+                Tensor w = randn_on({1000}, 2, d, dt), b = randn_on({1000}, 3, d, dt);
+                std::vector<int64_t> t(12);
+                for (int i = 0; i < 12; ++i)
+                    t[size_t(i)] = i % 4 == 3 ? -100 : (i * 97) % 1000;
+                Tensor tg = Tensor::from_vector(t, {12}).to(d);
+                return std::vector<Tensor>{softmax(x),
+                                           log_softmax(x),
+                                           softmax(x, 0),
+                                           layer_norm(x, w, b),
+                                           layer_norm(x, w, Tensor()),
+                                           rms_norm(x, w),
+                                           cross_entropy(x, tg)};
+            },
+            tol_of(dt));
+}
+
+TEST(CudaNN, EmbeddingRope) {
+    for (DType dt : {DType::f32, DType::bf16})
+        expect_cuda_matches_cpu(
+            "embedding/rope",
+            [&](Device d) {
+                Tensor w = randn_on({50, 24}, 1, d, dt);
+                Tensor ids = Tensor::from_vector(std::vector<int64_t>{3, 7, 3, 49, 0, 3}, {2, 3})
+                                 .to(d);
+                Tensor x = randn_on({2, 3, 11, 16}, 2, d, dt);
+                RopeOptions inter{.theta = 500.0f, .pos_offset = 5,
+                                  .layout = RopeLayout::interleaved};
+                RopeOptions part{.rotary_dim = 8, .inverse = true};
+                return std::vector<Tensor>{embedding(w, ids), embedding(w, ids.to(DType::i32)),
+                                           rope(x), rope(x, inter), rope(x, part)};
+            },
+            tol_of(dt));
+}
+
+// Gradients of the fused ops, through autograd on each device.
+TEST(CudaNN, FusedBackwards) {
+    expect_cuda_matches_cpu(
+        "norm/ce/embedding/rope backward",
+        [](Device d) {
+            Tensor x = leaf_on({16, 200}, 1, d), w = leaf_on({200}, 2, d), b = leaf_on({200}, 3, d);
+            Tensor e = leaf_on({30, 200}, 4, d);
+            std::vector<int64_t> t(16), idv(16);
+            for (int i = 0; i < 16; ++i) {
+                t[size_t(i)] = i == 5 ? -100 : (i * 31) % 200;
+                idv[size_t(i)] = (i * 7) % 30;
+            }
+            Tensor tg = Tensor::from_vector(t, {16}).to(d);
+            Tensor ids = Tensor::from_vector(idv, {16}).to(d);
+            Tensor h = add(x, embedding(e, ids));
+            Tensor y = rms_norm(layer_norm(h, w, b), w);
+            Tensor r = rope(y.reshape({2, 2, 4, 200})).reshape({16, 200});
+            Tensor loss = add(cross_entropy(r, tg), mean(mul(log_softmax(y), y)));
+            loss.backward();
+            return std::vector<Tensor>{loss, x.grad(), w.grad(), b.grad(), e.grad()};
+        },
+        1e-5);
+}
+
+// ---------------------------------------------------------------- attention
+
+struct AttnCase {
+    int64_t B, Hq, Hkv, Tq, Tk, D;
+    bool causal;
+};
+
+TEST(CudaAttention, ForwardBackwardMatchReference) {
+    const AttnCase cases[] = {
+        {2, 4, 4, 37, 37, 64, true},   {1, 8, 2, 70, 70, 128, true}, // GQA 4:1
+        {2, 2, 1, 33, 33, 64, false},  {1, 4, 2, 5, 40, 64, true},   // decode-like Tq < Tk
+        {1, 2, 2, 17, 17, 16, true},   {1, 2, 1, 9, 23, 200, false}, // small and wide heads
+    };
+    for (const AttnCase& c : cases) {
+        const std::string what = "attention B" + std::to_string(c.B) + " Hq" +
+                                 std::to_string(c.Hq) + " Hkv" + std::to_string(c.Hkv) + " Tq" +
+                                 std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " D" +
+                                 std::to_string(c.D) + (c.causal ? " causal" : "");
+        expect_cuda_matches_cpu(
+            what,
+            [&](Device d) {
+                Tensor q = leaf_on({c.B, c.Hq, c.Tq, c.D}, 1, d);
+                Tensor k = leaf_on({c.B, c.Hkv, c.Tk, c.D}, 2, d);
+                Tensor v = leaf_on({c.B, c.Hkv, c.Tk, c.D}, 3, d);
+                Tensor o = attention(q, k, v, {.causal = c.causal});
+                Tensor g = randn_on(o.shape(), 4, d);
+                sum(mul(o, g)).backward();
+                return std::vector<Tensor>{o, q.grad(), k.grad(), v.grad()};
+            },
+            1e-5);
+    }
+    // bf16 inputs (widened to f32 by the op).
+    expect_cuda_matches_cpu(
+        "attention bf16",
+        [](Device d) {
+            Tensor q = randn_on({1, 4, 50, 64}, 1, d, DType::bf16);
+            Tensor k = randn_on({1, 2, 50, 64}, 2, d, DType::bf16);
+            Tensor v = randn_on({1, 2, 50, 64}, 3, d, DType::bf16);
+            return std::vector<Tensor>{attention(q, k, v)};
+        },
+        1e-2);
+}
+
+// ---------------------------------------------------------------- autograd, memory, optimizer
+
+TEST(CudaAutograd, MlpGradientsMatchCpu) {
+    expect_cuda_matches_cpu(
+        "mlp",
+        [](Device d) {
+            Tensor x = leaf_on({8, 32}, 1, d), w1 = leaf_on({32, 64}, 2, d, DType::f32, 0.2);
+            Tensor b1 = leaf_on({64}, 3, d), w2 = leaf_on({64, 10}, 4, d, DType::f32, 0.2);
+            Tensor h = gelu(add(matmul(x, w1), b1));
+            Tensor y = matmul(silu(h), w2);
+            Tensor loss = mean(mul(y, y));
+            loss.backward();
+            return std::vector<Tensor>{loss, x.grad(), w1.grad(), b1.grad(), w2.grad()};
+        },
+        1e-5);
+    // The gradient crosses devices through to().
+    Tensor a = leaf_on({4, 4}, 5, Device::cpu());
+    sum(mul_scalar(a.to(kCuda), 3.0)).backward();
+    ASSERT_TRUE(a.grad().defined());
+    EXPECT_EQ(a.grad().device(), Device::cpu());
+    EXPECT_EQ(max_rel_diff(a.grad(), Tensor::full({4, 4}, 3.0)), 0.0);
+}
+
+TEST(CudaMemory, CachingStatsAndOutOfMemoryMessage) {
+    cuda::synchronize();
+    const cuda::MemoryStats s0 = cuda::memory_stats();
+    {
+        Tensor t = Tensor::empty({1 << 20}, DType::f32, kCuda); // 4 MiB
+        const cuda::MemoryStats s1 = cuda::memory_stats();
+        EXPECT_GE(s1.allocated, s0.allocated + (size_t(4) << 20));
+        EXPECT_GE(s1.reserved, s1.allocated);
+        EXPECT_GE(s1.peak, s1.allocated);
+    }
+    const cuda::MemoryStats s2 = cuda::memory_stats();
+    EXPECT_EQ(s2.allocated, s0.allocated);
+    EXPECT_GE(s2.reserved, s0.reserved + (size_t(4) << 20)); // cached, not freed
+    {
+        Tensor t = Tensor::empty({1 << 20}, DType::f32, kCuda); // reuses the cached block
+        EXPECT_EQ(cuda::memory_stats().reserved, s2.reserved);
+    }
+    cuda::empty_cache();
+    EXPECT_LT(cuda::memory_stats().reserved, s2.reserved);
+    try {
+        Tensor huge = Tensor::empty({int64_t(1) << 48}, DType::f32, kCuda); // 1 PiB
+        FAIL() << "a 1 PiB allocation succeeded";
+    } catch (const DeviceError& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("out of memory"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("asked for 1125899906842624 bytes"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("held by tensors"), std::string::npos) << msg;
+    }
+}
+
+TEST(CudaOptimizer, FusedAdamWMatchesCpu) {
+    auto run = [](Device d) {
+        std::vector<ParamRef> ps;
+        std::vector<Tensor> ts;
+        for (int i = 0; i < 5; ++i) {
+            Tensor p = randn_on({int64_t(100 + 5000 * i)}, uint64_t(i + 1), d).detach();
+            p.set_requires_grad(true);
+            ts.push_back(p);
+            ps.push_back({"p" + std::to_string(i), p, i % 2 == 0});
+        }
+        AdamW opt(ps, {.weight_decay = 0.1});
+        for (int step = 0; step < 3; ++step) {
+            for (size_t i = 0; i < ts.size(); ++i)
+                ts[i].set_grad(randn_on(ts[i].shape(), uint64_t(100 + 10 * step + i), d));
+            opt.step(1e-2);
+        }
+        return ts;
+    };
+    expect_cuda_matches_cpu("adamw", run, 1e-6);
+}
+
+} // namespace
+} // namespace forge::test
