@@ -88,6 +88,8 @@ Engine::Engine(std::shared_ptr<CausalLM> lm, std::optional<Tokenizer> tokenizer,
     FORGE_CHECK(opts_.slots >= 1 && opts_.slots <= 4096, "[engine] slots must be in [1, 4096], got ",
                 opts_.slots);
     FORGE_CHECK(opts_.max_queue >= 0, "[engine] max_queue must be >= 0, got ", opts_.max_queue);
+    FORGE_CHECK(opts_.prefill_tokens_per_tick >= 1, "[engine] prefill_tokens_per_tick must be >= 1, got ",
+                opts_.prefill_tokens_per_tick);
     if (auto& m = opts_.metrics) {
         m->gauge("forge_engine_slots", "Generation slots");
         m->gauge("forge_engine_slots_busy", "Slots running a generation now");
@@ -229,7 +231,11 @@ void Engine::admit(std::vector<std::unique_ptr<Job>>& live) {
     std::vector<std::unique_ptr<Job>> fresh;
     {
         std::lock_guard lk(mu_);
+        int64_t budget = opts_.prefill_tokens_per_tick;
         while (live.size() + fresh.size() < size_t(opts_.slots) && !queue_.empty()) {
+            const int64_t n = int64_t(queue_.front()->session.prompt().size());
+            if (!fresh.empty() && n > budget) break;
+            budget -= n;
             fresh.push_back(std::move(queue_.front()));
             queue_.pop_front();
         }

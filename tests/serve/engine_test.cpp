@@ -41,14 +41,15 @@ template <class F> void eventually(F cond) {
     while (!cond()) std::this_thread::sleep_for(1ms);
 }
 
-TEST(Engine, GreedyOutputsEqualGeneratorWithQueueing) {
+// Seven jobs for three slots: some wait, and jobs join and leave the batch mid-way.
+void check_queueing(int64_t prefill_budget) {
     auto model = testing::serve_model();
     Tokenizer tok = testing::byte_tokenizer();
     Generator gen(*model, tok);
     auto metrics = std::make_shared<Metrics>();
     Engine engine(std::make_shared<TransformerLM>(*model), tok,
-                  {.slots = 3, .max_queue = 16, .metrics = metrics});
-    // Seven jobs for three slots: some wait, and jobs join and leave the batch mid-way.
+                  {.slots = 3, .max_queue = 16, .prefill_tokens_per_tick = prefill_budget,
+                   .metrics = metrics});
     std::vector<std::shared_ptr<EngineStream>> streams;
     for (size_t i = 0; i < 7; ++i)
         streams.push_back(engine.submit({{prompt_of(i), greedy(int64_t(4 + 3 * i))}}));
@@ -70,6 +71,10 @@ TEST(Engine, GreedyOutputsEqualGeneratorWithQueueing) {
     // Fewer steps than tokens: decode steps were shared.
     EXPECT_LT(engine.steps(), uint64_t(total));
 }
+
+TEST(Engine, GreedyOutputsEqualGeneratorWithQueueing) { check_queueing(1024); }
+// A budget of one token admits one newcomer per tick.
+TEST(Engine, GreedyOutputsEqualGeneratorOnePrefillPerTick) { check_queueing(1); }
 
 TEST(Engine, SeveralJobsInOneSubmitAndSeededSampling) {
     auto model = testing::serve_model();

@@ -27,6 +27,10 @@ struct EngineOptions {
     int slots = 4;
     /// Jobs waiting for a slot at most; a submit() beyond it gets HttpError 503.
     int max_queue = 64;
+    /// Prompt tokens prefilled per tick at most (at least one prompt is admitted whenever a
+    /// slot is free): long prompts arriving together are spread over ticks, so running streams
+    /// keep getting decode steps between them.
+    int64_t prefill_tokens_per_tick = 1024;
     /// Optional: engine gauges, token counters and the time-to-first-token histogram.
     std::shared_ptr<Metrics> metrics{};
 };
