@@ -3,7 +3,7 @@
 //     `gpt2` preset (random weights) through the slot engine, next to Generator's batch-1
 //     decode; time to first token p50/p99 of the 16 (queueing and prefill included);
 //  2. server overhead of a one-token completion on `tiny`: HTTP over loopback, and
-//     App::handle in-process, minus the model's own time (Generator, same prompt) at the p50.
+//     App::handle in-process, minus the same generation submitted to the engine directly.
 // Runs alternate and repeat (--reps, default 3); medians are printed, since the dev box is a
 // shared 2-core VM. Usage: serve_bench [--reps N] [--tokens N] [--requests N]
 #include <algorithm>
@@ -117,6 +117,12 @@ void bench_batching(int reps, int64_t tokens) {
                 N, quantile(ttft_all, 0.5) * 1e3, quantile(ttft_all, 0.99) * 1e3, ttft_all.size());
 }
 
+void run_engine_once(serve::Engine& engine, const std::vector<TokenId>& ids) {
+    auto s = engine.submit({{ids, greedy(1)}});
+    serve::EngineEvent ev;
+    while (!s->finished()) s->next(ev, std::chrono::milliseconds(100));
+}
+
 Tokenizer byte_tokenizer() {
     std::vector<std::string> tokens;
     for (int b = 0; b < 256; ++b) tokens.push_back(std::string(1, char(b)));
@@ -130,9 +136,10 @@ void bench_overhead(int reps, int requests) {
     auto model = std::make_shared<Transformer>(cfg, 1);
     model->eval();
     Tokenizer tok = byte_tokenizer();
-    Generator gen(*model, tok);
+    const std::vector<TokenId> ids = tok.encode("The quick brown fox");
     serve::App app;
-    app.model(std::make_shared<serve::ServedModel>("tiny", model, tok, serve::ServeOptions{}));
+    auto served = std::make_shared<serve::ServedModel>("tiny", model, tok, serve::ServeOptions{});
+    app.model(served);
     const int port = app.start("127.0.0.1", 0);
     httplib::Client cli("127.0.0.1", port);
     cli.set_keep_alive(true);
@@ -156,7 +163,8 @@ void bench_overhead(int reps, int requests) {
             auto r = app.handle(serve::Request::make("POST", "/v1/completions", body));
             handle.push_back(since(t0));
             t0 = Clock::now();
-            gen.generate("The quick brown fox", greedy(1));
+            // The same generation straight through the model's engine (no HTTP, JSON, routing).
+            run_engine_once(served->engine(), ids);
             direct.push_back(since(t0));
         }
         http_p50.push_back(median(http));
@@ -167,7 +175,7 @@ void bench_overhead(int reps, int requests) {
     const double h = median(http_p50), a = median(handle_p50), m = median(model_p50);
     std::printf("tiny one-token completion, p50 over %d requests (median of %d reps)\n", requests,
                 reps);
-    std::printf("  HTTP loopback %.3f ms, App::handle %.3f ms, model alone (Generator) %.3f ms\n",
+    std::printf("  HTTP loopback %.3f ms, App::handle %.3f ms, engine alone %.3f ms\n",
                 h * 1e3, a * 1e3, m * 1e3);
     std::printf("  server overhead p50: %.3f ms over HTTP, %.3f ms in-process\n", (h - m) * 1e3,
                 (a - m) * 1e3);
