@@ -25,6 +25,12 @@ Tensor ids_tensor(std::span<const TokenId> ids) {
     return Tensor::from_vector(v, {1, int64_t(v.size())});
 }
 
+// eval_batch's three spans hold one entry per sequence.
+void check_batch(size_t n_states, size_t n_ids, size_t n_logits) {
+    FORGE_CHECK(n_states == n_ids && n_logits == n_ids, "[generate] eval_batch: ", n_states,
+                " states, ", n_ids, " ids, ", n_logits, " logit rows");
+}
+
 struct TransformerState : CausalLM::State {
     KVCache cache;
     int64_t length() const override { return cache.length; }
@@ -36,9 +42,7 @@ struct TransformerState : CausalLM::State {
 
 void CausalLM::eval_batch(std::span<State* const> states, std::span<const TokenId> ids,
                           std::span<std::vector<float>* const> logits) {
-    FORGE_CHECK(states.size() == ids.size() && logits.size() == ids.size(),
-                "[generate] eval_batch: ", states.size(), " states, ", ids.size(), " ids, ",
-                logits.size(), " logit rows");
+    check_batch(states.size(), ids.size(), logits.size());
     for (size_t i = 0; i < ids.size(); ++i) eval(*states[i], ids.subspan(i, 1), *logits[i]);
 }
 
@@ -93,9 +97,7 @@ void TransformerLM::eval(State& state, std::span<const TokenId> ids, std::vector
 
 void TransformerLM::eval_batch(std::span<State* const> states, std::span<const TokenId> ids,
                                std::span<std::vector<float>* const> logits) {
-    FORGE_CHECK(states.size() == ids.size() && logits.size() == ids.size(),
-                "[generate] eval_batch: ", states.size(), " states, ", ids.size(), " ids, ",
-                logits.size(), " logit rows");
+    check_batch(states.size(), ids.size(), logits.size());
     if (ids.empty()) return;
     std::vector<KVCache*> caches;
     for (State* state : states) {

@@ -170,10 +170,8 @@ Response generate(const ModelRegistry& reg, Request& req, bool chat) {
 
     if (!r.stream) {
         std::vector<Choice> choices(stream->size());
-        for (size_t i = 0; i < choices.size(); ++i) {
-            choices[i].text = echo_text(r, *m, i);
-            if (r.top_logprobs >= 0) choices[i].logprobs = lpw.empty();
-        }
+        if (r.top_logprobs >= 0)
+            for (Choice& c : choices) c.logprobs = lpw.empty();
         const bool done = pump(*stream, [&] { return req.connected(); }, [&](EngineEvent& ev) {
             Choice& c = choices[ev.index];
             if (ev.step.token >= 0 && !ev.step.eos && !ev.logprobs.empty()) {

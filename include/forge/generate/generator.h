@@ -1,8 +1,9 @@
 // Text generation: the prompt goes through the model once (prefill, filling a KV cache), then
 // one token per step (decode) through the sampler chain, until max_tokens, EOS or a stop
 // string; text streams out UTF-8-safe, with any possible start of a stop string held back.
-// Batch 1 per Session; many Sessions may share one model, each with its own KV cache. Not yet:
-// batching across sessions, beam search, speculative decoding, constraints.
+// Batch 1 per Session; many Sessions may share one model, each with its own KV cache, and
+// Session::feed_batch runs their decode steps together (the serving engine's continuous
+// batching). Not yet: beam search, speculative decoding, constraints.
 #pragma once
 
 #include <cstdint>
