@@ -98,7 +98,7 @@ void run_serve(const ServeCliOptions& o) {
                                           : o.name;
     registry->add(serve::ServedModel::from_loaded(
         id.empty() ? "model" : id, loaded,
-        {.slots = o.slots, .max_queue = o.queue, .ctx = o.ctx, .metrics = metrics}));
+        {.engine = {.slots = o.slots, .max_queue = o.queue, .metrics = metrics}, .ctx = o.ctx}));
     std::printf("forge serve: model '%s' ready (%d slots, %s API key%s)\n",
                 registry->list()[0]->id().c_str(), o.slots,
                 keys.empty() ? "no" : std::to_string(keys.size()).c_str(),

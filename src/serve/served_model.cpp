@@ -35,9 +35,7 @@ ServedModel::ServedModel(std::string id, std::shared_ptr<Transformer> model, Tok
     if (!lm) lm = std::make_shared<TransformerLM>(*model_);
     FORGE_CHECK(lm->n_vocab() == model_->config().vocab_size, "[serve] the engine's model has ",
                 lm->n_vocab(), " logits, the model ", model_->config().vocab_size);
-    engine_ = std::make_unique<Engine>(
-        lm, tokenizer_,
-        EngineOptions{.slots = opts.slots, .max_queue = opts.max_queue, .metrics = opts.metrics});
+    engine_ = std::make_unique<Engine>(lm, tokenizer_, opts.engine);
 }
 
 ServedModel::~ServedModel() = default;

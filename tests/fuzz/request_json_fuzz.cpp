@@ -26,7 +26,7 @@ forge::App& app() {
         model->eval();
         auto* app = new forge::App;
         app->model(std::make_shared<forge::serve::ServedModel>(
-            "m", model, forge::testing::byte_tokenizer(), forge::serve::ServeOptions{.slots = 2}));
+            "m", model, forge::testing::byte_tokenizer(), forge::serve::ServeOptions{.engine = {.slots = 2}}));
         return app;
     }();
     return *a;

@@ -22,9 +22,8 @@ struct Fixture {
     App app;
     std::shared_ptr<ServedModel> served;
 
-    explicit Fixture(ServeOptions o = {}) {
-        o.metrics = metrics;
-        if (o.slots == 4) o.slots = 3;
+    explicit Fixture(ServeOptions o = {.engine = {.slots = 3}}) {
+        o.engine.metrics = metrics;
         use_server_middleware(app, {.api_keys = {"sk-test"}, .access_log = false,
                                     .metrics = metrics});
         served = std::make_shared<ServedModel>("tiny", model, tok, o);
@@ -184,7 +183,7 @@ TEST(OpenAI, ChatAndStreamingWithUsage) {
 }
 
 TEST(OpenAI, CompletionStreamAndClientGoingAway) {
-    Fixture f({.slots = 2});
+    Fixture f({.engine = {.slots = 2}});
     json req = {{"model", "tiny"}, {"prompt", "abc"}, {"max_tokens", 40}, {"temperature", 0},
                 {"stream", true}};
     auto events = testing::sse_data(f.post("/v1/completions", req).collect());

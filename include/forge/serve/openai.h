@@ -27,15 +27,12 @@ namespace forge::serve {
 class Metrics;
 
 struct ServeOptions {
-    /// Generations decoded together (continuous batching).
-    int slots = 4;
-    /// Generations waiting for a slot at most; beyond it requests get 503.
-    int max_queue = 64;
+    /// The model's engine: slots, queue bound, prefill budget, metrics (slots, queue, tokens,
+    /// time to first token).
+    EngineOptions engine{};
     /// Context a request may use (prompt + max_tokens); 0: the model's n_ctx. Larger than the
     /// model's is an error.
     int64_t ctx = 0;
-    /// Engine metrics (slots, queue, tokens, time to first token); optional.
-    std::shared_ptr<Metrics> metrics{};
     /// The chat template; none: the model folder's tokenizer_config.json `chat_template`, else
     /// ChatML.
     std::optional<ChatTemplate> chat_template{};
