@@ -55,7 +55,9 @@ const checks = [];
 const check = (name, fn) => checks.push({ name, fn });
 
 const main = await startServer([]);
-const limited = await startServer(["--rate-limit", "60/min"]); // burst 6, 1 token a second
+// Burst 2, one token every 3 s: the bucket cannot refill between spending it and the retry
+// check, even on a slow machine.
+const limited = await startServer(["--rate-limit", "20/min"]);
 const client = new OpenAI({ baseURL: `${main.url}/v1`, apiKey: KEY, maxRetries: 0 });
 
 check("models.list", async () => {
