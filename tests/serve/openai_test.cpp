@@ -5,9 +5,14 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
+#include <unistd.h>
+
 #include "serve/serve_test_util.h"
+#include <forge/models/loader.h>
 #include <forge/serve/middleware.h>
 
 namespace forge::serve {
@@ -139,6 +144,37 @@ std::vector<TokenId> chatml_prompt(const Tokenizer& tok, const json& msgs) {
     EncodeOptions eo;
     eo.allow_all_special = true;
     return tok.encode(text, eo);
+}
+
+// A model folder's tokenizer_config.json chat template is the one chat requests use.
+TEST(OpenAI, ChatTemplateFromTheModelFolder) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("forge_serve_tpl_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    const std::string tpl = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                            "{% if add_generation_prompt %}<assistant>{% endif %}";
+    {
+        std::ofstream f(dir / "tokenizer_config.json");
+        f << json{{"chat_template", tpl}}.dump();
+    }
+    LoadedModel loaded;
+    loaded.model = testing::serve_model(256);
+    loaded.config = loaded.model->config();
+    loaded.tokenizer = testing::byte_tokenizer();
+    loaded.dir = dir;
+    App app;
+    app.model(ServedModel::from_loaded("tpl", loaded));
+    fs::remove_all(dir);
+    auto r = app.handle(Request::make(
+        "POST", "/v1/chat/completions",
+        json{{"model", "tpl"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+             {"max_tokens", 6}, {"temperature", 0}}.dump()));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const std::string rendered = "<user>hi<assistant>";
+    json j = body_of(r);
+    EXPECT_EQ(j["usage"]["prompt_tokens"], rendered.size()); // one byte, one token
+    EXPECT_EQ(j["choices"][0]["message"]["content"],
+              json_safe(Generator(*loaded.model, *loaded.tokenizer).generate(bytes(rendered), greedy(6)).text));
 }
 
 TEST(OpenAI, ChatAndStreamingWithUsage) {
