@@ -278,6 +278,97 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
                                          : rms_norm(x, m.lnf_w, c.norm_eps);
 }
 
+namespace {
+// Rows-by-weights product for the batched decode step. One row is padded to two: the CPU matmul
+// sends M == 1 to GEMV, whose summation order differs from GEMM's, and a sequence's greedy
+// output must not change with how many others share its step. x: (S, K), w: (K, N) -> (S, N).
+Tensor step_matmul(const Tensor& x, const Tensor& w) {
+    if (x.size(0) != 1) return matmul(x, w);
+    return matmul(concat({x, x}, 0), w).narrow(0, 0, 1);
+}
+} // namespace
+
+Tensor Transformer::decode_step(std::span<const int64_t> ids_in, std::span<KVCache* const> caches) {
+    const ModelConfig& c = cfg_;
+    Impl& m = *impl_;
+    const int64_t S = int64_t(ids_in.size()), C = c.n_embd, D = c.dim_head();
+    const int64_t H = c.n_head, Hkv = c.n_head_kv;
+    FORGE_CHECK(S > 0, "[transformer] decode_step of no sequences");
+    FORGE_CHECK(caches.size() == ids_in.size(), "[transformer] decode_step: ", S, " ids but ",
+                caches.size(), " caches");
+    std::vector<int64_t> pos(static_cast<size_t>(S), 0);
+    for (int64_t s = 0; s < S; ++s) {
+        const KVCache* kc = caches[size_t(s)];
+        FORGE_CHECK(kc && int64_t(kc->k.size()) == c.n_layer && kc->k[0].size(0) == 1,
+                    "[transformer] decode_step: cache ", s,
+                    " was made for another model or is not batch 1");
+        FORGE_CHECK(kc->length < kc->capacity && kc->length < c.n_ctx, "[transformer] decode_step: "
+                    "cache ", s, " is full (", kc->length, " of ", kc->capacity, " positions)");
+        pos[size_t(s)] = kc->length;
+    }
+    NoGradGuard no_grad;
+    const std::vector<int64_t> ids_v(ids_in.begin(), ids_in.end());
+    const Tensor ids = Tensor::from_vector(ids_v, {S});
+    Tensor x = embedding(m.wte, ids); // (S, C)
+    if (c.family == ModelFamily::gpt2) x = add(x, embedding(m.wpe, Tensor::from_vector(pos, {S})));
+
+    // Row s of t (S, n*D) as one query/key step: (1, n, 1, D).
+    auto head_row = [D](const Tensor& t, int64_t s, int64_t n) {
+        return t.narrow(0, s, 1).reshape({1, 1, n, D}).permute({0, 2, 1, 3});
+    };
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const LayerWeights& w = m.layers[size_t(l)];
+        Tensor q, k, v;
+        if (c.family == ModelFamily::gpt2) {
+            Tensor h = layer_norm(x, w.ln1_w, w.ln1_b, c.norm_eps);
+            auto p = split(add(step_matmul(h, w.attn_w), w.attn_b), {C, C, C}, 1);
+            q = p[0], k = p[1], v = p[2];
+        } else {
+            Tensor h = rms_norm(x, w.in_norm, c.norm_eps);
+            q = step_matmul(h, w.q_w.t()), k = step_matmul(h, w.k_w.t());
+            v = step_matmul(h, w.v_w.t());
+        }
+        // Attention per sequence: its own position, its own cache.
+        std::vector<Tensor> rows;
+        rows.reserve(size_t(S));
+        for (int64_t s = 0; s < S; ++s) {
+            KVCache& kc = *caches[size_t(s)];
+            const int64_t p0 = pos[size_t(s)];
+            Tensor qs = head_row(q, s, H), ks = head_row(k, s, Hkv);
+            if (c.family == ModelFamily::llama) {
+                if (m.rope_freq_factors.empty()) {
+                    RopeOptions ro{.theta = c.rope_theta, .pos_offset = p0};
+                    qs = rope(qs, ro);
+                    ks = rope(ks, ro);
+                } else {
+                    qs = rope_with_factors(qs, c, p0, m.rope_freq_factors);
+                    ks = rope_with_factors(ks, c, p0, m.rope_freq_factors);
+                }
+            }
+            kc.k[size_t(l)].narrow(2, p0, 1).copy_(ks);
+            kc.v[size_t(l)].narrow(2, p0, 1).copy_(head_row(v, s, Hkv));
+            Tensor a = attention(qs, kc.k[size_t(l)].narrow(2, 0, p0 + 1),
+                                 kc.v[size_t(l)].narrow(2, 0, p0 + 1));
+            rows.push_back(a.permute({0, 2, 1, 3}).reshape({1, H * D}));
+        }
+        Tensor a = S == 1 ? rows[0] : concat(rows, 0); // (S, C)
+        if (c.family == ModelFamily::gpt2) {
+            x = add(x, add(step_matmul(a, w.proj_w), w.proj_b));
+            Tensor h = layer_norm(x, w.ln2_w, w.ln2_b, c.norm_eps);
+            h = gelu(add(step_matmul(h, w.fc_w), w.fc_b), GeluApprox::tanh);
+            x = add(x, add(step_matmul(h, w.fc2_w), w.fc2_b));
+        } else {
+            x = add(x, step_matmul(a, w.o_w.t()));
+            Tensor h = rms_norm(x, w.post_norm, c.norm_eps);
+            Tensor g = mul(silu(step_matmul(h, w.gate_w.t())), step_matmul(h, w.up_w.t()));
+            x = add(x, step_matmul(g, w.down_w.t()));
+        }
+    }
+    for (KVCache* kc : caches) ++kc->length;
+    return c.family == ModelFamily::gpt2 ? layer_norm(x, m.lnf_w, m.lnf_b, c.norm_eps)
+                                         : rms_norm(x, m.lnf_w, c.norm_eps);
+}
+
 Tensor Transformer::forward(const Tensor& ids, KVCache* cache) {
     Tensor h = hidden(ids, cache);
     const Tensor& head = impl_->head.defined() ? impl_->head : impl_->wte;
