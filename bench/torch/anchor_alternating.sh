@@ -13,7 +13,7 @@ for r in $(seq "$rounds"); do
         --weight-decay 0.1 --beta2 0.99 --grad-clip 1.0 --dropout 0 --tokenizer char \
         --data "$data" --eval-every 0 --threads 2 --seed 1337 --out "$work/ckpt" 2>&1 |
         grep -E "step +$steps/" | grep -o '[0-9.]* ms/step')
-    t=$(taskset -c 0,1 python3 "$here/nanogpt_cpu.py" --data "$data" --iters "$steps" --threads 2 |
+    t=$(taskset -c 0,1 python3 "$here/nanogpt_cpu.py" --data "$data" --iters "$steps" --threads 2 | tail -1 |
         python3 -c 'import json,sys; print("%.1f ms/iter" % json.load(sys.stdin)["ms_per_iter_median"])')
     echo "round $r: forge $f | pytorch $t"
 done
