@@ -449,6 +449,78 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
     linear(out, h, rows, logits.data());
 }
 
+std::unique_ptr<QuantLM> QuantLM::random(const ModelConfig& c, GgmlType type, uint64_t seed,
+                                         EngineOptions opts) {
+    c.validate();
+    using Store = std::map<std::string, std::pair<TensorRef, std::vector<uint8_t>>>;
+    auto store = std::make_shared<Store>();
+    const int64_t C = c.n_embd, D = c.dim_head(), H = c.n_head, Hkv = c.n_head_kv, F = c.n_ff;
+    const int64_t V = c.vocab_size;
+    // Uniform in [-a, a] with the variance of N(0, 0.02^2): a = 0.02 sqrt(3).
+    auto fill = [](std::vector<float>& v, uint64_t s) {
+        uint64_t x = s * 0x9E3779B97F4A7C15ull + 1;
+        for (auto& f : v) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            f = (float(x >> 40) * 0x1p-24f * 2.f - 1.f) * 0.0346f;
+        }
+    };
+    uint64_t k = seed;
+    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+        const GgmlType t = cols % quant::type_info(type).block_size ? GgmlType::f32 : type;
+        const int64_t rb = quant::row_bytes(t, cols);
+        auto& e = (*store)[name];
+        e.second.resize(size_t(rows * rb));
+        std::vector<float> row(static_cast<size_t>(cols));
+        for (int64_t r = 0; r < rows; ++r) {
+            fill(row, ++k);
+            quant::quantize_row(t, row.data(), e.second.data() + r * rb, cols);
+        }
+        e.first = TensorRef{t, {cols, rows}, nullptr};
+    };
+    auto vec = [&](const std::string& name, int64_t n, float value) {
+        auto& e = (*store)[name];
+        std::vector<float> v(static_cast<size_t>(n), value);
+        e.second.resize(size_t(n) * 4);
+        std::memcpy(e.second.data(), v.data(), size_t(n) * 4);
+        e.first = TensorRef{GgmlType::f32, {n}, nullptr};
+    };
+    const bool gpt2 = c.family == ModelFamily::gpt2;
+    mat("token_embd.weight", V, C);
+    if (gpt2) mat("position_embd.weight", c.n_ctx, C);
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        vec(p + "attn_norm.weight", C, 1.f);
+        vec(p + "ffn_norm.weight", C, 1.f);
+        mat(p + "attn_output.weight", C, H * D);
+        mat(p + "ffn_up.weight", F, C);
+        mat(p + "ffn_down.weight", C, F);
+        if (gpt2) {
+            vec(p + "attn_norm.bias", C, 0.f);
+            vec(p + "ffn_norm.bias", C, 0.f);
+            mat(p + "attn_qkv.weight", 3 * C, C);
+            vec(p + "attn_qkv.bias", 3 * C, 0.f);
+            vec(p + "attn_output.bias", C, 0.f);
+            vec(p + "ffn_up.bias", F, 0.f);
+            vec(p + "ffn_down.bias", C, 0.f);
+        } else {
+            mat(p + "attn_q.weight", H * D, C);
+            mat(p + "attn_k.weight", Hkv * D, C);
+            mat(p + "attn_v.weight", Hkv * D, C);
+            mat(p + "ffn_gate.weight", F, C);
+        }
+    }
+    vec("output_norm.weight", C, 1.f);
+    if (gpt2) vec("output_norm.bias", C, 0.f);
+    if (!c.tie_embeddings) mat("output.weight", V, C);
+    for (auto& [name, e] : *store) e.first.data = e.second.data();
+    Lookup lookup = [store](const std::string& name) -> std::optional<TensorRef> {
+        auto it = store->find(name);
+        if (it == store->end()) return std::nullopt;
+        return it->second.first;
+    };
+    return std::make_unique<QuantLM>(c, lookup, store, opts);
+}
+
 std::unique_ptr<QuantLM> QuantLM::from_transformer(Transformer& model, GgmlType type,
                                                    EngineOptions opts) {
     const ModelConfig& c = model.config();

@@ -42,7 +42,7 @@ ActLayout act_layout(GgmlType w, int64_t K) {
         L.kind = ActKind::q8_0;
         L.d_off = round64(K);
         L.s_off = round64(L.d_off + K / fq::kQK * 8 * 4);
-        L.row_bytes = round64(L.s_off + K / fq::kQK * 4);
+        L.row_bytes = round64(L.s_off + K / fq::kQK * 8 * 4);
     }
     return L;
 }
@@ -103,8 +103,10 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                     qs[b * fq::kQK + j] = int8_t(q);
                     s += q;
                 }
-                for (int j = 0; j < 8; ++j) dexp[b * 8 + j] = d;
-                sums[b] = s;
+                for (int j = 0; j < 8; ++j) {
+                    dexp[b * 8 + j] = d;
+                    sums[b * 8 + j] = j == 0 ? s : 0;
+                }
             }
         } else {
             auto* d = reinterpret_cast<float*>(out + L.d_off);
@@ -166,7 +168,7 @@ float dot(GgmlType wt, const uint8_t* w, const ActLayout& L, const uint8_t* a) {
                     isum += int32_t(wb.qs[j] & 0xF) * qs[b * fq::kQK + j];
                     isum += int32_t(wb.qs[j] >> 4) * qs[b * fq::kQK + j + 16];
                 }
-                isum -= 8 * sums[b];
+                isum -= 8 * sums[b * 8];
             }
             s += dw * dexp[b * 8] * float(isum);
         }

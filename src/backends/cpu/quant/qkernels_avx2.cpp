@@ -86,7 +86,6 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
     const auto* wb = reinterpret_cast<const fq::BlockQ4_0*>(w);
     const int64_t nb = L.K / fq::kQK;
     __m256 acc[NA];
-    float corr[NA] = {};
     for (int r = 0; r < NA; ++r) acc[r] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     const __m128i m4 = _mm_set1_epi8(0x0F);
@@ -96,14 +95,16 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
                                                   _mm_and_si128(_mm_srli_epi16(q, 4), m4), 1);
         const float dw = h2f(wb[b].d);
         for (int r = 0; r < NA; ++r) {
-            const __m256i p = _mm256_madd_epi16(
+            __m256i p = _mm256_madd_epi16(
                 _mm256_maddubs_epi16(z, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK))), ones);
+            // minus 8 * sum(a): the block's integer sum stays exact
+            p = _mm256_sub_epi32(p, _mm256_slli_epi32(_mm256_loadu_si256(
+                (const __m256i*)(reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8)), 3));
             const float s = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8];
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
-            corr[r] += s * float(reinterpret_cast<const int32_t*>(A.a[r] + L.s_off)[b]);
         }
     }
-    for (int r = 0; r < NA; ++r) out[r] = hsum_ps(acc[r]) - 8 * corr[r];
+    for (int r = 0; r < NA; ++r) out[r] = hsum_ps(acc[r]);
 }
 
 template <int NA>

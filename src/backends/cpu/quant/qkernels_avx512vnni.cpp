@@ -20,9 +20,10 @@ namespace {
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-// Two scales, each over 8 lanes: [a x8 | b x8].
-inline __m512 pair_ps(float a, float b) {
-    return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+// Two f16 scales, each over 8 lanes: [a x8 | b x8].
+inline __m512 pair_f16(uint16_t a, uint16_t b) {
+    const __m256i h = _mm256_mask_set1_epi16(_mm256_set1_epi16(short(a)), 0xFF00, short(b));
+    return _mm512_cvtph_ps(h);
 }
 
 inline int32_t hsum_epi32(__m256i v) {
@@ -83,7 +84,7 @@ void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
             _mm256_loadu_si256((const __m256i*)wb[b + 1].qs), 1);
         const __m512i aw = _mm512_abs_epi8(wz);
         const __mmask64 neg = _mm512_movepi8_mask(wz);
-        const __m512 dw = pair_ps(h2f(wb[b].d), h2f(wb[b + 1].d));
+        const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
         for (int r = 0; r < NA; ++r) {
             __m512i az = _mm512_loadu_si512(A.a[r] + b * fq::kQK);
             az = _mm512_mask_sub_epi8(az, neg, zero, az);
@@ -111,27 +112,29 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
     const auto* wb = reinterpret_cast<const fq::BlockQ4_0*>(w);
     const int64_t nb = L.K / fq::kQK;
     __m512 acc[NA];
-    float corr[NA] = {}, tail[NA] = {};
+    float tail[NA] = {};
     for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
     const __m512i zero = _mm512_setzero_si512();
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i shifts = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
     int64_t b = 0;
     for (; b + 1 < nb; b += 2) {
         const __m256i y = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)wb[b].qs)),
             _mm_loadu_si128((const __m128i*)wb[b + 1].qs), 1);
-        const __m256i lo = _mm256_and_si256(y, m4), hi = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4);
-        // [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: values 0..31 of block b, then of b + 1
-        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        // [q0 q1 | q0 q1] >> [0 | 4] & 15 = [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: values 0..31
+        // of block b, then of block b + 1
+        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(y), y, 1);
+        z = _mm512_and_si512(_mm512_srlv_epi64(z, shifts), m4);
         z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
-        const float d0 = h2f(wb[b].d), d1 = h2f(wb[b + 1].d);
-        const __m512 dw = pair_ps(d0, d1);
+        const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
         for (int r = 0; r < NA; ++r) {
-            const __m512i p = _mm512_dpbusd_epi32(zero, z, _mm512_loadu_si512(A.a[r] + b * fq::kQK));
-            const float* da = reinterpret_cast<const float*>(A.a[r] + L.d_off) + b * 8;
-            const int32_t* s = reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b;
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(_mm512_loadu_ps(da), dw), acc[r]);
-            corr[r] += d0 * da[0] * float(s[0]) + d1 * da[8] * float(s[1]);
+            __m512i p = _mm512_dpbusd_epi32(zero, z, _mm512_loadu_si512(A.a[r] + b * fq::kQK));
+            // minus 8 * sum(a) per block (first lane of each 8): the integer sum stays exact
+            p = _mm512_sub_epi32(p, _mm512_slli_epi32(_mm512_loadu_si512(
+                reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8), 3));
+            const __m512 da = _mm512_loadu_ps(reinterpret_cast<const float*>(A.a[r] + L.d_off) + b * 8);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(da, dw), acc[r]);
         }
     }
     if (b < nb) {
@@ -143,11 +146,23 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
         for (int r = 0; r < NA; ++r) {
             int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(
                 _mm256_setzero_si256(), z, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK))));
-            isum -= 8 * reinterpret_cast<const int32_t*>(A.a[r] + L.s_off)[b];
+            isum -= 8 * reinterpret_cast<const int32_t*>(A.a[r] + L.s_off)[b * 8];
             tail[r] = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8] * float(isum);
         }
     }
-    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) - 8 * corr[r] + tail[r];
+    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) + tail[r];
+}
+
+// The 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) of a K-quant super-block, unpacked
+// from its 12 bytes with 32-bit masks (layout in quant/blocks.h, k_scale_min).
+inline __m128i unpack_k_scales(const uint8_t* q) {
+    uint32_t u[3];
+    std::memcpy(u, q, 12);
+    const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+    const uint32_t sc_lo = u[0] & m1, mn_lo = u[1] & m1;
+    const uint32_t sc_hi = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+    const uint32_t mn_hi = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+    return _mm_setr_epi32(int(sc_lo), int(sc_hi), int(mn_lo), int(mn_hi));
 }
 
 template <int NA>
@@ -155,28 +170,24 @@ void tile_q4_k(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
     const auto* wb = reinterpret_cast<const fq::BlockQ4K*>(w);
     const int64_t nb = L.K / fq::kQKK;
     __m512 acc[NA];
-    float mins[NA] = {};
     for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
+    __m128 minf[NA];
+    for (int r = 0; r < NA; ++r) minf[r] = _mm_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m512i idx[4];
+    for (int g = 0; g < 4; ++g)
+        idx[g] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * g)),
+                                    _mm256_set1_epi32(2 * g + 1), 1);
     for (int64_t b = 0; b < nb; ++b) {
-        alignas(32) int32_t sc[8];
-        alignas(32) int16_t mm[16];
-        for (int j = 0; j < 8; ++j) {
-            uint8_t s, m;
-            fq::k_scale_min(j, wb[b].scales, s, m);
-            sc[j] = s;
-            mm[2 * j] = mm[2 * j + 1] = int16_t(m);
-        }
-        const __m512i scv = _mm512_castsi256_si512(_mm256_load_si256((const __m256i*)sc));
-        const __m256i mv = _mm256_load_si256((const __m256i*)mm);
+        const __m128i sm = unpack_k_scales(wb[b].scales);
+        const __m512i scv = _mm512_cvtepu8_epi32(sm);         // lanes 0..7: scales
+        const __m128i mv = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)); // 8 mins as i16
         __m512i z[4], s[4];
         for (int g = 0; g < 4; ++g) {
             const __m256i y = _mm256_loadu_si256((const __m256i*)(wb[b].qs + 32 * g));
             z[g] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(y, m4)),
                                       _mm256_and_si256(_mm256_srli_epi16(y, 4), m4), 1);
-            const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * g)),
-                                                   _mm256_set1_epi32(2 * g + 1), 1);
-            s[g] = _mm512_permutexvar_epi32(idx, scv);
+            s[g] = _mm512_permutexvar_epi32(idx[g], scv);
         }
         const float d = h2f(wb[b].d), dmin = h2f(wb[b].dmin);
         for (int r = 0; r < NA; ++r) {
@@ -190,12 +201,20 @@ void tile_q4_k(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
             }
             const float ad = reinterpret_cast<const float*>(A.a[r] + L.d_off)[b];
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(ad * d), acc[r]);
-            const __m256i bs = _mm256_loadu_si256(
-                (const __m256i*)(reinterpret_cast<const int16_t*>(A.a[r] + L.s_off) + b * 16));
-            mins[r] += ad * dmin * float(hsum_epi32(_mm256_madd_epi16(bs, mv)));
+            // mins: sum over sub-blocks of m_j * (bsums[2j] + bsums[2j+1]), exact in int32
+            const int16_t* bs = reinterpret_cast<const int16_t*>(A.a[r] + L.s_off) + b * 16;
+            const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i*)bs),
+                                                 _mm_loadu_si128((const __m128i*)(bs + 8)));
+            const __m128i mi = _mm_madd_epi16(pairs, mv); // 4 x i32
+            minf[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(mi), _mm_set1_ps(ad * dmin), minf[r]);
         }
     }
-    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) - mins[r];
+    for (int r = 0; r < NA; ++r) {
+        __m128 m = minf[r];
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[r] = _mm512_reduce_add_ps(acc[r]) - _mm_cvtss_f32(m);
+    }
 }
 
 template <int NA>
@@ -231,7 +250,9 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
                 _mm_storeu_si128((__m128i*)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
                 _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
-                sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                _mm256_storeu_si256((__m256i*)(sums + b * 8),
+                                    _mm256_setr_epi32(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)),
+                                                      0, 0, 0, 0, 0, 0, 0));
                 _mm256_storeu_ps(dexp + b * 8, _mm256_set1_ps(d));
             }
         } else {
