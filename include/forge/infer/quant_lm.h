@@ -61,6 +61,11 @@ class QuantLM : public CausalLM {
     static std::unique_ptr<QuantLM> from_transformer(Transformer& model, quant::GgmlType type,
                                                      EngineOptions opts = {});
 
+    /// Random weights (uniform, std 0.02; norms 1, biases 0) of `type`, for benchmarks: the
+    /// same work per token as a trained model of that shape.
+    static std::unique_ptr<QuantLM> random(const ModelConfig& cfg, quant::GgmlType type,
+                                           uint64_t seed = 1, EngineOptions opts = {});
+
     int64_t n_vocab() const override;
     int64_t n_ctx() const override;
     std::unique_ptr<State> new_state(int64_t capacity) override;
