@@ -49,14 +49,13 @@ KVCache KVCache::create(const ModelConfig& cfg, int64_t batch, int64_t capacity,
     return c;
 }
 
-namespace {
-
 // Llama 3 RoPE scaling (the "llama3" rope_type): long wavelengths are slowed by `factor`,
 // short ones kept, and the band between interpolated smoothly. Returns, per rotated pair,
 // the divisor of its base frequency.
-std::vector<float> llama3_freq_factors(const ModelConfig& c) {
+std::vector<float> llama3_rope_factors(const ModelConfig& c) {
     const int64_t half = c.dim_head() / 2;
     std::vector<float> f(size_t(half), 1.0f);
+    if (c.rope_scaling_factor <= 0) return f;
     const double low_wavelen = c.rope_original_max_pos / c.rope_low_freq_factor;
     const double high_wavelen = c.rope_original_max_pos / c.rope_high_freq_factor;
     for (int64_t i = 0; i < half; ++i) {
@@ -73,6 +72,9 @@ std::vector<float> llama3_freq_factors(const ModelConfig& c) {
     }
     return f;
 }
+
+namespace {
+
 
 // RoPE (NeoX layout) through public ops with explicit per-pair frequencies: the path for
 // scaled frequencies, which the fused kernel does not take. x: (B, H, T, D).
@@ -174,7 +176,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg), imp
         }
         m.lnf_w = fill("model.norm.weight", {C}, 1);
         if (!cfg_.tie_embeddings) m.head = normal("lm_head.weight", {V, C}, std_);
-        if (cfg_.rope_scaling_factor > 0) m.rope_freq_factors = llama3_freq_factors(cfg_);
+        if (cfg_.rope_scaling_factor > 0) m.rope_freq_factors = llama3_rope_factors(cfg_);
     }
 }
 
