@@ -405,8 +405,30 @@ void check_writable(GgmlType type) {
                 quant::type_info(type).name);
 }
 
+// Typed metadata reads whose errors name the file and the key.
+const GgufValue& key_value(const GgufFile& f, const std::string& key) { return f.at(key); }
+template <typename F> auto typed(const GgufFile& f, const std::string& key, F get) {
+    try {
+        return get(key_value(f, key));
+    } catch (const InvalidArgument& e) {
+        if (std::string(e.what()).rfind(f.origin(), 0) == 0) throw;
+        throw InvalidArgument(f.origin() + ": key '" + key + "': " + e.what());
+    }
+}
+int64_t key_int(const GgufFile& f, const std::string& key) {
+    return typed(f, key, [](const GgufValue& v) { return v.as_int(); });
+}
+double key_float(const GgufFile& f, const std::string& key) {
+    return typed(f, key, [](const GgufValue& v) {
+        return v.type == GgufType::f32 || v.type == GgufType::f64 ? v.as_float() : double(v.as_int());
+    });
+}
+std::string key_string(const GgufFile& f, const std::string& key) {
+    return typed(f, key, [](const GgufValue& v) { return v.as_string(); });
+}
+
 std::string arch_of(const GgufFile& f) {
-    const std::string arch = f.at("general.architecture").as_string();
+    const std::string arch = key_string(f, "general.architecture");
     FORGE_CHECK(arch == "llama" || arch == "gpt2", f.origin(), ": architecture '", arch,
                 "' is not supported (Forge reads llama and gpt2)");
     return arch;
@@ -446,7 +468,7 @@ ModelConfig gguf_config(const GgufFile& f) {
     c.family = arch == "llama" ? ModelFamily::llama : ModelFamily::gpt2;
     auto key = [&](const std::string& k) { return arch + "." + k; };
     auto count = [&](const std::string& k) {
-        const int64_t v = f.at(key(k)).as_int();
+        const int64_t v = key_int(f, key(k));
         FORGE_CHECK(v > 0 && v <= (int64_t(1) << 24), o, ": ", key(k), " is ", v,
                     ", outside (0, 16777216]");
         return v;
@@ -460,21 +482,23 @@ ModelConfig gguf_config(const GgufFile& f) {
     const GgufTensorInfo* embd = f.find_tensor("token_embd.weight");
     FORGE_CHECK(embd && embd->ne.size() == 2, o, ": tensor 'token_embd.weight' is missing or not 2-D");
     c.vocab_size = embd->ne[1];
-    if (const GgufValue* v = f.find(key("vocab_size")))
-        FORGE_CHECK(v->as_int() == c.vocab_size, o, ": ", key("vocab_size"), " is ", v->as_int(),
-                    " but token_embd.weight has ", c.vocab_size, " rows");
+    if (f.find(key("vocab_size")))
+        FORGE_CHECK(key_int(f, key("vocab_size")) == c.vocab_size, o, ": ", key("vocab_size"), " is ",
+                    key_int(f, key("vocab_size")), " but token_embd.weight has ", c.vocab_size, " rows");
     c.tie_embeddings = f.find_tensor("output.weight") == nullptr;
     if (c.family == ModelFamily::llama) {
-        c.norm_eps = float(f.at(key("attention.layer_norm_rms_epsilon")).as_float());
-        if (const GgufValue* v = f.find(key("rope.freq_base"))) c.rope_theta = float(v->as_float());
-        if (const GgufValue* v = f.find(key("attention.key_length"))) c.head_dim = v->as_int();
-        if (const GgufValue* v = f.find(key("rope.dimension_count"))) {
-            FORGE_CHECK(v->as_int() == c.dim_head(), o, ": ", key("rope.dimension_count"), " is ",
-                        v->as_int(), "; Forge rotates whole heads of ", c.dim_head());
+        c.norm_eps = float(key_float(f, key("attention.layer_norm_rms_epsilon")));
+        if (f.find(key("rope.freq_base"))) c.rope_theta = float(key_float(f, key("rope.freq_base")));
+        if (f.find(key("attention.key_length"))) c.head_dim = count("attention.key_length");
+        if (f.find(key("rope.dimension_count"))) {
+            const int64_t n_rot = key_int(f, key("rope.dimension_count"));
+            FORGE_CHECK(n_rot == c.dim_head(), o, ": ", key("rope.dimension_count"), " is ", n_rot,
+                        "; Forge rotates whole heads of ", c.dim_head());
         }
-        if (const GgufValue* v = f.find(key("rope.scaling.type")))
-            FORGE_CHECK(v->as_string() == "none", o, ": rope scaling '", v->as_string(),
-                        "' is not supported (Llama 3's rope_freqs is)");
+        if (f.find(key("rope.scaling.type"))) {
+            const std::string t = key_string(f, key("rope.scaling.type"));
+            FORGE_CHECK(t == "none", o, ": rope scaling '", t, "' is not supported (Llama 3's rope_freqs is)");
+        }
         if (const GgufTensorInfo* rf = f.find_tensor("rope_freqs.weight")) {
             // Llama 3 scaling: llama.cpp keeps only the per-pair factors; the rule's parameters
             // come from Forge's own keys when present, else Llama 3's published ones, and must
@@ -485,8 +509,8 @@ ModelConfig gguf_config(const GgufFile& f) {
             float fmax = 1;
             for (float x : want) fmax = std::max(fmax, x);
             auto num = [&](const char* k, double d) {
-                const GgufValue* v = f.find(std::string("forge.rope.llama3.") + k);
-                return v ? v->as_float() : d;
+                const std::string name = std::string("forge.rope.llama3.") + k;
+                return f.find(name) ? key_float(f, name) : d;
             };
             c.rope_scaling_factor = float(num("factor", fmax));
             c.rope_low_freq_factor = float(num("low_freq_factor", 1.0));
@@ -499,7 +523,7 @@ ModelConfig gguf_config(const GgufFile& f) {
                             ", which Llama 3's scaling rule does not give (", got[i], ")");
         }
     } else {
-        c.norm_eps = float(f.at(key("attention.layer_norm_epsilon")).as_float());
+        c.norm_eps = float(key_float(f, key("attention.layer_norm_epsilon")));
         c.n_head_kv = c.n_head;
     }
     try {
