@@ -196,7 +196,7 @@ struct Proto {
 
 // tokenizer.ggml.model "llama": a SentencePiece BPE model (scores rank the merges; byte pieces
 // are the fallback), built as a serialized ModelProto and loaded by the sentencepiece library.
-Tokenizer spm_tokenizer(const GgufFile& f) {
+std::string spm_proto(const GgufFile& f) {
     const std::vector<std::string> tokens = string_array(f, "tokenizer.ggml.tokens");
     const size_t n = tokens.size();
     const GgufValue* sv = f.find("tokenizer.ggml.scores");
@@ -240,13 +240,11 @@ Tokenizer spm_tokenizer(const GgufFile& f) {
     norm.integer(4, 0); // remove_extra_whitespaces
     norm.integer(5, 1); // escape_whitespaces
     model.bytes(3, norm.b);
-    auto impl = tok::load_sentencepiece_proto(std::move(model.b), f.origin() + " (tokenizer.ggml.*)");
-    if (!opt_bool(f, "tokenizer.ggml.add_bos_token", true)) impl->post.prefix.clear();
-    return Tokenizer(std::move(impl));
+    return std::move(model.b);
 }
 
 // tokenizer.ggml.model "gpt2": byte-level BPE, composed as the HF tokenizer.json it came from.
-Tokenizer bpe_tokenizer(const GgufFile& f) {
+std::string bpe_tokenizer_json(const GgufFile& f) {
     using json = nlohmann::json;
     const std::vector<std::string> tokens = string_array(f, "tokenizer.ggml.tokens");
     const size_t n = tokens.size();
@@ -292,15 +290,7 @@ Tokenizer bpe_tokenizer(const GgufFile& f) {
               {"decoder", {{"type", "ByteLevel"}}},
               {"model",
                {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}, {"ignore_merges", ignore_merges}}}};
-    auto impl = tok::load_hf_json(j.dump(), f.origin() + " (tokenizer.ggml.*)", "");
-    // BOS/EOS/PAD are the ids GGUF names, not guesses from the token text.
-    impl->bos = opt_id(f, "tokenizer.ggml.bos_token_id", n);
-    impl->eos = opt_id(f, "tokenizer.ggml.eos_token_id", n);
-    impl->pad = opt_id(f, "tokenizer.ggml.padding_token_id", n);
-    impl->post = {};
-    if (impl->bos && opt_bool(f, "tokenizer.ggml.add_bos_token", false)) impl->post.prefix = {*impl->bos};
-    if (impl->eos && opt_bool(f, "tokenizer.ggml.add_eos_token", false)) impl->post.suffix = {*impl->eos};
-    return Tokenizer(std::move(impl));
+    return j.dump(1);
 }
 
 // Writes tok's vocabulary as tokenizer.ggml.* for a model of n_vocab ids.
@@ -534,14 +524,33 @@ ModelConfig gguf_config(const GgufFile& f) {
     return c;
 }
 
-std::optional<Tokenizer> gguf_tokenizer(const GgufFile& f) {
+std::optional<GgufTokenizerFile> gguf_tokenizer_file(const GgufFile& f) {
     const GgufValue* m = f.find("tokenizer.ggml.model");
     if (!m) return std::nullopt;
-    const std::string& model = m->as_string();
-    if (model == "llama") return spm_tokenizer(f);
-    if (model == "gpt2") return bpe_tokenizer(f);
+    const std::string model = key_string(f, "tokenizer.ggml.model");
+    if (model == "llama") return GgufTokenizerFile{"tokenizer.model", spm_proto(f)};
+    if (model == "gpt2") return GgufTokenizerFile{"tokenizer.json", bpe_tokenizer_json(f)};
     throw InvalidArgument(f.origin() + ": tokenizer.ggml.model '" + model +
                           "' is not supported (Forge reads gpt2 and llama)");
+}
+
+std::optional<Tokenizer> gguf_tokenizer(const GgufFile& f) {
+    const auto file = gguf_tokenizer_file(f);
+    if (!file) return std::nullopt;
+    const std::string origin = f.origin() + " (tokenizer.ggml.*)";
+    std::shared_ptr<Tokenizer::Impl> impl =
+        file->name == "tokenizer.model" ? tok::load_sentencepiece_proto(file->bytes, origin)
+                                        : tok::load_hf_json(file->bytes, origin, "");
+    // BOS/EOS/PAD and whether BOS/EOS are added are what GGUF says, not guesses from token text.
+    const size_t n = f.at("tokenizer.ggml.tokens").as_array().items.size();
+    const bool spm = file->name == "tokenizer.model";
+    impl->bos = opt_id(f, "tokenizer.ggml.bos_token_id", n);
+    impl->eos = opt_id(f, "tokenizer.ggml.eos_token_id", n);
+    impl->pad = opt_id(f, "tokenizer.ggml.padding_token_id", n);
+    impl->post = {};
+    if (impl->bos && opt_bool(f, "tokenizer.ggml.add_bos_token", spm)) impl->post.prefix = {*impl->bos};
+    if (impl->eos && opt_bool(f, "tokenizer.ggml.add_eos_token", false)) impl->post.suffix = {*impl->eos};
+    return Tokenizer(std::move(impl));
 }
 
 LoadedModel gguf_to_model(const GgufFile& f) {

@@ -32,6 +32,13 @@ LoadedModel gguf_to_model(const GgufFile& file);
 ModelConfig gguf_config(const GgufFile& file);
 /// The tokenizer its tokenizer.ggml.* metadata describes; nullopt when it has none.
 std::optional<Tokenizer> gguf_tokenizer(const GgufFile& file);
+/// The same vocabulary as a file a model folder holds: "tokenizer.json" (byte-level BPE, an HF
+/// tokenizer.json) or "tokenizer.model" (a SentencePiece ModelProto); nullopt when it has none.
+struct GgufTokenizerFile {
+    std::string name;
+    std::string bytes;
+};
+std::optional<GgufTokenizerFile> gguf_tokenizer_file(const GgufFile& file);
 
 /// Writes `model` (and the vocabulary of `tok`, if given) as a GGUF v3 file llama.cpp loads.
 /// 2-D weights are stored as `type` (see gguf_tensor_type for the fallback rule); norms,
