@@ -5,6 +5,7 @@
 #include <forge/formats/gguf_model.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include <forge/core/ops.h>
 #include <forge/models/loader.h>
 #include <forge/models/transformer.h>
+#include <forge/tokenizers/bpe_trainer.h>
 
 using namespace forge;
 using namespace forge::formats;
@@ -332,4 +334,28 @@ TEST(GgufModel, SentencePieceBpeTokenizerRoundTrips) {
     }
     for (const auto& p : {fs::path(prefix.string() + ".model"), fs::path(prefix.string() + ".vocab")})
         fs::remove(p);
+}
+
+TEST(GgufModel, WritesFuzzSeeds) {
+    // Seeds for tests/fuzz/fuzz_gguf.cpp: small files of both architectures, several types,
+    // with and without a vocabulary. Only when FORGE_FUZZ_SEEDS_DIR names a folder.
+    const char* dir = std::getenv("FORGE_FUZZ_SEEDS_DIR");
+    if (!dir) GTEST_SKIP() << "set FORGE_FUZZ_SEEDS_DIR to write the GGUF fuzz seeds";
+    const fs::path gpt2 = kData / "tokenizers/gpt2/tokenizer.json";
+    ModelConfig g = gpt2_cfg(), l = llama_cfg();
+    g.n_layer = l.n_layer = 1;
+    Transformer mg(g, 1), ml(l, 1);
+    save_gguf(mg, nullptr, fs::path(dir) / "gpt2-f32.gguf", GgmlType::f32);
+    save_gguf(mg, nullptr, fs::path(dir) / "gpt2-q8_0.gguf", GgmlType::q8_0);
+    save_gguf(ml, nullptr, fs::path(dir) / "llama-q4_k.gguf", GgmlType::q4_k);
+    save_gguf(ml, nullptr, fs::path(dir) / "llama-q4_0.gguf", GgmlType::q4_0);
+    // A small byte-level vocabulary (the first 300 ids are bytes and early merges).
+    BpeTrainerOptions o;
+    o.vocab_size = 300;
+    BpeTrainer t(o);
+    t.add_text("the quick brown fox jumps over the lazy dog, the end. The THE then there.");
+    const Tokenizer tok = Tokenizer::from_tokenizer_json(t.train().to_tokenizer_json());
+    g.vocab_size = int64_t(tok.vocab_size());
+    Transformer mt(g, 1);
+    save_gguf(mt, &tok, fs::path(dir) / "gpt2-bpe-f16.gguf", GgmlType::f16);
 }
