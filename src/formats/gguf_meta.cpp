@@ -161,6 +161,9 @@ std::string bpe_tokenizer_json(const GgufFile& f) {
     json vocab = json::object();
     json added = json::array();
     for (size_t i = 0; i < n; ++i) {
+        // Byte-level tokens are GPT-2's printable code points: always valid UTF-8.
+        FORGE_CHECK(tok::utf8_valid(tokens[i]), f.origin(), ": tokenizer.ggml.tokens[", i,
+                    "] is not valid UTF-8");
         const int64_t type = tv ? tv->as_array().items[i].as_int() : int64_t(kNormal);
         if (type == kControl || type == kUserDefined)
             added.push_back({{"id", i}, {"content", tokens[i]}, {"special", type == kControl}});
@@ -169,7 +172,10 @@ std::string bpe_tokenizer_json(const GgufFile& f) {
     }
     json merges = json::array();
     if (f.find("tokenizer.ggml.merges"))
-        for (const std::string& m : string_array(f, "tokenizer.ggml.merges")) merges.push_back(m);
+        for (const std::string& m : string_array(f, "tokenizer.ggml.merges")) {
+            FORGE_CHECK(tok::utf8_valid(m), f.origin(), ": a tokenizer.ggml.merges entry is not valid UTF-8");
+            merges.push_back(m);
+        }
     json j = {{"version", "1.0"},
               {"added_tokens", added},
               {"normalizer", nullptr},
