@@ -1,18 +1,20 @@
-// GGUF v3 reader and writer. The file is untrusted: a Cursor reads every field with a bounds
-// check, counts are capped before anything is allocated, and tensor extents are checked against
-// the data section (overflow included) before a pointer into the mapping is handed out.
+// GGUF reader (GgufFile) and writer (GgufWriter), after the spec in ggml's docs/gguf.md. The
+// bytes are untrusted: every count, length, type, offset and size is checked against the bytes
+// that remain before it is used, so a truncated or lying file is an InvalidArgument naming the
+// file and the byte offset, never an out-of-bounds read or a huge allocation. Not the mapping of
+// keys and tensors onto a Transformer: that is gguf_model.cpp.
 #include <forge/formats/gguf.h>
+
+#include <bit>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <unordered_map>
 
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <cstring>
-#include <fstream>
-#include <limits>
-#include <set>
-#include <sstream>
 
 #include <forge/core/error.h>
 
@@ -20,14 +22,12 @@ namespace forge::formats {
 
 namespace {
 
-constexpr uint32_t kMagic = 0x46554747; // "GGUF" little-endian
-// Caps that no real model approaches; they stop a lying count from allocating the machine away.
-constexpr uint64_t kMaxTensors = 1u << 20;
-constexpr uint64_t kMaxKeys = 1u << 20;
-constexpr uint64_t kMaxStringBytes = 1u << 30;
-constexpr uint64_t kMaxArrayItems = 1u << 28;
-constexpr uint32_t kMaxDims = 4; // GGML_MAX_DIMS
-constexpr int kMaxArrayDepth = 8;
+static_assert(std::endian::native == std::endian::little, "GGUF I/O assumes a little-endian host");
+
+constexpr uint32_t kMagic = 0x46554747; // "GGUF" read as a little-endian u32
+constexpr uint64_t kDefaultAlignment = 32;
+constexpr uint32_t kMaxDims = 4;        // GGML_MAX_DIMS
+constexpr int kMaxNesting = 8;          // arrays of arrays deeper than this are rejected
 
 const char* type_name(GgufType t) {
     switch (t) {
@@ -48,183 +48,249 @@ const char* type_name(GgufType t) {
     return "?";
 }
 
-bool is_unsigned(GgufType t) {
-    return t == GgufType::u8 || t == GgufType::u16 || t == GgufType::u32 || t == GgufType::u64;
-}
-bool is_signed(GgufType t) {
-    return t == GgufType::i8 || t == GgufType::i16 || t == GgufType::i32 || t == GgufType::i64;
+bool valid_type(uint32_t raw) { return raw <= uint32_t(GgufType::f64); }
+
+// Bytes a scalar of this type takes; 0 for string and array (variable).
+uint64_t scalar_size(GgufType t) {
+    switch (t) {
+    case GgufType::u8: case GgufType::i8: case GgufType::boolean: return 1;
+    case GgufType::u16: case GgufType::i16: return 2;
+    case GgufType::u32: case GgufType::i32: case GgufType::f32: return 4;
+    case GgufType::u64: case GgufType::i64: case GgufType::f64: return 8;
+    default: return 0;
+    }
 }
 
-// Reads little-endian fields from [data, data + size); every read is bounds-checked and a
-// failure names the origin, the byte offset and what was being read.
+// The fewest bytes one element of this type can take (caps counts before allocating).
+uint64_t min_size(GgufType t) {
+    if (t == GgufType::string) return 8;     // its length
+    if (t == GgufType::array) return 4 + 8;  // element type + count
+    return scalar_size(t);
+}
+
+uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+// Bounds-checked little-endian reads over the file's bytes.
 class Cursor {
   public:
-    Cursor(const uint8_t* data, uint64_t size, const std::string& origin)
-        : data_(data), size_(size), origin_(origin) {}
+    Cursor(const uint8_t* p, uint64_t n, const std::string& origin) : p_(p), n_(n), origin_(origin) {}
 
+    [[noreturn]] void fail(uint64_t at, const std::string& what) const {
+        throw InvalidArgument(origin_ + ": at byte " + std::to_string(at) + ": " + what,
+                              "the file is truncated or not a GGUF file Forge can read");
+    }
     uint64_t pos() const { return pos_; }
-    [[noreturn]] void fail(const std::string& what) const {
-        throw InvalidArgument(origin_ + ": at byte " + std::to_string(pos_) + ": " + what);
+    uint64_t left() const { return n_ - pos_; }
+    void need(uint64_t k, const char* what) const {
+        if (k > left())
+            fail(pos_, std::string("file ends inside ") + what + " (" + std::to_string(k) +
+                           " bytes needed, " + std::to_string(left()) + " left)");
     }
-    void need(uint64_t n, const char* what) const {
-        if (n > size_ - pos_)
-            fail(std::string("file ends inside ") + what + " (" + std::to_string(n) +
-                 " bytes needed, " + std::to_string(size_ - pos_) + " left)");
-    }
-    template <typename T> T read(const char* what) {
+    template <typename T> T get(const char* what) {
         need(sizeof(T), what);
         T v;
-        std::memcpy(&v, data_ + pos_, sizeof(T));
+        std::memcpy(&v, p_ + pos_, sizeof(T));
         pos_ += sizeof(T);
         return v;
     }
-    std::string string(const char* what) {
-        const uint64_t n = read<uint64_t>(what);
-        if (n > kMaxStringBytes) fail(std::string(what) + " length " + std::to_string(n) + " is absurd");
-        need(n, what);
-        std::string s(reinterpret_cast<const char*>(data_ + pos_), size_t(n));
-        pos_ += n;
+    std::string str(const char* what) {
+        const uint64_t at = pos_;
+        uint64_t len = get<uint64_t>(what);
+        if (len > left())
+            fail(at, std::string(what) + ": string length " + std::to_string(len) +
+                         " runs past the end of the file (" + std::to_string(left()) + " bytes left)");
+        std::string s(reinterpret_cast<const char*>(p_ + pos_), size_t(len));
+        pos_ += len;
         return s;
     }
 
   private:
-    const uint8_t* data_;
-    uint64_t size_;
+    const uint8_t* p_;
+    uint64_t n_;
     uint64_t pos_ = 0;
     const std::string& origin_;
 };
 
-GgufValue read_value(Cursor& c, GgufType type, int depth);
+GgufValue read_value(Cursor& c, GgufType t, int depth, const std::string& key);
 
-GgufType read_type(Cursor& c, const char* what) {
-    const uint32_t raw = c.read<uint32_t>(what);
-    if (raw > uint32_t(GgufType::f64)) c.fail(std::string("unknown value type ") + std::to_string(raw));
-    return GgufType(raw);
-}
-
-GgufValue read_value(Cursor& c, GgufType type, int depth) {
+GgufValue read_scalar(Cursor& c, GgufType t, const std::string& key) {
     GgufValue v;
-    v.type = type;
-    switch (type) {
-    case GgufType::u8: v.v = uint64_t(c.read<uint8_t>("a u8 value")); break;
-    case GgufType::i8: v.v = int64_t(c.read<int8_t>("an i8 value")); break;
-    case GgufType::u16: v.v = uint64_t(c.read<uint16_t>("a u16 value")); break;
-    case GgufType::i16: v.v = int64_t(c.read<int16_t>("an i16 value")); break;
-    case GgufType::u32: v.v = uint64_t(c.read<uint32_t>("a u32 value")); break;
-    case GgufType::i32: v.v = int64_t(c.read<int32_t>("an i32 value")); break;
-    case GgufType::u64: v.v = c.read<uint64_t>("a u64 value"); break;
-    case GgufType::i64: v.v = c.read<int64_t>("an i64 value"); break;
-    case GgufType::f32: v.v = double(c.read<float>("an f32 value")); break;
-    case GgufType::f64: v.v = c.read<double>("an f64 value"); break;
+    v.type = t;
+    const uint64_t at = c.pos();
+    switch (t) {
+    case GgufType::u8: v.v = uint64_t(c.get<uint8_t>("a u8 value")); break;
+    case GgufType::i8: v.v = int64_t(c.get<int8_t>("an i8 value")); break;
+    case GgufType::u16: v.v = uint64_t(c.get<uint16_t>("a u16 value")); break;
+    case GgufType::i16: v.v = int64_t(c.get<int16_t>("an i16 value")); break;
+    case GgufType::u32: v.v = uint64_t(c.get<uint32_t>("a u32 value")); break;
+    case GgufType::i32: v.v = int64_t(c.get<int32_t>("an i32 value")); break;
+    case GgufType::u64: v.v = c.get<uint64_t>("a u64 value"); break;
+    case GgufType::i64: v.v = c.get<int64_t>("an i64 value"); break;
+    case GgufType::f32: v.v = double(c.get<float>("an f32 value")); break;
+    case GgufType::f64: v.v = c.get<double>("an f64 value"); break;
     case GgufType::boolean: {
-        const uint8_t b = c.read<uint8_t>("a bool value");
-        if (b > 1) c.fail("bool value " + std::to_string(b) + " is neither 0 nor 1");
+        uint8_t b = c.get<uint8_t>("a bool value");
+        if (b > 1)
+            c.fail(at, "key '" + key + "': bool value is " + std::to_string(b) + ", not 0 or 1");
         v.v = b == 1;
         break;
     }
-    case GgufType::string: v.v = c.string("a string value"); break;
-    case GgufType::array: {
-        if (depth >= kMaxArrayDepth) c.fail("arrays nested deeper than 8 levels");
-        auto arr = std::make_shared<GgufArray>();
-        arr->elem = read_type(c, "an array's element type");
-        const uint64_t n = c.read<uint64_t>("an array's length");
-        if (n > kMaxArrayItems) c.fail("array length " + std::to_string(n) + " is absurd");
-        // Each element takes at least one byte: a length beyond the bytes left is a lie.
-        c.need(n, "an array's elements");
-        arr->items.reserve(size_t(n));
-        for (uint64_t i = 0; i < n; ++i) arr->items.push_back(read_value(c, arr->elem, depth + 1));
-        v.v = std::move(arr);
-        break;
-    }
+    case GgufType::string: v.v = c.str("a string value"); break;
+    case GgufType::array: break; // read_value handles arrays
     }
     return v;
 }
 
-void put_bytes(std::vector<uint8_t>& out, const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    out.insert(out.end(), b, b + n);
-}
-template <typename T> void put(std::vector<uint8_t>& out, T v) { put_bytes(out, &v, sizeof v); }
-void put_string(std::vector<uint8_t>& out, const std::string& s) {
-    put<uint64_t>(out, s.size());
-    put_bytes(out, s.data(), s.size());
+GgufValue read_value(Cursor& c, GgufType t, int depth, const std::string& key) {
+    if (t != GgufType::array) return read_scalar(c, t, key);
+    const uint64_t at = c.pos();
+    if (depth >= kMaxNesting)
+        c.fail(at, "key '" + key + "': arrays nested deeper than " + std::to_string(kMaxNesting));
+    uint32_t raw = c.get<uint32_t>("an array's element type");
+    if (!valid_type(raw))
+        c.fail(at, "key '" + key + "': unknown array element type " + std::to_string(raw));
+    const GgufType elem = GgufType(raw);
+    uint64_t n = c.get<uint64_t>("an array's length");
+    if (n > c.left() / min_size(elem))
+        c.fail(at, "key '" + key + "': array of " + std::to_string(n) + " " + type_name(elem) +
+                       " values cannot fit in the " + std::to_string(c.left()) +
+                       " bytes left in the file");
+    auto arr = std::make_shared<GgufArray>();
+    arr->elem = elem;
+    arr->items.reserve(size_t(n));
+    for (uint64_t i = 0; i < n; ++i)
+        arr->items.push_back(read_value(c, elem, depth + 1, key));
+    GgufValue v;
+    v.type = GgufType::array;
+    v.v = std::move(arr);
+    return v;
 }
 
-void write_value(std::vector<uint8_t>& out, const GgufValue& v) {
+[[noreturn]] void wrong_kind(const GgufValue& v, const char* want) {
+    throw InvalidArgument(std::string("[gguf] expected ") + want + " value, got " + type_name(v.type));
+}
+
+// Checks that a value (to be written) is what its type tag says, recursively.
+void check_value(const GgufValue& v, const std::string& key) {
+    auto bad = [&](const std::string& why) {
+        throw InvalidArgument("[gguf writer] key '" + key + "': " + why);
+    };
+    auto uint_in = [&](uint64_t max) {
+        if (!std::holds_alternative<uint64_t>(v.v)) bad(std::string(type_name(v.type)) + " value does not hold an unsigned integer");
+        if (std::get<uint64_t>(v.v) > max) bad("value " + std::to_string(std::get<uint64_t>(v.v)) + " does not fit " + type_name(v.type));
+    };
+    auto int_in = [&](int64_t lo, int64_t hi) {
+        if (!std::holds_alternative<int64_t>(v.v)) bad(std::string(type_name(v.type)) + " value does not hold a signed integer");
+        int64_t x = std::get<int64_t>(v.v);
+        if (x < lo || x > hi) bad("value " + std::to_string(x) + " does not fit " + type_name(v.type));
+    };
     switch (v.type) {
-    case GgufType::u8: put<uint8_t>(out, uint8_t(v.as_uint())); break;
-    case GgufType::i8: put<int8_t>(out, int8_t(v.as_int())); break;
-    case GgufType::u16: put<uint16_t>(out, uint16_t(v.as_uint())); break;
-    case GgufType::i16: put<int16_t>(out, int16_t(v.as_int())); break;
-    case GgufType::u32: put<uint32_t>(out, uint32_t(v.as_uint())); break;
-    case GgufType::i32: put<int32_t>(out, int32_t(v.as_int())); break;
-    case GgufType::u64: put<uint64_t>(out, v.as_uint()); break;
-    case GgufType::i64: put<int64_t>(out, v.as_int()); break;
-    case GgufType::f32: put<float>(out, float(v.as_float())); break;
-    case GgufType::f64: put<double>(out, v.as_float()); break;
-    case GgufType::boolean: put<uint8_t>(out, v.as_bool() ? 1 : 0); break;
-    case GgufType::string: put_string(out, v.as_string()); break;
+    case GgufType::u8: uint_in(UINT8_MAX); break;
+    case GgufType::u16: uint_in(UINT16_MAX); break;
+    case GgufType::u32: uint_in(UINT32_MAX); break;
+    case GgufType::u64: uint_in(UINT64_MAX); break;
+    case GgufType::i8: int_in(INT8_MIN, INT8_MAX); break;
+    case GgufType::i16: int_in(INT16_MIN, INT16_MAX); break;
+    case GgufType::i32: int_in(INT32_MIN, INT32_MAX); break;
+    case GgufType::i64: int_in(INT64_MIN, INT64_MAX); break;
+    case GgufType::f32:
+    case GgufType::f64:
+        if (!std::holds_alternative<double>(v.v)) bad("float value does not hold a double");
+        break;
+    case GgufType::boolean:
+        if (!std::holds_alternative<bool>(v.v)) bad("bool value does not hold a bool");
+        break;
+    case GgufType::string:
+        if (!std::holds_alternative<std::string>(v.v)) bad("string value does not hold a string");
+        break;
     case GgufType::array: {
-        const GgufArray& a = v.as_array();
-        put<uint32_t>(out, uint32_t(a.elem));
-        put<uint64_t>(out, a.items.size());
-        for (const GgufValue& item : a.items) {
-            FORGE_CHECK(item.type == a.elem, "[gguf] array of ", type_name(a.elem),
-                        " holds a ", type_name(item.type), " element");
-            write_value(out, item);
+        if (!std::holds_alternative<std::shared_ptr<GgufArray>>(v.v) || !std::get<std::shared_ptr<GgufArray>>(v.v))
+            bad("array value does not hold an array");
+        const GgufArray& a = *std::get<std::shared_ptr<GgufArray>>(v.v);
+        if (!valid_type(uint32_t(a.elem))) bad("array element type " + std::to_string(uint32_t(a.elem)) + " is unknown");
+        for (const auto& item : a.items) {
+            if (item.type != a.elem)
+                bad(std::string("array of ") + type_name(a.elem) + " holds a " + type_name(item.type));
+            check_value(item, key);
         }
+        break;
+    }
+    default: bad("unknown value type " + std::to_string(uint32_t(v.type)));
+    }
+}
+
+// Serializes to a byte sink (a file stream or a vector).
+template <typename Put> void put_value(const GgufValue& v, Put& put) {
+    auto raw = [&](const auto& x) { put(&x, sizeof(x)); };
+    switch (v.type) {
+    case GgufType::u8: raw(uint8_t(std::get<uint64_t>(v.v))); break;
+    case GgufType::u16: raw(uint16_t(std::get<uint64_t>(v.v))); break;
+    case GgufType::u32: raw(uint32_t(std::get<uint64_t>(v.v))); break;
+    case GgufType::u64: raw(std::get<uint64_t>(v.v)); break;
+    case GgufType::i8: raw(int8_t(std::get<int64_t>(v.v))); break;
+    case GgufType::i16: raw(int16_t(std::get<int64_t>(v.v))); break;
+    case GgufType::i32: raw(int32_t(std::get<int64_t>(v.v))); break;
+    case GgufType::i64: raw(std::get<int64_t>(v.v)); break;
+    case GgufType::f32: raw(float(std::get<double>(v.v))); break;
+    case GgufType::f64: raw(std::get<double>(v.v)); break;
+    case GgufType::boolean: raw(uint8_t(std::get<bool>(v.v) ? 1 : 0)); break;
+    case GgufType::string: {
+        const std::string& s = std::get<std::string>(v.v);
+        raw(uint64_t(s.size()));
+        put(s.data(), s.size());
+        break;
+    }
+    case GgufType::array: {
+        const GgufArray& a = *std::get<std::shared_ptr<GgufArray>>(v.v);
+        raw(uint32_t(a.elem));
+        raw(uint64_t(a.items.size()));
+        for (const auto& item : a.items) put_value(item, put);
         break;
     }
     }
 }
-
-uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 } // namespace
 
 // ------------------------------------------------------------------------------ GgufValue
 
-[[noreturn]] static void wrong_kind(GgufType have, const char* want) {
-    throw InvalidArgument(std::string("[gguf] expected a ") + want + " value, found " +
-                          type_name(have));
+int64_t GgufValue::as_int() const {
+    if (auto* i = std::get_if<int64_t>(&v)) return *i;
+    if (auto* u = std::get_if<uint64_t>(&v)) {
+        if (*u > uint64_t(std::numeric_limits<int64_t>::max()))
+            throw InvalidArgument("[gguf] value " + std::to_string(*u) + " does not fit an int64");
+        return int64_t(*u);
+    }
+    wrong_kind(*this, "an integer");
 }
 
-int64_t GgufValue::as_int() const {
-    if (is_signed(type)) return std::get<int64_t>(v);
-    if (is_unsigned(type)) {
-        const uint64_t u = std::get<uint64_t>(v);
-        if (u > uint64_t(std::numeric_limits<int64_t>::max()))
-            throw InvalidArgument("[gguf] value " + std::to_string(u) + " does not fit an int64");
-        return int64_t(u);
-    }
-    wrong_kind(type, "integer");
-}
 uint64_t GgufValue::as_uint() const {
-    if (is_unsigned(type)) return std::get<uint64_t>(v);
-    if (is_signed(type)) {
-        const int64_t i = std::get<int64_t>(v);
-        if (i < 0) throw InvalidArgument("[gguf] negative value " + std::to_string(i) + " where an unsigned one is needed");
-        return uint64_t(i);
+    if (auto* u = std::get_if<uint64_t>(&v)) return *u;
+    if (auto* i = std::get_if<int64_t>(&v)) {
+        if (*i < 0) throw InvalidArgument("[gguf] value " + std::to_string(*i) + " is negative");
+        return uint64_t(*i);
     }
-    wrong_kind(type, "integer");
+    wrong_kind(*this, "an unsigned integer");
 }
+
 double GgufValue::as_float() const {
-    if (type == GgufType::f32 || type == GgufType::f64) return std::get<double>(v);
-    if (is_signed(type)) return double(std::get<int64_t>(v));
-    if (is_unsigned(type)) return double(std::get<uint64_t>(v));
-    wrong_kind(type, "number");
+    if (auto* d = std::get_if<double>(&v)) return *d;
+    wrong_kind(*this, "a float");
 }
+
 bool GgufValue::as_bool() const {
-    if (type != GgufType::boolean) wrong_kind(type, "bool");
-    return std::get<bool>(v);
+    if (auto* b = std::get_if<bool>(&v)) return *b;
+    wrong_kind(*this, "a bool");
 }
+
 const std::string& GgufValue::as_string() const {
-    if (type != GgufType::string) wrong_kind(type, "string");
-    return std::get<std::string>(v);
+    if (auto* s = std::get_if<std::string>(&v)) return *s;
+    wrong_kind(*this, "a string");
 }
+
 const GgufArray& GgufValue::as_array() const {
-    if (type != GgufType::array) wrong_kind(type, "array");
-    return *std::get<std::shared_ptr<GgufArray>>(v);
+    if (auto* a = std::get_if<std::shared_ptr<GgufArray>>(&v); a && *a) return **a;
+    wrong_kind(*this, "an array");
 }
 
 GgufValue GgufValue::u32(uint32_t x) { return {GgufType::u32, uint64_t(x)}; }
@@ -250,101 +316,123 @@ int64_t GgufTensorInfo::numel() const {
 
 struct GgufFile::Impl {
     std::string origin;
-    // The bytes: a read-only mapping of the file, or a private copy (parse()).
-    void* map = nullptr;
-    size_t map_size = 0;
-    std::vector<uint8_t> copy;
-    const uint8_t* data = nullptr;
+    std::vector<uint8_t> owned; // parse(): a copy of the bytes
+    void* map = nullptr;        // open(): the mapping
+    size_t map_len = 0;
+    const uint8_t* base = nullptr;
     uint64_t size = 0;
 
     uint32_t version = 0;
-    uint64_t alignment = 32;
+    uint64_t alignment = kDefaultAlignment;
     std::vector<std::pair<std::string, GgufValue>> metadata;
+    std::unordered_map<std::string, size_t> key_index;
     std::vector<GgufTensorInfo> tensors;
+    std::unordered_map<std::string, size_t> tensor_index;
 
     ~Impl() {
-        if (map) ::munmap(map, map_size);
+        if (map) munmap(map, map_len);
     }
     void parse();
 };
 
 void GgufFile::Impl::parse() {
-    Cursor c(data, size, origin);
-    if (c.read<uint32_t>("the magic number") != kMagic) {
-        throw InvalidArgument(origin + ": not a GGUF file (the first 4 bytes are not \"GGUF\")");
-    }
-    version = c.read<uint32_t>("the version");
+    Cursor c(base, size, origin);
+    if (size < 4 || c.get<uint32_t>("the magic") != kMagic)
+        c.fail(0, "not a GGUF file (the first 4 bytes are not \"GGUF\")");
+    version = c.get<uint32_t>("the version");
     if (version != 2 && version != 3)
-        c.fail("GGUF version " + std::to_string(version) + " is not supported (2 and 3 are)");
-    const uint64_t n_tensors = c.read<uint64_t>("the tensor count");
-    const uint64_t n_kv = c.read<uint64_t>("the metadata count");
-    if (n_tensors > kMaxTensors) c.fail("tensor count " + std::to_string(n_tensors) + " is absurd");
-    if (n_kv > kMaxKeys) c.fail("metadata count " + std::to_string(n_kv) + " is absurd");
+        c.fail(4, "GGUF version " + std::to_string(version) +
+                      (version == 1 ? " (v1, 32-bit counts) is not supported; re-convert the model"
+                                    : " is not supported (Forge reads v2 and v3, little-endian)"));
+    const uint64_t n_tensors = c.get<uint64_t>("the tensor count");
+    const uint64_t n_kv = c.get<uint64_t>("the metadata count");
+    // Each key/value takes at least 13 bytes, each tensor info at least 24: cap before reserving.
+    if (n_kv > c.left() / 13)
+        c.fail(16, "metadata count " + std::to_string(n_kv) + " cannot fit in the " +
+                       std::to_string(size) + "-byte file");
+    if (n_tensors > c.left() / 24)
+        c.fail(8, "tensor count " + std::to_string(n_tensors) + " cannot fit in the " +
+                      std::to_string(size) + "-byte file");
 
-    std::set<std::string, std::less<>> keys;
+    metadata.reserve(size_t(n_kv));
     for (uint64_t i = 0; i < n_kv; ++i) {
-        std::string key = c.string("a metadata key");
-        if (!keys.insert(key).second) c.fail("metadata key '" + key + "' appears twice");
-        const GgufType t = read_type(c, "a metadata value type");
-        metadata.emplace_back(std::move(key), read_value(c, t, 0));
-    }
-    if (const auto it = keys.find("general.alignment"); it != keys.end()) {
-        for (auto& [k, v] : metadata)
-            if (k == "general.alignment") {
-                if (v.type != GgufType::u32) c.fail("general.alignment must be a u32");
-                alignment = v.as_uint();
-            }
-        if (alignment == 0 || (alignment & (alignment - 1)) != 0)
-            c.fail("general.alignment " + std::to_string(alignment) + " is not a power of two");
+        const uint64_t at = c.pos();
+        std::string key = c.str("a metadata key");
+        const uint64_t type_at = c.pos();
+        uint32_t raw = c.get<uint32_t>("a metadata value type");
+        if (!valid_type(raw))
+            c.fail(type_at, "key '" + key + "' has unknown value type " + std::to_string(raw));
+        GgufValue v = read_value(c, GgufType(raw), 0, key);
+        if (!key_index.emplace(key, metadata.size()).second)
+            c.fail(at, "duplicate metadata key '" + key + "'");
+        if (key == "general.alignment") {
+            if (v.type != GgufType::u32)
+                c.fail(type_at, std::string("general.alignment must be a u32, not ") + type_name(v.type));
+            uint64_t a = std::get<uint64_t>(v.v);
+            if (a == 0 || (a & (a - 1)) != 0)
+                c.fail(type_at, "general.alignment " + std::to_string(a) + " is not a power of two");
+            alignment = a;
+        }
+        metadata.emplace_back(std::move(key), std::move(v));
     }
 
-    std::set<std::string, std::less<>> names;
     tensors.reserve(size_t(n_tensors));
     for (uint64_t i = 0; i < n_tensors; ++i) {
+        const uint64_t at = c.pos();
         GgufTensorInfo t;
-        t.name = c.string("a tensor name");
-        if (!names.insert(t.name).second) c.fail("tensor '" + t.name + "' appears twice");
-        const uint32_t n_dims = c.read<uint32_t>("a tensor's dimension count");
-        if (n_dims == 0 || n_dims > kMaxDims)
-            c.fail("tensor '" + t.name + "' has " + std::to_string(n_dims) + " dimensions (1 to 4 allowed)");
+        t.name = c.str("a tensor name");
+        const uint32_t n_dims = c.get<uint32_t>("a tensor's dimension count");
+        if (n_dims > kMaxDims)
+            c.fail(at, "tensor '" + t.name + "' has " + std::to_string(n_dims) +
+                           " dimensions (at most 4)");
         uint64_t numel = 1;
         for (uint32_t d = 0; d < n_dims; ++d) {
-            const uint64_t ne = c.read<uint64_t>("a tensor dimension");
-            if (ne == 0 || ne > (uint64_t(1) << 40) || numel > (uint64_t(1) << 50) / ne)
-                c.fail("tensor '" + t.name + "' has an impossible shape (dimension " + std::to_string(ne) + ")");
-            numel *= ne;
-            t.ne.push_back(int64_t(ne));
+            int64_t n = c.get<int64_t>("a tensor's shape");
+            if (n < 0) c.fail(at, "tensor '" + t.name + "' has a negative dimension " + std::to_string(n));
+            if (n != 0 && numel > uint64_t(std::numeric_limits<int64_t>::max()) / uint64_t(n))
+                c.fail(at, "tensor '" + t.name + "': element count overflows");
+            numel *= uint64_t(n);
+            t.ne.push_back(n);
         }
-        const uint32_t raw_type = c.read<uint32_t>("a tensor type");
-        if (!quant::is_known_type(raw_type))
-            c.fail("tensor '" + t.name + "' has ggml type " + std::to_string(raw_type) +
-                   ", which Forge does not read");
-        t.type = quant::GgmlType(raw_type);
-        const quant::GgmlTypeInfo& info = quant::type_info(t.type);
-        if (t.ne[0] % info.block_size != 0)
-            c.fail("tensor '" + t.name + "': row length " + std::to_string(t.ne[0]) +
-                   " is not a multiple of " + std::string(info.name) + "'s block of " +
-                   std::to_string(info.block_size));
-        t.nbytes = numel / uint64_t(info.block_size) * uint64_t(info.block_bytes);
-        t.offset = c.read<uint64_t>("a tensor offset");
-        if (t.offset % alignment != 0)
-            c.fail("tensor '" + t.name + "' offset " + std::to_string(t.offset) +
-                   " is not a multiple of the alignment " + std::to_string(alignment));
+        const uint64_t type_at = c.pos();
+        const uint32_t raw = c.get<uint32_t>("a tensor's type");
+        if (!quant::is_known_type(raw))
+            c.fail(type_at, "tensor '" + t.name + "' has ggml type " + std::to_string(raw) +
+                                ", which Forge does not read (F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
+                                "Q4_K, Q5_K, Q6_K)");
+        t.type = quant::GgmlType(raw);
+        t.offset = c.get<uint64_t>("a tensor's offset");
+        const auto& info = quant::type_info(t.type);
+        const int64_t ne0 = t.ne.empty() ? 1 : t.ne[0];
+        if (ne0 % info.block_size != 0)
+            c.fail(at, "tensor '" + t.name + "' of type " + std::string(info.name) + " has rows of " +
+                           std::to_string(ne0) + " values, not a multiple of its block size " +
+                           std::to_string(info.block_size));
+        // numel <= 2^63 and bytes per value <= 4, but guard the product anyway.
+        const uint64_t blocks = numel / uint64_t(info.block_size);
+        if (blocks > std::numeric_limits<uint64_t>::max() / uint64_t(info.block_bytes))
+            c.fail(at, "tensor '" + t.name + "': byte size overflows");
+        t.nbytes = blocks * uint64_t(info.block_bytes);
+        if (!tensor_index.emplace(t.name, tensors.size()).second)
+            c.fail(at, "duplicate tensor name '" + t.name + "'");
         tensors.push_back(std::move(t));
     }
 
     const uint64_t data_start = align_up(c.pos(), alignment);
-    if (data_start > size && n_tensors > 0)
-        c.fail("the data section would start at byte " + std::to_string(data_start) +
-               ", past the end of the " + std::to_string(size) + "-byte file");
+    if (data_start > size && !tensors.empty())
+        c.fail(c.pos(), "the data section (aligned to " + std::to_string(alignment) +
+                            ") starts past the end of the file");
     const uint64_t data_len = data_start <= size ? size - data_start : 0;
-    for (GgufTensorInfo& t : tensors) {
+    for (auto& t : tensors) {
+        if (t.offset % alignment != 0)
+            c.fail(data_start, "tensor '" + t.name + "' has offset " + std::to_string(t.offset) +
+                                   ", not a multiple of the alignment " + std::to_string(alignment));
         if (t.offset > data_len || t.nbytes > data_len - t.offset)
-            throw InvalidArgument(origin + ": tensor '" + t.name + "' (" + std::to_string(t.nbytes) +
-                                  " bytes at data offset " + std::to_string(t.offset) +
-                                  ") runs past the end of the file (data section is " +
-                                  std::to_string(data_len) + " bytes): truncated?");
-        t.data = data + data_start + t.offset;
+            c.fail(data_start, "tensor '" + t.name + "' needs bytes [" + std::to_string(t.offset) +
+                                   ", " + std::to_string(t.offset) + " + " + std::to_string(t.nbytes) +
+                                   ") of the " + std::to_string(data_len) +
+                                   "-byte data section (the file is truncated or lies)");
+        t.data = base + data_start + t.offset;
     }
 }
 
@@ -356,26 +444,27 @@ GgufFile::~GgufFile() = default;
 GgufFile GgufFile::open(const std::filesystem::path& path) {
     auto impl = std::make_unique<Impl>();
     impl->origin = path.string();
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw NotFound("cannot open GGUF file '" + path.string() + "': " + std::strerror(errno));
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw NotFound("cannot open GGUF file '" + path.string() + "'");
     struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         ::close(fd);
         throw InvalidArgument("'" + path.string() + "' is not a regular file");
     }
     impl->size = uint64_t(st.st_size);
     if (impl->size > 0) {
-        void* m = ::mmap(nullptr, size_t(impl->size), PROT_READ, MAP_PRIVATE, fd, 0);
+        void* m = mmap(nullptr, size_t(impl->size), PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
-            const int err = errno;
             ::close(fd);
-            throw InvalidArgument("cannot map '" + path.string() + "': " + std::strerror(err));
+            throw InvalidArgument("cannot memory-map '" + path.string() + "'");
         }
         impl->map = m;
-        impl->map_size = size_t(impl->size);
-        impl->data = static_cast<const uint8_t*>(m);
+        impl->map_len = size_t(impl->size);
+        impl->base = static_cast<const uint8_t*>(m);
     }
-    ::close(fd); // the mapping stays valid
+    ::close(fd);
+    static const uint8_t kEmpty = 0;
+    if (!impl->base) impl->base = &kEmpty;
     impl->parse();
     return GgufFile(std::move(impl));
 }
@@ -383,9 +472,11 @@ GgufFile GgufFile::open(const std::filesystem::path& path) {
 GgufFile GgufFile::parse(std::span<const uint8_t> bytes, std::string origin) {
     auto impl = std::make_unique<Impl>();
     impl->origin = std::move(origin);
-    impl->copy.assign(bytes.begin(), bytes.end());
-    impl->data = impl->copy.data();
-    impl->size = impl->copy.size();
+    // One spare byte keeps base valid (and non-null) for an empty input.
+    impl->owned.reserve(bytes.size() + 1);
+    impl->owned.assign(bytes.begin(), bytes.end());
+    impl->base = impl->owned.data();
+    impl->size = bytes.size();
     impl->parse();
     return GgufFile(std::move(impl));
 }
@@ -396,19 +487,18 @@ const std::vector<std::pair<std::string, GgufValue>>& GgufFile::metadata() const
     return impl_->metadata;
 }
 const GgufValue* GgufFile::find(std::string_view key) const {
-    for (const auto& [k, v] : impl_->metadata)
-        if (k == key) return &v;
-    return nullptr;
+    auto it = impl_->key_index.find(std::string(key));
+    return it == impl_->key_index.end() ? nullptr : &impl_->metadata[it->second].second;
 }
 const GgufValue& GgufFile::at(std::string_view key) const {
     if (const GgufValue* v = find(key)) return *v;
-    throw InvalidArgument(impl_->origin + ": required metadata key '" + std::string(key) + "' is missing");
+    throw InvalidArgument(impl_->origin + ": required metadata key '" + std::string(key) +
+                          "' is missing");
 }
 const std::vector<GgufTensorInfo>& GgufFile::tensors() const { return impl_->tensors; }
 const GgufTensorInfo* GgufFile::find_tensor(std::string_view name) const {
-    for (const GgufTensorInfo& t : impl_->tensors)
-        if (t.name == name) return &t;
-    return nullptr;
+    auto it = impl_->tensor_index.find(std::string(name));
+    return it == impl_->tensor_index.end() ? nullptr : &impl_->tensors[it->second];
 }
 const std::string& GgufFile::origin() const { return impl_->origin; }
 
@@ -416,11 +506,16 @@ const std::string& GgufFile::origin() const { return impl_->origin; }
 
 GgufWriter::GgufWriter(uint64_t alignment) : alignment_(alignment) {
     FORGE_CHECK(alignment > 0 && (alignment & (alignment - 1)) == 0 && alignment <= UINT32_MAX,
-                "[gguf] alignment ", alignment, " must be a power of two");
-    if (alignment != 32) set("general.alignment", GgufValue::u32(uint32_t(alignment)));
+                "[gguf writer] alignment ", alignment, " is not a power of two");
+    if (alignment != kDefaultAlignment) set("general.alignment", GgufValue::u32(uint32_t(alignment)));
 }
 
 void GgufWriter::set(std::string key, GgufValue value) {
+    check_value(value, key);
+    if (key == "general.alignment")
+        FORGE_CHECK(value.type == GgufType::u32 && std::get<uint64_t>(value.v) == alignment_,
+                    "[gguf writer] general.alignment must be the u32 ", alignment_,
+                    " this writer was made with");
     for (auto& [k, v] : metadata_)
         if (k == key) {
             v = std::move(value);
@@ -431,52 +526,79 @@ void GgufWriter::set(std::string key, GgufValue value) {
 
 void GgufWriter::add_tensor(std::string name, std::vector<int64_t> ne, quant::GgmlType type,
                             std::span<const uint8_t> data) {
-    FORGE_CHECK(!ne.empty() && ne.size() <= kMaxDims, "[gguf] tensor '", name, "' has ", ne.size(),
-                " dimensions (1 to 4 allowed)");
-    for (const PendingTensor& t : tensors_)
-        FORGE_CHECK(t.name != name, "[gguf] tensor '", name, "' added twice");
+    FORGE_CHECK(ne.size() <= kMaxDims, "[gguf writer] tensor '", name, "' has ", ne.size(),
+                " dimensions (at most 4)");
+    for (const auto& t : tensors_)
+        FORGE_CHECK(t.name != name, "[gguf writer] duplicate tensor name '", name, "'");
     int64_t rows = 1;
-    for (size_t d = 0; d < ne.size(); ++d) {
-        FORGE_CHECK(ne[d] > 0, "[gguf] tensor '", name, "' has dimension ", ne[d]);
-        if (d > 0) rows *= ne[d];
+    for (size_t i = 0; i < ne.size(); ++i) {
+        FORGE_CHECK(ne[i] >= 0, "[gguf writer] tensor '", name, "' has a negative dimension");
+        if (i > 0) rows *= ne[i];
     }
-    const int64_t want = quant::row_bytes(type, ne[0]) * rows;
-    FORGE_CHECK(int64_t(data.size()) == want, "[gguf] tensor '", name, "' of type ",
-                quant::type_info(type).name, " needs ", want, " bytes, got ", data.size());
+    const int64_t nbytes = quant::row_bytes(type, ne.empty() ? 1 : ne[0]) * rows;
+    FORGE_CHECK(uint64_t(nbytes) == data.size(), "[gguf writer] tensor '", name, "' of type ",
+                quant::type_info(type).name, " needs ", nbytes, " bytes, got ", data.size());
     tensors_.push_back({std::move(name), std::move(ne), type, {data.begin(), data.end()}});
 }
 
-// Header, metadata, tensor infos and the padding up to the data section.
-std::vector<uint8_t> GgufWriter::header() const {
-    std::vector<uint8_t> out;
-    put<uint32_t>(out, kMagic);
-    put<uint32_t>(out, 3);
-    put<uint64_t>(out, tensors_.size());
-    put<uint64_t>(out, metadata_.size());
-    for (const auto& [k, v] : metadata_) {
-        put_string(out, k);
-        put<uint32_t>(out, uint32_t(v.type));
-        write_value(out, v);
+namespace {
+
+template <typename Put>
+void serialize(uint64_t alignment, const std::vector<std::pair<std::string, GgufValue>>& metadata,
+               const auto& tensors, Put& put) {
+    uint64_t written = 0;
+    auto counted = [&](const void* p, size_t n) {
+        put(p, n);
+        written += n;
+    };
+    auto raw = [&](const auto& x) { counted(&x, sizeof(x)); };
+    auto str = [&](const std::string& s) {
+        raw(uint64_t(s.size()));
+        counted(s.data(), s.size());
+    };
+    static const uint8_t kZeros[256] = {};
+    auto pad = [&] {
+        uint64_t n = align_up(written, alignment) - written;
+        while (n > 0) {
+            uint64_t k = std::min<uint64_t>(n, sizeof(kZeros));
+            counted(kZeros, size_t(k));
+            n -= k;
+        }
+    };
+    raw(kMagic);
+    raw(uint32_t(3));
+    raw(uint64_t(tensors.size()));
+    raw(uint64_t(metadata.size()));
+    for (const auto& [k, v] : metadata) {
+        str(k);
+        raw(uint32_t(v.type));
+        put_value(v, counted);
     }
     uint64_t offset = 0;
-    for (const PendingTensor& t : tensors_) {
-        put_string(out, t.name);
-        put<uint32_t>(out, uint32_t(t.ne.size()));
-        for (int64_t d : t.ne) put<uint64_t>(out, uint64_t(d));
-        put<uint32_t>(out, uint32_t(t.type));
-        put<uint64_t>(out, offset);
-        offset = align_up(offset + t.data.size(), alignment_);
+    for (const auto& t : tensors) {
+        str(t.name);
+        raw(uint32_t(t.ne.size()));
+        for (int64_t d : t.ne) raw(d);
+        raw(uint32_t(t.type));
+        raw(offset);
+        offset = align_up(offset + t.data.size(), alignment);
     }
-    out.resize(align_up(out.size(), alignment_), 0);
-    return out;
+    pad();
+    for (const auto& t : tensors) {
+        counted(t.data.data(), t.data.size());
+        pad();
+    }
 }
 
+} // namespace
+
 std::vector<uint8_t> GgufWriter::bytes() const {
-    std::vector<uint8_t> out = header();
-    for (const PendingTensor& t : tensors_) {
-        put_bytes(out, t.data.data(), t.data.size());
-        out.resize(align_up(out.size(), alignment_), 0);
-    }
+    std::vector<uint8_t> out;
+    auto put = [&](const void* p, size_t n) {
+        auto* b = static_cast<const uint8_t*>(p);
+        out.insert(out.end(), b, b + n);
+    };
+    serialize(alignment_, metadata_, tensors_, put);
     return out;
 }
 
@@ -486,16 +608,13 @@ void GgufWriter::write(const std::filesystem::path& path) const {
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         if (!out) throw InvalidArgument("cannot write '" + tmp.string() + "'");
-        const std::vector<uint8_t> head = header();
-        out.write(reinterpret_cast<const char*>(head.data()), std::streamsize(head.size()));
-        const std::vector<char> zeros(size_t(alignment_), 0);
-        for (const PendingTensor& t : tensors_) {
-            out.write(reinterpret_cast<const char*>(t.data.data()), std::streamsize(t.data.size()));
-            const uint64_t pad = align_up(t.data.size(), alignment_) - t.data.size();
-            out.write(zeros.data(), std::streamsize(pad));
+        auto put = [&](const void* p, size_t n) { out.write(static_cast<const char*>(p), std::streamsize(n)); };
+        serialize(alignment_, metadata_, tensors_, put);
+        if (!out) {
+            out.close();
+            std::filesystem::remove(tmp);
+            throw InvalidArgument("failed writing '" + tmp.string() + "' (disk full?)");
         }
-        out.flush();
-        if (!out) throw InvalidArgument("failed writing '" + tmp.string() + "' (disk full?)");
     }
     std::filesystem::rename(tmp, path);
 }

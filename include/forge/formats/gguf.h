@@ -109,7 +109,6 @@ class GgufWriter {
     std::vector<uint8_t> bytes() const;
 
   private:
-    std::vector<uint8_t> header() const;
     uint64_t alignment_;
     std::vector<std::pair<std::string, GgufValue>> metadata_;
     struct PendingTensor {
