@@ -1,8 +1,6 @@
 // The OpenAI routes over a real socket (cpp-httplib on 127.0.0.1): a streamed chat arrives as
 // chunked SSE ending in [DONE] with the same text as the in-process answer, and a client that
 // closes its socket mid-stream has its generation cancelled and its slot freed.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,6 +8,8 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+
+#include "serve/socket_util.h"
 
 #include "serve/serve_test_util.h"
 #include <forge/serve/middleware.h>
@@ -21,12 +21,7 @@ using nlohmann::json;
 
 // Connects to 127.0.0.1:port and sends one POST (Connection: close); returns the socket.
 int post(int port, const std::string& target, const std::string& body) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(uint16_t(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    int fd = forge::testing::connect_loopback(port);
     const std::string req = "POST " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                             "Content-Type: application/json\r\nContent-Length: " +
                             std::to_string(body.size()) + "\r\n\r\n" + body;
