@@ -207,6 +207,20 @@ Response generate(const ModelRegistry& reg, Request& req, bool chat) {
     const std::string model_id = m->id();
     return Response::sse([=, m = std::move(m), stream = std::move(stream)](SseWriter& w) {
         const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
+        // A client that goes away is seen at a write; while nothing is written (queued, a long
+        // prefill, text held back) a `: keep-alive` comment each second makes that write.
+        auto last_write = std::chrono::steady_clock::now();
+        auto send = [&](const std::string& data) {
+            last_write = std::chrono::steady_clock::now();
+            return w.send(data);
+        };
+        auto alive = [&] {
+            if (!w.connected()) return false;
+            const auto now = std::chrono::steady_clock::now();
+            if (now - last_write < std::chrono::seconds(1)) return true;
+            last_write = now;
+            return w.comment("keep-alive");
+        };
         auto chunk = [&](json choice) {
             json c = {{"id", id}, {"object", chunk_object}, {"created", created},
                       {"model", model_id}, {"choices", json::array({std::move(choice)})}};
@@ -226,14 +240,14 @@ Response generate(const ModelRegistry& reg, Request& req, bool chat) {
             if (chat) {
                 json ch = {{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}},
                            {"logprobs", nullptr}, {"finish_reason", nullptr}};
-                ok = w.send(chunk(std::move(ch)));
+                ok = send(chunk(std::move(ch)));
             } else if (r.echo) {
-                ok = w.send(delta(i, echo_text(r, *m, i), nullptr, nullptr));
+                ok = send(delta(i, echo_text(r, *m, i), nullptr, nullptr));
             }
             if (!ok) return stream->cancel();
         }
         int64_t completion = 0;
-        const bool done = pump(*stream, [&] { return w.connected(); }, [&](EngineEvent& ev) {
+        const bool done = pump(*stream, alive, [&](EngineEvent& ev) {
             json lp = nullptr;
             if (ev.step.token >= 0 && !ev.step.eos && !ev.logprobs.empty()) {
                 if (chat) {
@@ -245,10 +259,10 @@ Response generate(const ModelRegistry& reg, Request& req, bool chat) {
                 }
             }
             if (!ev.step.text.empty() || !lp.is_null())
-                if (!w.send(delta(ev.index, ev.step.text, lp, nullptr))) return false;
+                if (!send(delta(ev.index, ev.step.text, lp, nullptr))) return false;
             if (ev.done) {
                 completion += int64_t(ev.result.tokens.size());
-                return w.send(delta(ev.index, "", nullptr, finish_name(ev.result.finish_reason)));
+                return send(delta(ev.index, "", nullptr, finish_name(ev.result.finish_reason)));
             }
             return true;
         });
@@ -257,9 +271,9 @@ Response generate(const ModelRegistry& reg, Request& req, bool chat) {
             json u = {{"id", id}, {"object", chunk_object}, {"created", created},
                       {"model", model_id}, {"choices", json::array()},
                       {"usage", usage_json(prompt_tokens(r), completion)}};
-            if (!w.send(dump(u))) return;
+            if (!send(dump(u))) return;
         }
-        w.send("[DONE]");
+        send("[DONE]");
     });
 }
 

@@ -3,6 +3,7 @@
 // and param of every validation error.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -242,7 +243,8 @@ TEST(OpenAI, ErrorMidStreamIsAnSseErrorEvent) {
     app.model(served);
     auto res = app.handle(Request::make("POST", "/v1/completions",
                                         json{{"model", "tiny"}, {"prompt", "abc"},
-                                             {"max_tokens", 100}, {"stream", true}}.dump()));
+                                             {"max_tokens", 100}, {"stream", true},
+                                             {"temperature", 0}}.dump()));
     gate->wait_blocked();
     std::thread stopper([&] { served->engine().stop(); });
     gate->open();
@@ -252,6 +254,42 @@ TEST(OpenAI, ErrorMidStreamIsAnSseErrorEvent) {
     EXPECT_EQ(events[events.size() - 2], "event:error");
     json e = json::parse(events.back());
     EXPECT_EQ(e["error"]["type"], "overloaded_error");
+}
+
+// A streamed request that waits in the queue writes `: keep-alive` comments, so a client that
+// left is noticed and its job cancelled before it ever takes a slot.
+TEST(OpenAI, QueuedStreamOfAGoneClientIsCancelled) {
+    auto model = testing::serve_model(256);
+    auto gate = std::make_shared<testing::GatedLM>(std::make_shared<TransformerLM>(*model));
+    auto metrics = std::make_shared<Metrics>();
+    App app;
+    auto served = std::make_shared<ServedModel>(
+        "tiny", model, testing::byte_tokenizer(),
+        ServeOptions{.engine = {.slots = 1, .metrics = metrics}, .lm = gate});
+    app.model(served);
+    const json req = {{"model", "tiny"}, {"prompt", "abc"}, {"max_tokens", 50}, {"stream", true},
+                      {"temperature", 0}};
+    auto a = app.handle(Request::make("POST", "/v1/completions", req.dump()));
+    std::thread reader_a([&] { a.collect(); });
+    gate->wait_blocked(); // A holds the only slot
+    auto b = app.handle(Request::make("POST", "/v1/completions", req.dump()));
+    EXPECT_EQ(served->engine().queued(), 1);
+    // Safety net: if the heartbeat did not work, B would wait for A, which waits for the gate.
+    std::atomic<bool> b_returned{false};
+    std::thread safety([&] {
+        for (int i = 0; i < 3000 && !b_returned; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        gate->open();
+    });
+    const std::string got = b.collect(0); // the client is gone: every write fails
+    b_returned = true;
+    EXPECT_TRUE(got.empty());
+    gate->open();
+    reader_a.join();
+    safety.join();
+    while (served->engine().busy() > 0 || served->engine().queued() > 0) std::this_thread::yield();
+    // B, and only B (A was read to its end).
+    EXPECT_EQ(metrics->value("forge_engine_generations_total", {{"finish_reason", "cancelled"}}), 1.0);
 }
 
 TEST(OpenAI, EmbeddingsFloatAndBase64) {

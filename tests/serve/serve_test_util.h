@@ -65,6 +65,17 @@ class GatedLM : public CausalLM {
         open_ = true;
         cv_.notify_all();
     }
+    /// Lets `n` more steps through.
+    void allow(int64_t n) {
+        std::lock_guard lk(mu_);
+        permits_ += n;
+        cv_.notify_all();
+    }
+    /// A step is waiting at the gate now.
+    bool blocked() {
+        std::lock_guard lk(mu_);
+        return waiting_ > 0;
+    }
     /// Waits until a step is blocked at the gate.
     void wait_blocked() {
         std::unique_lock lk(mu_);
