@@ -108,12 +108,16 @@ void TransformerLM::eval_batch(std::span<State* const> states, std::span<const T
     NoGradGuard no_grad;
     const int64_t S = int64_t(ids.size()), V = head_.size(0);
     Tensor h = model_.decode_step(std::vector<int64_t>(ids.begin(), ids.end()), caches);
-    // One row is padded to two, as in decode_step: GEMV sums in another order than GEMM, and a
-    // sequence's logits must not depend on how many others share the step.
-    Tensor rows = S == 1 ? concat({h, h}, 0) : h;
-    Tensor out = matmul(rows, head_.t()).to(DType::f32).contiguous(); // (S or 2, V)
-    const float* p = out.data<float>();
-    for (int64_t s = 0; s < S; ++s) logits[size_t(s)]->assign(p + s * V, p + (s + 1) * V);
+    // The head in groups of 16 rows, as in decode_step: the CPU matmul's few-row kernels sum each
+    // row in the same order for 1..16 rows, so a sequence's logits do not depend on how many
+    // others share the step.
+    for (int64_t s0 = 0; s0 < S; s0 += 16) {
+        const int64_t n = std::min<int64_t>(16, S - s0);
+        Tensor out = matmul(h.narrow(0, s0, n), head_.t()).to(DType::f32).contiguous(); // (n, V)
+        const float* p = out.data<float>();
+        for (int64_t s = 0; s < n; ++s)
+            logits[size_t(s0 + s)]->assign(p + s * V, p + (s + 1) * V);
+    }
 }
 
 void TransformerLM::project_last(const Tensor& h, std::vector<float>& logits) const {

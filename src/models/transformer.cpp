@@ -258,12 +258,17 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
 }
 
 namespace {
-// Rows-by-weights product for the batched decode step. One row is padded to two: the CPU matmul
-// sends M == 1 to GEMV, whose summation order differs from GEMM's, and a sequence's greedy
-// output must not change with how many others share its step. x: (S, K), w: (K, N) -> (S, N).
+// Rows-by-weights product for the batched decode step: x (S, K), w (K, N) -> (S, N). The CPU
+// matmul's few-row kernels (up to 16 rows) sum every row in the same order whatever the row
+// count, so S is cut into groups of 16 and a sequence's output never depends on its neighbours.
 Tensor step_matmul(const Tensor& x, const Tensor& w) {
-    if (x.size(0) != 1) return matmul(x, w);
-    return matmul(concat({x, x}, 0), w).narrow(0, 0, 1);
+    constexpr int64_t kGroup = 16;
+    const int64_t S = x.size(0);
+    if (S <= kGroup) return matmul(x, w);
+    std::vector<Tensor> parts;
+    for (int64_t s = 0; s < S; s += kGroup)
+        parts.push_back(matmul(x.narrow(0, s, std::min(kGroup, S - s)), w));
+    return concat(parts, 0);
 }
 } // namespace
 

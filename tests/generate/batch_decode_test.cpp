@@ -135,12 +135,12 @@ TEST(BatchDecodeMatmul, RowsDoNotDependOnTheBatchSize) {
         Tensor w = sh.transposed ? Tensor::randn({sh.N, sh.K}, 1) : Tensor::randn({sh.K, sh.N}, 1);
         Tensor wt = sh.transposed ? w.t() : w;
         Tensor x = Tensor::randn({16, sh.K}, 2);
-        Tensor ref = matmul(x.narrow(0, 0, 2), wt).contiguous();
-        for (int64_t S = 3; S <= 16; ++S) {
+        Tensor ref = matmul(x.narrow(0, 0, 1), wt).contiguous();
+        for (int64_t S = 2; S <= 16; ++S) {
             Tensor y = matmul(x.narrow(0, 0, S), wt).contiguous();
             const float* a = ref.data<float>();
             const float* b = y.data<float>();
-            EXPECT_EQ(std::memcmp(a, b, size_t(2 * sh.N) * sizeof(float)), 0)
+            EXPECT_EQ(std::memcmp(a, b, size_t(sh.N) * sizeof(float)), 0)
                 << "K " << sh.K << " N " << sh.N << " rows " << S;
         }
     }

@@ -1,5 +1,5 @@
-// The AVX512 instantiations of the f32 matrix-vector kernels (simd/gemv_rows.h); chosen at run
-// time by CpuBackend::matmul for one-row products.
+// The AVX512 instantiations of the few-row f32 matmul kernels (simd/gemv_rows.h); chosen at run
+// time by CpuBackend::matmul for products of up to 16 rows.
 #include "backends/cpu/simd/vmath_avx512.h"
 
 #include "backends/cpu/simd/gemv_rows.h"
@@ -7,14 +7,25 @@
 
 namespace forge::cpu::nn::avx512 {
 
-void gemv_dot_rows(const float* w, int64_t ld, const float* x, float* y, int64_t r0, int64_t r1,
-                   int64_t K) {
-    nn::gemv_dot_rows<F32x16>(w, ld, x, y, r0, r1, K);
+// rows: 1..4 rows of x (and y) at once.
+void gemv_dot_rows(int rows, const float* w, int64_t ld, const float* x, int64_t xs, float* y,
+                   int64_t ys, int64_t r0, int64_t r1, int64_t K) {
+    switch (rows) {
+    case 1: return nn::gemv_dot_rows<F32x16, 1>(w, ld, x, xs, y, ys, r0, r1, K);
+    case 2: return nn::gemv_dot_rows<F32x16, 2>(w, ld, x, xs, y, ys, r0, r1, K);
+    case 3: return nn::gemv_dot_rows<F32x16, 3>(w, ld, x, xs, y, ys, r0, r1, K);
+    default: return nn::gemv_dot_rows<F32x16, 4>(w, ld, x, xs, y, ys, r0, r1, K);
+    }
 }
 
-void gemv_axpy_cols(const float* w, int64_t ld, const float* x, float* y, int64_t c0, int64_t c1,
-                    int64_t K) {
-    nn::gemv_axpy_cols<F32x16>(w, ld, x, y, c0, c1, K);
+void gemv_axpy_cols(int rows, const float* w, int64_t ld, const float* x, int64_t xs, float* y,
+                    int64_t ys, int64_t c0, int64_t c1, int64_t K) {
+    switch (rows) {
+    case 1: return nn::gemv_axpy_cols<F32x16, 1>(w, ld, x, xs, y, ys, c0, c1, K);
+    case 2: return nn::gemv_axpy_cols<F32x16, 2>(w, ld, x, xs, y, ys, c0, c1, K);
+    case 3: return nn::gemv_axpy_cols<F32x16, 3>(w, ld, x, xs, y, ys, c0, c1, K);
+    default: return nn::gemv_axpy_cols<F32x16, 4>(w, ld, x, xs, y, ys, c0, c1, K);
+    }
 }
 
 } // namespace forge::cpu::nn::avx512

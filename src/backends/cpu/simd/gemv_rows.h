@@ -1,94 +1,86 @@
-// f32 matrix-vector kernels for matmul's M = 1 case (decoding), written once against a SIMD
-// vector type S (F32x8 / F32x16) and instantiated in kernels/gemv_avx2.cpp and gemv_avx512.cpp.
-// Each output is summed by one thread in a fixed order, so results do not depend on how the
-// outputs are split between threads. (OpenBLAS's sgemv is not used here: calling it from several
-// threads at once is not safe in the pthreads build, and a single-threaded call reads the
-// weights on one core only.) Only templates and intrinsics live here (see nn_rows.h).
+// f32 kernels for matmuls with few rows (decoding: one row per sequence), written once against a
+// SIMD vector type S (F32x8 / F32x16) and instantiated in kernels/gemv_avx2.cpp and
+// gemv_avx512.cpp. Up to 4 rows of x share each load of the weights. Every output is summed by
+// one thread in a fixed order that depends on neither the number of rows (1..16 give identical
+// bits per row) nor how outputs are split between threads: a sequence's logits are the same
+// alone or batched with others. (OpenBLAS is not used here: its sgemm packs all of B even for
+// one row, and concurrent sgemv calls are not safe in the pthreads build.) Only templates and
+// intrinsics live here (see nn_rows.h).
 #pragma once
 
 #include <cstdint>
 
 namespace forge::cpu::nn {
 
-/// y[r] = dot(w + r * ld, x) for r in [r0, r1): weights stored one output per row (K long).
-template <class S>
-inline void gemv_dot_rows(const float* w, int64_t ld, const float* x, float* y, int64_t r0,
-                          int64_t r1, int64_t K) {
+/// y[m][r] = dot(w + r * ld, x[m]) for r in [r0, r1), m < R: weights stored one output per row
+/// (K long). x rows are xs apart, y rows ys apart.
+template <class S, int R>
+inline void gemv_dot_rows(const float* w, int64_t ld, const float* x, int64_t xs, float* y,
+                          int64_t ys, int64_t r0, int64_t r1, int64_t K) {
     using V = typename S::V;
     constexpr int64_t W = S::W;
     const int64_t full = K / W * W;
     const auto tail = S::mask(K - full);
-    int64_t r = r0;
-    // Two rows at a time share each load of x.
-    for (; r + 2 <= r1; r += 2) {
+    for (int64_t r = r0; r < r1; ++r) {
         const float* a = w + r * ld;
-        const float* b = a + ld;
-        V a0 = S::zero(), a1 = S::zero(), b0 = S::zero(), b1 = S::zero();
+        V s0[R], s1[R];
+        for (int m = 0; m < R; ++m) s0[m] = s1[m] = S::zero();
         int64_t k = 0;
         for (; k + 2 * W <= full; k += 2 * W) {
-            const V x0 = S::load(x + k), x1 = S::load(x + k + W);
-            a0 = S::fmadd(S::load(a + k), x0, a0);
-            a1 = S::fmadd(S::load(a + k + W), x1, a1);
-            b0 = S::fmadd(S::load(b + k), x0, b0);
-            b1 = S::fmadd(S::load(b + k + W), x1, b1);
+            const V w0 = S::load(a + k), w1 = S::load(a + k + W);
+            for (int m = 0; m < R; ++m) {
+                s0[m] = S::fmadd(w0, S::load(x + m * xs + k), s0[m]);
+                s1[m] = S::fmadd(w1, S::load(x + m * xs + k + W), s1[m]);
+            }
         }
         for (; k < full; k += W) {
-            const V x0 = S::load(x + k);
-            a0 = S::fmadd(S::load(a + k), x0, a0);
-            b0 = S::fmadd(S::load(b + k), x0, b0);
+            const V w0 = S::load(a + k);
+            for (int m = 0; m < R; ++m) s0[m] = S::fmadd(w0, S::load(x + m * xs + k), s0[m]);
         }
         if (k < K) {
-            const V x0 = S::load(x + k, tail, S::zero());
-            a1 = S::fmadd(S::load(a + k, tail, S::zero()), x0, a1);
-            b1 = S::fmadd(S::load(b + k, tail, S::zero()), x0, b1);
+            const V w0 = S::load(a + k, tail, S::zero());
+            for (int m = 0; m < R; ++m)
+                s1[m] = S::fmadd(w0, S::load(x + m * xs + k, tail, S::zero()), s1[m]);
         }
-        y[r] = S::hsum(S::add(a0, a1));
-        y[r + 1] = S::hsum(S::add(b0, b1));
-    }
-    for (; r < r1; ++r) {
-        const float* a = w + r * ld;
-        V a0 = S::zero(), a1 = S::zero();
-        int64_t k = 0;
-        for (; k + 2 * W <= full; k += 2 * W) {
-            a0 = S::fmadd(S::load(a + k), S::load(x + k), a0);
-            a1 = S::fmadd(S::load(a + k + W), S::load(x + k + W), a1);
-        }
-        for (; k < full; k += W) a0 = S::fmadd(S::load(a + k), S::load(x + k), a0);
-        if (k < K)
-            a1 = S::fmadd(S::load(a + k, tail, S::zero()), S::load(x + k, tail, S::zero()), a1);
-        y[r] = S::hsum(S::add(a0, a1));
+        for (int m = 0; m < R; ++m) y[m * ys + r] = S::hsum(S::add(s0[m], s1[m]));
     }
 }
 
-/// y[c] = sum_k x[k] * w[k * ld + c] for c in [c0, c1): weights stored one input per row.
-/// Columns go in tiles of 4 vectors held in registers while k runs over all rows.
-template <class S>
-inline void gemv_axpy_cols(const float* w, int64_t ld, const float* x, float* y, int64_t c0,
-                           int64_t c1, int64_t K) {
+/// y[m][c] = sum_k x[m][k] * w[k * ld + c] for c in [c0, c1), m < R: weights stored one input
+/// per row. Columns go in tiles of 2 vectors held in registers while k runs over all rows.
+template <class S, int R>
+inline void gemv_axpy_cols(const float* w, int64_t ld, const float* x, int64_t xs, float* y,
+                           int64_t ys, int64_t c0, int64_t c1, int64_t K) {
     using V = typename S::V;
     constexpr int64_t W = S::W;
     int64_t c = c0;
-    for (; c + 4 * W <= c1; c += 4 * W) {
-        V s0 = S::zero(), s1 = S::zero(), s2 = S::zero(), s3 = S::zero();
+    for (; c + 2 * W <= c1; c += 2 * W) {
+        V s0[R], s1[R];
+        for (int m = 0; m < R; ++m) s0[m] = s1[m] = S::zero();
         const float* p = w + c;
         for (int64_t k = 0; k < K; ++k, p += ld) {
-            const V xk = S::set1(x[k]);
-            s0 = S::fmadd(S::load(p), xk, s0);
-            s1 = S::fmadd(S::load(p + W), xk, s1);
-            s2 = S::fmadd(S::load(p + 2 * W), xk, s2);
-            s3 = S::fmadd(S::load(p + 3 * W), xk, s3);
+            const V w0 = S::load(p), w1 = S::load(p + W);
+            for (int m = 0; m < R; ++m) {
+                const V xk = S::set1(x[m * xs + k]);
+                s0[m] = S::fmadd(w0, xk, s0[m]);
+                s1[m] = S::fmadd(w1, xk, s1[m]);
+            }
         }
-        S::store(y + c, s0);
-        S::store(y + c + W, s1);
-        S::store(y + c + 2 * W, s2);
-        S::store(y + c + 3 * W, s3);
+        for (int m = 0; m < R; ++m) {
+            S::store(y + m * ys + c, s0[m]);
+            S::store(y + m * ys + c + W, s1[m]);
+        }
     }
     for (; c < c1; c += W) {
-        const auto m = S::mask(c1 - c < W ? c1 - c : W);
-        V s = S::zero();
+        const auto mk = S::mask(c1 - c < W ? c1 - c : W);
+        V s[R];
+        for (int m = 0; m < R; ++m) s[m] = S::zero();
         const float* p = w + c;
-        for (int64_t k = 0; k < K; ++k, p += ld) s = S::fmadd(S::load(p, m, S::zero()), S::set1(x[k]), s);
-        S::store(y + c, s, m);
+        for (int64_t k = 0; k < K; ++k, p += ld) {
+            const V w0 = S::load(p, mk, S::zero());
+            for (int m = 0; m < R; ++m) s[m] = S::fmadd(w0, S::set1(x[m * xs + k]), s[m]);
+        }
+        for (int m = 0; m < R; ++m) S::store(y + m * ys + c, s[m], mk);
     }
 }
 
