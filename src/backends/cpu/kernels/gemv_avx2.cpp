@@ -7,14 +7,18 @@
 
 namespace forge::cpu::nn::avx2 {
 
-// rows: 1..4 rows of x (and y) at once.
+// rows: 1..8 rows of x (and y) at once.
 void gemv_dot_rows(int rows, const float* w, int64_t ld, const float* x, int64_t xs, float* y,
                    int64_t ys, int64_t r0, int64_t r1, int64_t K) {
     switch (rows) {
     case 1: return nn::gemv_dot_rows<F32x8, 1>(w, ld, x, xs, y, ys, r0, r1, K);
     case 2: return nn::gemv_dot_rows<F32x8, 2>(w, ld, x, xs, y, ys, r0, r1, K);
     case 3: return nn::gemv_dot_rows<F32x8, 3>(w, ld, x, xs, y, ys, r0, r1, K);
-    default: return nn::gemv_dot_rows<F32x8, 4>(w, ld, x, xs, y, ys, r0, r1, K);
+    case 4: return nn::gemv_dot_rows<F32x8, 4>(w, ld, x, xs, y, ys, r0, r1, K);
+    case 5: return nn::gemv_dot_rows<F32x8, 5>(w, ld, x, xs, y, ys, r0, r1, K);
+    case 6: return nn::gemv_dot_rows<F32x8, 6>(w, ld, x, xs, y, ys, r0, r1, K);
+    case 7: return nn::gemv_dot_rows<F32x8, 7>(w, ld, x, xs, y, ys, r0, r1, K);
+    default: return nn::gemv_dot_rows<F32x8, 8>(w, ld, x, xs, y, ys, r0, r1, K);
     }
 }
 
@@ -24,7 +28,11 @@ void gemv_axpy_cols(int rows, const float* w, int64_t ld, const float* x, int64_
     case 1: return nn::gemv_axpy_cols<F32x8, 1>(w, ld, x, xs, y, ys, c0, c1, K);
     case 2: return nn::gemv_axpy_cols<F32x8, 2>(w, ld, x, xs, y, ys, c0, c1, K);
     case 3: return nn::gemv_axpy_cols<F32x8, 3>(w, ld, x, xs, y, ys, c0, c1, K);
-    default: return nn::gemv_axpy_cols<F32x8, 4>(w, ld, x, xs, y, ys, c0, c1, K);
+    case 4: return nn::gemv_axpy_cols<F32x8, 4>(w, ld, x, xs, y, ys, c0, c1, K);
+    case 5: return nn::gemv_axpy_cols<F32x8, 5>(w, ld, x, xs, y, ys, c0, c1, K);
+    case 6: return nn::gemv_axpy_cols<F32x8, 6>(w, ld, x, xs, y, ys, c0, c1, K);
+    case 7: return nn::gemv_axpy_cols<F32x8, 7>(w, ld, x, xs, y, ys, c0, c1, K);
+    default: return nn::gemv_axpy_cols<F32x8, 8>(w, ld, x, xs, y, ys, c0, c1, K);
     }
 }
 

@@ -1,6 +1,6 @@
 // f32 kernels for matmuls with few rows (decoding: one row per sequence), written once against a
 // SIMD vector type S (F32x8 / F32x16) and instantiated in kernels/gemv_avx2.cpp and
-// gemv_avx512.cpp. Up to 4 rows of x share each load of the weights. Every output is summed by
+// gemv_avx512.cpp. Up to 8 rows of x share each load of the weights. Every output is summed by
 // one thread in a fixed order that depends on neither the number of rows (1..16 give identical
 // bits per row) nor how outputs are split between threads: a sequence's logits are the same
 // alone or batched with others. (OpenBLAS is not used here: its sgemm packs all of B even for
