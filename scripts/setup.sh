@@ -10,6 +10,7 @@ packages=(
     libcpp-httplib-dev libonnx-dev libprotobuf-dev
     clang libclang-rt-14-dev
     python3 python3-numpy
+    chromium   # serve_browser: the chat page in headless chromium (~115 MB download, ~20 s)
 )
 # Node.js runs the reference tokenizers and HTTP clients in tests; Debian 12's own is fine.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chat_page.h"
 #include "json_node.h"
 #include "openai_request.h"
 #include <forge/models/transformer.h>
@@ -369,6 +370,11 @@ Response detokenize(const ModelRegistry& reg, Request& req) {
 void mount_openai(App& app, std::shared_ptr<ModelRegistry> models) {
     FORGE_CHECK(models != nullptr, "[serve] mount_openai needs a registry");
     using namespace openai;
+    // The chat page; it needs no key (use_server_middleware leaves "/" open), the /v1 calls
+    // it makes send the key typed into it.
+    app.get("/", [](Request&) {
+        return Response::text(std::string(chat_page_html()), 200, "text/html; charset=utf-8");
+    });
     app.get("/health", [models](Request&) {
         if (!models->ready()) return Response::json(R"({"status":"loading"})", 503);
         return Response::json(R"({"status":"ok"})");

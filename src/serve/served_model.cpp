@@ -87,7 +87,7 @@ void use_server_middleware(App& app, const ServerOptions& o) {
     app.use(mw::metrics(o.metrics));
     app.use(mw::cors());
     app.use(mw::body_limit(o.max_body));
-    app.use(mw::api_keys({.keys = o.api_keys}));
+    app.use(mw::api_keys({.keys = o.api_keys, .open_paths = {"/", "/health"}})); // /: chat page
     if (o.rate_limit_per_min > 0) {
         const double burst = o.rate_limit_burst > 0 ? o.rate_limit_burst
                                                     : std::max(1.0, o.rate_limit_per_min / 10);

@@ -357,6 +357,23 @@ TEST(OpenAI, AuthAndUnknownRoutes) {
     EXPECT_EQ(big.status, 413);
 }
 
+TEST(OpenAI, ChatPageAtRootNeedsNoKey) {
+    Fixture f;
+    auto page = f.app.handle(Request::make("GET", "/")); // no key, though /v1 needs one
+    ASSERT_EQ(page.status, 200);
+    EXPECT_EQ(page.headers["content-type"], "text/html; charset=utf-8");
+    EXPECT_TRUE(page.body.starts_with("<!doctype html>"));
+    EXPECT_TRUE(page.body.ends_with("</html>\n"));
+    // What the browser test (tools/serve-browser) drives, and what the page calls.
+    for (const char* part : {"id=\"model\"", "id=\"api-key\"", "id=\"deterministic\"",
+                             "id=\"max-tokens\"", "id=\"prompt\"", "id=\"send\"", "id=\"log\"",
+                             "id=\"error\"", "\"/v1/models\"", "\"/v1/chat/completions\"",
+                             "stream: true", "getReader()", "Bearer "})
+        EXPECT_NE(page.body.find(part), std::string::npos) << part;
+    EXPECT_EQ(f.app.handle(Request::make("HEAD", "/")).status, 200);
+    EXPECT_EQ(f.app.handle(Request::make("POST", "/")).status, 405);
+}
+
 struct BadCase {
     std::string route;
     json body;

@@ -1,6 +1,6 @@
 // OpenAI-compatible routes over served models: GET /v1/models, /v1/models/:id,
 // POST /v1/completions, /v1/chat/completions, /v1/embeddings, plus GET /health,
-// POST /tokenize and /detokenize. Each model runs generations on its own Engine (engine.h).
+// POST /tokenize and /detokenize, and the chat web page at GET /. Each model runs generations on its own Engine (engine.h).
 // Not here: auth, rate limits, /metrics (middleware.h), the CLI (cli/cmd_serve.cpp).
 #pragma once
 
@@ -97,7 +97,7 @@ class ModelRegistry {
 void mount_openai(App& app, std::shared_ptr<ModelRegistry> models);
 
 /// The middleware stack of `forge serve`, in order: request id, access log, metrics (and
-/// GET /metrics), CORS, body limit, API keys, rate limit.
+/// GET /metrics), CORS, body limit, API keys (/ and /health open), rate limit.
 struct ServerOptions {
     std::vector<std::string> api_keys{};   ///< none: open
     double rate_limit_per_min = 0;         ///< 0: off; else per key (or address)
