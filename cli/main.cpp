@@ -1,7 +1,11 @@
 // The `forge` executable: parses the command line and turns library errors into one message,
 // a hint and an exit code. Subcommands live in cli/cmd_<verb>.cpp.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+
+#include <sched.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 
@@ -15,7 +19,39 @@ std::vector<CommandSetup>& command_setups() {
 }
 } // namespace forge::cli
 
+namespace {
+
+// OpenMP workers wait for work by spinning (libgomp's default) or by sleeping
+// (OMP_WAIT_POLICY=passive), and neither is right everywhere (nanoGPT anchor, 2 threads,
+// docs/PERF.md): on an idle Intel Xeon VM spinning gave 33-37 ms/step and sleeping 137-181 ms
+// (waking a halted vCPU is slow); on the shared 2-core dev box at load 2, spinning gave 1002 ms
+// and sleeping 58 ms (a spinning worker waits for one that is not running). The policy is read
+// when libgomp loads, before main, so the CLI chooses at start: when the machine is already
+// busy (1-minute load average at least half the CPUs this process may use) it re-executes itself
+// once with OMP_WAIT_POLICY=passive. A policy or spin count the user set is kept.
+bool machine_is_busy() {
+    double load = 0;
+    if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+        if (std::fscanf(f, "%lf", &load) != 1) load = 0;
+        std::fclose(f);
+    }
+    cpu_set_t set;
+    const int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    return load >= 0.5 * cpus;
+}
+
+void choose_omp_wait_policy(char** argv) {
+    if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT") ||
+        std::getenv("FORGE_NO_REEXEC") || !machine_is_busy())
+        return;
+    ::setenv("OMP_WAIT_POLICY", "passive", 1);
+    ::execv("/proc/self/exe", argv); // returns only on failure: carry on as we are
+}
+
+} // namespace
+
 int main(int argc, char** argv) {
+    choose_omp_wait_policy(argv);
     CLI::App app{"forge: train, run and serve transformer language models"};
     app.require_subcommand(1);
     for (auto& setup : forge::cli::command_setups())

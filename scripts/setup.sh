@@ -7,9 +7,10 @@ packages=(
     build-essential cmake ninja-build pkg-config git
     libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev
     nlohmann-json3-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev libcli11-dev
-    libcpp-httplib-dev
+    libcpp-httplib-dev libonnx-dev libprotobuf-dev
     clang libclang-rt-14-dev
     python3 python3-numpy
+    chromium   # serve_browser: the chat page in headless chromium (~115 MB download, ~20 s)
 )
 # Node.js runs the reference tokenizers and HTTP clients in tests; Debian 12's own is fine.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)

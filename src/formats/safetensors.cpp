@@ -2,8 +2,10 @@
 // against the file before any data is read, and overflow in size arithmetic is rejected.
 #include <forge/formats/safetensors.h>
 
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -164,6 +166,151 @@ void save_safetensors(const std::filesystem::path& path, const std::map<std::str
         if (!out) throw InvalidArgument("failed writing '" + tmp.string() + "' (disk full?)");
     }
     std::filesystem::rename(tmp, path);
+}
+
+// ------------------------------------------------------------------------- sharded checkpoints
+
+namespace {
+
+std::string shard_name(const std::string& prefix, size_t i, size_t n) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "-%05zu-of-%05zu.safetensors", i, n);
+    return prefix + buf;
+}
+
+void write_text(const std::filesystem::path& path, const std::string& text) {
+    std::filesystem::path tmp = path;
+    tmp += ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out) throw InvalidArgument("cannot write '" + tmp.string() + "'");
+        out << text;
+        if (!out) throw InvalidArgument("failed writing '" + tmp.string() + "' (disk full?)");
+    }
+    std::filesystem::rename(tmp, path);
+}
+
+} // namespace
+
+std::vector<std::filesystem::path>
+save_safetensors_sharded(const std::filesystem::path& dir,
+                         const std::map<std::string, Tensor>& tensors,
+                         const SafetensorsShardOptions& opts,
+                         const std::map<std::string, std::string>& metadata) {
+    namespace fs = std::filesystem;
+    FORGE_CHECK(opts.max_shard_bytes > 0, "[save_safetensors] max_shard_bytes must be > 0");
+    FORGE_CHECK(!opts.prefix.empty() && opts.prefix.find('/') == std::string::npos,
+                "[save_safetensors] prefix '", opts.prefix, "' must be a plain file name");
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    FORGE_CHECK(!ec, "[save_safetensors] cannot create '", dir.string(), "': ", ec.message());
+    // HF's split (huggingface_hub split_torch_state_dict_into_shards): fill in order, start a
+    // new shard when the next tensor would overflow a non-empty one.
+    std::vector<std::map<std::string, Tensor>> shards(1);
+    uint64_t in_shard = 0, total = 0;
+    for (const auto& [name, t] : tensors) {
+        FORGE_CHECK(t.defined(), "[save_safetensors] tensor '", name, "' is undefined");
+        const uint64_t n = t.nbytes();
+        if (!shards.back().empty() && in_shard + n > opts.max_shard_bytes) {
+            shards.emplace_back();
+            in_shard = 0;
+        }
+        shards.back().emplace(name, t);
+        in_shard += n;
+        total += n;
+    }
+    const fs::path single = dir / (opts.prefix + ".safetensors");
+    const fs::path index = dir / (opts.prefix + ".safetensors.index.json");
+    // Remove the other layout's files so a loader never sees two checkpoints.
+    for (const auto& e : fs::directory_iterator(dir)) {
+        const std::string f = e.path().filename().string();
+        if (f.rfind(opts.prefix + "-", 0) == 0 && f.size() > 12 &&
+            f.compare(f.size() - 12, 12, ".safetensors") == 0 && f.find("-of-") != std::string::npos)
+            fs::remove(e.path(), ec);
+    }
+    fs::remove(index, ec);
+    fs::remove(single, ec);
+    if (shards.size() == 1) {
+        save_safetensors(single, shards[0], metadata);
+        return {single};
+    }
+    std::vector<fs::path> written;
+    json weight_map = json::object();
+    for (size_t i = 0; i < shards.size(); ++i) {
+        const std::string f = shard_name(opts.prefix, i + 1, shards.size());
+        save_safetensors(dir / f, shards[i], metadata);
+        for (const auto& [name, t] : shards[i])
+            weight_map[name] = f;
+        written.push_back(dir / f);
+    }
+    json j = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_text(index, j.dump(2) + "\n");
+    written.push_back(index);
+    return written;
+}
+
+SafetensorsIndex parse_safetensors_index(const std::string& text, const std::string& origin) {
+    json j;
+    try {
+        j = json::parse(text);
+    } catch (const json::exception& e) {
+        throw InvalidArgument(origin + ": not valid JSON (" + e.what() + ")");
+    }
+    FORGE_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), origin,
+                ": no \"weight_map\" object");
+    SafetensorsIndex idx;
+    if (j.contains("metadata") && !j["metadata"].is_null()) {
+        const json& m = j["metadata"];
+        FORGE_CHECK(m.is_object(), origin, ": \"metadata\" must be an object");
+        if (m.contains("total_size")) {
+            FORGE_CHECK(m["total_size"].is_number_unsigned(), origin,
+                        ": metadata.total_size must be an unsigned integer");
+            idx.total_size = m["total_size"].get<uint64_t>();
+        }
+    }
+    for (const auto& [name, file] : j["weight_map"].items()) {
+        FORGE_CHECK(file.is_string(), origin, ": weight_map[\"", name, "\"] is not a file name");
+        std::string f = file.get<std::string>();
+        FORGE_CHECK(!f.empty() && f != "." && f != ".." && f.find('/') == std::string::npos &&
+                        f.find('\\') == std::string::npos && f.find('\0') == std::string::npos,
+                    origin, ": shard '", f, "' of tensor '", name, "' is not a plain file name");
+        idx.weight_map.emplace(name, std::move(f));
+    }
+    return idx;
+}
+
+std::map<std::string, Tensor> load_safetensors_sharded(const std::filesystem::path& index_file) {
+    std::ifstream in(index_file, std::ios::binary);
+    if (!in) throw NotFound("cannot open safetensors index '" + index_file.string() + "'");
+    const std::string origin = index_file.string();
+    const SafetensorsIndex idx =
+        parse_safetensors_index(std::string((std::istreambuf_iterator<char>(in)), {}), origin);
+    std::set<std::string> shards;
+    for (const auto& [name, f] : idx.weight_map)
+        shards.insert(f);
+    std::map<std::string, Tensor> all;
+    for (const std::string& f : shards) {
+        const std::filesystem::path p = index_file.parent_path() / f;
+        for (auto& [name, t] : load_safetensors(p)) {
+            auto it = idx.weight_map.find(name);
+            FORGE_CHECK(it != idx.weight_map.end() && it->second == f, origin, ": shard ", f,
+                        " holds tensor '", name, "', which the index ",
+                        it == idx.weight_map.end() ? std::string("does not list")
+                                                   : "places in " + it->second);
+            all.emplace(name, std::move(t));
+        }
+    }
+    for (const auto& [name, f] : idx.weight_map)
+        FORGE_CHECK(all.count(name), origin, ": tensor '", name, "' is not in its shard ", f);
+    return all;
+}
+
+std::map<std::string, Tensor> load_safetensors_dir(const std::filesystem::path& dir) {
+    const std::filesystem::path single = dir / "model.safetensors";
+    const std::filesystem::path index = dir / "model.safetensors.index.json";
+    if (std::filesystem::exists(single)) return load_safetensors(single);
+    if (std::filesystem::exists(index)) return load_safetensors_sharded(index);
+    throw NotFound(dir.string() + " has neither model.safetensors nor model.safetensors.index.json");
 }
 
 } // namespace forge::formats

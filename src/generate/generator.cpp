@@ -25,12 +25,26 @@ Tensor ids_tensor(std::span<const TokenId> ids) {
     return Tensor::from_vector(v, {1, int64_t(v.size())});
 }
 
+// eval_batch's three spans hold one entry per sequence.
+void check_batch(size_t n_states, size_t n_ids, size_t n_logits) {
+    FORGE_CHECK(n_states == n_ids && n_logits == n_ids, "[generate] eval_batch: ", n_states,
+                " states, ", n_ids, " ids, ", n_logits, " logit rows");
+}
+
 struct TransformerState : CausalLM::State {
     KVCache cache;
     int64_t length() const override { return cache.length; }
 };
 
 } // namespace
+
+// ---------------------------------------------------------------- CausalLM
+
+void CausalLM::eval_batch(std::span<State* const> states, std::span<const TokenId> ids,
+                          std::span<std::vector<float>* const> logits) {
+    check_batch(states.size(), ids.size(), logits.size());
+    for (size_t i = 0; i < ids.size(); ++i) eval(*states[i], ids.subspan(i, 1), *logits[i]);
+}
 
 // ---------------------------------------------------------------- TransformerLM
 
@@ -79,6 +93,31 @@ void TransformerLM::eval(State& state, std::span<const TokenId> ids, std::vector
         h = model_.hidden(ids_tensor(ids.subspan(size_t(i), size_t(len))), &st->cache);
     }
     project_last(h, logits);
+}
+
+void TransformerLM::eval_batch(std::span<State* const> states, std::span<const TokenId> ids,
+                               std::span<std::vector<float>* const> logits) {
+    check_batch(states.size(), ids.size(), logits.size());
+    if (ids.empty()) return;
+    std::vector<KVCache*> caches;
+    for (State* state : states) {
+        auto* st = dynamic_cast<TransformerState*>(state);
+        FORGE_CHECK(st != nullptr, "[generate] this state was not made by this TransformerLM");
+        caches.push_back(&st->cache);
+    }
+    NoGradGuard no_grad;
+    const int64_t S = int64_t(ids.size()), V = head_.size(0);
+    Tensor h = model_.decode_step(std::vector<int64_t>(ids.begin(), ids.end()), caches);
+    // The head in groups of 16 rows, as in decode_step: the CPU matmul's few-row kernels sum each
+    // row in the same order for 1..16 rows, so a sequence's logits do not depend on how many
+    // others share the step.
+    for (int64_t s0 = 0; s0 < S; s0 += 16) {
+        const int64_t n = std::min<int64_t>(16, S - s0);
+        Tensor out = matmul(h.narrow(0, s0, n), head_.t()).to(DType::f32).contiguous(); // (n, V)
+        const float* p = out.data<float>();
+        for (int64_t s = 0; s < n; ++s)
+            logits[size_t(s0 + s)]->assign(p + s * V, p + (s + 1) * V);
+    }
 }
 
 void TransformerLM::project_last(const Tensor& h, std::vector<float>& logits) const {
@@ -300,6 +339,33 @@ const GenerateResult& Session::result() const { return impl_->result; }
 std::span<const float> Session::logits() const { return impl_->logits; }
 const SamplerChain& Session::sampler() const { return impl_->chain; }
 const std::vector<TokenId>& Session::prompt() const { return impl_->prompt; }
+
+void Session::feed_batch(std::span<Session* const> sessions) {
+    std::vector<CausalLM::State*> states;
+    std::vector<TokenId> ids;
+    std::vector<std::vector<float>*> logits;
+    std::vector<Impl*> fed;
+    CausalLM* lm = nullptr;
+    for (Session* session : sessions) {
+        Impl& s = *session->impl_;
+        if (!s.prefilled || s.finished || !s.pending) continue;
+        FORGE_CHECK(!lm || lm == s.lm.get(), "[generate] feed_batch: sessions of different models");
+        lm = s.lm.get();
+        states.push_back(s.state.get());
+        ids.push_back(*s.pending);
+        logits.push_back(&s.logits);
+        fed.push_back(&s);
+    }
+    if (fed.empty()) return;
+    auto t0 = Clock::now();
+    lm->eval_batch(states, ids, logits);
+    const double dt = seconds_since(t0);
+    for (Impl* s : fed) {
+        s->pending.reset();
+        ++s->result.n_decode;
+        s->result.decode_s += dt; // each sequence waited the whole step
+    }
+}
 
 GenerateResult run_session(Session& session, const TokenCallback& on_token) {
     while (!session.finished()) {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <forge/core/error.h>
+#include <forge/formats/gguf_model.h>
 #include <forge/formats/safetensors.h>
 #include <forge/models/transformer.h>
 
@@ -43,28 +44,7 @@ std::map<std::string, Tensor> read_weights(const fs::path& dir) {
         throw NotFound("[load] " + dir.string() + " has no model.safetensors",
                        "a model folder holds model.safetensors, config.json and tokenizer.json "
                        "(forge train --out DIR writes one)");
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(read_text(index));
-    } catch (const nlohmann::json::exception& e) {
-        throw InvalidArgument("[load] " + index.string() + ": not valid JSON: " + e.what());
-    }
-    FORGE_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
-                "[load] ", index.string(), ": no \"weight_map\" object");
-    std::set<std::string> shards;
-    for (auto& [name, file] : j["weight_map"].items()) {
-        FORGE_CHECK(file.is_string(), "[load] ", index.string(), ": weight_map[\"", name,
-                    "\"] is not a file name");
-        const std::string f = file.get<std::string>();
-        FORGE_CHECK(f.find('/') == std::string::npos && f.find('\\') == std::string::npos,
-                    "[load] ", index.string(), ": shard '", f, "' is not a plain file name");
-        shards.insert(f);
-    }
-    std::map<std::string, Tensor> all;
-    for (const std::string& f : shards)
-        for (auto& [name, t] : formats::load_safetensors(dir / f))
-            all[name] = t;
-    return all;
+    return formats::load_safetensors_sharded(index); // checks every tensor is in its shard
 }
 
 // Maps the file's names onto the model's, checking names and shapes.
@@ -131,6 +111,13 @@ LoadedModel load_model_dir(const fs::path& dir, const LoadModelOptions& opts) {
     if (!fs::exists(dir, ec))
         throw NotFound("[load] model folder '" + where + "' does not exist",
                        "pass the folder `forge train --out DIR` wrote");
+    // A single .gguf file (llama.cpp's format) holds config, weights and tokenizer.
+    if (dir.extension() == ".gguf" && fs::is_regular_file(dir, ec)) {
+        LoadedModel g = formats::load_gguf_model(dir);
+        if (!g.tokenizer && opts.require_tokenizer)
+            throw NotFound("[load] " + where + " has no tokenizer (no tokenizer.ggml.* metadata)");
+        return g;
+    }
     FORGE_CHECK(fs::is_directory(dir, ec), "[load] '", where,
                 "' is not a folder (a model folder holds model.safetensors, config.json and "
                 "tokenizer.json)");

@@ -49,30 +49,9 @@ KVCache KVCache::create(const ModelConfig& cfg, int64_t batch, int64_t capacity,
     return c;
 }
 
+
 namespace {
 
-// Llama 3 RoPE scaling (the "llama3" rope_type): long wavelengths are slowed by `factor`,
-// short ones kept, and the band between interpolated smoothly. Returns, per rotated pair,
-// the divisor of its base frequency.
-std::vector<float> llama3_freq_factors(const ModelConfig& c) {
-    const int64_t half = c.dim_head() / 2;
-    std::vector<float> f(size_t(half), 1.0f);
-    const double low_wavelen = c.rope_original_max_pos / c.rope_low_freq_factor;
-    const double high_wavelen = c.rope_original_max_pos / c.rope_high_freq_factor;
-    for (int64_t i = 0; i < half; ++i) {
-        double inv_freq = std::pow(double(c.rope_theta), -2.0 * double(i) / double(c.dim_head()));
-        double wavelen = 2 * M_PI / inv_freq, scaled;
-        if (wavelen < high_wavelen) scaled = inv_freq;
-        else if (wavelen > low_wavelen) scaled = inv_freq / c.rope_scaling_factor;
-        else {
-            double smooth = (c.rope_original_max_pos / wavelen - c.rope_low_freq_factor) /
-                            (c.rope_high_freq_factor - c.rope_low_freq_factor);
-            scaled = (1 - smooth) * inv_freq / c.rope_scaling_factor + smooth * inv_freq;
-        }
-        f[size_t(i)] = float(inv_freq / scaled);
-    }
-    return f;
-}
 
 // RoPE (NeoX layout) through public ops with explicit per-pair frequencies: the path for
 // scaled frequencies, which the fused kernel does not take. x: (B, H, T, D).
@@ -174,7 +153,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg), imp
         }
         m.lnf_w = fill("model.norm.weight", {C}, 1);
         if (!cfg_.tie_embeddings) m.head = normal("lm_head.weight", {V, C}, std_);
-        if (cfg_.rope_scaling_factor > 0) m.rope_freq_factors = llama3_freq_factors(cfg_);
+        if (cfg_.rope_scaling_factor > 0) m.rope_freq_factors = llama3_rope_factors(cfg_);
     }
 }
 
@@ -275,6 +254,102 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
         x = c.checkpoint_activations && !cache ? checkpointed(block, x) : block(x);
     }
     if (cache) cache->length = pos0 + T;
+    return c.family == ModelFamily::gpt2 ? layer_norm(x, m.lnf_w, m.lnf_b, c.norm_eps)
+                                         : rms_norm(x, m.lnf_w, c.norm_eps);
+}
+
+namespace {
+// Rows-by-weights product for the batched decode step: x (S, K), w (K, N) -> (S, N). The CPU
+// matmul's few-row kernels (up to 16 rows) sum every row in the same order whatever the row
+// count, so S is cut into groups of 16 and a sequence's output never depends on its neighbours.
+Tensor step_matmul(const Tensor& x, const Tensor& w) {
+    constexpr int64_t kGroup = 16;
+    const int64_t S = x.size(0);
+    if (S <= kGroup) return matmul(x, w);
+    std::vector<Tensor> parts;
+    for (int64_t s = 0; s < S; s += kGroup)
+        parts.push_back(matmul(x.narrow(0, s, std::min(kGroup, S - s)), w));
+    return concat(parts, 0);
+}
+} // namespace
+
+Tensor Transformer::decode_step(std::span<const int64_t> ids_in, std::span<KVCache* const> caches) {
+    const ModelConfig& c = cfg_;
+    Impl& m = *impl_;
+    const int64_t S = int64_t(ids_in.size()), C = c.n_embd, D = c.dim_head();
+    const int64_t H = c.n_head, Hkv = c.n_head_kv;
+    FORGE_CHECK(S > 0, "[transformer] decode_step of no sequences");
+    FORGE_CHECK(caches.size() == ids_in.size(), "[transformer] decode_step: ", S, " ids but ",
+                caches.size(), " caches");
+    std::vector<int64_t> pos(static_cast<size_t>(S), 0);
+    for (int64_t s = 0; s < S; ++s) {
+        const KVCache* kc = caches[size_t(s)];
+        FORGE_CHECK(kc && int64_t(kc->k.size()) == c.n_layer && kc->k[0].size(0) == 1,
+                    "[transformer] decode_step: cache ", s,
+                    " was made for another model or is not batch 1");
+        FORGE_CHECK(kc->length < kc->capacity && kc->length < c.n_ctx, "[transformer] decode_step: "
+                    "cache ", s, " is full (", kc->length, " of ", kc->capacity, " positions)");
+        pos[size_t(s)] = kc->length;
+    }
+    NoGradGuard no_grad;
+    const std::vector<int64_t> ids_v(ids_in.begin(), ids_in.end());
+    const Tensor ids = Tensor::from_vector(ids_v, {S});
+    Tensor x = embedding(m.wte, ids); // (S, C)
+    if (c.family == ModelFamily::gpt2) x = add(x, embedding(m.wpe, Tensor::from_vector(pos, {S})));
+
+    // Row s of t (S, n*D) as one query/key step: (1, n, 1, D).
+    auto head_row = [D](const Tensor& t, int64_t s, int64_t n) {
+        return t.narrow(0, s, 1).reshape({1, 1, n, D}).permute({0, 2, 1, 3});
+    };
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const LayerWeights& w = m.layers[size_t(l)];
+        Tensor q, k, v;
+        if (c.family == ModelFamily::gpt2) {
+            Tensor h = layer_norm(x, w.ln1_w, w.ln1_b, c.norm_eps);
+            auto p = split(add(step_matmul(h, w.attn_w), w.attn_b), {C, C, C}, 1);
+            q = p[0], k = p[1], v = p[2];
+        } else {
+            Tensor h = rms_norm(x, w.in_norm, c.norm_eps);
+            q = step_matmul(h, w.q_w.t()), k = step_matmul(h, w.k_w.t());
+            v = step_matmul(h, w.v_w.t());
+        }
+        // Attention per sequence: its own position, its own cache.
+        std::vector<Tensor> rows;
+        rows.reserve(size_t(S));
+        for (int64_t s = 0; s < S; ++s) {
+            KVCache& kc = *caches[size_t(s)];
+            const int64_t p0 = pos[size_t(s)];
+            Tensor qs = head_row(q, s, H), ks = head_row(k, s, Hkv);
+            if (c.family == ModelFamily::llama) {
+                if (m.rope_freq_factors.empty()) {
+                    RopeOptions ro{.theta = c.rope_theta, .pos_offset = p0};
+                    qs = rope(qs, ro);
+                    ks = rope(ks, ro);
+                } else {
+                    qs = rope_with_factors(qs, c, p0, m.rope_freq_factors);
+                    ks = rope_with_factors(ks, c, p0, m.rope_freq_factors);
+                }
+            }
+            kc.k[size_t(l)].narrow(2, p0, 1).copy_(ks);
+            kc.v[size_t(l)].narrow(2, p0, 1).copy_(head_row(v, s, Hkv));
+            Tensor a = attention(qs, kc.k[size_t(l)].narrow(2, 0, p0 + 1),
+                                 kc.v[size_t(l)].narrow(2, 0, p0 + 1));
+            rows.push_back(a.permute({0, 2, 1, 3}).reshape({1, H * D}));
+        }
+        Tensor a = S == 1 ? rows[0] : concat(rows, 0); // (S, C)
+        if (c.family == ModelFamily::gpt2) {
+            x = add(x, add(step_matmul(a, w.proj_w), w.proj_b));
+            Tensor h = layer_norm(x, w.ln2_w, w.ln2_b, c.norm_eps);
+            h = gelu(add(step_matmul(h, w.fc_w), w.fc_b), GeluApprox::tanh);
+            x = add(x, add(step_matmul(h, w.fc2_w), w.fc2_b));
+        } else {
+            x = add(x, step_matmul(a, w.o_w.t()));
+            Tensor h = rms_norm(x, w.post_norm, c.norm_eps);
+            Tensor g = mul(silu(step_matmul(h, w.gate_w.t())), step_matmul(h, w.up_w.t()));
+            x = add(x, step_matmul(g, w.down_w.t()));
+        }
+    }
+    for (KVCache* kc : caches) ++kc->length;
     return c.family == ModelFamily::gpt2 ? layer_norm(x, m.lnf_w, m.lnf_b, c.norm_eps)
                                          : rms_norm(x, m.lnf_w, c.norm_eps);
 }

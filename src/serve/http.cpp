@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <strings.h>
 
 #include <nlohmann/json.hpp>
@@ -69,8 +70,9 @@ bool JsonView::is_integer() const {
     const json& j = detail_json(*this);
     if (j.is_number_integer()) return true;
     if (j.is_number_float()) {
-        double d = j.get<double>();
-        return d == double(int64_t(d));
+        // Range first: converting an out-of-range double to int64 is undefined.
+        const double d = j.get<double>();
+        return std::isfinite(d) && std::abs(d) < 9.2e18 && d == std::trunc(d);
     }
     return false;
 }

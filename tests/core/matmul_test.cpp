@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "backends/cpu/simd/nn_kernels.h"
 #include "core/op_test_util.h"
 
 namespace forge::test {
@@ -342,6 +343,30 @@ TEST(Matmul, Errors) {
         },
         "[matmul] dtypes differ: f32 [2,2] and f64 [2,2]");
     expect_error([&] { matmul(Tensor(), Tensor::zeros({2, 2})); }, "[matmul]");
+}
+
+// Products of 1..16 rows take the CPU's own few-row kernels (AVX2 / AVX-512, 4 rows per weight
+// load): every layout against the reference loops, with tails in N and K, under both ISAs.
+TEST(Matmul, FewRowKernelsMatchReference) {
+    for (cpu::nn::Isa isa : {cpu::nn::Isa::avx512, cpu::nn::Isa::avx2}) {
+        if (cpu::nn::best_isa() < isa) continue;
+        cpu::nn::IsaCapScope cap(isa);
+        for (int64_t M : {1, 2, 3, 4, 5, 7, 8, 13, 16})
+            for (auto [K, N] : {std::pair<int64_t, int64_t>{29, 37}, {130, 200}, {64, 48}})
+                for (bool at : {false, true})
+                    for (bool bt : {false, true}) {
+                        const std::string what = "M " + std::to_string(M) + " K " + std::to_string(K) +
+                                                 " N " + std::to_string(N) + (at ? " a^T" : "") +
+                                                 (bt ? " b^T" : "");
+                        expect_fast_matches_ref(what, [&] {
+                            Tensor a = at ? rn({2, K, M}, 1, DType::f32).transpose(1, 2)
+                                          : rn({2, M, K}, 1, DType::f32);
+                            Tensor b = bt ? rn({2, N, K}, 2, DType::f32).transpose(1, 2)
+                                          : rn({2, K, N}, 2, DType::f32);
+                            return matmul(a, b);
+                        }, 1e-5);
+                    }
+    }
 }
 
 } // namespace

@@ -1,7 +1,5 @@
 // Black-box tests of App over a real socket on 127.0.0.1 (ephemeral port): routing through
 // cpp-httplib, JSON error bodies, the body cap, SSE streaming, graceful stop.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,6 +8,8 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+
+#include "serve/socket_util.h"
 
 #include <nlohmann/json.hpp>
 
@@ -28,12 +28,7 @@ struct Reply {
 // One HTTP/1.1 request with Connection: close; returns status, raw head and raw body.
 Reply http(int port, const std::string& method, const std::string& target,
            const std::string& body = {}, const std::string& extra_headers = {}) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(uint16_t(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    int fd = forge::testing::connect_loopback(port);
     std::string req = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" +
                       extra_headers + "Content-Length: " + std::to_string(body.size()) +
                       "\r\n\r\n" + body;

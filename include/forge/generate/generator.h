@@ -1,8 +1,9 @@
 // Text generation: the prompt goes through the model once (prefill, filling a KV cache), then
 // one token per step (decode) through the sampler chain, until max_tokens, EOS or a stop
 // string; text streams out UTF-8-safe, with any possible start of a stop string held back.
-// Batch 1 per Session; many Sessions may share one model, each with its own KV cache. Not yet:
-// batching across sessions, beam search, speculative decoding, constraints.
+// Batch 1 per Session; many Sessions may share one model, each with its own KV cache, and
+// Session::feed_batch runs their decode steps together (the serving engine's continuous
+// batching). Not yet: beam search, speculative decoding, constraints.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +46,11 @@ class CausalLM {
     /// Appends `ids` (non-empty) to the state's sequence and writes into `logits` (resized to
     /// n_vocab) the logits that predict the token after the last of them.
     virtual void eval(State& state, std::span<const TokenId> ids, std::vector<float>& logits) = 0;
+    /// One token for each of S sequences: appends ids[s] to *states[s] and writes the logits
+    /// that follow it into *logits[s]. A batching scheduler's decode step; the default loops
+    /// over eval(), models override it to read their weights once for all S.
+    virtual void eval_batch(std::span<State* const> states, std::span<const TokenId> ids,
+                            std::span<std::vector<float>* const> logits);
 };
 
 /// forge::Transformer as a CausalLM, batch 1, f32 KV cache. Holds a reference: the model must
@@ -58,6 +64,9 @@ class TransformerLM : public CausalLM {
     int64_t n_ctx() const override;
     std::unique_ptr<State> new_state(int64_t capacity) override;
     void eval(State& state, std::span<const TokenId> ids, std::vector<float>& logits) override;
+    /// Transformer::decode_step for all S, then the head on the (S, C) hidden states.
+    void eval_batch(std::span<State* const> states, std::span<const TokenId> ids,
+                    std::span<std::vector<float>* const> logits) override;
     Transformer& model() { return model_; }
 
   private:
@@ -163,6 +172,12 @@ class Session {
     std::span<const float> logits() const;
     const SamplerChain& sampler() const;
     const std::vector<TokenId>& prompt() const;
+
+    /// For a batching scheduler: feeds the token each session sampled last (the feed that
+    /// next() would otherwise start with) in one CausalLM::eval_batch call, so the following
+    /// next() only samples. Sessions with nothing to feed (not prefilled, finished, or already
+    /// fed) are skipped. All sessions must share one CausalLM.
+    static void feed_batch(std::span<Session* const> sessions);
 
   private:
     struct Impl;

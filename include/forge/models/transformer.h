@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include <forge/core/tensor.h>
@@ -53,6 +54,15 @@ class Transformer : public nn::Module {
 
     /// Hidden states after the final norm: (B, T, n_embd) (used for embeddings).
     Tensor hidden(const Tensor& ids, KVCache* cache = nullptr);
+
+    /// One decode step for S independent sequences (continuous batching), without gradients
+    /// or dropout: ids[s] is the next token of the sequence whose batch-1 cache is caches[s];
+    /// it sits at position caches[s]->length, which then advances by one. Norms, projections
+    /// and the MLP run on (S, C) matrices, so the weights are read once for all S; attention
+    /// runs per sequence over its own cache. Returns the final-norm hidden states (S, n_embd).
+    /// Throws InvalidArgument for a cache of another model or batch size, a full cache, a
+    /// position past n_ctx, an id outside the vocabulary, or S == 0.
+    Tensor decode_step(std::span<const int64_t> ids, std::span<KVCache* const> caches);
 
     struct Impl;
 

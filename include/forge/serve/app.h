@@ -16,6 +16,9 @@
 
 namespace forge::serve {
 
+class ServedModel;
+class ModelRegistry;
+
 using Next = std::function<Response(Request&)>;
 using Handler = std::function<Response(Request&)>;
 using Middleware = std::function<Response(Request&, const Next&)>;
@@ -97,6 +100,14 @@ class App {
     App& on_error(ErrorHandler h);
     Router& router();
 
+    /// Serves `model` (openai.h) under its id: the first call mounts the OpenAI routes
+    /// (/v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, /health, /tokenize,
+    /// /detokenize) on this app, later calls add models to them.
+    App& model(std::shared_ptr<ServedModel> model);
+    /// The registry behind model(), mounting the routes if that has not happened yet (e.g. to
+    /// listen first and add the model once loaded).
+    std::shared_ptr<ModelRegistry> models();
+
     /// Runs the whole stack in-process (no socket). Never throws: errors become responses.
     Response handle(Request req) const;
 
@@ -120,6 +131,7 @@ class App {
   private:
     Router root_;
     std::unique_ptr<Transport> transport_;
+    std::shared_ptr<ModelRegistry> models_;
 };
 
 } // namespace forge::serve

@@ -2,6 +2,7 @@
 // strides (the op layer guarantees each matrix is row- or column-major), so transposed views
 // are multiplied without a copy.
 #include <algorithm>
+#include <vector>
 #include <cstdint>
 
 #include <cblas.h>
@@ -9,6 +10,7 @@
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
+#include "backends/cpu/simd/nn_kernels.h"
 
 namespace forge::cpu {
 
@@ -29,7 +31,8 @@ BlasOperand blas_operand(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
 }
 
 // M = 1 (decoding) goes to GEMV: OpenBLAS 0.3.21's sgemm packs the whole of B first even for
-// one row, which measured 2-4x slower than sgemv on GPT-2's decode shapes (docs/PERF.md).
+// one row, which measured 2-4x slower than sgemv on GPT-2's decode shapes (docs/PERF.md). f32
+// with AVX2 uses our kernels (few_rows_f32 below); this BLAS path serves f64 and older CPUs.
 // c (1 x N) = a (1 x K) B (K x N); B row-major is y = B^T a, B column-major (stored N x K) is
 // y = B_stored a. a's K elements are 1 apart (row-major) or A.ld apart (column-major).
 inline void gemm_ld(const BlasOperand& A, const BlasOperand& B, int M, int N, int K,
@@ -81,6 +84,43 @@ void gemm_block(const BlasOperand& A, const BlasOperand& B, int64_t N, int64_t K
     gemm_ld(A, B, int(r1 - r0), int(c1 - c0), int(K), a0, b0, c + r0 * N + c0, int(N));
 }
 
+// Products of at most kFewRows rows go to our own kernels (simd/gemv_rows.h), whose per-row
+// sums do not depend on the row count: decode steps of 1..16 sequences give each sequence the
+// same bits.
+constexpr int64_t kFewRows = 16;
+
+// c (M x N) = a (M x K) B (K x N) in f32, M <= kFewRows, outputs split over `threads`.
+void few_rows_f32(const BlasOperand& A, const BlasOperand& B, int64_t M, int64_t N, int64_t K,
+                  const float* a, const float* b, float* c, int threads) {
+    std::vector<float> packed;
+    int64_t xs = A.ld;
+    if (A.trans != CblasNoTrans) { // a is column-major: make its rows contiguous
+        packed.resize(size_t(M * K));
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t k = 0; k < K; ++k) packed[size_t(m * K + k)] = a[m + k * A.ld];
+        a = packed.data();
+        xs = K;
+    }
+    const bool avx512 = nn::active_isa() == nn::Isa::avx512;
+    const auto dot = avx512 ? nn::avx512::gemv_dot_rows : nn::avx2::gemv_dot_rows;
+    const auto axpy = avx512 ? nn::avx512::gemv_axpy_cols : nn::avx2::gemv_axpy_cols;
+    // Column chunks of 64 floats (whole cache lines of c) per thread.
+    const int64_t chunk = std::max<int64_t>(64, (N + 64 * threads - 1) / (64 * threads) * 64);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t c0 = 0; c0 < N; c0 += chunk) {
+        const int64_t c1 = std::min(N, c0 + chunk);
+        // Rows of a that share each weight load: 8 fit AVX-512's 32 registers, 4 AVX2's 16.
+        const int64_t group = avx512 ? 8 : 4;
+        for (int64_t m = 0; m < M; m += group) {
+            const int rows = int(std::min(group, M - m));
+            if (B.trans == CblasNoTrans)
+                axpy(rows, b, B.ld, a + m * xs, xs, c + m * N, N, c0, c1, K);
+            else
+                dot(rows, b, B.ld, a + m * xs, xs, c + m * N, N, c0, c1, K);
+        }
+    }
+}
+
 } // namespace
 
 // a: (Bt, M, K), b: (Bt, K, N) with unit stride in one matrix dim and any batch stride;
@@ -93,7 +133,19 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     const BlasOperand B = blas_operand(K, N, b.strides()[1], b.strides()[2]);
     const int64_t sa = a.strides()[0], sb = b.strides()[0];
     const int threads = Bt * M * N * K >= kMinParallel ? omp_get_max_threads() : 1;
+    if (M <= kFewRows && out.dtype() == DType::f32 && nn::active_isa() != nn::Isa::generic) {
+        for (int64_t i = 0; i < Bt; ++i)
+            few_rows_f32(A, B, M, N, K, a.data<float>() + i * sa, b.data<float>() + i * sb,
+                         out.data<float>() + i * M * N, threads);
+        return;
+    }
     visit_float(out.dtype(), [&]<typename T>() {
+        if (M == 1) { // f64, or no AVX2: BLAS's GEMV, one call at a time (see gemv_rows.h)
+            for (int64_t i = 0; i < Bt; ++i)
+                gemm_block(A, B, N, K, a.data<T>() + i * sa, b.data<T>() + i * sb,
+                           out.data<T>() + i * N, 0, 1, 0, N);
+            return;
+        }
         const T* ap = a.data<T>();
         const T* bp = b.data<T>();
         T* op = out.data<T>();

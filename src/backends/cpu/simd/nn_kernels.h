@@ -72,7 +72,12 @@ struct IsaCapScope {
                                 int64_t cols);                                                     \
     /* x, y: (n_rows = B*H*T, d); cs, sn: the tables of rope_tables() (T rows). */                 \
     void rope(const float* x, float* y, const float* cs, const float* sn, int64_t n_rows,          \
-              int64_t seq, int64_t d, int64_t rd, bool neox);
+              int64_t seq, int64_t d, int64_t rd, bool neox);                                     \
+    /* Matmuls of 1..8 rows (simd/gemv_rows.h): outputs [r0, r1) / [c0, c1) of each y row. */   \
+    void gemv_dot_rows(int rows, const float* w, int64_t ld, const float* x, int64_t xs,           \
+                       float* y, int64_t ys, int64_t r0, int64_t r1, int64_t K);                   \
+    void gemv_axpy_cols(int rows, const float* w, int64_t ld, const float* x, int64_t xs,          \
+                        float* y, int64_t ys, int64_t c0, int64_t c1, int64_t K);
 
 namespace avx2 {
 FORGE_NN_ROW_KERNELS

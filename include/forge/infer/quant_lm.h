@@ -1,0 +1,87 @@
+// The inference engine: a decoder-only LM (llama and gpt2 architectures) that runs on ggml-typed
+// weights in place (pointers into a GGUF mapping, or into buffers it owns when built from a
+// forge::Transformer), with no autograd and an f32 KV cache per sequence. Prefill runs the
+// prompt through the quantized GEMM, decode one token at a time through GEMV, both on a
+// persistent worker pool (no OpenMP). Tensors follow llama.cpp's GGUF conventions: names
+// (token_embd.weight, blk.N.attn_q.weight, ...), (out, in) rows for every linear weight, and
+// Llama's Q/K rows permuted so RoPE rotates adjacent pairs. It is a forge::CausalLM, so
+// Generator, Session and the server use it unchanged.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <forge/generate/generator.h>
+#include <forge/models/config.h>
+#include <forge/quant/ggml_types.h>
+
+namespace forge {
+class Transformer;
+}
+
+namespace forge::infer {
+
+/// A tensor as GGUF holds it: ne in ggml order (ne[0] innermost), data of `type`.
+struct TensorRef {
+    quant::GgmlType type = quant::GgmlType::f32;
+    std::vector<int64_t> ne;
+    const void* data = nullptr;
+};
+
+struct EngineOptions {
+    /// Worker threads, the calling thread included; <= 0: all hardware threads.
+    int n_threads = 0;
+    /// Prompt tokens per prefill pass (bounds activation memory).
+    int64_t prefill_chunk = 512;
+};
+
+class QuantLM : public CausalLM {
+  public:
+    /// Finds a tensor by its GGUF name; nullopt when the file lacks it.
+    using Lookup = std::function<std::optional<TensorRef>(const std::string& name)>;
+
+    /// Builds the engine over tensors that stay valid while `keep_alive` lives (the engine
+    /// holds it). Weights of F32, F16, Q8_0, Q4_0 and Q4_K are used in place; BF16 is widened
+    /// to F32 and Q4_1, Q5_K and Q6_K are requantized to Q8_0 at load. Throws InvalidArgument
+    /// naming a missing tensor or a shape that disagrees with cfg.
+    QuantLM(const ModelConfig& cfg, const Lookup& lookup, std::shared_ptr<const void> keep_alive,
+            EngineOptions opts = {});
+    ~QuantLM() override;
+
+    /// The same model with its weights converted as `forge quantize` would: every matrix to
+    /// `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_1 or Q4_K; rows whose length is not a multiple of
+    /// the block size stay F32), norms and biases F32. Tensors are renamed and laid out as
+    /// llama.cpp's converter does (Conv1D weights transposed, Llama Q/K rows permuted).
+    static std::unique_ptr<QuantLM> from_transformer(Transformer& model, quant::GgmlType type,
+                                                     EngineOptions opts = {});
+
+    /// Random weights (uniform, std 0.02; norms 1, biases 0) of `type`, for benchmarks: the
+    /// same work per token as a trained model of that shape.
+    static std::unique_ptr<QuantLM> random(const ModelConfig& cfg, quant::GgmlType type,
+                                           uint64_t seed = 1, EngineOptions opts = {});
+
+    int64_t n_vocab() const override;
+    int64_t n_ctx() const override;
+    std::unique_ptr<State> new_state(int64_t capacity) override;
+    void eval(State& state, std::span<const TokenId> ids, std::vector<float>& logits) override;
+    /// As eval, but `logits` gets the logits of every position: (ids.size(), n_vocab).
+    void eval_all(State& state, std::span<const TokenId> ids, std::vector<float>& logits);
+
+    const ModelConfig& config() const;
+    /// Bytes of weight data the engine reads per token (all matrices, embeddings row excluded).
+    int64_t weight_bytes() const;
+    int n_threads() const;
+
+    struct Impl;
+
+  private:
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace forge::infer

@@ -1,0 +1,315 @@
+// AVX-512 (F/BW/VL/DQ) + VNNI quantized matrix products: vpdpbusd does 64 u8 x s8 products per
+// instruction. Tiles are one weight row by up to 4 activation rows, so each weight block is
+// loaded once per tile; gemm() walks L2-sized bands of weight rows inside each tile of rows.
+// GCC 12 flags the undefined upper halves of its own 256->512-bit cast intrinsics.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "backends/cpu/quant/qkernels.h"
+#include "quant/blocks.h"
+
+namespace forge::cpu::quant::avx512 {
+
+namespace fq = forge::quant;
+
+namespace {
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// Two f16 scales, each over 8 lanes: [a x8 | b x8].
+inline __m512 pair_f16(uint16_t a, uint16_t b) {
+    const __m256i h = _mm256_mask_set1_epi16(_mm256_set1_epi16(short(a)), 0xFF00, short(b));
+    return _mm512_cvtph_ps(h);
+}
+
+inline int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+struct Rows {
+    const uint8_t* a[4];
+};
+
+template <int NA>
+void tile_f32(GgmlType wt, const uint8_t* w, const Rows& A, int64_t K, float* out) {
+    __m512 acc[NA], acc2[NA];
+    for (int r = 0; r < NA; ++r) acc[r] = acc2[r] = _mm512_setzero_ps();
+    const float* wf = reinterpret_cast<const float*>(w);
+    const uint16_t* wh = reinterpret_cast<const uint16_t*>(w);
+    auto load_w = [&](int64_t k) {
+        return wt == GgmlType::f32 ? _mm512_loadu_ps(wf + k)
+                                   : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wh + k)));
+    };
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m512 w0 = load_w(k), w1 = load_w(k + 16);
+        for (int r = 0; r < NA; ++r) {
+            const float* a = reinterpret_cast<const float*>(A.a[r]);
+            acc[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(a + k), acc[r]);
+            acc2[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(a + k + 16), acc2[r]);
+        }
+    }
+    for (; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+        const __m512 w0 = wt == GgmlType::f32
+                              ? _mm512_maskz_loadu_ps(m, wf + k)
+                              : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, wh + k));
+        for (int r = 0; r < NA; ++r) {
+            const float* a = reinterpret_cast<const float*>(A.a[r]);
+            acc[r] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, a + k), acc[r]);
+        }
+    }
+    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc2[r]));
+}
+
+template <int NA>
+void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
+    const auto* wb = reinterpret_cast<const fq::BlockQ8_0*>(w);
+    const int64_t nb = L.K / fq::kQK;
+    __m512 acc[NA];
+    float tail[NA] = {};
+    for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
+    const __m512i zero = _mm512_setzero_si512();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m512i wz = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)wb[b].qs)),
+            _mm256_loadu_si256((const __m256i*)wb[b + 1].qs), 1);
+        const __m512i aw = _mm512_abs_epi8(wz);
+        const __mmask64 neg = _mm512_movepi8_mask(wz);
+        const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
+        for (int r = 0; r < NA; ++r) {
+            __m512i az = _mm512_loadu_si512(A.a[r] + b * fq::kQK);
+            az = _mm512_mask_sub_epi8(az, neg, zero, az);
+            const __m512i p = _mm512_dpbusd_epi32(zero, aw, az);
+            const __m512 da = _mm512_loadu_ps(reinterpret_cast<const float*>(A.a[r] + L.d_off) + b * 8);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(da, dw), acc[r]);
+        }
+    }
+    if (b < nb) {
+        const __m256i wy = _mm256_loadu_si256((const __m256i*)wb[b].qs);
+        const __m256i aw = _mm256_abs_epi8(wy);
+        const float dw = h2f(wb[b].d);
+        for (int r = 0; r < NA; ++r) {
+            const __m256i ay = _mm256_sign_epi8(
+                _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)), wy);
+            const int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, ay));
+            tail[r] = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8] * float(isum);
+        }
+    }
+    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) + tail[r];
+}
+
+template <int NA>
+void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
+    const auto* wb = reinterpret_cast<const fq::BlockQ4_0*>(w);
+    const int64_t nb = L.K / fq::kQK;
+    __m512 acc[NA];
+    float tail[NA] = {};
+    for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i shifts = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i y = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)wb[b].qs)),
+            _mm_loadu_si128((const __m128i*)wb[b + 1].qs), 1);
+        // [q0 q1 | q0 q1] >> [0 | 4] & 15 = [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: values 0..31
+        // of block b, then of block b + 1
+        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(y), y, 1);
+        z = _mm512_and_si512(_mm512_srlv_epi64(z, shifts), m4);
+        z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+        const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
+        for (int r = 0; r < NA; ++r) {
+            __m512i p = _mm512_dpbusd_epi32(zero, z, _mm512_loadu_si512(A.a[r] + b * fq::kQK));
+            // minus 8 * sum(a) per block (first lane of each 8): the integer sum stays exact
+            p = _mm512_sub_epi32(p, _mm512_slli_epi32(_mm512_loadu_si512(
+                reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8), 3));
+            const __m512 da = _mm512_loadu_ps(reinterpret_cast<const float*>(A.a[r] + L.d_off) + b * 8);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(da, dw), acc[r]);
+        }
+    }
+    if (b < nb) {
+        const __m128i q = _mm_loadu_si128((const __m128i*)wb[b].qs);
+        const __m128i m4x = _mm_set1_epi8(0x0F);
+        const __m256i z = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, m4x)),
+                                                  _mm_and_si128(_mm_srli_epi16(q, 4), m4x), 1);
+        const float dw = h2f(wb[b].d);
+        for (int r = 0; r < NA; ++r) {
+            int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(
+                _mm256_setzero_si256(), z, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK))));
+            isum -= 8 * reinterpret_cast<const int32_t*>(A.a[r] + L.s_off)[b * 8];
+            tail[r] = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8] * float(isum);
+        }
+    }
+    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) + tail[r];
+}
+
+// The 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) of a K-quant super-block, unpacked
+// from its 12 bytes with 32-bit masks (layout in quant/blocks.h, k_scale_min).
+inline __m128i unpack_k_scales(const uint8_t* q) {
+    uint32_t u[3];
+    std::memcpy(u, q, 12);
+    const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+    const uint32_t sc_lo = u[0] & m1, mn_lo = u[1] & m1;
+    const uint32_t sc_hi = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+    const uint32_t mn_hi = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+    return _mm_setr_epi32(int(sc_lo), int(sc_hi), int(mn_lo), int(mn_hi));
+}
+
+template <int NA>
+void tile_q4_k(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
+    const auto* wb = reinterpret_cast<const fq::BlockQ4K*>(w);
+    const int64_t nb = L.K / fq::kQKK;
+    __m512 acc[NA];
+    for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
+    __m128 minf[NA];
+    for (int r = 0; r < NA; ++r) minf[r] = _mm_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m512i idx[4];
+    for (int g = 0; g < 4; ++g)
+        idx[g] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * g)),
+                                    _mm256_set1_epi32(2 * g + 1), 1);
+    for (int64_t b = 0; b < nb; ++b) {
+        const __m128i sm = unpack_k_scales(wb[b].scales);
+        const __m512i scv = _mm512_cvtepu8_epi32(sm);         // lanes 0..7: scales
+        const __m128i mv = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)); // 8 mins as i16
+        __m512i z[4], s[4];
+        for (int g = 0; g < 4; ++g) {
+            const __m256i y = _mm256_loadu_si256((const __m256i*)(wb[b].qs + 32 * g));
+            z[g] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(y, m4)),
+                                      _mm256_and_si256(_mm256_srli_epi16(y, 4), m4), 1);
+            s[g] = _mm512_permutexvar_epi32(idx[g], scv);
+        }
+        const float d = h2f(wb[b].d), dmin = h2f(wb[b].dmin);
+        for (int r = 0; r < NA; ++r) {
+            const uint8_t* a = A.a[r] + b * fq::kQKK;
+            __m512i isum = _mm512_setzero_si512();
+            for (int g = 0; g < 4; ++g) {
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z[g],
+                                                      _mm512_loadu_si512(a + 64 * g));
+                // |p| < 2^15: the 16-bit multiply-add by the scale is exact
+                isum = _mm512_dpwssd_epi32(isum, p, s[g]);
+            }
+            const float ad = reinterpret_cast<const float*>(A.a[r] + L.d_off)[b];
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(ad * d), acc[r]);
+            // mins: sum over sub-blocks of m_j * (bsums[2j] + bsums[2j+1]), exact in int32
+            const int16_t* bs = reinterpret_cast<const int16_t*>(A.a[r] + L.s_off) + b * 16;
+            const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i*)bs),
+                                                 _mm_loadu_si128((const __m128i*)(bs + 8)));
+            const __m128i mi = _mm_madd_epi16(pairs, mv); // 4 x i32
+            minf[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(mi), _mm_set1_ps(ad * dmin), minf[r]);
+        }
+    }
+    for (int r = 0; r < NA; ++r) {
+        __m128 m = minf[r];
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[r] = _mm512_reduce_add_ps(acc[r]) - _mm_cvtss_f32(m);
+    }
+}
+
+template <int NA>
+void tile(GgmlType wt, const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
+    switch (wt) {
+    case GgmlType::f32:
+    case GgmlType::f16: return tile_f32<NA>(wt, w, A, L.K, out);
+    case GgmlType::q8_0: return tile_q8_0<NA>(w, A, L, out);
+    case GgmlType::q4_0: return tile_q4_0<NA>(w, A, L, out);
+    case GgmlType::q4_k: return tile_q4_k<NA>(w, A, L, out);
+    default: return;
+    }
+}
+
+} // namespace
+
+void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, uint8_t* out) {
+    const int64_t K = L.K;
+    for (int64_t n = 0; n < N; ++n, x += ldx, out += L.row_bytes) {
+        if (L.kind == ActKind::f32) {
+            std::memcpy(out, x, size_t(K) * 4);
+            continue;
+        }
+        auto* qs = reinterpret_cast<int8_t*>(out);
+        if (L.kind == ActKind::q8_0) {
+            auto* dexp = reinterpret_cast<float*>(out + L.d_off);
+            auto* sums = reinterpret_cast<int32_t*>(out + L.s_off);
+            for (int64_t b = 0; b < K / fq::kQK; ++b) {
+                const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
+                const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+                const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+                const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
+                const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+                _mm_storeu_si128((__m128i*)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
+                _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
+                _mm256_storeu_si256((__m256i*)(sums + b * 8),
+                                    _mm256_setr_epi32(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)),
+                                                      0, 0, 0, 0, 0, 0, 0));
+                _mm256_storeu_ps(dexp + b * 8, _mm256_set1_ps(d));
+            }
+        } else {
+            auto* dd = reinterpret_cast<float*>(out + L.d_off);
+            auto* bs = reinterpret_cast<int16_t*>(out + L.s_off);
+            for (int64_t b = 0; b < K / fq::kQKK; ++b) {
+                const float* xb = x + b * fq::kQKK;
+                __m512 mx = _mm512_setzero_ps();
+                for (int j = 0; j < fq::kQKK; j += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xb + j)));
+                const float amax = _mm512_reduce_max_ps(mx);
+                float max = 0;
+                for (int j = 0; j < fq::kQKK; j += 16) {
+                    const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(xb + j)),
+                                                            _mm512_set1_ps(amax), _CMP_EQ_OQ);
+                    if (eq) {
+                        max = xb[j + __builtin_ctz(eq)];
+                        break;
+                    }
+                }
+                const float iscale = amax != 0 ? -127.f / max : 0.f;
+                const __m512i lim = _mm512_set1_epi32(127);
+                for (int g = 0; g < 16; ++g) {
+                    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * g), _mm512_set1_ps(iscale)));
+                    q = _mm512_min_epi32(q, lim);
+                    _mm_storeu_si128((__m128i*)(qs + b * fq::kQKK + 16 * g), _mm512_cvtsepi32_epi8(q));
+                    bs[b * 16 + g] = int16_t(_mm512_reduce_add_epi32(q));
+                }
+                dd[b] = amax != 0 ? 1.f / iscale : 0.f;
+            }
+        }
+    }
+}
+
+void gemm(GgmlType wt, const uint8_t* W, int64_t w_stride, int64_t m0, int64_t m1,
+          const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
+          int64_t ldy) {
+    // A band of weight rows that stays in L2 while every tile of activation rows passes by.
+    const int64_t band = std::max<int64_t>(4, (256 << 10) / std::max<int64_t>(w_stride, 1));
+    for (int64_t mb = m0; mb < m1; mb += band) {
+        const int64_t me = std::min(m1, mb + band);
+        for (int64_t n = 0; n < N; n += 4) {
+            const int na = int(std::min<int64_t>(4, N - n));
+            Rows R{};
+            for (int r = 0; r < na; ++r) R.a[r] = A + (n + r) * a_stride;
+            float out[4];
+            for (int64_t m = mb; m < me; ++m) {
+                const uint8_t* w = W + m * w_stride;
+                switch (na) {
+                case 4: tile<4>(wt, w, R, L, out); break;
+                case 3: tile<3>(wt, w, R, L, out); break;
+                case 2: tile<2>(wt, w, R, L, out); break;
+                default: tile<1>(wt, w, R, L, out); break;
+                }
+                for (int r = 0; r < na; ++r) Y[(n + r) * ldy + m] = out[r];
+            }
+        }
+    }
+}
+
+} // namespace forge::cpu::quant::avx512

@@ -1,0 +1,624 @@
+// The inference engine's forward pass over ggml-typed weights. Activations are f32 (T, C) rows;
+// every linear layer is one quantized GEMM (prefill, T rows) or GEMV (decode, T = 1) split over
+// the worker pool by output rows. The KV cache of a sequence is f32, per layer
+// (n_head_kv, capacity, head_dim), and attention reads only positions [0, length).
+#include <forge/infer/quant_lm.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include <forge/core/error.h>
+#include <forge/core/tensor.h>
+#include <forge/models/transformer.h>
+
+#include "backends/cpu/quant/qkernels.h"
+#include "infer/worker_pool.h"
+
+namespace forge::infer {
+
+using quant::GgmlType;
+namespace cq = forge::cpu::quant;
+
+namespace {
+
+// A weight matrix: `rows` outputs of `cols` inputs, row r at data + r * stride.
+struct Mat {
+    GgmlType type = GgmlType::f32;
+    const uint8_t* data = nullptr;
+    int64_t rows = 0, cols = 0, stride = 0;
+    bool defined() const { return data != nullptr; }
+};
+
+struct Layer {
+    std::vector<float> n1_w, n1_b, n2_w, n2_b;
+    Mat q, k, v, qkv, o, gate, up, down;
+    std::vector<float> qkv_b, o_b, up_b, down_b; // gpt2
+};
+
+// 64-byte aligned scratch that only grows.
+struct Scratch {
+    struct Free {
+        void operator()(void* p) const { std::free(p); }
+    };
+    std::unique_ptr<uint8_t, Free> p;
+    size_t n = 0;
+    uint8_t* get(size_t bytes) {
+        if (bytes > n) {
+            n = (bytes + 63) / 64 * 64;
+            p.reset(static_cast<uint8_t*>(std::aligned_alloc(64, n)));
+            FORGE_CHECK(p != nullptr, "[infer] out of memory allocating ", n, " bytes");
+        }
+        return p.get();
+    }
+    float* f(size_t count) { return reinterpret_cast<float*>(get(count * 4)); }
+};
+
+struct QState : CausalLM::State {
+    int64_t len = 0, cap = 0;
+    std::vector<float> k, v; // (n_layer, n_head_kv, cap, head_dim)
+    int64_t length() const override { return len; }
+};
+
+float gelu_tanh(float x) {
+    const float c = 0.7978845608028654f; // sqrt(2 / pi)
+    return 0.5f * x * (1.f + std::tanh(c * (x + 0.044715f * x * x * x)));
+}
+
+} // namespace
+
+struct QuantLM::Impl {
+    ModelConfig cfg;
+    EngineOptions opts;
+    std::shared_ptr<const void> keep_alive;
+    std::vector<std::vector<uint8_t>> owned; // converted tensors
+    Mat tok, pos, out;
+    std::vector<float> out_norm_w, out_norm_b;
+    std::vector<Layer> layers;
+    std::vector<float> inv_freq; // per rotated pair
+    std::unique_ptr<WorkerPool> pool;
+    std::mutex mu;
+    Scratch s_x, s_h, s_q, s_k, s_v, s_att, s_ff, s_ff2, s_act, s_act2;
+
+    int64_t grain(int64_t rows) const {
+        const int64_t want = rows / (int64_t(pool->size()) * 4);
+        return std::max<int64_t>(16, (want + 15) / 16 * 16);
+    }
+
+    struct Act {
+        cq::ActLayout L;
+        const uint8_t* data;
+        int64_t stride;
+    };
+    // x: (T, K) f32 rows -> the activation rows that weights of type t read.
+    Act quantize(GgmlType t, const float* x, int64_t T, int64_t K, Scratch& buf) {
+        Act a{cq::act_layout(t, K), nullptr, 0};
+        if (a.L.kind == cq::ActKind::f32) {
+            a.data = reinterpret_cast<const uint8_t*>(x);
+            a.stride = K * 4;
+            return a;
+        }
+        uint8_t* out = buf.get(size_t(T * a.L.row_bytes));
+        const int64_t g = std::max<int64_t>(1, T / (int64_t(pool->size()) * 4));
+        pool->parallel_for(T, g, [&](int64_t b, int64_t e) {
+            cq::quantize_act(a.L, x + b * K, K, e - b, out + b * a.L.row_bytes);
+        });
+        a.data = out;
+        a.stride = a.L.row_bytes;
+        return a;
+    }
+    // y: (T, w.rows) = x W^T (+ bias)
+    void matmul(const Mat& w, const Act& a, int64_t T, float* y, const std::vector<float>* bias) {
+        pool->parallel_for(w.rows, grain(w.rows), [&](int64_t b, int64_t e) {
+            cq::gemm(w.type, w.data, w.stride, b, e, a.L, a.data, a.stride, T, y, w.rows);
+            if (bias)
+                for (int64_t t = 0; t < T; ++t)
+                    for (int64_t m = b; m < e; ++m) y[t * w.rows + m] += (*bias)[size_t(m)];
+        });
+    }
+    void linear(const Mat& w, const float* x, int64_t T, float* y,
+                const std::vector<float>* bias = nullptr) {
+        matmul(w, quantize(w.type, x, T, w.cols, s_act), T, y, bias);
+    }
+
+    void norm(const float* x, float* y, int64_t T, const std::vector<float>& w,
+              const std::vector<float>& b) const {
+        const int64_t C = cfg.n_embd;
+        for (int64_t t = 0; t < T; ++t) {
+            const float* xr = x + t * C;
+            float* yr = y + t * C;
+            if (cfg.family == ModelFamily::llama) {
+                double ss = 0;
+                for (int64_t i = 0; i < C; ++i) ss += double(xr[i]) * xr[i];
+                const float r = float(1.0 / std::sqrt(ss / double(C) + cfg.norm_eps));
+                for (int64_t i = 0; i < C; ++i) yr[i] = xr[i] * r * w[size_t(i)];
+            } else {
+                double s = 0, ss = 0;
+                for (int64_t i = 0; i < C; ++i) s += xr[i];
+                const double mean = s / double(C);
+                for (int64_t i = 0; i < C; ++i) ss += (xr[i] - mean) * (xr[i] - mean);
+                const float r = float(1.0 / std::sqrt(ss / double(C) + cfg.norm_eps));
+                for (int64_t i = 0; i < C; ++i)
+                    yr[i] = float(xr[i] - mean) * r * w[size_t(i)] + b[size_t(i)];
+            }
+        }
+    }
+
+    // Rotates adjacent pairs (ggml's "normal" RoPE, on Q/K rows permuted by the converter).
+    void rope(float* x, int64_t T, int64_t n_heads, int64_t pos0) const {
+        const int64_t D = cfg.dim_head(), half = D / 2;
+        for (int64_t t = 0; t < T; ++t) {
+            for (int64_t i = 0; i < half; ++i) {
+                const double ang = double(pos0 + t) * double(inv_freq[size_t(i)]);
+                const float c = float(std::cos(ang)), s = float(std::sin(ang));
+                for (int64_t h = 0; h < n_heads; ++h) {
+                    float* p = x + (t * n_heads + h) * D + 2 * i;
+                    const float a = p[0], b = p[1];
+                    p[0] = a * c - b * s;
+                    p[1] = a * s + b * c;
+                }
+            }
+        }
+    }
+
+    void forward(QState& st, std::span<const TokenId> ids, bool all, std::vector<float>& logits);
+};
+
+namespace {
+
+Mat to_mat(QuantLM::Impl& m, const std::string& name, const TensorRef& t, int64_t rows,
+           int64_t cols) {
+    FORGE_CHECK(t.ne.size() == 2 && t.ne[0] == cols && t.ne[1] == rows, "[infer] tensor ", name,
+                " has shape [", t.ne.size() > 0 ? t.ne[0] : -1, ", ",
+                t.ne.size() > 1 ? t.ne[1] : -1, "] (ggml order); expected [", cols, ", ", rows,
+                "]");
+    Mat w{t.type, static_cast<const uint8_t*>(t.data), rows, cols, quant::row_bytes(t.type, cols)};
+    if (cq::kernel_type(t.type)) return w;
+    // Types without a kernel: BF16 widens to F32 (exact); the rest requantize to Q8_0.
+    const GgmlType to = t.type == GgmlType::bf16 || cols % 32 ? GgmlType::f32 : GgmlType::q8_0;
+    const int64_t rb = quant::row_bytes(to, cols);
+    auto& buf = m.owned.emplace_back(size_t(rows * rb));
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+        quant::dequantize_row(t.type, w.data + r * w.stride, row.data(), cols);
+        quant::quantize_row(to, row.data(), buf.data() + r * rb, cols);
+    }
+    return {to, buf.data(), rows, cols, rb};
+}
+
+} // namespace
+
+QuantLM::QuantLM(const ModelConfig& cfg, const Lookup& lookup,
+                 std::shared_ptr<const void> keep_alive, EngineOptions opts)
+    : impl_(new Impl) {
+    Impl& m = *impl_;
+    cfg.validate();
+    m.cfg = cfg;
+    m.opts = opts;
+    m.keep_alive = std::move(keep_alive);
+    m.pool = std::make_unique<WorkerPool>(opts.n_threads);
+    const int64_t C = cfg.n_embd, D = cfg.dim_head(), H = cfg.n_head, Hkv = cfg.n_head_kv;
+    const int64_t F = cfg.n_ff, V = cfg.vocab_size;
+    auto need = [&](const std::string& name) {
+        auto t = lookup(name);
+        FORGE_CHECK(t.has_value() && t->data, "[infer] the model has no tensor '", name, "'");
+        return *t;
+    };
+    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+        return to_mat(m, name, need(name), rows, cols);
+    };
+    auto vec = [&](const std::string& name, int64_t n) {
+        const TensorRef t = need(name);
+        int64_t numel = 1;
+        for (int64_t d : t.ne) numel *= d;
+        FORGE_CHECK(numel == n, "[infer] tensor ", name, " has ", numel, " values; expected ", n);
+        std::vector<float> out(static_cast<size_t>(n));
+        quant::dequantize_row(t.type, t.data, out.data(), n);
+        return out;
+    };
+    const bool gpt2 = cfg.family == ModelFamily::gpt2;
+    m.tok = mat("token_embd.weight", V, C);
+    if (gpt2) m.pos = mat("position_embd.weight", cfg.n_ctx, C);
+    for (int64_t l = 0; l < cfg.n_layer; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        Layer L;
+        L.n1_w = vec(p + "attn_norm.weight", C);
+        L.n2_w = vec(p + "ffn_norm.weight", C);
+        L.o = mat(p + "attn_output.weight", C, H * D);
+        L.up = mat(p + "ffn_up.weight", F, C);
+        L.down = mat(p + "ffn_down.weight", C, F);
+        if (gpt2) {
+            L.n1_b = vec(p + "attn_norm.bias", C);
+            L.n2_b = vec(p + "ffn_norm.bias", C);
+            L.qkv = mat(p + "attn_qkv.weight", 3 * C, C);
+            L.qkv_b = vec(p + "attn_qkv.bias", 3 * C);
+            L.o_b = vec(p + "attn_output.bias", C);
+            L.up_b = vec(p + "ffn_up.bias", F);
+            L.down_b = vec(p + "ffn_down.bias", C);
+        } else {
+            L.q = mat(p + "attn_q.weight", H * D, C);
+            L.k = mat(p + "attn_k.weight", Hkv * D, C);
+            L.v = mat(p + "attn_v.weight", Hkv * D, C);
+            L.gate = mat(p + "ffn_gate.weight", F, C);
+        }
+        m.layers.push_back(std::move(L));
+    }
+    m.out_norm_w = vec("output_norm.weight", C);
+    if (gpt2) m.out_norm_b = vec("output_norm.bias", C);
+    if (auto o = lookup("output.weight"); o && o->data)
+        m.out = to_mat(m, "output.weight", *o, V, C);
+    else
+        m.out = m.tok; // tied embeddings
+    if (!gpt2) {
+        m.inv_freq.resize(size_t(D / 2));
+        std::vector<float> factors(size_t(D / 2), 1.f);
+        if (auto rf = lookup("rope_freqs.weight"); rf && rf->data)
+            factors = vec("rope_freqs.weight", D / 2);
+        else if (cfg.rope_scaling_factor > 0) {
+            // Llama 3 scaling, as llama.cpp's converter writes rope_freqs.
+            const double lo = cfg.rope_original_max_pos / cfg.rope_low_freq_factor;
+            const double hi = cfg.rope_original_max_pos / cfg.rope_high_freq_factor;
+            for (int64_t i = 0; i < D / 2; ++i) {
+                const double f = std::pow(double(cfg.rope_theta), -2.0 * double(i) / double(D));
+                const double wl = 2 * M_PI / f;
+                double scaled = f;
+                if (wl > lo) scaled = f / cfg.rope_scaling_factor;
+                else if (wl >= hi) {
+                    const double sm = (cfg.rope_original_max_pos / wl - cfg.rope_low_freq_factor) /
+                                      (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor);
+                    scaled = (1 - sm) * f / cfg.rope_scaling_factor + sm * f;
+                }
+                factors[size_t(i)] = float(f / scaled);
+            }
+        }
+        for (int64_t i = 0; i < D / 2; ++i)
+            m.inv_freq[size_t(i)] =
+                float(std::pow(double(cfg.rope_theta), -2.0 * double(i) / double(D)) /
+                      double(factors[size_t(i)]));
+    }
+}
+
+QuantLM::~QuantLM() = default;
+
+int64_t QuantLM::n_vocab() const { return impl_->cfg.vocab_size; }
+int64_t QuantLM::n_ctx() const { return impl_->cfg.n_ctx; }
+const ModelConfig& QuantLM::config() const { return impl_->cfg; }
+int QuantLM::n_threads() const { return impl_->pool->size(); }
+
+int64_t QuantLM::weight_bytes() const {
+    int64_t n = impl_->out.rows * impl_->out.stride;
+    for (const Layer& L : impl_->layers)
+        for (const Mat* w : {&L.q, &L.k, &L.v, &L.qkv, &L.o, &L.gate, &L.up, &L.down})
+            if (w->defined()) n += w->rows * w->stride;
+    return n;
+}
+
+std::unique_ptr<CausalLM::State> QuantLM::new_state(int64_t capacity) {
+    const ModelConfig& c = impl_->cfg;
+    FORGE_CHECK(capacity > 0 && capacity <= c.n_ctx, "[infer] state capacity ", capacity,
+                " must be in 1..", c.n_ctx);
+    auto st = std::make_unique<QState>();
+    st->cap = capacity;
+    const size_t n = size_t(c.n_layer * c.n_head_kv * capacity * c.dim_head());
+    st->k.assign(n, 0.f);
+    st->v.assign(n, 0.f);
+    return st;
+}
+
+void QuantLM::eval(State& state, std::span<const TokenId> ids, std::vector<float>& logits) {
+    auto* st = dynamic_cast<QState*>(&state);
+    FORGE_CHECK(st != nullptr, "[infer] the state was not made by this model");
+    FORGE_CHECK(!ids.empty(), "[infer] eval needs at least one token");
+    std::lock_guard lock(impl_->mu);
+    const int64_t chunk = std::max<int64_t>(1, impl_->opts.prefill_chunk);
+    for (size_t b = 0; b < ids.size(); b += size_t(chunk)) {
+        const size_t e = std::min(ids.size(), b + size_t(chunk));
+        impl_->forward(*st, ids.subspan(b, e - b), false, logits);
+    }
+}
+
+void QuantLM::eval_all(State& state, std::span<const TokenId> ids, std::vector<float>& logits) {
+    auto* st = dynamic_cast<QState*>(&state);
+    FORGE_CHECK(st != nullptr, "[infer] the state was not made by this model");
+    FORGE_CHECK(!ids.empty(), "[infer] eval needs at least one token");
+    std::lock_guard lock(impl_->mu);
+    const int64_t chunk = std::max<int64_t>(1, impl_->opts.prefill_chunk), V = impl_->cfg.vocab_size;
+    std::vector<float> all(ids.size() * size_t(V)), part;
+    for (size_t b = 0; b < ids.size(); b += size_t(chunk)) {
+        const size_t e = std::min(ids.size(), b + size_t(chunk));
+        impl_->forward(*st, ids.subspan(b, e - b), true, part);
+        std::copy(part.begin(), part.end(), all.begin() + std::ptrdiff_t(b * size_t(V)));
+    }
+    logits = std::move(all);
+}
+
+void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
+                            std::vector<float>& logits) {
+    const ModelConfig& c = cfg;
+    const int64_t T = int64_t(ids.size()), C = c.n_embd, D = c.dim_head(), H = c.n_head;
+    const int64_t Hkv = c.n_head_kv, F = c.n_ff, V = c.vocab_size, pos0 = st.len;
+    const bool gpt2 = c.family == ModelFamily::gpt2;
+    FORGE_CHECK(pos0 + T <= st.cap, "[infer] the sequence would reach ", pos0 + T,
+                " positions; the state holds ", st.cap);
+    for (TokenId id : ids)
+        FORGE_CHECK(id >= 0 && id < V, "[infer] token id ", id, " is outside the vocabulary of ", V);
+
+    float* x = s_x.f(size_t(T * C));
+    float* h = s_h.f(size_t(T * std::max(C, H * D)));
+    std::vector<float> row(static_cast<size_t>(C));
+    for (int64_t t = 0; t < T; ++t) {
+        quant::dequantize_row(tok.type, tok.data + int64_t(ids[size_t(t)]) * tok.stride, x + t * C, C);
+        if (gpt2) {
+            quant::dequantize_row(pos.type, pos.data + (pos0 + t) * pos.stride, row.data(), C);
+            for (int64_t i = 0; i < C; ++i) x[t * C + i] += row[size_t(i)];
+        }
+    }
+    const float scale = 1.f / std::sqrt(float(D));
+    const int64_t group = H / Hkv, n_kv = pos0 + T;
+    for (size_t l = 0; l < layers.size(); ++l) {
+        const Layer& L = layers[l];
+        norm(x, h, T, L.n1_w, L.n1_b);
+        // q: (T, H, D); k, v: (T, Hkv, D), rows of ld_q / ld_kv floats
+        const float *q, *k, *v;
+        int64_t ld_q, ld_kv;
+        if (gpt2) {
+            float* qkv = s_q.f(size_t(T * 3 * C));
+            linear(L.qkv, h, T, qkv, &L.qkv_b);
+            q = qkv, k = qkv + C, v = qkv + 2 * C, ld_q = ld_kv = 3 * C;
+        } else {
+            float* qb = s_q.f(size_t(T * H * D));
+            float* kb = s_k.f(size_t(T * Hkv * D));
+            float* vb = s_v.f(size_t(T * Hkv * D));
+            const Act a = quantize(L.q.type, h, T, C, s_act);
+            matmul(L.q, a, T, qb, nullptr);
+            const Act ak = L.k.type == L.q.type ? a : quantize(L.k.type, h, T, C, s_act2);
+            matmul(L.k, ak, T, kb, nullptr);
+            const Act av = L.v.type == L.q.type ? a : L.v.type == L.k.type ? ak : quantize(L.v.type, h, T, C, s_act2);
+            matmul(L.v, av, T, vb, nullptr);
+            rope(qb, T, H, pos0);
+            rope(kb, T, Hkv, pos0);
+            q = qb, k = kb, v = vb, ld_q = H * D, ld_kv = Hkv * D;
+        }
+        // Append K/V at positions pos0..pos0+T.
+        float* kc = st.k.data() + size_t(int64_t(l) * Hkv * st.cap * D);
+        float* vc = st.v.data() + size_t(int64_t(l) * Hkv * st.cap * D);
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t g = 0; g < Hkv; ++g) {
+                std::memcpy(kc + (g * st.cap + pos0 + t) * D, k + t * ld_kv + g * D, size_t(D) * 4);
+                std::memcpy(vc + (g * st.cap + pos0 + t) * D, v + t * ld_kv + g * D, size_t(D) * 4);
+            }
+        // Causal attention over the cache: one work item per (head, query position).
+        float* att = s_att.f(size_t(T * H * D));
+        pool->parallel_for(H * T, std::max<int64_t>(1, H * T / (int64_t(pool->size()) * 4)),
+                           [&](int64_t b, int64_t e) {
+            thread_local std::vector<float> scores;
+            if (scores.size() < size_t(n_kv)) scores.resize(size_t(n_kv));
+            float* sc = scores.data();
+            for (int64_t it = b; it < e; ++it) {
+                const int64_t hh = it / T, t = it % T, g = hh / group, n = pos0 + t + 1;
+                const float* qr = q + t * ld_q + hh * D;
+                const float* kg = kc + g * st.cap * D;
+                const float* vg = vc + g * st.cap * D;
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < n; ++j) {
+                    float s = 0;
+                    for (int64_t d = 0; d < D; ++d) s += qr[d] * kg[j * D + d];
+                    sc[j] = s * scale;
+                    mx = std::max(mx, sc[j]);
+                }
+                float sum = 0;
+                for (int64_t j = 0; j < n; ++j) sum += (sc[j] = std::exp(sc[j] - mx));
+                const float inv = 1.f / sum;
+                float* o = att + t * H * D + hh * D;
+                for (int64_t d = 0; d < D; ++d) o[d] = 0;
+                for (int64_t j = 0; j < n; ++j) {
+                    const float p = sc[j] * inv;
+                    for (int64_t d = 0; d < D; ++d) o[d] += p * vg[j * D + d];
+                }
+            }
+        });
+        float* proj = s_h.f(size_t(T * std::max(C, H * D)));
+        linear(L.o, att, T, proj, gpt2 ? &L.o_b : nullptr);
+        for (int64_t i = 0; i < T * C; ++i) x[i] += proj[i];
+
+        norm(x, h, T, L.n2_w, L.n2_b);
+        float* f1 = s_ff.f(size_t(T * F));
+        if (gpt2) {
+            linear(L.up, h, T, f1, &L.up_b);
+            for (int64_t i = 0; i < T * F; ++i) f1[i] = gelu_tanh(f1[i]);
+        } else {
+            float* f2 = s_ff2.f(size_t(T * F));
+            const Act a = quantize(L.gate.type, h, T, C, s_act);
+            matmul(L.gate, a, T, f1, nullptr);
+            const Act au = L.up.type == L.gate.type ? a : quantize(L.up.type, h, T, C, s_act2);
+            matmul(L.up, au, T, f2, nullptr);
+            for (int64_t i = 0; i < T * F; ++i) f1[i] = f1[i] / (1.f + std::exp(-f1[i])) * f2[i];
+        }
+        float* down = s_h.f(size_t(T * std::max(C, H * D)));
+        linear(L.down, f1, T, down, gpt2 ? &L.down_b : nullptr);
+        for (int64_t i = 0; i < T * C; ++i) x[i] += down[i];
+    }
+    st.len = pos0 + T;
+    const int64_t rows = all ? T : 1;
+    const float* xs = all ? x : x + (T - 1) * C;
+    norm(xs, h, rows, out_norm_w, out_norm_b);
+    logits.resize(size_t(rows * V));
+    linear(out, h, rows, logits.data());
+}
+
+std::unique_ptr<QuantLM> QuantLM::random(const ModelConfig& c, GgmlType type, uint64_t seed,
+                                         EngineOptions opts) {
+    c.validate();
+    using Store = std::map<std::string, std::pair<TensorRef, std::vector<uint8_t>>>;
+    auto store = std::make_shared<Store>();
+    const int64_t C = c.n_embd, D = c.dim_head(), H = c.n_head, Hkv = c.n_head_kv, F = c.n_ff;
+    const int64_t V = c.vocab_size;
+    // Uniform in [-a, a] with the variance of N(0, 0.02^2): a = 0.02 sqrt(3).
+    auto fill = [](std::vector<float>& v, uint64_t s) {
+        uint64_t x = s * 0x9E3779B97F4A7C15ull + 1;
+        for (auto& f : v) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            f = (float(x >> 40) * 0x1p-24f * 2.f - 1.f) * 0.0346f;
+        }
+    };
+    uint64_t k = seed;
+    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+        const GgmlType t = cols % quant::type_info(type).block_size ? GgmlType::f32 : type;
+        const int64_t rb = quant::row_bytes(t, cols);
+        auto& e = (*store)[name];
+        e.second.resize(size_t(rows * rb));
+        std::vector<float> row(static_cast<size_t>(cols));
+        for (int64_t r = 0; r < rows; ++r) {
+            fill(row, ++k);
+            quant::quantize_row(t, row.data(), e.second.data() + r * rb, cols);
+        }
+        e.first = TensorRef{t, {cols, rows}, nullptr};
+    };
+    auto vec = [&](const std::string& name, int64_t n, float value) {
+        auto& e = (*store)[name];
+        std::vector<float> v(static_cast<size_t>(n), value);
+        e.second.resize(size_t(n) * 4);
+        std::memcpy(e.second.data(), v.data(), size_t(n) * 4);
+        e.first = TensorRef{GgmlType::f32, {n}, nullptr};
+    };
+    const bool gpt2 = c.family == ModelFamily::gpt2;
+    mat("token_embd.weight", V, C);
+    if (gpt2) mat("position_embd.weight", c.n_ctx, C);
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        vec(p + "attn_norm.weight", C, 1.f);
+        vec(p + "ffn_norm.weight", C, 1.f);
+        mat(p + "attn_output.weight", C, H * D);
+        mat(p + "ffn_up.weight", F, C);
+        mat(p + "ffn_down.weight", C, F);
+        if (gpt2) {
+            vec(p + "attn_norm.bias", C, 0.f);
+            vec(p + "ffn_norm.bias", C, 0.f);
+            mat(p + "attn_qkv.weight", 3 * C, C);
+            vec(p + "attn_qkv.bias", 3 * C, 0.f);
+            vec(p + "attn_output.bias", C, 0.f);
+            vec(p + "ffn_up.bias", F, 0.f);
+            vec(p + "ffn_down.bias", C, 0.f);
+        } else {
+            mat(p + "attn_q.weight", H * D, C);
+            mat(p + "attn_k.weight", Hkv * D, C);
+            mat(p + "attn_v.weight", Hkv * D, C);
+            mat(p + "ffn_gate.weight", F, C);
+        }
+    }
+    vec("output_norm.weight", C, 1.f);
+    if (gpt2) vec("output_norm.bias", C, 0.f);
+    if (!c.tie_embeddings) mat("output.weight", V, C);
+    for (auto& [name, e] : *store) e.first.data = e.second.data();
+    Lookup lookup = [store](const std::string& name) -> std::optional<TensorRef> {
+        auto it = store->find(name);
+        if (it == store->end()) return std::nullopt;
+        return it->second.first;
+    };
+    return std::make_unique<QuantLM>(c, lookup, store, opts);
+}
+
+std::unique_ptr<QuantLM> QuantLM::from_transformer(Transformer& model, GgmlType type,
+                                                   EngineOptions opts) {
+    const ModelConfig& c = model.config();
+    const bool gpt2 = c.family == ModelFamily::gpt2;
+    const int64_t D = c.dim_head();
+    auto sd = model.state_dict();
+    auto store = std::make_shared<std::map<std::string, std::pair<TensorRef, std::vector<uint8_t>>>>();
+    auto get = [&](const std::string& name) {
+        auto it = sd.find(name);
+        FORGE_CHECK(it != sd.end(), "[infer] the model has no parameter ", name);
+        Tensor t = it->second.to(DType::f32).contiguous();
+        return std::pair{std::vector<float>(t.data<float>(), t.data<float>() + t.numel()), t.shape()};
+    };
+    // rows x cols f32 (row-major, (out, in)) -> `type` rows (F32 if cols misfits the blocks)
+    auto put_mat = [&](const std::string& name, const std::vector<float>& w, int64_t rows, int64_t cols) {
+        const GgmlType t = cols % quant::type_info(type).block_size ? GgmlType::f32 : type;
+        const int64_t rb = quant::row_bytes(t, cols);
+        auto& e = (*store)[name];
+        e.second.resize(size_t(rows * rb));
+        for (int64_t r = 0; r < rows; ++r)
+            quant::quantize_row(t, w.data() + r * cols, e.second.data() + r * rb, cols);
+        e.first = TensorRef{t, {cols, rows}, nullptr};
+    };
+    auto put_vec = [&](const std::string& name, const std::vector<float>& w) {
+        auto& e = (*store)[name];
+        e.second.resize(w.size() * 4);
+        std::memcpy(e.second.data(), w.data(), w.size() * 4);
+        e.first = TensorRef{GgmlType::f32, {int64_t(w.size())}, nullptr};
+    };
+    auto transpose = [](const std::vector<float>& w, int64_t rows, int64_t cols) {
+        std::vector<float> out(w.size()); // (rows, cols) -> (cols, rows)
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t k = 0; k < cols; ++k) out[size_t(k * rows + r)] = w[size_t(r * cols + k)];
+        return out;
+    };
+    // llama.cpp's converter: within each head, rows [first half; second half] -> interleaved.
+    auto permute = [D](const std::vector<float>& w, int64_t n_heads, int64_t cols) {
+        std::vector<float> out(w.size());
+        for (int64_t h = 0; h < n_heads; ++h)
+            for (int64_t i = 0; i < D / 2; ++i)
+                for (int64_t s = 0; s < 2; ++s)
+                    std::memcpy(&out[size_t((h * D + 2 * i + s) * cols)],
+                                &w[size_t((h * D + s * (D / 2) + i) * cols)], size_t(cols) * 4);
+        return out;
+    };
+    auto mat2 = [&](const std::string& gguf, const std::string& hf, bool conv1d) {
+        auto [w, shape] = get(hf);
+        if (conv1d) put_mat(gguf, transpose(w, shape[0], shape[1]), shape[1], shape[0]);
+        else put_mat(gguf, w, shape[0], shape[1]);
+    };
+    auto vec1 = [&](const std::string& gguf, const std::string& hf) { put_vec(gguf, get(hf).first); };
+    if (gpt2) {
+        mat2("token_embd.weight", "transformer.wte.weight", false);
+        mat2("position_embd.weight", "transformer.wpe.weight", false);
+        for (int64_t l = 0; l < c.n_layer; ++l) {
+            const std::string p = "blk." + std::to_string(l) + ".", h = "transformer.h." + std::to_string(l) + ".";
+            vec1(p + "attn_norm.weight", h + "ln_1.weight");
+            vec1(p + "attn_norm.bias", h + "ln_1.bias");
+            mat2(p + "attn_qkv.weight", h + "attn.c_attn.weight", true);
+            vec1(p + "attn_qkv.bias", h + "attn.c_attn.bias");
+            mat2(p + "attn_output.weight", h + "attn.c_proj.weight", true);
+            vec1(p + "attn_output.bias", h + "attn.c_proj.bias");
+            vec1(p + "ffn_norm.weight", h + "ln_2.weight");
+            vec1(p + "ffn_norm.bias", h + "ln_2.bias");
+            mat2(p + "ffn_up.weight", h + "mlp.c_fc.weight", true);
+            vec1(p + "ffn_up.bias", h + "mlp.c_fc.bias");
+            mat2(p + "ffn_down.weight", h + "mlp.c_proj.weight", true);
+            vec1(p + "ffn_down.bias", h + "mlp.c_proj.bias");
+        }
+        vec1("output_norm.weight", "transformer.ln_f.weight");
+        vec1("output_norm.bias", "transformer.ln_f.bias");
+    } else {
+        mat2("token_embd.weight", "model.embed_tokens.weight", false);
+        for (int64_t l = 0; l < c.n_layer; ++l) {
+            const std::string p = "blk." + std::to_string(l) + ".", h = "model.layers." + std::to_string(l) + ".";
+            vec1(p + "attn_norm.weight", h + "input_layernorm.weight");
+            for (auto [g, hf, nh] : {std::tuple{"attn_q.weight", "self_attn.q_proj.weight", c.n_head},
+                                     std::tuple{"attn_k.weight", "self_attn.k_proj.weight", c.n_head_kv}}) {
+                auto [w, shape] = get(h + hf);
+                put_mat(p + g, permute(w, nh, shape[1]), shape[0], shape[1]);
+            }
+            mat2(p + "attn_v.weight", h + "self_attn.v_proj.weight", false);
+            mat2(p + "attn_output.weight", h + "self_attn.o_proj.weight", false);
+            vec1(p + "ffn_norm.weight", h + "post_attention_layernorm.weight");
+            mat2(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", false);
+            mat2(p + "ffn_up.weight", h + "mlp.up_proj.weight", false);
+            mat2(p + "ffn_down.weight", h + "mlp.down_proj.weight", false);
+        }
+        vec1("output_norm.weight", "model.norm.weight");
+    }
+    if (!c.tie_embeddings) mat2("output.weight", "lm_head.weight", false);
+    for (auto& [name, e] : *store) e.first.data = e.second.data();
+    Lookup lookup = [store](const std::string& name) -> std::optional<TensorRef> {
+        auto it = store->find(name);
+        if (it == store->end()) return std::nullopt;
+        return it->second.first;
+    };
+    return std::make_unique<QuantLM>(c, lookup, store, opts);
+}
+
+} // namespace forge::infer
