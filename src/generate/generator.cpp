@@ -113,7 +113,10 @@ void TransformerLM::eval_batch(std::span<State* const> states, std::span<const T
     // others share the step.
     for (int64_t s0 = 0; s0 < S; s0 += 16) {
         const int64_t n = std::min<int64_t>(16, S - s0);
-        Tensor out = matmul(h.narrow(0, s0, n), head_.t()).to(DType::f32).contiguous(); // (n, V)
+        Tensor out = matmul(h.narrow(0, s0, n), head_.t()) // (n, V), on the host
+                         .to(DType::f32)
+                         .to(Device::cpu())
+                         .contiguous();
         const float* p = out.data<float>();
         for (int64_t s = 0; s < n; ++s)
             logits[size_t(s0 + s)]->assign(p + s * V, p + (s + 1) * V);
@@ -125,7 +128,8 @@ void TransformerLM::project_last(const Tensor& h, std::vector<float>& logits) co
     // (1, C) x (C, V): the CPU matmul runs one-row products as a GEMV, so this reads the head
     // once at memory speed (docs/PERF.md, Generation).
     Tensor last = h.narrow(1, h.size(1) - 1, 1).reshape({1, C});
-    Tensor row = matmul(last, head_.t()).reshape({V}).to(DType::f32).to(Device::cpu()).contiguous();
+    Tensor row =
+        matmul(last, head_.t()).reshape({V}).to(DType::f32).to(Device::cpu()).contiguous();
     const float* p = row.data<float>();
     logits.assign(p, p + V);
 }

@@ -293,9 +293,11 @@ Tensor Transformer::decode_step(std::span<const int64_t> ids_in, std::span<KVCac
     }
     NoGradGuard no_grad;
     const std::vector<int64_t> ids_v(ids_in.begin(), ids_in.end());
-    const Tensor ids = Tensor::from_vector(ids_v, {S});
+    const Device dev = m.wte.device(); // ids and positions follow the weights
+    const Tensor ids = Tensor::from_vector(ids_v, {S}).to(dev);
     Tensor x = embedding(m.wte, ids); // (S, C)
-    if (c.family == ModelFamily::gpt2) x = add(x, embedding(m.wpe, Tensor::from_vector(pos, {S})));
+    if (c.family == ModelFamily::gpt2)
+        x = add(x, embedding(m.wpe, Tensor::from_vector(pos, {S}).to(dev)));
 
     // Row s of t (S, n*D) as one query/key step: (1, n, 1, D).
     auto head_row = [D](const Tensor& t, int64_t s, int64_t n) {
