@@ -124,5 +124,14 @@ TEST(Tensor, BadInputThrowsNamedErrors) {
     expect_error([&] { Tensor::zeros({2}, DType::i64).set_requires_grad(); }, "only float");
 }
 
+// `--device cuda` on a machine that cannot run it: the error says why (no CUDA build, or no GPU).
+TEST(Device, CheckDeviceSaysWhyCudaIsUnusable) {
+    cuda::check_device(Device::cpu()); // always fine
+    if (cuda::is_available()) GTEST_SKIP() << "a GPU is visible";
+    expect_error([] { cuda::check_device(Device::cuda()); },
+                 cuda::is_built() ? "no CUDA GPU is visible" : "has no CUDA support");
+    expect_error([] { cuda::PrecisionScope p("fp8"); }, "unknown precision 'fp8'");
+}
+
 } // namespace
 } // namespace forge

@@ -3,8 +3,8 @@
 // the online softmax and all accumulators in f32. Head dims 64 and 128, causal or full, GQA,
 // any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu).
 //
-// Inputs are f32 (or bf16) in global memory and are rounded to bf16 as tiles are staged in
-// shared memory, so results carry bf16 input rounding: about 1e-2 relative error against the
+// Inputs are f32 in global memory (stage_tile also takes bf16; only f32 is instantiated) and
+// are rounded to bf16 as tiles are staged in shared memory, so results carry bf16 input rounding: about 1e-2 relative error against the
 // f32 reference (tests/cuda/ops_test.cpp checks that bound). Outputs, lse and gradients are f32.
 //
 // Blocks of W = 4 or 8 warps; a warp owns 16 rows of the block's 16 W (query rows in the
@@ -28,9 +28,9 @@ namespace forge::cuda {
 namespace {
 
 // W warps per block, 16 rows each: a block owns 16 W rows (queries, or keys for dk/dv) and
-// streams tiles of kRows rows of the other side. W = 4 for head dim 64 and 8 for 128 (the faster
-// of the two at every T measured on an H200, docs/PERF.md) unless set_attention_tc_warps forces
-// one (0 = that default).
+// streams tiles of kRows rows of the other side. W = 4 for head dim 64 and 8 for 128 (on an H200,
+// docs/PERF.md: the faster shape at T = 1024..8192, except D = 128 forward+backward at T = 1024
+// where 4 warps won by 1%) unless set_attention_tc_warps forces one (0 = that default).
 constexpr int kRows = 64;
 std::atomic<int> g_tc_warps{0};
 constexpr float kLog2e = 1.4426950408889634f;
