@@ -16,6 +16,8 @@
 #include <forge/models/transformer.h>
 
 #include "backends/cpu/quant/qkernels.h"
+#include "backends/cpu/simd/nn_kernels.h"
+#include "infer/attention.h"
 #include "infer/worker_pool.h"
 
 namespace forge::infer {
@@ -190,6 +192,27 @@ Mat to_mat(QuantLM::Impl& m, const std::string& name, const TensorRef& t, int64_
 }
 
 } // namespace
+
+void attend_row(const float* q, const float* K, const float* V, int64_t n, int64_t D, float scale,
+                float* scores, float* out) {
+    if (D % 16 == 0 && cpu::nn::active_isa() == cpu::nn::Isa::avx512)
+        return avx512::attend_row(q, K, V, n, D, scale, scores, out);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+        float s = 0;
+        for (int64_t d = 0; d < D; ++d) s += q[d] * K[j * D + d];
+        scores[j] = s * scale;
+        mx = std::max(mx, scores[j]);
+    }
+    float sum = 0;
+    for (int64_t j = 0; j < n; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+    const float inv = 1.f / sum;
+    for (int64_t d = 0; d < D; ++d) out[d] = 0;
+    for (int64_t j = 0; j < n; ++j) {
+        const float p = scores[j] * inv;
+        for (int64_t d = 0; d < D; ++d) out[d] += p * V[j * D + d];
+    }
+}
 
 QuantLM::QuantLM(const ModelConfig& cfg, const Lookup& lookup,
                  std::shared_ptr<const void> keep_alive, EngineOptions opts)
@@ -399,25 +422,8 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
             float* sc = scores.data();
             for (int64_t it = b; it < e; ++it) {
                 const int64_t hh = it / T, t = it % T, g = hh / group, n = pos0 + t + 1;
-                const float* qr = q + t * ld_q + hh * D;
-                const float* kg = kc + g * st.cap * D;
-                const float* vg = vc + g * st.cap * D;
-                float mx = -INFINITY;
-                for (int64_t j = 0; j < n; ++j) {
-                    float s = 0;
-                    for (int64_t d = 0; d < D; ++d) s += qr[d] * kg[j * D + d];
-                    sc[j] = s * scale;
-                    mx = std::max(mx, sc[j]);
-                }
-                float sum = 0;
-                for (int64_t j = 0; j < n; ++j) sum += (sc[j] = std::exp(sc[j] - mx));
-                const float inv = 1.f / sum;
-                float* o = att + t * H * D + hh * D;
-                for (int64_t d = 0; d < D; ++d) o[d] = 0;
-                for (int64_t j = 0; j < n; ++j) {
-                    const float p = sc[j] * inv;
-                    for (int64_t d = 0; d < D; ++d) o[d] += p * vg[j * D + d];
-                }
+                attend_row(q + t * ld_q + hh * D, kc + g * st.cap * D, vc + g * st.cap * D, n, D,
+                           scale, sc, att + t * H * D + hh * D);
             }
         });
         float* proj = s_h.f(size_t(T * std::max(C, H * D)));
