@@ -83,7 +83,7 @@ struct QuantLM::Impl {
     std::vector<float> inv_freq; // per rotated pair
     std::unique_ptr<WorkerPool> pool;
     std::mutex mu;
-    Scratch s_x, s_h, s_q, s_k, s_v, s_att, s_ff, s_ff2, s_act, s_act2;
+    Scratch s_x, s_h, s_q, s_k, s_v, s_att, s_ff, s_ff2, s_act, s_act2, s_act3;
 
     int64_t grain(int64_t rows) const {
         const int64_t want = rows / (int64_t(pool->size()) * 4);
@@ -119,6 +119,32 @@ struct QuantLM::Impl {
             if (bias)
                 for (int64_t t = 0; t < T; ++t)
                     for (int64_t m = b; m < e; ++m) y[t * w.rows + m] += (*bias)[size_t(m)];
+        });
+    }
+    // Several products of one input in one pass over the pool (Q, K, V; gate, up): fewer
+    // synchronizations per token. acts[i] is the activation for mats[i] (shared when types agree).
+    struct Out {
+        const Mat* w;
+        const Act* a;
+        float* y;
+    };
+    void matmul_multi(std::initializer_list<Out> outs, int64_t T) {
+        struct Chunk {
+            const Out* o;
+            int64_t b, e;
+        };
+        std::vector<Chunk> chunks;
+        for (const Out& o : outs) {
+            const int64_t g = grain(o.w->rows);
+            for (int64_t b = 0; b < o.w->rows; b += g) chunks.push_back({&o, b, std::min(o.w->rows, b + g)});
+        }
+        pool->parallel_for(int64_t(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+            for (int64_t c = cb; c < ce; ++c) {
+                const Chunk& ch = chunks[size_t(c)];
+                const Out& o = *ch.o;
+                cq::gemm(o.w->type, o.w->data, o.w->stride, ch.b, ch.e, o.a->L, o.a->data,
+                         o.a->stride, T, o.y, o.w->rows);
+            }
         });
     }
     void linear(const Mat& w, const float* x, int64_t T, float* y,
@@ -396,11 +422,9 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
             float* kb = s_k.f(size_t(T * Hkv * D));
             float* vb = s_v.f(size_t(T * Hkv * D));
             const Act a = quantize(L.q.type, h, T, C, s_act);
-            matmul(L.q, a, T, qb, nullptr);
             const Act ak = L.k.type == L.q.type ? a : quantize(L.k.type, h, T, C, s_act2);
-            matmul(L.k, ak, T, kb, nullptr);
-            const Act av = L.v.type == L.q.type ? a : L.v.type == L.k.type ? ak : quantize(L.v.type, h, T, C, s_act2);
-            matmul(L.v, av, T, vb, nullptr);
+            const Act av = L.v.type == L.q.type ? a : L.v.type == L.k.type ? ak : quantize(L.v.type, h, T, C, s_act3);
+            matmul_multi({{&L.q, &a, qb}, {&L.k, &ak, kb}, {&L.v, &av, vb}}, T);
             rope(qb, T, H, pos0);
             rope(kb, T, Hkv, pos0);
             q = qb, k = kb, v = vb, ld_q = H * D, ld_kv = Hkv * D;
@@ -438,9 +462,8 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
         } else {
             float* f2 = s_ff2.f(size_t(T * F));
             const Act a = quantize(L.gate.type, h, T, C, s_act);
-            matmul(L.gate, a, T, f1, nullptr);
             const Act au = L.up.type == L.gate.type ? a : quantize(L.up.type, h, T, C, s_act2);
-            matmul(L.up, au, T, f2, nullptr);
+            matmul_multi({{&L.gate, &a, f1}, {&L.up, &au, f2}}, T);
             for (int64_t i = 0; i < T * F; ++i) f1[i] = f1[i] / (1.f + std::exp(-f1[i])) * f2[i];
         }
         float* down = s_h.f(size_t(T * std::max(C, H * D)));
