@@ -23,7 +23,10 @@
 
 namespace forge {
 class Transformer;
+namespace formats {
+class GgufFile;
 }
+} // namespace forge
 
 namespace forge::infer {
 
@@ -61,6 +64,11 @@ class QuantLM : public CausalLM {
     static std::unique_ptr<QuantLM> from_transformer(Transformer& model, quant::GgmlType type,
                                                      EngineOptions opts = {});
 
+    /// The model of a GGUF file (llama or gpt2 architecture), its tensors used in place in the
+    /// file's mapping. Throws NotFound, or InvalidArgument naming the file and the problem.
+    static std::unique_ptr<QuantLM> from_gguf(const std::filesystem::path& path,
+                                              EngineOptions opts = {});
+
     /// Random weights (uniform, std 0.02; norms 1, biases 0) of `type`, for benchmarks: the
     /// same work per token as a trained model of that shape.
     static std::unique_ptr<QuantLM> random(const ModelConfig& cfg, quant::GgmlType type,
@@ -83,5 +91,9 @@ class QuantLM : public CausalLM {
   private:
     std::unique_ptr<Impl> impl_;
 };
+
+/// ModelConfig from a GGUF file's llama.cpp metadata ({arch}.embedding_length, ...); the
+/// vocabulary size from token_embd.weight, tied embeddings when output.weight is absent.
+ModelConfig gguf_model_config(const formats::GgufFile& file);
 
 } // namespace forge::infer
