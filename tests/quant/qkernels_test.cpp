@@ -143,7 +143,7 @@ TEST(QuantKernels, IntegerPartExact) {
                     for (int64_t b = 0; b < K / 32; ++b) {
                         int s = 0;
                         for (int j = 0; j < 32; ++j) s += qs[b * 32 + j];
-                        reinterpret_cast<int32_t*>(a + L.s_off)[b * 8] = s;
+                        reinterpret_cast<int32_t*>(a + L.s_off)[b * 8] = -8 * s;
                         for (int j = 0; j < 8; ++j) reinterpret_cast<float*>(a + L.d_off)[b * 8 + j] = 1.f;
                     }
                 } else {

@@ -105,7 +105,7 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 }
                 for (int j = 0; j < 8; ++j) {
                     dexp[b * 8 + j] = d;
-                    sums[b * 8 + j] = j == 0 ? s : 0;
+                    sums[b * 8 + j] = j == 0 ? -8 * s : 0;
                 }
             }
         } else {
@@ -168,7 +168,7 @@ float dot(GgmlType wt, const uint8_t* w, const ActLayout& L, const uint8_t* a) {
                     isum += int32_t(wb.qs[j] & 0xF) * qs[b * fq::kQK + j];
                     isum += int32_t(wb.qs[j] >> 4) * qs[b * fq::kQK + j + 16];
                 }
-                isum -= 8 * sums[b * 8];
+                isum += sums[b * 8]; // -8 * sum(a): Q4_0's offset
             }
             s += dw * dexp[b * 8] * float(isum);
         }

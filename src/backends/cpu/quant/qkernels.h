@@ -19,9 +19,9 @@ using forge::quant::GgmlType;
 enum class ActKind { f32, q8_0, q8_k };
 
 /// One activation row: for q8_0, int8 qs[K] | f32 dexp[K/32 * 8] (each block's scale repeated
-/// 8 times, so two blocks' scales load as one 16-lane vector) | i32 sums[K/32 * 8] (each
-/// block's sum of qs in its first of 8 lanes, zeros in the rest, so 8 * sum subtracts from the
-/// lanes of a vpdpbusd result as one vector); for q8_k, int8 qs[K] | f32 d[K/256] | i16 bsums[K/16]; for f32, float[K].
+/// 8 times, so two blocks' scales load as one 16-lane vector) | i32 nsum8[K/32 * 8] (each
+/// block's -8 * sum(qs) in its first of 8 lanes, zeros in the rest: the Q4_0 offset correction,
+/// loaded as the accumulator a vpdpbusd starts from); for q8_k, int8 qs[K] | f32 d[K/256] | i16 bsums[K/16]; for f32, float[K].
 /// Sections start at 64-byte multiples; row_bytes is a multiple of 64.
 struct ActLayout {
     ActKind kind = ActKind::f32;

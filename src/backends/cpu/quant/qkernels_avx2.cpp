@@ -97,9 +97,9 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
         for (int r = 0; r < NA; ++r) {
             __m256i p = _mm256_madd_epi16(
                 _mm256_maddubs_epi16(z, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK))), ones);
-            // minus 8 * sum(a): the block's integer sum stays exact
-            p = _mm256_sub_epi32(p, _mm256_slli_epi32(_mm256_loadu_si256(
-                (const __m256i*)(reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8)), 3));
+            // plus -8 * sum(a): the block's integer sum stays exact
+            p = _mm256_add_epi32(p, _mm256_loadu_si256(
+                (const __m256i*)(reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8)));
             const float s = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8];
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
         }

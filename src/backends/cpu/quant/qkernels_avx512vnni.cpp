@@ -114,7 +114,6 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
     __m512 acc[NA];
     float tail[NA] = {};
     for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i shifts = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
     int64_t b = 0;
@@ -129,10 +128,10 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
         z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
         const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
         for (int r = 0; r < NA; ++r) {
-            __m512i p = _mm512_dpbusd_epi32(zero, z, _mm512_loadu_si512(A.a[r] + b * fq::kQK));
-            // minus 8 * sum(a) per block (first lane of each 8): the integer sum stays exact
-            p = _mm512_sub_epi32(p, _mm512_slli_epi32(_mm512_loadu_si512(
-                reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8), 3));
+            // starting from -8 * sum(a) per block (first lane of each 8): the integer sum is exact
+            const __m512i p = _mm512_dpbusd_epi32(
+                _mm512_loadu_si512(reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8), z,
+                _mm512_loadu_si512(A.a[r] + b * fq::kQK));
             const __m512 da = _mm512_loadu_ps(reinterpret_cast<const float*>(A.a[r] + L.d_off) + b * 8);
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(da, dw), acc[r]);
         }
@@ -146,7 +145,7 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
         for (int r = 0; r < NA; ++r) {
             int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(
                 _mm256_setzero_si256(), z, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK))));
-            isum -= 8 * reinterpret_cast<const int32_t*>(A.a[r] + L.s_off)[b * 8];
+            isum += reinterpret_cast<const int32_t*>(A.a[r] + L.s_off)[b * 8];
             tail[r] = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8] * float(isum);
         }
     }
@@ -251,7 +250,7 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 _mm_storeu_si128((__m128i*)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
                 _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
                 _mm256_storeu_si256((__m256i*)(sums + b * 8),
-                                    _mm256_setr_epi32(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)),
+                                    _mm256_setr_epi32(-8 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)),
                                                       0, 0, 0, 0, 0, 0, 0));
                 _mm256_storeu_ps(dexp + b * 8, _mm256_set1_ps(d));
             }
