@@ -60,8 +60,10 @@ struct Scratch {
 };
 
 struct QState : CausalLM::State {
-    int64_t len = 0, cap = 0;
-    std::vector<float> k, v; // (n_layer, n_head_kv, cap, head_dim)
+    int64_t len = 0, cap = 0, limit = 0; // cap: limit rounded up to whole key tiles
+    // k: (n_layer, n_head_kv, cap / 16, head_dim, 16) (attention.h's tiles); v: (n_layer,
+    // n_head_kv, cap, head_dim)
+    std::vector<float> k, v;
     int64_t length() const override { return len; }
 };
 
@@ -226,7 +228,7 @@ void attend_row(const float* q, const float* K, const float* V, int64_t n, int64
     float mx = -INFINITY;
     for (int64_t j = 0; j < n; ++j) {
         float s = 0;
-        for (int64_t d = 0; d < D; ++d) s += q[d] * K[j * D + d];
+        for (int64_t d = 0; d < D; ++d) s += q[d] * K[key_index(j, d, D)];
         scores[j] = s * scale;
         mx = std::max(mx, scores[j]);
     }
@@ -350,8 +352,9 @@ std::unique_ptr<CausalLM::State> QuantLM::new_state(int64_t capacity) {
     FORGE_CHECK(capacity > 0 && capacity <= c.n_ctx, "[infer] state capacity ", capacity,
                 " must be in 1..", c.n_ctx);
     auto st = std::make_unique<QState>();
-    st->cap = capacity;
-    const size_t n = size_t(c.n_layer * c.n_head_kv * capacity * c.dim_head());
+    st->cap = (capacity + kKeyTile - 1) / kKeyTile * kKeyTile; // whole key tiles
+    st->limit = capacity;
+    const size_t n = size_t(c.n_layer * c.n_head_kv * st->cap * c.dim_head());
     st->k.assign(n, 0.f);
     st->v.assign(n, 0.f);
     return st;
@@ -390,8 +393,8 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
     const int64_t T = int64_t(ids.size()), C = c.n_embd, D = c.dim_head(), H = c.n_head;
     const int64_t Hkv = c.n_head_kv, F = c.n_ff, V = c.vocab_size, pos0 = st.len;
     const bool gpt2 = c.family == ModelFamily::gpt2;
-    FORGE_CHECK(pos0 + T <= st.cap, "[infer] the sequence would reach ", pos0 + T,
-                " positions; the state holds ", st.cap);
+    FORGE_CHECK(pos0 + T <= st.limit, "[infer] the sequence would reach ", pos0 + T,
+                " positions; the state holds ", st.limit);
     for (TokenId id : ids)
         FORGE_CHECK(id >= 0 && id < V, "[infer] token id ", id, " is outside the vocabulary of ", V);
 
@@ -434,7 +437,8 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
         float* vc = st.v.data() + size_t(int64_t(l) * Hkv * st.cap * D);
         for (int64_t t = 0; t < T; ++t)
             for (int64_t g = 0; g < Hkv; ++g) {
-                std::memcpy(kc + (g * st.cap + pos0 + t) * D, k + t * ld_kv + g * D, size_t(D) * 4);
+                for (int64_t d = 0; d < D; ++d)
+                    kc[g * st.cap * D + key_index(pos0 + t, d, D)] = k[t * ld_kv + g * D + d];
                 std::memcpy(vc + (g * st.cap + pos0 + t) * D, v + t * ld_kv + g * D, size_t(D) * 4);
             }
         // Causal attention over the cache: one work item per (head, query position).
@@ -442,7 +446,7 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
         pool->parallel_for(H * T, std::max<int64_t>(1, H * T / (int64_t(pool->size()) * 4)),
                            [&](int64_t b, int64_t e) {
             thread_local std::vector<float> scores;
-            if (scores.size() < size_t(n_kv)) scores.resize(size_t(n_kv));
+            if (scores.size() < size_t(n_kv + kKeyTile)) scores.resize(size_t(n_kv + kKeyTile));
             float* sc = scores.data();
             for (int64_t it = b; it < e; ++it) {
                 const int64_t hh = it / T, t = it % T, g = hh / group, n = pos0 + t + 1;
