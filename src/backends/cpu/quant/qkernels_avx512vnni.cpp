@@ -20,10 +20,12 @@ namespace {
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-// Two f16 scales, each over 8 lanes: [a x8 | b x8].
+// Two f16 scales, each over 8 lanes: [a x8 | b x8]. The halves pair up in a general register
+// (scalar ports), so only the conversion and one permute use the vector pipes.
 inline __m512 pair_f16(uint16_t a, uint16_t b) {
-    const __m256i h = _mm256_mask_set1_epi16(_mm256_set1_epi16(short(a)), 0xFF00, short(b));
-    return _mm512_cvtph_ps(h);
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(int(uint32_t(a) | (uint32_t(b) << 16))));
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
 }
 
 inline int32_t hsum_epi32(__m256i v) {
@@ -115,17 +117,17 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
     float tail[NA] = {};
     for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i shifts = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+    const __m512i shifts = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
+    const __m512i dup = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
     int64_t b = 0;
     for (; b + 1 < nb; b += 2) {
         const __m256i y = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)wb[b].qs)),
             _mm_loadu_si128((const __m128i*)wb[b + 1].qs), 1);
-        // [q0 q1 | q0 q1] >> [0 | 4] & 15 = [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: values 0..31
-        // of block b, then of block b + 1
-        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(y), y, 1);
+        // [q0 q0 q1 q1] >> [0 4 0 4] & 15 = [lo0 hi0 lo1 hi1]: values 0..31 of block b, then
+        // of block b + 1
+        __m512i z = _mm512_permutexvar_epi64(dup, _mm512_castsi256_si512(y));
         z = _mm512_and_si512(_mm512_srlv_epi64(z, shifts), m4);
-        z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
         const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
         for (int r = 0; r < NA; ++r) {
             // starting from -8 * sum(a) per block (first lane of each 8): the integer sum is exact
