@@ -153,6 +153,7 @@ TEST(QuantKernels, IntegerPartExact) {
                         reinterpret_cast<int32_t*>(a + LB.s_off)[b * 8] = -8 * s;
                         for (int j = 0; j < 8; ++j) reinterpret_cast<float*>(a + LB.d_off)[b * 8 + j] = 1.f;
                     }
+                    for (int64_t k = 0; k < K; ++k) qs[k] = int8_t(uint8_t(qs[k] + 128)); // stored + 128
                 } else {
                     for (int64_t g = 0; g < K / 16; ++g) {
                         int s = 0;

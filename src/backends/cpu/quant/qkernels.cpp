@@ -60,10 +60,13 @@ void q4_0_from_q8_0(const ActLayout& L, const ActLayout& N8, const uint8_t* nat,
     const int64_t nb = L.K / fq::kQK;
     thread_local std::vector<float> d;
     thread_local std::vector<int32_t> sums;
+    thread_local std::vector<int8_t> qs;
     d.resize(size_t(nb));
     sums.resize(size_t(nb));
+    qs.resize(size_t(L.K));
     for (int64_t b = 0; b < nb; ++b) d[size_t(b)] = dexp[b * 8], sums[size_t(b)] = -nsum[b * 8] / 8;
-    arrange_q4_0(L, reinterpret_cast<const int8_t*>(nat), d.data(), sums.data(), out);
+    for (int64_t k = 0; k < L.K; ++k) qs[size_t(k)] = int8_t(int(nat[k]) - 128);
+    arrange_q4_0(L, qs.data(), d.data(), sums.data(), out);
 }
 
 void arrange_q4_0(const ActLayout& L, const int8_t* qs, const float* d, const int32_t* sums,
@@ -139,7 +142,7 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 int32_t s = 0;
                 for (int j = 0; j < fq::kQK; ++j) {
                     const int q = int(std::nearbyint(xb[j] * id));
-                    qs[b * fq::kQK + j] = int8_t(q);
+                    qs[b * fq::kQK + j] = int8_t(uint8_t(q + 128)); // stored + 128
                     s += q;
                 }
                 for (int j = 0; j < 8; ++j) {
@@ -194,7 +197,8 @@ float dot(GgmlType wt, const uint8_t* w, const ActLayout& L, const uint8_t* a) {
         for (int64_t b = 0; b < K / fq::kQK; ++b) {
             const auto& wb = reinterpret_cast<const fq::BlockQ8_0*>(w)[b];
             int32_t isum = 0;
-            for (int j = 0; j < fq::kQK; ++j) isum += int32_t(wb.qs[j]) * qs[b * fq::kQK + j];
+            const auto* u = reinterpret_cast<const uint8_t*>(qs) + b * fq::kQK;
+            for (int j = 0; j < fq::kQK; ++j) isum += int32_t(wb.qs[j]) * (int32_t(u[j]) - 128);
             s += f16_to_f32(wb.d) * dexp[b * 8] * float(isum);
         }
         return s;

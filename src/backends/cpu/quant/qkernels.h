@@ -18,7 +18,8 @@ using forge::quant::GgmlType;
 /// How activation rows are laid out for weights of a given type.
 enum class ActKind { f32, q8_0, q4_0, q8_k };
 
-/// One activation row: for q8_0, int8 qs[K] | f32 dexp[K/32 * 8] (each block's scale repeated
+/// One activation row: for q8_0, u8 qs[K] (the int8 value + 128, so vpdpbusd takes it as its
+/// unsigned operand against signed weights; the weights' sum times 128 comes off) | f32 dexp[K/32 * 8] (each block's scale repeated
 /// 8 times, so two blocks' scales load as one 16-lane vector) | i32 nsum8[K/32 * 8] (each
 /// block's -8 * sum(qs) in its first of 8 lanes, zeros in the rest: the Q4_0 offset correction,
 /// loaded as the accumulator a vpdpbusd starts from); for q8_k, int8 qs[K] | f32 d[K/256] | i16 bsums[K/16]; for f32, float[K].

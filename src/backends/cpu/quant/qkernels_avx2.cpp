@@ -72,7 +72,9 @@ void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
         const __m256i aw = _mm256_abs_epi8(wy);
         const float dw = h2f(wb[b].d);
         for (int r = 0; r < NA; ++r) {
-            const __m256i ay = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)), wy);
+            const __m256i a = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)),
+                                               _mm256_set1_epi8(char(0x80))); // back to int8
+            const __m256i ay = _mm256_sign_epi8(a, wy);
             const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, ay), ones);
             const float da = reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8];
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * da), acc[r]);

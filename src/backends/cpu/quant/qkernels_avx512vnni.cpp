@@ -72,6 +72,9 @@ void tile_f32(GgmlType wt, const uint8_t* w, const Rows& A, int64_t K, float* ou
     for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc2[r]));
 }
 
+// Q8_0: activations come as u8 (value + 128), weights stay signed, so one vpdpbusd per pair
+// of blocks and activation row; it starts from -128 * (the weights' sums), computed once per
+// pair of blocks for all rows of the tile.
 template <int NA>
 void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
     const auto* wb = reinterpret_cast<const fq::BlockQ8_0*>(w);
@@ -79,31 +82,28 @@ void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
     __m512 acc[NA];
     float tail[NA] = {};
     for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512(), u128 = _mm512_set1_epi8(char(0x80));
     int64_t b = 0;
     for (; b + 1 < nb; b += 2) {
         const __m512i wz = _mm512_inserti64x4(
             _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)wb[b].qs)),
             _mm256_loadu_si256((const __m256i*)wb[b + 1].qs), 1);
-        const __m512i aw = _mm512_abs_epi8(wz);
-        const __mmask64 neg = _mm512_movepi8_mask(wz);
+        const __m512i negc = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, u128, wz));
         const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
         for (int r = 0; r < NA; ++r) {
-            __m512i az = _mm512_loadu_si512(A.a[r] + b * fq::kQK);
-            az = _mm512_mask_sub_epi8(az, neg, zero, az);
-            const __m512i p = _mm512_dpbusd_epi32(zero, aw, az);
+            const __m512i p = _mm512_dpbusd_epi32(negc, _mm512_loadu_si512(A.a[r] + b * fq::kQK), wz);
             const __m512 da = _mm512_loadu_ps(reinterpret_cast<const float*>(A.a[r] + L.d_off) + b * 8);
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(da, dw), acc[r]);
         }
     }
     if (b < nb) {
         const __m256i wy = _mm256_loadu_si256((const __m256i*)wb[b].qs);
-        const __m256i aw = _mm256_abs_epi8(wy);
+        const __m256i z = _mm256_setzero_si256();
+        const __m256i negc = _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, _mm256_set1_epi8(char(0x80)), wy));
         const float dw = h2f(wb[b].d);
         for (int r = 0; r < NA; ++r) {
-            const __m256i ay = _mm256_sign_epi8(
-                _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)), wy);
-            const int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, ay));
+            const int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(
+                negc, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)), wy));
             tail[r] = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8] * float(isum);
         }
     }
@@ -288,8 +288,9 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
                 const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
                 const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
-                _mm_storeu_si128((__m128i*)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
-                _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
+                const __m128i u = _mm_set1_epi8(char(0x80)); // stored + 128
+                _mm_storeu_si128((__m128i*)(qs + b * 32), _mm_xor_si128(_mm512_cvtsepi32_epi8(q0), u));
+                _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm_xor_si128(_mm512_cvtsepi32_epi8(q1), u));
                 _mm256_storeu_si256((__m256i*)(sums + b * 8),
                                     _mm256_setr_epi32(-8 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)),
                                                       0, 0, 0, 0, 0, 0, 0));
