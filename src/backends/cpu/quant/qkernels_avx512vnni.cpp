@@ -75,6 +75,51 @@ void tile_f32(GgmlType wt, const uint8_t* w, const Rows& A, int64_t K, float* ou
 // Q8_0: activations come as u8 (value + 128), weights stay signed, so one vpdpbusd per pair
 // of blocks and activation row; it starts from -128 * (the weights' sums), computed once per
 // pair of blocks for all rows of the tile.
+// The 16 sums of 16 vectors, in order, by a transpose-and-add tree (45 shuffles and adds
+// instead of 16 horizontal reductions).
+inline __m512 reduce16(const __m512 (&v)[16]) {
+    __m512 t[8], x[4];
+    for (int p = 0; p < 8; ++p)
+        t[p] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]),
+                             _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+    for (int q = 0; q < 4; ++q) {
+        const __m512d a = _mm512_castps_pd(t[2 * q]), b = _mm512_castps_pd(t[2 * q + 1]);
+        x[q] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_f32x4(x[2], x[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// F32/F16 prefill: 4 weight rows x 4 activation rows, 16 accumulators, so each weight and
+// activation vector loaded feeds 4 FMAs. out[4 * i + r] = dot(weight row i, activation row r).
+void tile4x4_f32(GgmlType wt, const uint8_t* w, int64_t w_stride, const Rows& A, int64_t K,
+                 float* out) {
+    __m512 acc[16];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    auto load_w = [&](int i, int64_t k, __mmask16 m) {
+        const uint8_t* row = w + i * w_stride;
+        return wt == GgmlType::f32
+                   ? _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + k)
+                   : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + k));
+    };
+    for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+        __m512 a[4];
+        for (int r = 0; r < 4; ++r)
+            a[r] = _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(A.a[r]) + k);
+        for (int i = 0; i < 4; ++i) {
+            const __m512 wv = load_w(i, k, m);
+            for (int r = 0; r < 4; ++r) acc[4 * i + r] = _mm512_fmadd_ps(wv, a[r], acc[4 * i + r]);
+        }
+    }
+    _mm512_storeu_ps(out, reduce16(acc));
+}
+
 template <int NA>
 void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
     const auto* wb = reinterpret_cast<const fq::BlockQ8_0*>(w);
@@ -338,8 +383,16 @@ void gemm(GgmlType wt, const uint8_t* W, int64_t w_stride, int64_t m0, int64_t m
             const int na = int(std::min<int64_t>(4, N - n));
             Rows R{};
             for (int r = 0; r < na; ++r) R.a[r] = A + (n + r) * a_stride;
-            float out[4];
-            for (int64_t m = mb; m < me; ++m) {
+            float out[16];
+            int64_t m = mb;
+            if (na == 4 && (wt == GgmlType::f32 || wt == GgmlType::f16)) {
+                for (; m + 4 <= me; m += 4) {
+                    tile4x4_f32(wt, W + m * w_stride, w_stride, R, L.K, out);
+                    for (int i = 0; i < 4; ++i)
+                        for (int r = 0; r < 4; ++r) Y[(n + r) * ldy + m + i] = out[4 * i + r];
+                }
+            }
+            for (; m < me; ++m) {
                 const uint8_t* w = W + m * w_stride;
                 switch (na) {
                 case 4: tile<4>(wt, w, R, L, out); break;
