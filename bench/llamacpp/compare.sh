@@ -27,7 +27,7 @@ FORGE=$BUILD/forge; MAKE_GGUF=$BUILD/bench/quant_make_gguf
 [ -x "$FORGE" ] && [ -x "$MAKE_GGUF" ] || { echo "build forge_cli and quant_make_gguf first" >&2; exit 1; }
 [ -x "$LLAMA_BENCH" ] || { echo "no llama-bench at $LLAMA_BENCH (see the header)" >&2; exit 1; }
 mkdir -p "$DIR"
-OUT=$(mktemp -d)
+ROOT=$(mktemp -d); OUT=$ROOT/run; mkdir -p "$OUT"
 printf "%-11s %-5s %3s | %9s %9s %6s | %9s %9s %6s | %8s %8s\n" shape type thr \
     "forge pp" "llama pp" ratio "forge tg" "llama tg" ratio "forge MB" "llama MB"
 for s in $SHAPES; do
@@ -50,8 +50,26 @@ fm = int(open(out + "/fmem").read().split()[-1]) / 1024
 lm = int(open(out + "/lmem").read().split()[-1]) / 1024
 print(f"{s:11} {q:5} {t:>3} | {f['pp512']:9.1f} {l['pp512']:9.1f} {f['pp512']/l['pp512']:5.2f}x |"
       f" {f['tg128']:9.1f} {l['tg128']:9.1f} {f['tg128']/l['tg128']:5.2f}x | {fm:8.0f} {lm:8.0f}")
+with open(out + "/../compare_rows.jsonl", "a") as fh:
+    fh.write(json.dumps({"shape": s, "type": q, "threads": int(t), "forge": f, "llama": l,
+                         "forge_mb": fm, "llama_mb": lm}) + "\n")
 PY
         done
     done
 done
-rm -rf "$OUT"
+# Summary: forge at the most threads against llama.cpp's best thread count (its prebuilt and
+# self-built binaries can collapse at 2 threads on a busy 2-core VM: best-of is the fair peer).
+python3 - "$ROOT/compare_rows.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("\nforge at the most threads vs llama.cpp at its best thread count")
+print(f"{'shape':11} {'type':5} | {'pp ratio':>8} {'tg ratio':>8} | {'mem ratio':>9}")
+for key in sorted({(r["shape"], r["type"]) for r in rows}, key=lambda k: (k[0], k[1])):
+    rs = [r for r in rows if (r["shape"], r["type"]) == key]
+    f = max(rs, key=lambda r: r["threads"])
+    lpp = max(r["llama"]["pp512"] for r in rs)
+    ltg = max(r["llama"]["tg128"] for r in rs)
+    print(f"{key[0]:11} {key[1]:5} | {f['forge']['pp512']/lpp:7.2f}x {f['forge']['tg128']/ltg:7.2f}x |"
+          f" {f['forge_mb']/f['llama_mb']:8.2f}x")
+PY
+rm -rf "$ROOT"
