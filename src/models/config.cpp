@@ -1,6 +1,8 @@
 // Presets with their published shapes, validation, HF config.json mapping and size arithmetic.
 #include <forge/models/config.h>
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 #include <forge/core/error.h>
@@ -235,6 +237,30 @@ std::string ModelConfig::to_hf_json() const {
             j["rope_scaling"] = nullptr;
     }
     return j.dump(2);
+}
+
+// Llama 3 RoPE scaling (the "llama3" rope_type): long wavelengths are slowed by `factor`,
+// short ones kept, and the band between interpolated smoothly. Returns, per rotated pair,
+// the divisor of its base frequency.
+std::vector<float> llama3_rope_factors(const ModelConfig& c) {
+    const int64_t half = c.dim_head() / 2;
+    std::vector<float> f(size_t(half), 1.0f);
+    if (c.rope_scaling_factor <= 0) return f;
+    const double low_wavelen = c.rope_original_max_pos / c.rope_low_freq_factor;
+    const double high_wavelen = c.rope_original_max_pos / c.rope_high_freq_factor;
+    for (int64_t i = 0; i < half; ++i) {
+        double inv_freq = std::pow(double(c.rope_theta), -2.0 * double(i) / double(c.dim_head()));
+        double wavelen = 2 * M_PI / inv_freq, scaled;
+        if (wavelen < high_wavelen) scaled = inv_freq;
+        else if (wavelen > low_wavelen) scaled = inv_freq / c.rope_scaling_factor;
+        else {
+            double smooth = (c.rope_original_max_pos / wavelen - c.rope_low_freq_factor) /
+                            (c.rope_high_freq_factor - c.rope_low_freq_factor);
+            scaled = (1 - smooth) * inv_freq / c.rope_scaling_factor + smooth * inv_freq;
+        }
+        f[size_t(i)] = float(inv_freq / scaled);
+    }
+    return f;
 }
 
 } // namespace forge

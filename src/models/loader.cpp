@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <forge/core/error.h>
+#include <forge/formats/gguf_model.h>
 #include <forge/formats/safetensors.h>
 #include <forge/models/transformer.h>
 
@@ -131,6 +132,13 @@ LoadedModel load_model_dir(const fs::path& dir, const LoadModelOptions& opts) {
     if (!fs::exists(dir, ec))
         throw NotFound("[load] model folder '" + where + "' does not exist",
                        "pass the folder `forge train --out DIR` wrote");
+    // A single .gguf file (llama.cpp's format) holds config, weights and tokenizer.
+    if (dir.extension() == ".gguf" && fs::is_regular_file(dir, ec)) {
+        LoadedModel g = formats::load_gguf_model(dir);
+        if (!g.tokenizer && opts.require_tokenizer)
+            throw NotFound("[load] " + where + " has no tokenizer (no tokenizer.ggml.* metadata)");
+        return g;
+    }
     FORGE_CHECK(fs::is_directory(dir, ec), "[load] '", where,
                 "' is not a folder (a model folder holds model.safetensors, config.json and "
                 "tokenizer.json)");

@@ -49,30 +49,9 @@ KVCache KVCache::create(const ModelConfig& cfg, int64_t batch, int64_t capacity,
     return c;
 }
 
+
 namespace {
 
-// Llama 3 RoPE scaling (the "llama3" rope_type): long wavelengths are slowed by `factor`,
-// short ones kept, and the band between interpolated smoothly. Returns, per rotated pair,
-// the divisor of its base frequency.
-std::vector<float> llama3_freq_factors(const ModelConfig& c) {
-    const int64_t half = c.dim_head() / 2;
-    std::vector<float> f(size_t(half), 1.0f);
-    const double low_wavelen = c.rope_original_max_pos / c.rope_low_freq_factor;
-    const double high_wavelen = c.rope_original_max_pos / c.rope_high_freq_factor;
-    for (int64_t i = 0; i < half; ++i) {
-        double inv_freq = std::pow(double(c.rope_theta), -2.0 * double(i) / double(c.dim_head()));
-        double wavelen = 2 * M_PI / inv_freq, scaled;
-        if (wavelen < high_wavelen) scaled = inv_freq;
-        else if (wavelen > low_wavelen) scaled = inv_freq / c.rope_scaling_factor;
-        else {
-            double smooth = (c.rope_original_max_pos / wavelen - c.rope_low_freq_factor) /
-                            (c.rope_high_freq_factor - c.rope_low_freq_factor);
-            scaled = (1 - smooth) * inv_freq / c.rope_scaling_factor + smooth * inv_freq;
-        }
-        f[size_t(i)] = float(inv_freq / scaled);
-    }
-    return f;
-}
 
 // RoPE (NeoX layout) through public ops with explicit per-pair frequencies: the path for
 // scaled frequencies, which the fused kernel does not take. x: (B, H, T, D).
@@ -174,7 +153,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg), imp
         }
         m.lnf_w = fill("model.norm.weight", {C}, 1);
         if (!cfg_.tie_embeddings) m.head = normal("lm_head.weight", {V, C}, std_);
-        if (cfg_.rope_scaling_factor > 0) m.rope_freq_factors = llama3_freq_factors(cfg_);
+        if (cfg_.rope_scaling_factor > 0) m.rope_freq_factors = llama3_rope_factors(cfg_);
     }
 }
 

@@ -95,6 +95,16 @@ bool BpeModel::add_merge(std::string_view a, std::string_view b, std::uint32_t r
     return true;
 }
 
+std::vector<std::tuple<TokenId, TokenId, std::uint32_t>> BpeModel::merges() const {
+    std::vector<std::tuple<TokenId, TokenId, std::uint32_t>> out;
+    pairs_.for_each([&](TokenId a, TokenId b, const PairMap::Value& v) { out.emplace_back(a, b, v.rank); });
+    std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) {
+        return std::tie(std::get<2>(x), std::get<0>(x), std::get<1>(x)) <
+               std::tie(std::get<2>(y), std::get<0>(y), std::get<1>(y));
+    });
+    return out;
+}
+
 void BpeModel::finish() {
     // Is cutting before word-initial U+2581 exact? (see bpe.h)
     static constexpr std::string_view kMeta = "\xE2\x96\x81";

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "impl.h"
 
@@ -33,6 +35,9 @@ class BpeModel : public Model {
     /// One HF/GPT-2 merge "a b" with priority `rank`; false when a, b or a+b is not a token.
     bool add_merge(std::string_view a, std::string_view b, std::uint32_t rank);
     void finish();
+    /// Every merge (a, b, rank) in rank order (ties by a, then b): GPT-2/HF merges, or for
+    /// rank-merge vocabularies each two-way split of a token, ranked by the token.
+    std::vector<std::tuple<TokenId, TokenId, std::uint32_t>> merges() const;
 
     void encode_piece(std::string_view piece, std::vector<TokenId>& out) const override;
     const Vocab& vocab() const override { return vocab_; }

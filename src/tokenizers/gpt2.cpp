@@ -78,6 +78,7 @@ std::shared_ptr<Tokenizer::Impl> load_gpt2_folder(const std::string& dir) {
     auto impl = std::make_shared<PipelineImpl>();
     impl->kind = "gpt2";
     impl->pre_tokenizer = make_regex_pieces(kGpt2Pattern, enc_path);
+    impl->split_pattern = kGpt2Pattern;
     std::size_t n = model->vocab().size();
     impl->model = std::move(model);
     impl->concat_decode = true;

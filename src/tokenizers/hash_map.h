@@ -184,6 +184,12 @@ class PairMap {
             i = (i + 1) & mask_;
         }
     }
+    /// Calls f(a, b, value) for every pair.
+    template <typename F> void for_each(F f) const {
+        for (std::size_t i = 0; i < keys_.size(); ++i)
+            if (keys_[i] != kEmpty)
+                f(std::int32_t(keys_[i] >> 32), std::int32_t(keys_[i] & 0xffffffffu), values_[i]);
+    }
     /// nullptr when the pair does not merge.
     const Value* find(std::int32_t a, std::int32_t b) const {
         if (keys_.empty())

@@ -231,8 +231,10 @@ std::shared_ptr<Tokenizer::Impl> load_hf_json_impl(std::string_view text, std::s
 
     if (!null_or_absent("normalizer"))
         impl->normalizer = make_normalizer(j["normalizer"], origin);
-    if (!null_or_absent("pre_tokenizer"))
+    if (!null_or_absent("pre_tokenizer")) {
         impl->pre_tokenizer = make_pre_tokenizer(j["pre_tokenizer"], origin);
+        if (byte_level) impl->split_pattern = byte_level_split_pattern(j["pre_tokenizer"]);
+    }
     if (!null_or_absent("decoder")) {
         impl->decoder = make_decoder(j["decoder"], origin, byte_level);
         impl->concat_decode = byte_level && is_byte_level_decoder(j["decoder"]);

@@ -143,6 +143,10 @@ class Tokenizer::Impl {
     std::vector<tok::AddedToken> added; // matcher input
     std::optional<TokenId> bos, eos, pad, unk;
     tok::PostProcessor post;
+    /// The one regex that splits text before a byte-level BPE (tiktoken, GPT-2 folders, HF
+    /// ByteLevel with use_regex or Split + ByteLevel); empty for any other pre-tokenizer. GGUF
+    /// export names it (tokenizer.ggml.pre).
+    std::string split_pattern;
 
     bool is_special_id(TokenId id) const;
     /// Fills `specials` from `added` and sets n_vocab to cover them.
@@ -199,6 +203,24 @@ std::shared_ptr<Tokenizer::Impl> load_gpt2_folder(const std::string& dir);
 std::shared_ptr<Tokenizer::Impl> load_hf_json(std::string_view json, std::string_view origin,
                                               std::string_view config_json);
 std::shared_ptr<Tokenizer::Impl> load_sentencepiece(const std::string& path);
+/// A SentencePiece model from its serialized ModelProto bytes; `origin` names it in errors.
+std::shared_ptr<Tokenizer::Impl> load_sentencepiece_proto(std::string blob, std::string origin);
+
+/// One piece of a SentencePiece model; `type` is SentencePiece's (1 normal, 2 unknown,
+/// 3 control, 4 user-defined, 5 unused, 6 byte), the same numbers GGUF's token_type uses.
+struct SpPiece {
+    std::string piece;
+    float score = 0;
+    int type = 1;
+};
+/// The pieces of a SentencePiece tokenizer in id order, or nullopt for any other kind.
+/// `add_dummy_prefix`: whether it prepends U+2581 to the text.
+struct SpModelInfo {
+    std::vector<SpPiece> pieces;
+    bool add_dummy_prefix = true;
+    bool is_bpe = false; ///< a BPE model (false: Unigram, word or char)
+};
+std::optional<SpModelInfo> sentencepiece_info(const Tokenizer::Impl& impl);
 
 std::string read_file(const std::string& path);
 

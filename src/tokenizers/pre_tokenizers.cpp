@@ -386,6 +386,29 @@ bool has_byte_level(const nlohmann::json& j) {
     return false;
 }
 
+std::string byte_level_split_pattern(const nlohmann::json& j) {
+    auto is = [](const nlohmann::json& o, const char* type) {
+        return o.is_object() && o.value("type", std::string()) == type;
+    };
+    auto flag = [](const nlohmann::json& o, const char* key, bool dflt) {
+        return o.contains(key) && o[key].is_boolean() ? o[key].get<bool>() : dflt;
+    };
+    if (is(j, "ByteLevel"))
+        return flag(j, "use_regex", true) && !flag(j, "add_prefix_space", true) ? kGpt2Pattern : "";
+    if (!is(j, "Sequence") || !j.contains("pretokenizers") || !j["pretokenizers"].is_array() ||
+        j["pretokenizers"].size() != 2)
+        return "";
+    const auto& split = j["pretokenizers"][0];
+    const auto& bl = j["pretokenizers"][1];
+    if (!is(split, "Split") || !is(bl, "ByteLevel") || flag(bl, "use_regex", true) ||
+        flag(bl, "add_prefix_space", true) || flag(split, "invert", false) ||
+        split.value("behavior", std::string()) != "Isolated" || !split.contains("pattern") ||
+        !split["pattern"].is_object() || !split["pattern"].contains("Regex") ||
+        !split["pattern"]["Regex"].is_string())
+        return "";
+    return split["pattern"]["Regex"].get<std::string>();
+}
+
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j, std::string_view origin) {
     const std::string where = "pre_tokenizer";
     std::string type = json_type(j, origin, where);

@@ -24,6 +24,10 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j, std::s
 /// True if the pre-tokenizer (or one in its Sequence) is ByteLevel.
 bool has_byte_level(const nlohmann::json& j);
 
+/// The single regex a byte-level pre-tokenizer splits with: GPT-2's for ByteLevel(use_regex,
+/// no prefix space), P for Sequence[Split(Regex P, Isolated), ByteLevel(no regex)]; else "".
+std::string byte_level_split_pattern(const nlohmann::json& j);
+
 /// GPT-2's regex, the one ByteLevel(use_regex=true) uses.
 inline constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";

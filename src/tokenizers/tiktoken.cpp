@@ -77,6 +77,7 @@ std::shared_ptr<Tokenizer::Impl> make_rank_bpe(std::vector<std::string> tokens, 
     auto impl = std::make_shared<PipelineImpl>();
     impl->kind = "tiktoken:" + name;
     impl->pre_tokenizer = make_regex_pieces(pattern, origin);
+    impl->split_pattern = pattern;
     std::size_t n = model->vocab().size();
     impl->model = std::move(model);
     impl->concat_decode = true;

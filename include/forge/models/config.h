@@ -52,4 +52,8 @@ struct ModelConfig {
     int64_t kv_cache_bytes_per_token(DType dtype) const;
 };
 
+/// Llama 3 RoPE scaling: per rotated pair (dim_head / 2 of them), the divisor of its base
+/// frequency (llama.cpp stores these as rope_freqs.weight). All 1 when scaling is off.
+std::vector<float> llama3_rope_factors(const ModelConfig& c);
+
 } // namespace forge

@@ -28,7 +28,8 @@ struct LoadedModel {
     std::filesystem::path tokenizer_file; ///< the file the tokenizer came from
 };
 
-/// Loads `dir`. Throws NotFound naming the missing folder or file, InvalidArgument naming the
+/// Loads `dir`, or a `.gguf` file (formats/gguf_model.h: llama.cpp's names, weights
+/// dequantized to f32). Throws NotFound naming the missing folder or file, InvalidArgument naming the
 /// file and what is wrong in it (bad JSON, a tensor missing, unexpected or of the wrong shape,
 /// a tokenizer larger than the model's vocabulary). Tensor names may also be HF's base-model
 /// ones (GPT-2's without "transformer."); HF's non-persistent buffers (attn.bias,
