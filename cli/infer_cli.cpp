@@ -4,6 +4,8 @@
 #include <filesystem>
 
 #include <forge/core/error.h>
+#include <forge/formats/gguf.h>
+#include <forge/formats/gguf_model.h>
 #include <forge/models/loader.h>
 #include <forge/models/transformer.h>
 
@@ -20,7 +22,10 @@ EngineAndTokenizer open_engine(const std::string& path, quant::GgmlType type,
         auto lm = infer::QuantLM::from_transformer(*m.model, type, opts);
         return {std::move(lm), std::move(*m.tokenizer)};
     }
-    throw InvalidArgument("[infer] cannot open " + path + ": GGUF loading is not built in yet");
+    auto lm = infer::QuantLM::from_gguf(path, opts);
+    std::optional<Tokenizer> tok = formats::gguf_tokenizer(formats::GgufFile::open(path));
+    if (!tok) throw NotFound(path + " has no tokenizer (no tokenizer.ggml.* metadata)");
+    return {std::move(lm), std::move(*tok)};
 }
 
 ModelConfig bench_shape(const std::string& name) {

@@ -19,7 +19,7 @@ struct EngineAndTokenizer {
     Tokenizer tokenizer;
 };
 /// A GGUF file (its own weight types; `type` ignored) or a Forge model folder (weights converted
-/// to `type`), with its tokenizer.
+/// to `type`), with its tokenizer. Throws NotFound when the model has no tokenizer.
 EngineAndTokenizer open_engine(const std::string& path, quant::GgmlType type,
                                infer::EngineOptions opts);
 

@@ -23,9 +23,6 @@
 
 namespace forge {
 class Transformer;
-namespace formats {
-class GgufFile;
-}
 } // namespace forge
 
 namespace forge::infer {
@@ -91,9 +88,5 @@ class QuantLM : public CausalLM {
   private:
     std::unique_ptr<Impl> impl_;
 };
-
-/// ModelConfig from a GGUF file's llama.cpp metadata ({arch}.embedding_length, ...); the
-/// vocabulary size from token_embd.weight, tied embeddings when output.weight is absent.
-ModelConfig gguf_model_config(const formats::GgufFile& file);
 
 } // namespace forge::infer
