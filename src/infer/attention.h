@@ -18,7 +18,11 @@ inline int64_t key_index(int64_t p, int64_t d, int64_t D) {
 void attend_row(const float* q, const float* K, const float* V, int64_t n, int64_t D, float scale,
                 float* scores, float* out);
 
+/// g = silu(g) * u over n values (Llama's gated MLP), AVX-512 when available.
+void silu_mul(float* g, const float* u, int64_t n);
+
 namespace avx512 {
+void silu_mul(float* g, const float* u, int64_t n);
 void attend_row(const float* q, const float* K, const float* V, int64_t n, int64_t D, float scale,
                 float* scores, float* out);
 }

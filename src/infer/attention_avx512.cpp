@@ -73,4 +73,15 @@ void attend_row(const float* q, const float* K, const float* V, int64_t n, int64
     }
 }
 
+void silu_mul(float* g, const float* u, int64_t n) {
+    using S = cpu::nn::F32x16;
+    const __m512 one = _mm512_set1_ps(1.f);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : S::mask(n - i);
+        const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 s = _mm512_div_ps(x, _mm512_add_ps(one, S::exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
 } // namespace forge::infer::avx512

@@ -242,6 +242,11 @@ void attend_row(const float* q, const float* K, const float* V, int64_t n, int64
     }
 }
 
+void silu_mul(float* g, const float* u, int64_t n) {
+    if (cpu::nn::active_isa() == cpu::nn::Isa::avx512) return avx512::silu_mul(g, u, n);
+    for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+}
+
 QuantLM::QuantLM(const ModelConfig& cfg, const Lookup& lookup,
                  std::shared_ptr<const void> keep_alive, EngineOptions opts)
     : impl_(new Impl) {
@@ -468,7 +473,8 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
             const Act a = quantize(L.gate.type, h, T, C, s_act);
             const Act au = L.up.type == L.gate.type ? a : quantize(L.up.type, h, T, C, s_act2);
             matmul_multi({{&L.gate, &a, f1}, {&L.up, &au, f2}}, T);
-            for (int64_t i = 0; i < T * F; ++i) f1[i] = f1[i] / (1.f + std::exp(-f1[i])) * f2[i];
+            pool->parallel_for(T, std::max<int64_t>(1, T / (int64_t(pool->size()) * 4)),
+                               [&](int64_t b, int64_t e) { silu_mul(f1 + b * F, f2 + b * F, (e - b) * F); });
         }
         float* down = s_h.f(size_t(T * std::max(C, H * D)));
         linear(L.down, f1, T, down, gpt2 ? &L.down_b : nullptr);

@@ -13,6 +13,7 @@
 #include <forge/core/error.h>
 #include <forge/core/tensor.h>
 #include <forge/formats/gguf.h>
+#include <forge/formats/gguf_model.h>
 #include <forge/models/transformer.h>
 
 using namespace forge;
@@ -163,4 +164,37 @@ TEST(GgufLM, RejectsUnknownArchitecture) {
         EXPECT_NE(std::string(e.what()).find("mamba"), std::string::npos);
     }
     std::filesystem::remove(path);
+}
+
+// Files from the formats layer's own writer (save_gguf: llama.cpp's converter conventions) run
+// on the engine with the Transformer's logits, F32 exactly and Q8_0 within activation rounding.
+TEST(GgufLM, SaveGgufFilesMatchTransformer) {
+    for (ModelFamily fam : {ModelFamily::llama, ModelFamily::gpt2}) {
+        ModelConfig c;
+        c.family = fam;
+        c.vocab_size = 64;
+        c.n_ctx = 32;
+        c.n_layer = 2;
+        c.n_embd = 64;
+        c.n_head = 4;
+        c.n_head_kv = fam == ModelFamily::llama ? 2 : 4;
+        c.n_ff = 128;
+        c.tie_embeddings = fam == ModelFamily::gpt2;
+        Transformer m(c, 5);
+        const std::vector<int64_t> ids = {1, 5, 63, 0, 33, 12};
+        const auto want = values(m.forward(Tensor::from_vector(ids, {1, 6})));
+        const auto path = std::filesystem::temp_directory_path() /
+                          ("forge_gguf_lm_save_" + std::to_string(int(fam)) + ".gguf");
+        formats::save_gguf(m, nullptr, path, GgmlType::f32);
+        auto lm = infer::QuantLM::from_gguf(path, {.n_threads = 1});
+        auto st = lm->new_state(8);
+        std::vector<TokenId> tids(ids.begin(), ids.end());
+        std::vector<float> got;
+        lm->eval_all(*st, tids, got);
+        ASSERT_EQ(got.size(), want.size());
+        for (size_t i = 0; i < got.size(); ++i)
+            ASSERT_NEAR(got[i], want[i], 1e-4 * (1 + std::fabs(want[i]))) << i;
+        lm.reset();
+        std::filesystem::remove(path);
+    }
 }
