@@ -3,11 +3,13 @@
 // one JSON array. Counts and speeds go to stderr. Sampling defaults are llama.cpp's CLI ones.
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "command.h"
+#include "infer_cli.h"
 #include <forge/core/device.h>
 #include <forge/core/error.h>
 #include <forge/generate/generator.h>
@@ -91,9 +93,22 @@ void run_generate(const GenerateCliOptions& o) {
     if (o.threads > 0) set_num_threads(o.threads);
     const Device device = Device::parse(o.device);
     cuda::check_device(device); // before the load: a missing GPU fails fast
-    LoadedModel lm = load_model_dir(o.model);
-    lm.model->to(device); // weights, then the KV cache and prefill/decode run there
-    Generator gen(*lm.model, lm.tokenizer);
+    // A .gguf file runs on the CPU quantized-weight engine (its weights used in place); a model
+    // folder on the Transformer, on `device`.
+    std::optional<Generator> gen_holder;
+    std::shared_ptr<Transformer> keep;
+    if (std::filesystem::path(o.model).extension() == ".gguf") {
+        FORGE_CHECK(device.type == DeviceType::cpu, "--device ", o.device,
+                    ": .gguf files run on the CPU engine; convert to a folder for the GPU");
+        EngineAndTokenizer e = open_engine(o.model, quant::GgmlType::f32, {.n_threads = o.threads});
+        gen_holder.emplace(std::shared_ptr<CausalLM>(std::move(e.lm)), std::move(e.tokenizer));
+    } else {
+        LoadedModel lm = load_model_dir(o.model);
+        lm.model->to(device); // weights, then the KV cache and prefill/decode run there
+        keep = lm.model;
+        gen_holder.emplace(*keep, lm.tokenizer);
+    }
+    Generator& gen = *gen_holder;
     std::vector<TokenId> prompt = gen.encode_prompt(o.prompt);
 
     GenerateResult r;
@@ -126,7 +141,8 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     auto o = std::make_shared<GenerateCliOptions>();
     auto* cmd = root.add_subcommand("generate", "Generate text from a saved model folder");
     cmd->add_option("--model,-m", o->model,
-                    "model folder: model.safetensors, config.json, tokenizer.json")
+                    "model folder (model.safetensors, config.json, tokenizer.json) or a .gguf "
+                    "file (runs on the quantized-weight engine)")
         ->required();
     cmd->add_option("--prompt,-p", o->prompt, "text to continue (\"\" starts from BOS)")
         ->required();

@@ -18,11 +18,11 @@ namespace nn = forge::cpu::nn;
 
 namespace {
 
-// M x K weights of `type` (K = 768: a 120M Llama's width; M = 6144 rows is 4.7 MB of Q8_0, past
-// L2 so GEMV streams from L3/memory), N activation rows.
+// M x K weights of `type` (K = 768: a 120M Llama's width, 2048 its MLP's; M x K = 4.7M weights,
+// 5 MB of Q8_0, past L2 so GEMV streams from L3/memory), N activation rows.
 void BM_QGemm(benchmark::State& state) {
     const auto type = GgmlType(state.range(0));
-    const int64_t N = state.range(1), isa = state.range(2), K = 768, M = 6144;
+    const int64_t N = state.range(1), isa = state.range(2), K = state.range(3), M = 6144 * 768 / K;
     nn::IsaCapScope cap{static_cast<nn::Isa>(isa)};
     const int64_t rb = quant::row_bytes(type, K);
     std::vector<uint8_t> W(size_t(M * rb));
@@ -54,7 +54,8 @@ void BM_QGemm(benchmark::State& state) {
 void args(benchmark::internal::Benchmark* b) {
     for (GgmlType t : {GgmlType::f32, GgmlType::f16, GgmlType::q8_0, GgmlType::q4_0, GgmlType::q4_k})
         for (int64_t n : {1, 64})
-            for (int64_t isa : {1, 2}) b->Args({int64_t(t), n, isa});
+            for (int64_t isa : {1, 2})
+                for (int64_t k : {768, 2048}) b->Args({int64_t(t), n, isa, k});
 }
 
 } // namespace

@@ -16,6 +16,8 @@
 #include <forge/models/transformer.h>
 
 #include "backends/cpu/quant/qkernels.h"
+#include "backends/cpu/simd/nn_kernels.h"
+#include "infer/attention.h"
 #include "infer/worker_pool.h"
 
 namespace forge::infer {
@@ -58,8 +60,10 @@ struct Scratch {
 };
 
 struct QState : CausalLM::State {
-    int64_t len = 0, cap = 0;
-    std::vector<float> k, v; // (n_layer, n_head_kv, cap, head_dim)
+    int64_t len = 0, cap = 0, limit = 0; // cap: limit rounded up to whole key tiles
+    // k: (n_layer, n_head_kv, cap / 16, head_dim, 16) (attention.h's tiles); v: (n_layer,
+    // n_head_kv, cap, head_dim)
+    std::vector<float> k, v;
     int64_t length() const override { return len; }
 };
 
@@ -81,7 +85,7 @@ struct QuantLM::Impl {
     std::vector<float> inv_freq; // per rotated pair
     std::unique_ptr<WorkerPool> pool;
     std::mutex mu;
-    Scratch s_x, s_h, s_q, s_k, s_v, s_att, s_ff, s_ff2, s_act, s_act2;
+    Scratch s_x, s_h, s_q, s_k, s_v, s_att, s_ff, s_ff2, s_act, s_act2, s_act3;
 
     int64_t grain(int64_t rows) const {
         const int64_t want = rows / (int64_t(pool->size()) * 4);
@@ -117,6 +121,32 @@ struct QuantLM::Impl {
             if (bias)
                 for (int64_t t = 0; t < T; ++t)
                     for (int64_t m = b; m < e; ++m) y[t * w.rows + m] += (*bias)[size_t(m)];
+        });
+    }
+    // Several products of one input in one pass over the pool (Q, K, V; gate, up): fewer
+    // synchronizations per token. acts[i] is the activation for mats[i] (shared when types agree).
+    struct Out {
+        const Mat* w;
+        const Act* a;
+        float* y;
+    };
+    void matmul_multi(std::initializer_list<Out> outs, int64_t T) {
+        struct Chunk {
+            const Out* o;
+            int64_t b, e;
+        };
+        std::vector<Chunk> chunks;
+        for (const Out& o : outs) {
+            const int64_t g = grain(o.w->rows);
+            for (int64_t b = 0; b < o.w->rows; b += g) chunks.push_back({&o, b, std::min(o.w->rows, b + g)});
+        }
+        pool->parallel_for(int64_t(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+            for (int64_t c = cb; c < ce; ++c) {
+                const Chunk& ch = chunks[size_t(c)];
+                const Out& o = *ch.o;
+                cq::gemm(o.w->type, o.w->data, o.w->stride, ch.b, ch.e, o.a->L, o.a->data,
+                         o.a->stride, T, o.y, o.w->rows);
+            }
         });
     }
     void linear(const Mat& w, const float* x, int64_t T, float* y,
@@ -190,6 +220,32 @@ Mat to_mat(QuantLM::Impl& m, const std::string& name, const TensorRef& t, int64_
 }
 
 } // namespace
+
+void attend_row(const float* q, const float* K, const float* V, int64_t n, int64_t D, float scale,
+                float* scores, float* out) {
+    if (D % 16 == 0 && cpu::nn::active_isa() == cpu::nn::Isa::avx512)
+        return avx512::attend_row(q, K, V, n, D, scale, scores, out);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+        float s = 0;
+        for (int64_t d = 0; d < D; ++d) s += q[d] * K[key_index(j, d, D)];
+        scores[j] = s * scale;
+        mx = std::max(mx, scores[j]);
+    }
+    float sum = 0;
+    for (int64_t j = 0; j < n; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+    const float inv = 1.f / sum;
+    for (int64_t d = 0; d < D; ++d) out[d] = 0;
+    for (int64_t j = 0; j < n; ++j) {
+        const float p = scores[j] * inv;
+        for (int64_t d = 0; d < D; ++d) out[d] += p * V[j * D + d];
+    }
+}
+
+void silu_mul(float* g, const float* u, int64_t n) {
+    if (cpu::nn::active_isa() == cpu::nn::Isa::avx512) return avx512::silu_mul(g, u, n);
+    for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+}
 
 QuantLM::QuantLM(const ModelConfig& cfg, const Lookup& lookup,
                  std::shared_ptr<const void> keep_alive, EngineOptions opts)
@@ -301,8 +357,9 @@ std::unique_ptr<CausalLM::State> QuantLM::new_state(int64_t capacity) {
     FORGE_CHECK(capacity > 0 && capacity <= c.n_ctx, "[infer] state capacity ", capacity,
                 " must be in 1..", c.n_ctx);
     auto st = std::make_unique<QState>();
-    st->cap = capacity;
-    const size_t n = size_t(c.n_layer * c.n_head_kv * capacity * c.dim_head());
+    st->cap = (capacity + kKeyTile - 1) / kKeyTile * kKeyTile; // whole key tiles
+    st->limit = capacity;
+    const size_t n = size_t(c.n_layer * c.n_head_kv * st->cap * c.dim_head());
     st->k.assign(n, 0.f);
     st->v.assign(n, 0.f);
     return st;
@@ -341,8 +398,8 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
     const int64_t T = int64_t(ids.size()), C = c.n_embd, D = c.dim_head(), H = c.n_head;
     const int64_t Hkv = c.n_head_kv, F = c.n_ff, V = c.vocab_size, pos0 = st.len;
     const bool gpt2 = c.family == ModelFamily::gpt2;
-    FORGE_CHECK(pos0 + T <= st.cap, "[infer] the sequence would reach ", pos0 + T,
-                " positions; the state holds ", st.cap);
+    FORGE_CHECK(pos0 + T <= st.limit, "[infer] the sequence would reach ", pos0 + T,
+                " positions; the state holds ", st.limit);
     for (TokenId id : ids)
         FORGE_CHECK(id >= 0 && id < V, "[infer] token id ", id, " is outside the vocabulary of ", V);
 
@@ -373,11 +430,9 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
             float* kb = s_k.f(size_t(T * Hkv * D));
             float* vb = s_v.f(size_t(T * Hkv * D));
             const Act a = quantize(L.q.type, h, T, C, s_act);
-            matmul(L.q, a, T, qb, nullptr);
             const Act ak = L.k.type == L.q.type ? a : quantize(L.k.type, h, T, C, s_act2);
-            matmul(L.k, ak, T, kb, nullptr);
-            const Act av = L.v.type == L.q.type ? a : L.v.type == L.k.type ? ak : quantize(L.v.type, h, T, C, s_act2);
-            matmul(L.v, av, T, vb, nullptr);
+            const Act av = L.v.type == L.q.type ? a : L.v.type == L.k.type ? ak : quantize(L.v.type, h, T, C, s_act3);
+            matmul_multi({{&L.q, &a, qb}, {&L.k, &ak, kb}, {&L.v, &av, vb}}, T);
             rope(qb, T, H, pos0);
             rope(kb, T, Hkv, pos0);
             q = qb, k = kb, v = vb, ld_q = H * D, ld_kv = Hkv * D;
@@ -387,7 +442,8 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
         float* vc = st.v.data() + size_t(int64_t(l) * Hkv * st.cap * D);
         for (int64_t t = 0; t < T; ++t)
             for (int64_t g = 0; g < Hkv; ++g) {
-                std::memcpy(kc + (g * st.cap + pos0 + t) * D, k + t * ld_kv + g * D, size_t(D) * 4);
+                for (int64_t d = 0; d < D; ++d)
+                    kc[g * st.cap * D + key_index(pos0 + t, d, D)] = k[t * ld_kv + g * D + d];
                 std::memcpy(vc + (g * st.cap + pos0 + t) * D, v + t * ld_kv + g * D, size_t(D) * 4);
             }
         // Causal attention over the cache: one work item per (head, query position).
@@ -395,29 +451,12 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
         pool->parallel_for(H * T, std::max<int64_t>(1, H * T / (int64_t(pool->size()) * 4)),
                            [&](int64_t b, int64_t e) {
             thread_local std::vector<float> scores;
-            if (scores.size() < size_t(n_kv)) scores.resize(size_t(n_kv));
+            if (scores.size() < size_t(n_kv + kKeyTile)) scores.resize(size_t(n_kv + kKeyTile));
             float* sc = scores.data();
             for (int64_t it = b; it < e; ++it) {
                 const int64_t hh = it / T, t = it % T, g = hh / group, n = pos0 + t + 1;
-                const float* qr = q + t * ld_q + hh * D;
-                const float* kg = kc + g * st.cap * D;
-                const float* vg = vc + g * st.cap * D;
-                float mx = -INFINITY;
-                for (int64_t j = 0; j < n; ++j) {
-                    float s = 0;
-                    for (int64_t d = 0; d < D; ++d) s += qr[d] * kg[j * D + d];
-                    sc[j] = s * scale;
-                    mx = std::max(mx, sc[j]);
-                }
-                float sum = 0;
-                for (int64_t j = 0; j < n; ++j) sum += (sc[j] = std::exp(sc[j] - mx));
-                const float inv = 1.f / sum;
-                float* o = att + t * H * D + hh * D;
-                for (int64_t d = 0; d < D; ++d) o[d] = 0;
-                for (int64_t j = 0; j < n; ++j) {
-                    const float p = sc[j] * inv;
-                    for (int64_t d = 0; d < D; ++d) o[d] += p * vg[j * D + d];
-                }
+                attend_row(q + t * ld_q + hh * D, kc + g * st.cap * D, vc + g * st.cap * D, n, D,
+                           scale, sc, att + t * H * D + hh * D);
             }
         });
         float* proj = s_h.f(size_t(T * std::max(C, H * D)));
@@ -432,10 +471,10 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
         } else {
             float* f2 = s_ff2.f(size_t(T * F));
             const Act a = quantize(L.gate.type, h, T, C, s_act);
-            matmul(L.gate, a, T, f1, nullptr);
             const Act au = L.up.type == L.gate.type ? a : quantize(L.up.type, h, T, C, s_act2);
-            matmul(L.up, au, T, f2, nullptr);
-            for (int64_t i = 0; i < T * F; ++i) f1[i] = f1[i] / (1.f + std::exp(-f1[i])) * f2[i];
+            matmul_multi({{&L.gate, &a, f1}, {&L.up, &au, f2}}, T);
+            pool->parallel_for(T, std::max<int64_t>(1, T / (int64_t(pool->size()) * 4)),
+                               [&](int64_t b, int64_t e) { silu_mul(f1 + b * F, f2 + b * F, (e - b) * F); });
         }
         float* down = s_h.f(size_t(T * std::max(C, H * D)));
         linear(L.down, f1, T, down, gpt2 ? &L.down_b : nullptr);

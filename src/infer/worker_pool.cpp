@@ -8,8 +8,10 @@
 namespace forge::infer {
 
 namespace {
-// About 50-100 microseconds of polling before sleeping on the futex.
-constexpr int kSpins = 20000;
+// Polling before sleeping on the futex: 512 pauses, 15-40 us on this EPYC (a pause is 25-70 ns).
+// Long enough to catch the next matrix of a decode step, short enough not to steal a loaded
+// core from other work for long.
+constexpr int kSpins = 512;
 constexpr uint64_t kMask20 = (1u << 20) - 1, kMask24 = (1u << 24) - 1;
 
 template <typename T, typename Pred> void spin_then_wait(const std::atomic<T>& a, Pred ready) {

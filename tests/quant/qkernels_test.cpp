@@ -26,9 +26,14 @@ namespace {
 struct AlignedBuf {
     std::vector<uint8_t> v;
     uint8_t* p;
-    explicit AlignedBuf(size_t n) : v(n + 64, 0) {
-        p = v.data() + (64 - reinterpret_cast<uintptr_t>(v.data()) % 64) % 64;
+    explicit AlignedBuf(size_t n) : v(n + 64, 0) { align(); }
+    AlignedBuf& operator=(const AlignedBuf& o) {
+        v.assign(o.v.size(), 0);
+        align();
+        std::memcpy(p, o.p, o.v.size() - 64);
+        return *this;
     }
+    void align() { p = v.data() + (64 - reinterpret_cast<uintptr_t>(v.data()) % 64) % 64; }
 };
 
 std::vector<float> gaussian(int64_t n, uint32_t seed) {
@@ -133,19 +138,22 @@ TEST(QuantKernels, IntegerPartExact) {
                 }
             }
             const ActLayout L = act_layout(t, K);
-            AlignedBuf A(size_t(N * L.row_bytes));
+            // Q4_0's activations are the q8_0 blocks rearranged: build those, then arrange.
+            const ActLayout LB = t == GgmlType::q4_0 ? act_layout(GgmlType::q8_0, K) : L;
+            AlignedBuf A(size_t(N * LB.row_bytes));
             std::uniform_int_distribution<int> q8(t == GgmlType::q4_k ? -20 : -127, t == GgmlType::q4_k ? 20 : 127);
             for (int64_t n = 0; n < N; ++n) {
-                uint8_t* a = A.p + n * L.row_bytes;
+                uint8_t* a = A.p + n * LB.row_bytes;
                 auto* qs = reinterpret_cast<int8_t*>(a);
                 for (int64_t k = 0; k < K; ++k) qs[k] = int8_t(q8(rng));
-                if (L.kind == ActKind::q8_0) {
+                if (LB.kind == ActKind::q8_0) {
                     for (int64_t b = 0; b < K / 32; ++b) {
                         int s = 0;
                         for (int j = 0; j < 32; ++j) s += qs[b * 32 + j];
-                        reinterpret_cast<int32_t*>(a + L.s_off)[b * 8] = s;
-                        for (int j = 0; j < 8; ++j) reinterpret_cast<float*>(a + L.d_off)[b * 8 + j] = 1.f;
+                        reinterpret_cast<int32_t*>(a + LB.s_off)[b * 8] = -8 * s;
+                        for (int j = 0; j < 8; ++j) reinterpret_cast<float*>(a + LB.d_off)[b * 8 + j] = 1.f;
                     }
+                    for (int64_t k = 0; k < K; ++k) qs[k] = int8_t(uint8_t(qs[k] + 128)); // stored + 128
                 } else {
                     for (int64_t g = 0; g < K / 16; ++g) {
                         int s = 0;
@@ -154,6 +162,12 @@ TEST(QuantKernels, IntegerPartExact) {
                     }
                     for (int64_t b = 0; b < K / 256; ++b) reinterpret_cast<float*>(a + L.d_off)[b] = 1.f;
                 }
+            }
+            if (t == GgmlType::q4_0) {
+                AlignedBuf B(size_t(N * L.row_bytes));
+                for (int64_t n = 0; n < N; ++n)
+                    q4_0_from_q8_0(L, LB, A.p + n * LB.row_bytes, B.p + n * L.row_bytes);
+                A = B;
             }
             for (nn::Isa isa : isas()) {
                 nn::IsaCapScope cap(isa);

@@ -23,7 +23,7 @@
 
 namespace forge {
 class Transformer;
-}
+} // namespace forge
 
 namespace forge::infer {
 
@@ -60,6 +60,11 @@ class QuantLM : public CausalLM {
     /// llama.cpp's converter does (Conv1D weights transposed, Llama Q/K rows permuted).
     static std::unique_ptr<QuantLM> from_transformer(Transformer& model, quant::GgmlType type,
                                                      EngineOptions opts = {});
+
+    /// The model of a GGUF file (llama or gpt2 architecture), its tensors used in place in the
+    /// file's mapping. Throws NotFound, or InvalidArgument naming the file and the problem.
+    static std::unique_ptr<QuantLM> from_gguf(const std::filesystem::path& path,
+                                              EngineOptions opts = {});
 
     /// Random weights (uniform, std 0.02; norms 1, biases 0) of `type`, for benchmarks: the
     /// same work per token as a trained model of that shape.

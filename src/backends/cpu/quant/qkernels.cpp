@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include <forge/core/dtype.h>
 #include <forge/core/error.h>
@@ -38,6 +39,12 @@ ActLayout act_layout(GgmlType w, int64_t K) {
         L.d_off = round64(K);
         L.s_off = round64(L.d_off + K / fq::kQKK * 4);
         L.row_bytes = round64(L.s_off + K / 16 * 2);
+    } else if (w == GgmlType::q4_0) {
+        const int64_t nb = K / fq::kQK, chunks = (nb + 15) / 16;
+        L.kind = ActKind::q4_0;
+        L.d_off = round64((nb + 3) / 4 * 128);
+        L.s_off = round64(L.d_off + chunks * 16 * 4);
+        L.row_bytes = round64(L.s_off + chunks * 16 * 4);
     } else {
         L.kind = ActKind::q8_0;
         L.d_off = round64(K);
@@ -47,10 +54,39 @@ ActLayout act_layout(GgmlType w, int64_t K) {
     return L;
 }
 
+void q4_0_from_q8_0(const ActLayout& L, const ActLayout& N8, const uint8_t* nat, uint8_t* out) {
+    const auto* dexp = reinterpret_cast<const float*>(nat + N8.d_off);
+    const auto* nsum = reinterpret_cast<const int32_t*>(nat + N8.s_off);
+    const int64_t nb = L.K / fq::kQK;
+    thread_local std::vector<float> d;
+    thread_local std::vector<int32_t> sums;
+    thread_local std::vector<int8_t> qs;
+    d.resize(size_t(nb));
+    sums.resize(size_t(nb));
+    qs.resize(size_t(L.K));
+    for (int64_t b = 0; b < nb; ++b) d[size_t(b)] = dexp[b * 8], sums[size_t(b)] = -nsum[b * 8] / 8;
+    for (int64_t k = 0; k < L.K; ++k) qs[size_t(k)] = int8_t(int(nat[k]) - 128);
+    arrange_q4_0(L, qs.data(), d.data(), sums.data(), out);
+}
+
+void arrange_q4_0(const ActLayout& L, const int8_t* qs, const float* d, const int32_t* sums,
+                  uint8_t* out) {
+    const int64_t nb = L.K / fq::kQK;
+    std::memset(out, 0, size_t(L.row_bytes));
+    auto* dd = reinterpret_cast<float*>(out + L.d_off);
+    auto* ss = reinterpret_cast<int32_t*>(out + L.s_off);
+    for (int64_t b = 0; b < nb; ++b) {
+        std::memcpy(out + q4_lo_offset(b), qs + b * fq::kQK, 16);
+        std::memcpy(out + q4_lo_offset(b) + 64, qs + b * fq::kQK + 16, 16);
+        dd[q4_lane(b)] = d[b];
+        ss[q4_lane(b)] = -8 * sums[b];
+    }
+}
+
 QuantIsa quant_isa() {
     static const bool vnni = [] {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512vnni") != 0;
+        return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
     }();
     switch (nn::active_isa()) {
     case nn::Isa::avx512: return vnni ? QuantIsa::avx512 : QuantIsa::avx2;
@@ -89,7 +125,13 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
             continue;
         }
         auto* qs = reinterpret_cast<int8_t*>(out);
-        if (L.kind == ActKind::q8_0) {
+        if (L.kind == ActKind::q4_0) {
+            // natural blocks first (the q8_0 rounding), then the Q4_0 arrangement
+            const ActLayout N8 = act_layout(GgmlType::q8_0, K);
+            std::vector<uint8_t> tmp(size_t(N8.row_bytes));
+            ref::quantize_act(N8, x, ldx, 1, tmp.data());
+            q4_0_from_q8_0(L, N8, tmp.data(), out);
+        } else if (L.kind == ActKind::q8_0) {
             auto* dexp = reinterpret_cast<float*>(out + L.d_off);
             auto* sums = reinterpret_cast<int32_t*>(out + L.s_off);
             for (int64_t b = 0; b < K / fq::kQK; ++b) {
@@ -100,12 +142,12 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 int32_t s = 0;
                 for (int j = 0; j < fq::kQK; ++j) {
                     const int q = int(std::nearbyint(xb[j] * id));
-                    qs[b * fq::kQK + j] = int8_t(q);
+                    qs[b * fq::kQK + j] = int8_t(uint8_t(q + 128)); // stored + 128
                     s += q;
                 }
                 for (int j = 0; j < 8; ++j) {
                     dexp[b * 8 + j] = d;
-                    sums[b * 8 + j] = j == 0 ? s : 0;
+                    sums[b * 8 + j] = j == 0 ? -8 * s : 0;
                 }
             }
         } else {
@@ -149,28 +191,29 @@ float dot(GgmlType wt, const uint8_t* w, const ActLayout& L, const uint8_t* a) {
         }
         return s;
     }
-    case GgmlType::q8_0:
-    case GgmlType::q4_0: {
+    case GgmlType::q8_0: {
         const auto* dexp = reinterpret_cast<const float*>(a + L.d_off);
-        const auto* sums = reinterpret_cast<const int32_t*>(a + L.s_off);
         float s = 0;
         for (int64_t b = 0; b < K / fq::kQK; ++b) {
+            const auto& wb = reinterpret_cast<const fq::BlockQ8_0*>(w)[b];
             int32_t isum = 0;
-            float dw;
-            if (wt == GgmlType::q8_0) {
-                const auto& wb = reinterpret_cast<const fq::BlockQ8_0*>(w)[b];
-                dw = f16_to_f32(wb.d);
-                for (int j = 0; j < fq::kQK; ++j) isum += int32_t(wb.qs[j]) * qs[b * fq::kQK + j];
-            } else {
-                const auto& wb = reinterpret_cast<const fq::BlockQ4_0*>(w)[b];
-                dw = f16_to_f32(wb.d);
-                for (int j = 0; j < fq::kQK / 2; ++j) {
-                    isum += int32_t(wb.qs[j] & 0xF) * qs[b * fq::kQK + j];
-                    isum += int32_t(wb.qs[j] >> 4) * qs[b * fq::kQK + j + 16];
-                }
-                isum -= 8 * sums[b * 8];
-            }
-            s += dw * dexp[b * 8] * float(isum);
+            const auto* u = reinterpret_cast<const uint8_t*>(qs) + b * fq::kQK;
+            for (int j = 0; j < fq::kQK; ++j) isum += int32_t(wb.qs[j]) * (int32_t(u[j]) - 128);
+            s += f16_to_f32(wb.d) * dexp[b * 8] * float(isum);
+        }
+        return s;
+    }
+    case GgmlType::q4_0: {
+        const auto* d = reinterpret_cast<const float*>(a + L.d_off);
+        const auto* off = reinterpret_cast<const int32_t*>(a + L.s_off);
+        float s = 0;
+        for (int64_t b = 0; b < K / fq::kQK; ++b) {
+            const auto& wb = reinterpret_cast<const fq::BlockQ4_0*>(w)[b];
+            const int8_t* lo = qs + q4_lo_offset(b);
+            int32_t isum = off[q4_lane(b)]; // -8 * sum(a): Q4_0's offset
+            for (int j = 0; j < fq::kQK / 2; ++j)
+                isum += int32_t(wb.qs[j] & 0xF) * lo[j] + int32_t(wb.qs[j] >> 4) * lo[64 + j];
+            s += f16_to_f32(wb.d) * d[q4_lane(b)] * float(isum);
         }
         return s;
     }

@@ -16,18 +16,32 @@ namespace forge::cpu::quant {
 using forge::quant::GgmlType;
 
 /// How activation rows are laid out for weights of a given type.
-enum class ActKind { f32, q8_0, q8_k };
+enum class ActKind { f32, q8_0, q4_0, q8_k };
 
-/// One activation row: for q8_0, int8 qs[K] | f32 dexp[K/32 * 8] (each block's scale repeated
-/// 8 times, so two blocks' scales load as one 16-lane vector) | i32 sums[K/32 * 8] (each
-/// block's sum of qs in its first of 8 lanes, zeros in the rest, so 8 * sum subtracts from the
-/// lanes of a vpdpbusd result as one vector); for q8_k, int8 qs[K] | f32 d[K/256] | i16 bsums[K/16]; for f32, float[K].
+/// One activation row: for q8_0, u8 qs[K] (the int8 value + 128, so vpdpbusd takes it as its
+/// unsigned operand against signed weights; the weights' sum times 128 comes off) | f32 dexp[K/32 * 8] (each block's scale repeated
+/// 8 times, so two blocks' scales load as one 16-lane vector) | i32 nsum8[K/32 * 8] (each
+/// block's -8 * sum(qs) in its first of 8 lanes, zeros in the rest: the Q4_0 offset correction,
+/// loaded as the accumulator a vpdpbusd starts from); for q8_k, int8 qs[K] | f32 d[K/256] | i16 bsums[K/16]; for f32, float[K].
+/// For q4_0 (the same int8 blocks, arranged for Q4_0 weights): qs in groups of 4 blocks, 128
+/// bytes each, the first 16 values of the group's blocks then their last 16 (a partial last
+/// group padded with zeros) | f32 d and i32 -8 * sum per block, in chunks of 16 blocks, block
+/// 4 * g + l of a chunk at lane 4 * l + g (the order in which the kernel's lane reduction leaves
+/// the 16 block sums), zeros past the last block.
 /// Sections start at 64-byte multiples; row_bytes is a multiple of 64.
 struct ActLayout {
     ActKind kind = ActKind::f32;
     int64_t K = 0;
     int64_t d_off = 0, s_off = 0, row_bytes = 0;
 };
+
+/// q4_0 layout: offset of block b's first 16 values in qs (its last 16 follow 64 bytes later),
+/// and block b's lane in the d / offset sections.
+inline int64_t q4_lo_offset(int64_t b) { return (b / 4) * 128 + (b % 4) * 16; }
+inline int64_t q4_lane(int64_t b) {
+    const int64_t c = b % 16;
+    return (b / 16) * 16 + 4 * (c % 4) + c / 4;
+}
 
 /// The weight types the kernels read in place.
 bool kernel_type(GgmlType t);
@@ -51,6 +65,13 @@ void gemm(GgmlType wt, const uint8_t* W, int64_t w_stride, int64_t m0, int64_t m
     void gemm(GgmlType wt, const uint8_t* W, int64_t w_stride, int64_t m0, int64_t m1,             \
               const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,         \
               int64_t ldy);
+/// Writes natural int8 blocks (qs[K], d and sum per block) as a q4_0-layout row.
+void arrange_q4_0(const ActLayout& L, const int8_t* qs, const float* d, const int32_t* sums,
+                  uint8_t* out);
+
+/// The same from a q8_0-layout row (N8 = act_layout(q8_0, K)).
+void q4_0_from_q8_0(const ActLayout& L, const ActLayout& N8, const uint8_t* nat, uint8_t* out);
+
 namespace ref {
 FORGE_QUANT_KERNELS
 /// One dot product (the oracle of every SIMD tile).
@@ -64,7 +85,8 @@ FORGE_QUANT_KERNELS
 }
 #undef FORGE_QUANT_KERNELS
 
-/// Which of the above runs: avx512 needs AVX-512 F/BW/VL/DQ and VNNI, capped by nn::IsaCapScope.
+/// Which of the above runs: avx512 needs AVX-512 F/BW/VL/DQ, VNNI and VBMI (Ice Lake, Zen 4),
+/// capped by nn::IsaCapScope.
 enum class QuantIsa { generic, avx2, avx512 };
 QuantIsa quant_isa();
 

@@ -72,7 +72,9 @@ void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
         const __m256i aw = _mm256_abs_epi8(wy);
         const float dw = h2f(wb[b].d);
         for (int r = 0; r < NA; ++r) {
-            const __m256i ay = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)), wy);
+            const __m256i a = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)),
+                                               _mm256_set1_epi8(char(0x80))); // back to int8
+            const __m256i ay = _mm256_sign_epi8(a, wy);
             const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, ay), ones);
             const float da = reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8];
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * da), acc[r]);
@@ -94,14 +96,17 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
         const __m256i z = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, m4)),
                                                   _mm_and_si128(_mm_srli_epi16(q, 4), m4), 1);
         const float dw = h2f(wb[b].d);
+        const int64_t lo = q4_lo_offset(b), lane = q4_lane(b);
         for (int r = 0; r < NA; ++r) {
-            __m256i p = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(z, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK))), ones);
-            // minus 8 * sum(a): the block's integer sum stays exact
-            p = _mm256_sub_epi32(p, _mm256_slli_epi32(_mm256_loadu_si256(
-                (const __m256i*)(reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8)), 3));
-            const float s = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8];
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
+            const __m256i a = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(A.a[r] + lo))),
+                _mm_loadu_si128((const __m128i*)(A.a[r] + lo + 64)), 1);
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(z, a), ones);
+            // the block's -8 * sum(a) joins in lane 0: its integer sum stays exact
+            const __m256i off = _mm256_setr_epi32(
+                reinterpret_cast<const int32_t*>(A.a[r] + L.s_off)[lane], 0, 0, 0, 0, 0, 0, 0);
+            const float s = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[lane];
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(p, off)), _mm256_set1_ps(s), acc[r]);
         }
     }
     for (int r = 0; r < NA; ++r) out[r] = hsum_ps(acc[r]);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "backends/cpu/quant/qkernels.h"
 #include "quant/blocks.h"
@@ -20,10 +21,12 @@ namespace {
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-// Two f16 scales, each over 8 lanes: [a x8 | b x8].
+// Two f16 scales, each over 8 lanes: [a x8 | b x8]. The halves pair up in a general register
+// (scalar ports), so only the conversion and one permute use the vector pipes.
 inline __m512 pair_f16(uint16_t a, uint16_t b) {
-    const __m256i h = _mm256_mask_set1_epi16(_mm256_set1_epi16(short(a)), 0xFF00, short(b));
-    return _mm512_cvtph_ps(h);
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(int(uint32_t(a) | (uint32_t(b) << 16))));
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
 }
 
 inline int32_t hsum_epi32(__m256i v) {
@@ -69,6 +72,54 @@ void tile_f32(GgmlType wt, const uint8_t* w, const Rows& A, int64_t K, float* ou
     for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc2[r]));
 }
 
+// Q8_0: activations come as u8 (value + 128), weights stay signed, so one vpdpbusd per pair
+// of blocks and activation row; it starts from -128 * (the weights' sums), computed once per
+// pair of blocks for all rows of the tile.
+// The 16 sums of 16 vectors, in order, by a transpose-and-add tree (45 shuffles and adds
+// instead of 16 horizontal reductions).
+inline __m512 reduce16(const __m512 (&v)[16]) {
+    __m512 t[8], x[4];
+    for (int p = 0; p < 8; ++p)
+        t[p] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]),
+                             _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+    for (int q = 0; q < 4; ++q) {
+        const __m512d a = _mm512_castps_pd(t[2 * q]), b = _mm512_castps_pd(t[2 * q + 1]);
+        x[q] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_f32x4(x[2], x[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// F32/F16 prefill: 4 weight rows x 4 activation rows, 16 accumulators, so each weight and
+// activation vector loaded feeds 4 FMAs. out[4 * i + r] = dot(weight row i, activation row r).
+void tile4x4_f32(GgmlType wt, const uint8_t* w, int64_t w_stride, const Rows& A, int64_t K,
+                 float* out) {
+    __m512 acc[16];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    auto load_w = [&](int i, int64_t k, __mmask16 m) {
+        const uint8_t* row = w + i * w_stride;
+        return wt == GgmlType::f32
+                   ? _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + k)
+                   : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + k));
+    };
+    for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+        __m512 a[4];
+        for (int r = 0; r < 4; ++r)
+            a[r] = _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(A.a[r]) + k);
+        for (int i = 0; i < 4; ++i) {
+            const __m512 wv = load_w(i, k, m);
+            for (int r = 0; r < 4; ++r) acc[4 * i + r] = _mm512_fmadd_ps(wv, a[r], acc[4 * i + r]);
+        }
+    }
+    _mm512_storeu_ps(out, reduce16(acc));
+}
+
 template <int NA>
 void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
     const auto* wb = reinterpret_cast<const fq::BlockQ8_0*>(w);
@@ -76,81 +127,109 @@ void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
     __m512 acc[NA];
     float tail[NA] = {};
     for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512(), u128 = _mm512_set1_epi8(char(0x80));
     int64_t b = 0;
     for (; b + 1 < nb; b += 2) {
         const __m512i wz = _mm512_inserti64x4(
             _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)wb[b].qs)),
             _mm256_loadu_si256((const __m256i*)wb[b + 1].qs), 1);
-        const __m512i aw = _mm512_abs_epi8(wz);
-        const __mmask64 neg = _mm512_movepi8_mask(wz);
+        const __m512i negc = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, u128, wz));
         const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
         for (int r = 0; r < NA; ++r) {
-            __m512i az = _mm512_loadu_si512(A.a[r] + b * fq::kQK);
-            az = _mm512_mask_sub_epi8(az, neg, zero, az);
-            const __m512i p = _mm512_dpbusd_epi32(zero, aw, az);
+            const __m512i p = _mm512_dpbusd_epi32(negc, _mm512_loadu_si512(A.a[r] + b * fq::kQK), wz);
             const __m512 da = _mm512_loadu_ps(reinterpret_cast<const float*>(A.a[r] + L.d_off) + b * 8);
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(da, dw), acc[r]);
         }
     }
     if (b < nb) {
         const __m256i wy = _mm256_loadu_si256((const __m256i*)wb[b].qs);
-        const __m256i aw = _mm256_abs_epi8(wy);
+        const __m256i z = _mm256_setzero_si256();
+        const __m256i negc = _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, _mm256_set1_epi8(char(0x80)), wy));
         const float dw = h2f(wb[b].d);
         for (int r = 0; r < NA; ++r) {
-            const __m256i ay = _mm256_sign_epi8(
-                _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)), wy);
-            const int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, ay));
+            const int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(
+                negc, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK)), wy));
             tail[r] = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8] * float(isum);
         }
     }
     for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) + tail[r];
 }
 
+// 16 block sums from 4 accumulators whose 128-bit lane l holds 4 partial sums of block l of
+// group g (g = 0..3): block 4 g + l lands in lane 4 l + g (q4_lane's order).
+inline __m512i reduce_4x4(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
+    const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(v0, v1), _mm512_unpackhi_epi32(v0, v1));
+    const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(v2, v3), _mm512_unpackhi_epi32(v2, v3));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+}
+
+struct Q4Tables {
+    __m512i qs;       // 4 blocks' 72 bytes (two loads) -> their 4 x 16 nibble bytes
+    __m512i d[4];     // group g's 4 f16 scales -> bytes 8 l + 2 g, 8 l + 2 g + 1
+    __mmask64 dm[4];
+    Q4Tables() {
+        alignas(64) uint8_t q[64], dd[4][64] = {};
+        for (int j = 0; j < 4; ++j)
+            for (int i = 0; i < 16; ++i) q[16 * j + i] = uint8_t(18 * j + 2 + i);
+        qs = _mm512_load_si512(q);
+        for (int g = 0; g < 4; ++g) {
+            dm[g] = 0;
+            for (int l = 0; l < 4; ++l)
+                for (int e = 0; e < 2; ++e) {
+                    dd[g][8 * l + 2 * g + e] = uint8_t(18 * l + e);
+                    dm[g] |= __mmask64(1) << (8 * l + 2 * g + e);
+                }
+            d[g] = _mm512_load_si512(dd[g]);
+        }
+    }
+};
+
+// Q4_0 in steps of 16 blocks: two loads and one byte permute gather 4 blocks' nibbles (and a
+// masked permute their scales) without leaving the weights' own layout; each block's products
+// stay in its own 4 lanes, 4 groups reduce to 16 exact block sums, then one convert and one
+// FMA scale all 16 blocks at once.
 template <int NA>
 void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
-    const auto* wb = reinterpret_cast<const fq::BlockQ4_0*>(w);
-    const int64_t nb = L.K / fq::kQK;
+    static const Q4Tables T;
+    const int64_t nb = L.K / fq::kQK, chunks = (nb + 15) / 16;
     __m512 acc[NA];
-    float tail[NA] = {};
     for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i shifts = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-        const __m256i y = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)wb[b].qs)),
-            _mm_loadu_si128((const __m128i*)wb[b + 1].qs), 1);
-        // [q0 q1 | q0 q1] >> [0 | 4] & 15 = [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: values 0..31
-        // of block b, then of block b + 1
-        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(y), y, 1);
-        z = _mm512_and_si512(_mm512_srlv_epi64(z, shifts), m4);
-        z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
-        const __m512 dw = pair_f16(wb[b].d, wb[b + 1].d);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    for (int64_t c = 0; c < chunks; ++c) {
+        __m512i lo[4], hi[4], dh = zero;
+        const int G = int(std::min<int64_t>(4, (nb - 16 * c + 3) / 4)); // groups holding blocks
+        for (int g = 0; g < 4; ++g) { // fixed trip count: lo, hi and v stay in registers
+            if (g >= G) {
+                lo[g] = hi[g] = zero;
+                continue;
+            }
+            const int64_t b0 = 16 * c + 4 * g, m = std::min<int64_t>(nb - b0, 4);
+            const int64_t n = 18 * m; // bytes of this group's blocks
+            const __mmask64 ma = n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1;
+            const __mmask64 mb = n > 64 ? (__mmask64(1) << (n - 64)) - 1 : 0;
+            const uint8_t* base = w + b0 * 18;
+            const __m512i a = _mm512_maskz_loadu_epi8(ma, base);
+            const __m512i b = _mm512_maskz_loadu_epi8(mb, base + 64);
+            const __m512i z = _mm512_permutex2var_epi8(a, T.qs, b);
+            dh = _mm512_mask_permutexvar_epi8(dh, T.dm[g], T.d[g], a);
+            lo[g] = _mm512_and_si512(z, m4);
+            hi[g] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dh));
         for (int r = 0; r < NA; ++r) {
-            __m512i p = _mm512_dpbusd_epi32(zero, z, _mm512_loadu_si512(A.a[r] + b * fq::kQK));
-            // minus 8 * sum(a) per block (first lane of each 8): the integer sum stays exact
-            p = _mm512_sub_epi32(p, _mm512_slli_epi32(_mm512_loadu_si512(
-                reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + b * 8), 3));
-            const __m512 da = _mm512_loadu_ps(reinterpret_cast<const float*>(A.a[r] + L.d_off) + b * 8);
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(da, dw), acc[r]);
+            const uint8_t* a = A.a[r] + c * 512;
+            __m512i v[4];
+            for (int g = 0; g < 4; ++g)
+                v[g] = g >= G ? zero : _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo[g], _mm512_loadu_si512(a + 128 * g)),
+                                           hi[g], _mm512_loadu_si512(a + 128 * g + 64));
+            const __m512i s = _mm512_add_epi32(
+                reduce_4x4(v[0], v[1], v[2], v[3]),
+                _mm512_loadu_si512(reinterpret_cast<const int32_t*>(A.a[r] + L.s_off) + 16 * c));
+            const __m512 da = _mm512_loadu_ps(reinterpret_cast<const float*>(A.a[r] + L.d_off) + 16 * c);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, da), acc[r]);
         }
     }
-    if (b < nb) {
-        const __m128i q = _mm_loadu_si128((const __m128i*)wb[b].qs);
-        const __m128i m4x = _mm_set1_epi8(0x0F);
-        const __m256i z = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, m4x)),
-                                                  _mm_and_si128(_mm_srli_epi16(q, 4), m4x), 1);
-        const float dw = h2f(wb[b].d);
-        for (int r = 0; r < NA; ++r) {
-            int32_t isum = hsum_epi32(_mm256_dpbusd_epi32(
-                _mm256_setzero_si256(), z, _mm256_loadu_si256((const __m256i*)(A.a[r] + b * fq::kQK))));
-            isum -= 8 * reinterpret_cast<const int32_t*>(A.a[r] + L.s_off)[b * 8];
-            tail[r] = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8] * float(isum);
-        }
-    }
-    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) + tail[r];
+    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
 // The 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) of a K-quant super-block, unpacked
@@ -239,7 +318,13 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
             continue;
         }
         auto* qs = reinterpret_cast<int8_t*>(out);
-        if (L.kind == ActKind::q8_0) {
+        if (L.kind == ActKind::q4_0) {
+            const ActLayout N8 = act_layout(GgmlType::q8_0, K);
+            thread_local std::vector<uint8_t> tmp;
+            tmp.resize(size_t(N8.row_bytes));
+            avx512::quantize_act(N8, x, ldx, 1, tmp.data());
+            q4_0_from_q8_0(L, N8, tmp.data(), out);
+        } else if (L.kind == ActKind::q8_0) {
             auto* dexp = reinterpret_cast<float*>(out + L.d_off);
             auto* sums = reinterpret_cast<int32_t*>(out + L.s_off);
             for (int64_t b = 0; b < K / fq::kQK; ++b) {
@@ -248,10 +333,11 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
                 const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
                 const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
-                _mm_storeu_si128((__m128i*)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
-                _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
+                const __m128i u = _mm_set1_epi8(char(0x80)); // stored + 128
+                _mm_storeu_si128((__m128i*)(qs + b * 32), _mm_xor_si128(_mm512_cvtsepi32_epi8(q0), u));
+                _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm_xor_si128(_mm512_cvtsepi32_epi8(q1), u));
                 _mm256_storeu_si256((__m256i*)(sums + b * 8),
-                                    _mm256_setr_epi32(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)),
+                                    _mm256_setr_epi32(-8 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)),
                                                       0, 0, 0, 0, 0, 0, 0));
                 _mm256_storeu_ps(dexp + b * 8, _mm256_set1_ps(d));
             }
@@ -297,8 +383,16 @@ void gemm(GgmlType wt, const uint8_t* W, int64_t w_stride, int64_t m0, int64_t m
             const int na = int(std::min<int64_t>(4, N - n));
             Rows R{};
             for (int r = 0; r < na; ++r) R.a[r] = A + (n + r) * a_stride;
-            float out[4];
-            for (int64_t m = mb; m < me; ++m) {
+            float out[16];
+            int64_t m = mb;
+            if (na == 4 && (wt == GgmlType::f32 || wt == GgmlType::f16)) {
+                for (; m + 4 <= me; m += 4) {
+                    tile4x4_f32(wt, W + m * w_stride, w_stride, R, L.K, out);
+                    for (int i = 0; i < 4; ++i)
+                        for (int r = 0; r < 4; ++r) Y[(n + r) * ldy + m + i] = out[4 * i + r];
+                }
+            }
+            for (; m < me; ++m) {
                 const uint8_t* w = W + m * w_stride;
                 switch (na) {
                 case 4: tile<4>(wt, w, R, L, out); break;
