@@ -86,7 +86,8 @@ void arrange_q4_0(const ActLayout& L, const int8_t* qs, const float* d, const in
 QuantIsa quant_isa() {
     static const bool vnni = [] {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+        return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
+               __builtin_cpu_supports("gfni");
     }();
     switch (nn::active_isa()) {
     case nn::Isa::avx512: return vnni ? QuantIsa::avx512 : QuantIsa::avx2;

@@ -85,7 +85,7 @@ FORGE_QUANT_KERNELS
 }
 #undef FORGE_QUANT_KERNELS
 
-/// Which of the above runs: avx512 needs AVX-512 F/BW/VL/DQ, VNNI and VBMI (Ice Lake, Zen 4),
+/// Which of the above runs: avx512 needs AVX-512 F/BW/VL/DQ, VNNI, VBMI and GFNI (Ice Lake, Zen 4),
 /// capped by nn::IsaCapScope.
 enum class QuantIsa { generic, avx2, avx512 };
 QuantIsa quant_isa();

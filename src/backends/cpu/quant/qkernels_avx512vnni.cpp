@@ -195,6 +195,8 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
     __m512 acc[NA];
     for (int r = 0; r < NA; ++r) acc[r] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    // rows of the bit matrix, byte 7 - i giving result bit i: bit i <- bit i + 4 for i < 4
+    const __m512i hi_nibble = _mm512_set1_epi64(0x1020408000000000ll);
     for (int64_t c = 0; c < chunks; ++c) {
         __m512i lo[4], hi[4], dh = zero;
         const int G = int(std::min<int64_t>(4, (nb - 16 * c + 3) / 4)); // groups holding blocks
@@ -213,7 +215,8 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
             const __m512i z = _mm512_permutex2var_epi8(a, T.qs, b);
             dh = _mm512_mask_permutexvar_epi8(dh, T.dm[g], T.d[g], a);
             lo[g] = _mm512_and_si512(z, m4);
-            hi[g] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+            // high nibble to the low 4 bits, zeros above: one GF(2) affine map per byte
+            hi[g] = _mm512_gf2p8affine_epi64_epi8(z, hi_nibble, 0);
         }
         const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dh));
         for (int r = 0; r < NA; ++r) {
