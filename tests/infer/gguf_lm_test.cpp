@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <random>
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <forge/core/error.h>
@@ -133,7 +135,8 @@ TEST(GgufLM, LogitsMatchTransformer) {
         for (auto& [name, t] : m.named_parameters())
             for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] += d(rng);
         const auto path = std::filesystem::temp_directory_path() /
-                          ("forge_gguf_lm_" + std::to_string(int(fam)) + ".gguf");
+                          ("forge_gguf_lm_" + std::to_string(::getpid()) + "_" +
+                           std::to_string(int(fam)) + ".gguf");
         write_gguf(m, path);
         auto lm = infer::QuantLM::from_gguf(path, {.n_threads = 2});
         EXPECT_EQ(lm->config().n_head_kv, c.n_head_kv);
@@ -155,7 +158,8 @@ TEST(GgufLM, LogitsMatchTransformer) {
 TEST(GgufLM, RejectsUnknownArchitecture) {
     formats::GgufWriter w;
     w.set("general.architecture", GgufValue::str("mamba"));
-    const auto path = std::filesystem::temp_directory_path() / "forge_gguf_lm_mamba.gguf";
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("forge_gguf_lm_mamba_" + std::to_string(::getpid()) + ".gguf");
     w.write(path);
     try {
         infer::QuantLM::from_gguf(path);
@@ -184,7 +188,8 @@ TEST(GgufLM, SaveGgufFilesMatchTransformer) {
         const std::vector<int64_t> ids = {1, 5, 63, 0, 33, 12};
         const auto want = values(m.forward(Tensor::from_vector(ids, {1, 6})));
         const auto path = std::filesystem::temp_directory_path() /
-                          ("forge_gguf_lm_save_" + std::to_string(int(fam)) + ".gguf");
+                          ("forge_gguf_lm_save_" + std::to_string(::getpid()) + "_" +
+                           std::to_string(int(fam)) + ".gguf");
         formats::save_gguf(m, nullptr, path, GgmlType::f32);
         auto lm = infer::QuantLM::from_gguf(path, {.n_threads = 1});
         auto st = lm->new_state(8);
