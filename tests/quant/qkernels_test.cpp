@@ -119,7 +119,7 @@ TEST(QuantKernels, IntegerPartExact) {
     for (GgmlType t : {GgmlType::q8_0, GgmlType::q4_0, GgmlType::q4_k}) {
         for (int64_t K : {512, 800}) {
             if (K % fq::type_info(t).block_size) continue;
-            const int64_t M = 9, wrow = fq::row_bytes(t, K), N = 5;
+            const int64_t M = 21, wrow = fq::row_bytes(t, K), N = 5; // N = 5: tiles of 4 and 1
             std::vector<uint8_t> W(size_t(M * wrow));
             for (auto& b : W) b = uint8_t(rng());
             for (int64_t m = 0; m < M; ++m) {
@@ -178,6 +178,12 @@ TEST(QuantKernels, IntegerPartExact) {
                         ASSERT_EQ(Y[size_t(n * M + m)],
                                   ref::dot(t, W.data() + m * wrow, L, A.p + n * L.row_bytes))
                             << fq::type_info(t).name << " K=" << K << " isa=" << int(isa);
+                // one activation row: the GEMV path (rows reduced 16 at a time)
+                std::vector<float> y(static_cast<size_t>(M));
+                gemm(t, W.data(), wrow, 0, M, L, A.p, L.row_bytes, 1, y.data(), M);
+                for (int64_t m = 0; m < M; ++m)
+                    ASSERT_EQ(y[size_t(m)], ref::dot(t, W.data() + m * wrow, L, A.p))
+                        << fq::type_info(t).name << " GEMV K=" << K << " isa=" << int(isa);
             }
         }
     }

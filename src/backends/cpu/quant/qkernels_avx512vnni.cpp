@@ -41,7 +41,7 @@ struct Rows {
 };
 
 template <int NA>
-void tile_f32(GgmlType wt, const uint8_t* w, const Rows& A, int64_t K, float* out) {
+void tile_f32(GgmlType wt, const uint8_t* w, const Rows& A, int64_t K, __m512* res) {
     __m512 acc[NA], acc2[NA];
     for (int r = 0; r < NA; ++r) acc[r] = acc2[r] = _mm512_setzero_ps();
     const float* wf = reinterpret_cast<const float*>(w);
@@ -69,7 +69,7 @@ void tile_f32(GgmlType wt, const uint8_t* w, const Rows& A, int64_t K, float* ou
             acc[r] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, a + k), acc[r]);
         }
     }
-    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc2[r]));
+    for (int r = 0; r < NA; ++r) res[r] = _mm512_add_ps(acc[r], acc2[r]);
 }
 
 // Q8_0: activations come as u8 (value + 128), weights stay signed, so one vpdpbusd per pair
@@ -121,7 +121,7 @@ void tile4x4_f32(GgmlType wt, const uint8_t* w, int64_t w_stride, const Rows& A,
 }
 
 template <int NA>
-void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
+void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, __m512* res) {
     const auto* wb = reinterpret_cast<const fq::BlockQ8_0*>(w);
     const int64_t nb = L.K / fq::kQK;
     __m512 acc[NA];
@@ -152,7 +152,7 @@ void tile_q8_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
             tail[r] = dw * reinterpret_cast<const float*>(A.a[r] + L.d_off)[b * 8] * float(isum);
         }
     }
-    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) + tail[r];
+    for (int r = 0; r < NA; ++r) res[r] = _mm512_mask_add_ps(acc[r], 1, acc[r], _mm512_set1_ps(tail[r]));
 }
 
 // 16 block sums from 4 accumulators whose 128-bit lane l holds 4 partial sums of block l of
@@ -189,7 +189,7 @@ struct Q4Tables {
 // stay in its own 4 lanes, 4 groups reduce to 16 exact block sums, then one convert and one
 // FMA scale all 16 blocks at once.
 template <int NA>
-void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
+void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, __m512* res) {
     static const Q4Tables T;
     const int64_t nb = L.K / fq::kQK, chunks = (nb + 15) / 16;
     __m512 acc[NA];
@@ -232,7 +232,7 @@ void tile_q4_0(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, da), acc[r]);
         }
     }
-    for (int r = 0; r < NA; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+    for (int r = 0; r < NA; ++r) res[r] = acc[r];
 }
 
 // The 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) of a K-quant super-block, unpacked
@@ -248,7 +248,7 @@ inline __m128i unpack_k_scales(const uint8_t* q) {
 }
 
 template <int NA>
-void tile_q4_k(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
+void tile_q4_k(const uint8_t* w, const Rows& A, const ActLayout& L, __m512* res) {
     const auto* wb = reinterpret_cast<const fq::BlockQ4K*>(w);
     const int64_t nb = L.K / fq::kQKK;
     __m512 acc[NA];
@@ -291,22 +291,18 @@ void tile_q4_k(const uint8_t* w, const Rows& A, const ActLayout& L, float* out) 
             minf[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(mi), _mm_set1_ps(ad * dmin), minf[r]);
         }
     }
-    for (int r = 0; r < NA; ++r) {
-        __m128 m = minf[r];
-        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-        m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        out[r] = _mm512_reduce_add_ps(acc[r]) - _mm_cvtss_f32(m);
-    }
+    for (int r = 0; r < NA; ++r) res[r] = _mm512_sub_ps(acc[r], _mm512_zextps128_ps512(minf[r]));
 }
 
+// res[r]: 16 partial sums whose total is dot(weight row, activation row r).
 template <int NA>
-void tile(GgmlType wt, const uint8_t* w, const Rows& A, const ActLayout& L, float* out) {
+void tile(GgmlType wt, const uint8_t* w, const Rows& A, const ActLayout& L, __m512* res) {
     switch (wt) {
     case GgmlType::f32:
-    case GgmlType::f16: return tile_f32<NA>(wt, w, A, L.K, out);
-    case GgmlType::q8_0: return tile_q8_0<NA>(w, A, L, out);
-    case GgmlType::q4_0: return tile_q4_0<NA>(w, A, L, out);
-    case GgmlType::q4_k: return tile_q4_k<NA>(w, A, L, out);
+    case GgmlType::f16: return tile_f32<NA>(wt, w, A, L.K, res);
+    case GgmlType::q8_0: return tile_q8_0<NA>(w, A, L, res);
+    case GgmlType::q4_0: return tile_q4_0<NA>(w, A, L, res);
+    case GgmlType::q4_k: return tile_q4_k<NA>(w, A, L, res);
     default: return;
     }
 }
@@ -395,15 +391,23 @@ void gemm(GgmlType wt, const uint8_t* W, int64_t w_stride, int64_t m0, int64_t m
                         for (int r = 0; r < 4; ++r) Y[(n + r) * ldy + m + i] = out[4 * i + r];
                 }
             }
+            if (na == 1) { // GEMV: 16 rows' partial sums reduced together, stored as one vector
+                __m512 v[16];
+                for (; m + 16 <= me; m += 16) {
+                    for (int i = 0; i < 16; ++i) tile<1>(wt, W + (m + i) * w_stride, R, L, &v[i]);
+                    _mm512_storeu_ps(Y + n * ldy + m, reduce16(v));
+                }
+            }
             for (; m < me; ++m) {
                 const uint8_t* w = W + m * w_stride;
+                __m512 res[4];
                 switch (na) {
-                case 4: tile<4>(wt, w, R, L, out); break;
-                case 3: tile<3>(wt, w, R, L, out); break;
-                case 2: tile<2>(wt, w, R, L, out); break;
-                default: tile<1>(wt, w, R, L, out); break;
+                case 4: tile<4>(wt, w, R, L, res); break;
+                case 3: tile<3>(wt, w, R, L, res); break;
+                case 2: tile<2>(wt, w, R, L, res); break;
+                default: tile<1>(wt, w, R, L, res); break;
                 }
-                for (int r = 0; r < na; ++r) Y[(n + r) * ldy + m] = out[r];
+                for (int r = 0; r < na; ++r) Y[(n + r) * ldy + m] = _mm512_reduce_add_ps(res[r]);
             }
         }
     }
