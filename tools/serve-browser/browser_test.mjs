@@ -31,8 +31,10 @@ async function oracle(model, messages) {
     return r.body.choices[0].message.content;
 }
 
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true,
-                                        args: ["--no-sandbox"], timeout: 60_000 });
+// CI runs as root in a container: no sandbox, no GPU, and /dev/shm may be tiny.
+const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium", headless: true, timeout: 60_000,
+    args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"] });
 let failed = false, page;
 try {
     page = await browser.newPage();
