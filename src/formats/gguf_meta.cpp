@@ -289,8 +289,9 @@ std::vector<uint8_t> quantize(const std::vector<float>& x, int64_t ne0, GgmlType
 
 void check_writable(GgmlType type) {
     FORGE_CHECK(type == GgmlType::f32 || type == GgmlType::f16 || type == GgmlType::bf16 ||
-                    type == GgmlType::q8_0 || type == GgmlType::q4_0 || type == GgmlType::q4_k,
-                "[gguf] Forge writes F32, F16, BF16, Q8_0, Q4_0 and Q4_K, not ",
+                    type == GgmlType::q8_0 || type == GgmlType::q4_0 || type == GgmlType::q4_1 ||
+                    type == GgmlType::q4_k,
+                "[gguf] Forge writes F32, F16, BF16, Q8_0, Q4_0, Q4_1 and Q4_K, not ",
                 quant::type_info(type).name);
 }
 

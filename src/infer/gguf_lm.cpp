@@ -8,15 +8,31 @@
 
 namespace forge::infer {
 
-std::unique_ptr<QuantLM> QuantLM::from_gguf(const std::filesystem::path& path, EngineOptions opts) {
-    auto file = std::make_shared<formats::GgufFile>(formats::GgufFile::open(path));
+namespace {
+
+std::unique_ptr<QuantLM> from_file(std::shared_ptr<formats::GgufFile> file, EngineOptions opts) {
     const ModelConfig cfg = formats::gguf_config(*file);
-    Lookup lookup = [f = file.get()](const std::string& name) -> std::optional<TensorRef> {
+    QuantLM::Lookup lookup = [f = file.get()](const std::string& name) -> std::optional<TensorRef> {
         const formats::GgufTensorInfo* t = f->find_tensor(name);
         if (!t) return std::nullopt;
         return TensorRef{t->type, t->ne, t->data};
     };
     return std::make_unique<QuantLM>(cfg, lookup, file, opts);
+}
+
+} // namespace
+
+std::unique_ptr<QuantLM> QuantLM::from_gguf(const std::filesystem::path& path, EngineOptions opts) {
+    return from_file(std::make_shared<formats::GgufFile>(formats::GgufFile::open(path)), opts);
+}
+
+// The bytes `forge convert` would write (formats::gguf_writer: llama.cpp's names and layouts),
+// parsed in memory: one mapping from Forge's tensors to the engine's, shared with the files.
+std::unique_ptr<QuantLM> QuantLM::from_transformer(Transformer& model, quant::GgmlType type,
+                                                   EngineOptions opts) {
+    const std::vector<uint8_t> bytes = formats::gguf_writer(model, nullptr, type).bytes();
+    return from_file(std::make_shared<formats::GgufFile>(formats::GgufFile::parse(bytes, "<model>")),
+                     opts);
 }
 
 } // namespace forge::infer

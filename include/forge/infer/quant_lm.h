@@ -54,10 +54,9 @@ class QuantLM : public CausalLM {
             EngineOptions opts = {});
     ~QuantLM() override;
 
-    /// The same model with its weights converted as `forge quantize` would: every matrix to
-    /// `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_1 or Q4_K; rows whose length is not a multiple of
-    /// the block size stay F32), norms and biases F32. Tensors are renamed and laid out as
-    /// llama.cpp's converter does (Conv1D weights transposed, Llama Q/K rows permuted).
+    /// The same model with its weights converted as `forge convert` would (formats::save_gguf:
+    /// every matrix to `type`, with formats::gguf_tensor_type's fallback for rows that do not
+    /// fit the blocks; norms and biases F32; llama.cpp's names and layouts).
     static std::unique_ptr<QuantLM> from_transformer(Transformer& model, quant::GgmlType type,
                                                      EngineOptions opts = {});
 
