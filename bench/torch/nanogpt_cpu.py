@@ -7,6 +7,9 @@ warmup 100, beta2 0.99, weight decay 0.1, clip 1.0, no dropout), timed at N thre
 
 Prints one JSON line: {"ms_per_iter_median": ..., "val_loss": ...}. The model is written out
 here (GPT-2 architecture with biases, tied embeddings, tanh GELU), not imported from nanoGPT.
+`--nanogpt-model` switches to nanoGPT's own defaults (no biases in Linear/LayerNorm, exact
+GELU) to see how much those choices move the val loss; `--seed` and `--eval-iters` measure
+the spread; `--bf16` runs the step under CPU autocast (bf16 matmuls) as a speed peer.
 """
 import argparse
 import json
@@ -19,13 +22,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+NANOGPT = False  # set by --nanogpt-model
+
+
+def layer_norm(c):
+    return nn.LayerNorm(c, bias=not NANOGPT) if NANOGPT else nn.LayerNorm(c)
+
+
 class Block(nn.Module):
     def __init__(self, c, h):
         super().__init__()
         self.h = h
-        self.ln_1, self.ln_2 = nn.LayerNorm(c), nn.LayerNorm(c)
-        self.c_attn, self.c_proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
-        self.c_fc, self.mlp_proj = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        bias = not NANOGPT
+        self.ln_1, self.ln_2 = layer_norm(c), layer_norm(c)
+        self.c_attn, self.c_proj = nn.Linear(c, 3 * c, bias=bias), nn.Linear(c, c, bias=bias)
+        self.c_fc, self.mlp_proj = nn.Linear(c, 4 * c, bias=bias), nn.Linear(4 * c, c, bias=bias)
 
     def forward(self, x):
         B, T, C = x.shape
@@ -38,7 +49,7 @@ class Block(nn.Module):
             s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
             y = torch.softmax(s, -1) @ v
         x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="none" if NANOGPT else "tanh"))
 
 
 class GPT(nn.Module):
@@ -46,7 +57,7 @@ class GPT(nn.Module):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, c), nn.Embedding(block, c)
         self.blocks = nn.ModuleList(Block(c, n_head) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(c)
+        self.ln_f = layer_norm(c)
         self.apply(self._init)
         for n, p in self.named_parameters():
             if n.endswith("c_proj.weight") or n.endswith("mlp_proj.weight"):
@@ -73,9 +84,15 @@ def main():
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="CPU autocast to bf16 around the step")
+    ap.add_argument("--nanogpt-model", action="store_true")
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--eval-iters", type=int, default=20)
     a = ap.parse_args()
+    global NANOGPT
+    NANOGPT = a.nanogpt_model
     torch.set_num_threads(a.threads)
-    torch.manual_seed(1337)
+    torch.manual_seed(a.seed)
     text = open(a.data, encoding="utf-8").read()
     chars = sorted(set(text))
     stoi = {c: i for i, c in enumerate(chars)}
@@ -108,7 +125,8 @@ def main():
             g["lr"] = lr_at(it)
         x, y = batch("train")
         t0 = time.perf_counter()
-        loss = step_fn(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            loss = step_fn(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,8 +134,10 @@ def main():
         times.append(time.perf_counter() - t0)
     model.eval()
     with torch.no_grad():
-        vl = statistics.mean(float(model(*batch("val"))) for _ in range(20))
-    print(json.dumps({"peer": "pytorch " + torch.__version__ + (" compile" if a.compile else " eager"),
+        vl = statistics.mean(float(model(*batch("val"))) for _ in range(a.eval_iters))
+    print(json.dumps({"peer": "pytorch " + torch.__version__ + (" compile" if a.compile else " eager")
+                      + (" bf16" if a.bf16 else "") + (" nanogpt-model" if NANOGPT else ""),
+                      "seed": a.seed, "eval_iters": a.eval_iters,
                       "threads": a.threads, "iters": a.iters,
                       "ms_per_iter_median": 1000 * statistics.median(times[10:]),
                       "val_loss": vl}))

@@ -1,5 +1,5 @@
-// AdamW and SGD updates, the weight-decay rule and gradient clipping (see optimizer.h). The CPU
-// f32 path is one fused loop per parameter; anything else (half params, other devices) goes
+// AdamW and SGD updates, the weight-decay rule and gradient clipping (see optimizer.h). CPU f32
+// parameters take one multi-tensor AdamW update (vector kernels: adamw_*.cpp); anything else (half params, other devices) goes
 // through public ops, so the optimizers work wherever the ops do. f32 parameters on a CUDA
 // device take one fused multi-tensor kernel per device (src/backends/cuda/adamw.cu).
 #include <forge/train/optimizer.h>
@@ -10,6 +10,9 @@
 #include <forge/autograd/autograd.h>
 #include <forge/core/ops.h>
 #include <forge/nn/module.h>
+
+#include "backends/cpu/simd/nn_kernels.h"
+#include "train/adamw_kernel.h"
 #ifdef FORGE_HAS_CUDA
 #include <map>
 
@@ -37,6 +40,44 @@ bool cuda_fused_path(const Tensor& p, const Tensor& g) {
            g.dtype() == DType::f32 && g.is_contiguous() && g.device() == p.device();
 }
 #endif
+
+// One CPU f32 parameter for the multi-tensor AdamW update.
+struct CpuAdamWItem {
+    float *w;
+    const float* g;
+    float *m, *v;
+    int64_t n;
+    float decay;
+};
+
+// Updates every item in one parallel region: the parameters are cut into chunks of
+// kAdamWChunk elements and the chunks dealt to the threads (one fork/join per step instead of
+// one per large parameter; small parameters no longer run serially).
+constexpr int64_t kAdamWChunk = 1 << 13;
+void adamw_cpu_multi_tensor(const std::vector<CpuAdamWItem>& items,
+                            const detail::AdamWScalars& s) {
+    struct Chunk {
+        int item;
+        int64_t lo, hi;
+    };
+    std::vector<Chunk> chunks;
+    int64_t total = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+        total += items[i].n;
+        for (int64_t lo = 0; lo < items[i].n; lo += kAdamWChunk)
+            chunks.push_back({int(i), lo, std::min(items[i].n, lo + kAdamWChunk)});
+    }
+    const auto isa = cpu::nn::active_isa();
+    const auto update = isa == cpu::nn::Isa::avx512 ? detail::avx512::adamw_update
+                        : isa == cpu::nn::Isa::avx2 ? detail::avx2::adamw_update
+                                                    : detail::adamw_update_scalar;
+#pragma omp parallel for schedule(static) if (total >= kParallelMin)
+    for (size_t c = 0; c < chunks.size(); ++c) {
+        const CpuAdamWItem& it = items[size_t(chunks[c].item)];
+        const int64_t lo = chunks[c].lo;
+        update(it.w + lo, it.g + lo, it.m + lo, it.v + lo, chunks[c].hi - lo, it.decay, s);
+    }
+}
 
 Tensor grad_of(const ParamRef& p) {
     Tensor g = p.tensor.grad();
@@ -68,6 +109,21 @@ Tensor step_tensor(int64_t t) {
 }
 
 } // namespace
+
+namespace detail {
+void adamw_update_scalar(float* w, const float* g, float* m, float* v, int64_t n, float decay,
+                         const AdamWScalars& s) {
+    for (int64_t k = 0; k < n; ++k) {
+        const float gk = g[k];
+        const float mk = m[k] * s.b1 + gk * s.a1;
+        const float vk = v[k] * s.b2 + gk * gk * s.a2;
+        m[k] = mk;
+        v[k] = vk;
+        const float denom = std::sqrt(vk) / s.bc2_sqrt + s.eps;
+        w[k] = w[k] * decay - s.step_size * (mk / denom);
+    }
+}
+} // namespace detail
 
 bool default_weight_decay(const std::string& name, const Tensor& t, bool decay_embeddings) {
     if (t.dim() < 2)
@@ -128,6 +184,8 @@ void AdamW::step(double lr) {
     const float a1 = float(1.0 - opts_.beta1), a2 = float(1.0 - opts_.beta2);
     const float step_size = float(lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
     const float eps = float(opts_.eps);
+    std::vector<CpuAdamWItem> cpu_items; // CPU f32 parameters, updated together below
+    std::vector<Tensor> keep_cpu;        // their gradients, alive until then
 #ifdef FORGE_HAS_CUDA
     std::map<int, std::vector<cuda::AdamWTensor>> fused; // CUDA device -> its tensors
     std::vector<Tensor> keep;                              // grads alive until the launch
@@ -148,21 +206,9 @@ void AdamW::step(double lr) {
         }
 #endif
         if (fast_path(p.tensor, g)) {
-            float* w = p.tensor.data<float>();
-            const float* gd = g.data<float>();
-            float* m = m_[i].data<float>();
-            float* v = v_[i].data<float>();
-            const int64_t n = p.tensor.numel();
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-            for (int64_t k = 0; k < n; ++k) {
-                const float gk = gd[k];
-                const float mk = m[k] * b1 + gk * a1;
-                const float vk = v[k] * b2 + gk * gk * a2;
-                m[k] = mk;
-                v[k] = vk;
-                const float denom = std::sqrt(vk) / bc2_sqrt + eps;
-                w[k] = w[k] * decay - step_size * (mk / denom);
-            }
+            cpu_items.push_back({p.tensor.data<float>(), g.data<float>(), m_[i].data<float>(),
+                                 v_[i].data<float>(), p.tensor.numel(), decay});
+            keep_cpu.push_back(g);
             continue;
         }
         // Generic path: the same formula with ops (any device, half parameters).
@@ -174,6 +220,7 @@ void AdamW::step(double lr) {
         Tensor w = p.tensor;
         w.copy_(sub(w32, mul_scalar(div(m_[i], denom), step_size)));
     }
+    adamw_cpu_multi_tensor(cpu_items, {b1, b2, a1, a2, step_size, bc2_sqrt, eps});
 #ifdef FORGE_HAS_CUDA
     for (auto& [dev, ts] : fused)
         cuda::adamw_multi_tensor(dev, ts, b1, b2, a1, a2, step_size, bc2_sqrt, eps);

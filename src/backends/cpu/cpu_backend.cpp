@@ -132,6 +132,10 @@ std::shared_ptr<Storage> CpuBackend::allocate(size_t nbytes, Device device) {
     });
 }
 
+// Copies and fills of at least this many elements split over the OpenMP threads (a permuted
+// activation made contiguous, a gradient zeroed): run serially, the other threads wait.
+constexpr int64_t kParallelCopyMin = 1 << 15;
+
 void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
     if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
         if (src.data_ptr() != dst.data_ptr())
@@ -139,29 +143,42 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
         return;
     }
     const Shape &ss = src.strides(), &ds = dst.strides();
+    // Large copies of rank >= 2 split the outermost dim over the threads: each index of it is
+    // the same walk over the remaining dims from its own base offsets.
+    const bool split = dst.numel() >= kParallelCopyMin && dst.dim() >= 2 && dst.size(0) >= 2;
+    const int64_t n0 = split ? dst.size(0) : 1;
+    const Shape inner_shape = split ? Shape(dst.shape().begin() + 1, dst.shape().end()) : dst.shape();
+    const Shape inner_ss = split ? Shape(ss.begin() + 1, ss.end()) : ss;
+    const Shape inner_ds = split ? Shape(ds.begin() + 1, ds.end()) : ds;
     visit_dtype(src.dtype(), [&]<typename S>() {
         visit_dtype(dst.dtype(), [&]<typename D>() {
-            const S* sp = src.data<S>();
-            D* dp = dst.data<D>();
-            for_each_row<2>(dst.shape(), {&ss, &ds}, [&](auto off, int64_t n, auto inner) {
-                const S* s = sp + off[0];
-                D* d = dp + off[1];
-                for (int64_t i = 0; i < n; ++i) {
-                    if constexpr (std::is_same_v<S, D>)
-                        d[i * inner[1]] = s[i * inner[0]];
-                    else
-                        d[i * inner[1]] = store_from_double<D>(load_as_double(s[i * inner[0]]));
-                }
-            });
+#pragma omp parallel for schedule(static) if (split)
+            for (int64_t i0 = 0; i0 < n0; ++i0) {
+                const S* sp = src.data<S>() + (split ? i0 * ss[0] : 0);
+                D* dp = dst.data<D>() + (split ? i0 * ds[0] : 0);
+                for_each_row<2>(inner_shape, {&inner_ss, &inner_ds},
+                                [&](auto off, int64_t n, auto inner) {
+                                    const S* s = sp + off[0];
+                                    D* d = dp + off[1];
+                                    for (int64_t i = 0; i < n; ++i) {
+                                        if constexpr (std::is_same_v<S, D>)
+                                            d[i * inner[1]] = s[i * inner[0]];
+                                        else
+                                            d[i * inner[1]] = store_from_double<D>(
+                                                load_as_double(s[i * inner[0]]));
+                                    }
+                                });
+            }
         });
     });
 }
 
 void CpuBackend::fill(const Tensor& dst, double value) {
     visit_dtype(dst.dtype(), [&]<typename T>() {
-        T v = store_from_double<T>(value);
+        const T v = store_from_double<T>(value);
         T* p = dst.data<T>();
         const int64_t n = dst.numel();
+#pragma omp parallel for schedule(static) if (n >= kParallelCopyMin)
         for (int64_t i = 0; i < n; ++i)
             p[i] = v;
     });
