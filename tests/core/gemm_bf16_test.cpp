@@ -212,6 +212,56 @@ INSTANTIATE_TEST_SUITE_P(Bf16Gemm, Bf16GemmPath,
                          ::testing::Values(Bf16Gemm::none, Bf16Gemm::avx512_bf16, Bf16Gemm::amx),
                          [](const auto& info) { return name(info.param); });
 
+// The packing routines of the SIMD paths, element by element: pair panels (vdpbf16ps's and
+// AMX's B operand, and the AVX512_BF16 path's A) and the rows panels of AMX's A operand, each
+// from lanes-contiguous, k-contiguous and other strides, with zero padding past K and lanes.
+// These run on any AVX512_BF16 CPU, so AMX's packing is checked without AMX.
+TEST(Bf16GemmPack, MatchesScalarRounding) {
+    if (bf16_gemm_kind() == Bf16Gemm::none)
+        GTEST_SKIP() << "no AVX512_BF16 on this CPU: the packing routines need it";
+    std::mt19937 rng(3);
+    std::normal_distribution<float> nd(0.0f, 3.0f);
+    auto want = [](float v) {
+        return uint32_t(std::bit_cast<uint32_t>(float(oracle_bf16(v))) >> 16);
+    };
+    for (int64_t K : {1, 2, 5, 31, 32, 33, 70})
+        for (int64_t lanes : {1, 7, 12, 16, 17, 32})
+            for (int layout = 0; layout < 3; ++layout) {
+                // x(k, l): lanes contiguous, k contiguous, or neither (strides 3 and 2 K + 1).
+                const int64_t ks = layout == 0 ? lanes + 2 : layout == 1 ? 1 : 3;
+                const int64_t ls = layout == 0 ? 1 : layout == 1 ? K + 2 : 2 * K + 1;
+                std::vector<float> x(size_t(K * ks + lanes * ls + 1));
+                for (float& v : x) v = nd(rng);
+                auto at = [&](int64_t k, int64_t l) { return x[size_t(k * ks + l * ls)]; };
+                const std::string where = "K " + std::to_string(K) + " lanes " +
+                                          std::to_string(lanes) + " layout " +
+                                          std::to_string(layout);
+                for (int width : {12, 32}) {
+                    if (lanes > width) continue;
+                    const int64_t n_pairs = (K + 1) / 2 + 1; // one pair of padding beyond
+                    std::vector<uint32_t> pairs(size_t(n_pairs * width), 0xdeadbeef);
+                    bf16::pack_pairs(x.data(), ks, ls, lanes, K, n_pairs, width, pairs.data());
+                    for (int64_t p = 0; p < n_pairs; ++p)
+                        for (int64_t l = 0; l < width; ++l) {
+                            const bool in = l < lanes;
+                            const uint32_t lo = in && 2 * p < K ? want(at(2 * p, l)) : 0;
+                            const uint32_t hi = in && 2 * p + 1 < K ? want(at(2 * p + 1, l)) : 0;
+                            ASSERT_EQ(pairs[size_t(p * width + l)], lo | hi << 16)
+                                << "pack_pairs width " << width << ", " << where << ", pair "
+                                << p << " lane " << l;
+                        }
+                }
+                // Rows panel: row r = lane r, padded to a multiple of 32 (AMX's k step).
+                const int64_t k_pad = (K + 31) / 32 * 32;
+                std::vector<uint16_t> rows(size_t(lanes * k_pad), 0xbeef);
+                bf16::pack_rows(x.data(), ls, ks, lanes, K, k_pad, rows.data());
+                for (int64_t r = 0; r < lanes; ++r)
+                    for (int64_t k = 0; k < k_pad; ++k)
+                        ASSERT_EQ(rows[size_t(r * k_pad + k)], k < K ? want(at(k, r)) : 0)
+                            << "pack_rows, " << where << ", row " << r << " k " << k;
+            }
+}
+
 // The path gemm_bf16 takes is the detected one, and gives its bits.
 TEST(Bf16Gemm, DefaultPathIsTheDetectedOne) {
     const Problem p(37, 45, 29, {false, true}, 99);

@@ -85,7 +85,7 @@ void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int
 void pack_pairs(const float* x, int64_t k_stride, int64_t lane_stride, int64_t lanes, int64_t K,
                 int64_t n_pairs, int width, uint32_t* dst);
 // Rows panel (AMX's A operand): dst[r * k_pad + k] = bf16 x(r, k) for r < rows, k < k_pad;
-// x(r, k) = x[r * row_stride + k * k_stride], zero where k >= K.
+// x(r, k) = x[r * row_stride + k * k_stride], zero where k >= K; k_pad even.
 void pack_rows(const float* x, int64_t row_stride, int64_t k_stride, int64_t rows, int64_t K,
                int64_t k_pad, uint16_t* dst);
 } // namespace bf16

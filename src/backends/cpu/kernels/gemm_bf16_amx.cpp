@@ -95,20 +95,24 @@ void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int
             const TileConfig cfg = tile_config(); // tile state is per thread
             _tile_loadconfig(&cfg);
             alignas(64) float edge[kBlock * kBlock]; // blocks that overhang c's edges
-            for (int64_t j = j0; j < j1; ++j) {
+            auto block = [&](int64_t i, int64_t j) {
+                const int64_t rows = std::min<int64_t>(kBlock, M - i * kBlock);
                 const int64_t cols = std::min<int64_t>(kBlock, N - j * kBlock);
-                for (int64_t i = m0; i < m1; ++i) {
-                    const int64_t rows = std::min<int64_t>(kBlock, M - i * kBlock);
-                    float* cb = c + i * kBlock * ldc + j * kBlock;
-                    const uint16_t* ap = apack + (i - m0) * block_size;
-                    if (rows == kBlock && cols == kBlock) {
-                        block_32x32(ap, bpack + j * panel_size, k_pad, cb, ldc);
-                        continue;
-                    }
-                    block_32x32(ap, bpack + j * panel_size, k_pad, edge, kBlock);
-                    for (int64_t r = 0; r < rows; ++r)
-                        std::memcpy(cb + r * ldc, edge + r * kBlock, size_t(cols) * 4);
-                }
+                float* cb = c + i * kBlock * ldc + j * kBlock;
+                const uint16_t* ap = apack + (i - m0) * block_size;
+                if (rows == kBlock && cols == kBlock)
+                    return block_32x32(ap, bpack + j * panel_size, k_pad, cb, ldc);
+                block_32x32(ap, bpack + j * panel_size, k_pad, edge, kBlock);
+                for (int64_t r = 0; r < rows; ++r)
+                    std::memcpy(cb + r * ldc, edge + r * kBlock, size_t(cols) * 4);
+            };
+            // As the AVX512_BF16 path: the smaller packed operand streams from L2.
+            if ((m1 - m0) * block_size > (j1 - j0) * panel_size * 2) {
+                for (int64_t i = m0; i < m1; ++i)
+                    for (int64_t j = j0; j < j1; ++j) block(i, j);
+            } else {
+                for (int64_t j = j0; j < j1; ++j)
+                    for (int64_t i = m0; i < m1; ++i) block(i, j);
             }
             _tile_release();
         }

@@ -39,6 +39,34 @@ inline __m512i cvt32(const float* x, int64_t n) {
     return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
+// r[i] (16 dwords each) becomes column i of the 16 x 16 matrix the rows r[0..15] held.
+inline void transpose16x16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    // Now 128-bit lane L of r[4g + c] is column 4L + c of rows 4g..4g+3: gather the lanes.
+    for (int c = 0; c < 4; ++c) {
+        t[c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);
+        t[4 + c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);
+        t[8 + c] = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+        t[12 + c] = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+    }
+    for (int c = 0; c < 4; ++c) {
+        r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
+        r[4 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xdd);
+        r[12 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0xdd);
+    }
+}
+
 } // namespace
 
 void pack_pairs(const float* x, int64_t k_stride, int64_t lane_stride, int64_t lanes, int64_t K,
@@ -57,17 +85,18 @@ void pack_pairs(const float* x, int64_t k_stride, int64_t lane_stride, int64_t l
         }
         return;
     }
-    if (k_stride == 1) { // k contiguous per lane: its pairs are adjacent; write them transposed
-        alignas(64) uint32_t tmp[16];
-        for (int l = 0; l < width; ++l) {
+    if (k_stride == 1) { // k contiguous per lane: 16 pairs of 16 lanes, then transposed
+        for (int l0 = 0; l0 < width; l0 += 16) {
+            const __mmask16 m = first_n(width - l0);
             for (int64_t p0 = 0; p0 < n_pairs; p0 += 16) {
+                __m512i r[16];
+                for (int i = 0; i < 16; ++i)
+                    r[i] = l0 + i < lanes ? cvt32(x + (l0 + i) * lane_stride + 2 * p0, K - 2 * p0)
+                                          : _mm512_setzero_si512();
+                transpose16x16(r);
                 const int64_t np = std::min<int64_t>(16, n_pairs - p0);
-                if (l < lanes)
-                    _mm512_store_si512(tmp, cvt32(x + l * lane_stride + 2 * p0, K - 2 * p0));
-                else
-                    std::memset(tmp, 0, sizeof tmp);
                 for (int64_t j = 0; j < np; ++j)
-                    dst[(p0 + j) * width + l] = tmp[j];
+                    _mm512_mask_storeu_epi32(dst + (p0 + j) * width + l0, m, r[j]);
             }
         }
         return;
@@ -94,17 +123,28 @@ void pack_rows(const float* x, int64_t row_stride, int64_t k_stride, int64_t row
                                          cvt32(x + r * row_stride + k0, K - k0));
         return;
     }
-    if (row_stride == 1) { // rows contiguous per k: convert 16 rows, write them transposed
-        alignas(32) uint16_t tmp[16];
-        for (int64_t k = 0; k < k_pad; ++k)
-            for (int64_t r0 = 0; r0 < rows; r0 += 16) {
-                const int64_t nr = std::min<int64_t>(16, rows - r0);
-                const __m512 v = k < K ? _mm512_maskz_loadu_ps(first_n(nr), x + k * k_stride + r0)
-                                       : _mm512_setzero_ps();
-                _mm256_store_si256((__m256i*)tmp, (__m256i)_mm512_cvtneps_pbh(v));
-                for (int64_t j = 0; j < nr; ++j)
-                    dst[(r0 + j) * k_pad + k] = tmp[j];
+    if (row_stride == 1) { // rows contiguous per k: pairs of 16 rows, then transposed
+        uint32_t* dst32 = reinterpret_cast<uint32_t*>(dst); // k_pad is even: rows of pairs
+        const int64_t n_pairs = k_pad / 2;
+        for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+            const __mmask16 m = first_n(rows - r0);
+            for (int64_t p0 = 0; p0 < n_pairs; p0 += 16) {
+                __m512i v[16];
+                for (int j = 0; j < 16; ++j) {
+                    const int64_t k = 2 * (p0 + j);
+                    const __m512 even = k < K ? _mm512_maskz_loadu_ps(m, x + k * k_stride + r0)
+                                              : _mm512_setzero_ps();
+                    const __m512 odd = k + 1 < K
+                                           ? _mm512_maskz_loadu_ps(m, x + (k + 1) * k_stride + r0)
+                                           : _mm512_setzero_ps();
+                    v[j] = cvt_interleave(even, odd);
+                }
+                transpose16x16(v);
+                const __mmask16 keep = first_n(n_pairs - p0);
+                for (int64_t i = 0; i < std::min<int64_t>(16, rows - r0); ++i)
+                    _mm512_mask_storeu_epi32(dst32 + (r0 + i) * n_pairs + p0, keep, v[i]);
             }
+        }
         return;
     }
     for (int64_t r = 0; r < rows; ++r)
@@ -190,17 +230,22 @@ void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_
             for (int64_t i = m0; i < m1; ++i)
                 pack_pairs(a + i * kMr * a_rs, a_cs, a_rs, std::min<int64_t>(kMr, M - i * kMr), K,
                            n_pairs, kMr, apack + (i - m0) * block_size);
-        // Each B panel (n_pairs x 32) stays in L1/L2 while this thread's row blocks pass by.
-        for (int64_t j = j0; j < j1; ++j) {
+        auto tile = [&](int64_t i, int64_t j) {
+            const int64_t rows = std::min<int64_t>(kMr, M - i * kMr);
             const int64_t cols = std::min<int64_t>(kNr, N - j * kNr);
             const int nv = cols > 16 ? 2 : 1;
-            const __mmask16 last = first_n(cols - 16 * (nv - 1));
-            for (int64_t i = m0; i < m1; ++i) {
-                const int64_t rows = std::min<int64_t>(kMr, M - i * kMr);
-                kKernels[rows - 1][nv - 1](n_pairs, apack + (i - m0) * block_size,
-                                           bpack + j * panel_size, c + i * kMr * ldc + j * kNr,
-                                           ldc, last);
-            }
+            kKernels[rows - 1][nv - 1](n_pairs, apack + (i - m0) * block_size,
+                                       bpack + j * panel_size, c + i * kMr * ldc + j * kNr, ldc,
+                                       first_n(cols - 16 * (nv - 1)));
+        };
+        // One operand's panel stays in L1 while the other's panels stream past from L2: the
+        // smaller of the two streams, so that it fits L2 (fc2's dW: 800 KB of A, 200 KB of B).
+        if ((m1 - m0) * block_size > (j1 - j0) * panel_size) {
+            for (int64_t i = m0; i < m1; ++i)
+                for (int64_t j = j0; j < j1; ++j) tile(i, j);
+        } else {
+            for (int64_t j = j0; j < j1; ++j)
+                for (int64_t i = m0; i < m1; ++i) tile(i, j);
         }
     }
 }
