@@ -42,13 +42,15 @@ inline void block_32x32(const uint16_t* ap, const uint32_t* bp, int64_t k_pad, f
     _tile_zero(2);
     _tile_zero(3);
     const int64_t a_stride = k_pad * 2; // bytes between A rows
+    // Each load just before its first use (the intrinsics are asm volatile: this is the order
+    // issued), so a tile's load overlaps the products still reading the other tiles.
     for (int64_t k0 = 0; k0 < k_pad; k0 += kTileK) {
         _tile_loadd(4, ap + k0, a_stride);
-        _tile_loadd(5, ap + 16 * k_pad + k0, a_stride);
         _tile_loadd(6, bp + k0 / 2 * kBlock, kBlock * 4);
-        _tile_loadd(7, bp + k0 / 2 * kBlock + 16, kBlock * 4);
         _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, bp + k0 / 2 * kBlock + 16, kBlock * 4);
         _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, ap + 16 * k_pad + k0, a_stride);
         _tile_dpbf16ps(2, 5, 6);
         _tile_dpbf16ps(3, 5, 7);
     }
@@ -67,31 +69,32 @@ void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int
     const int64_t n_panels = (N + kBlock - 1) / kBlock, m_blocks = (M + kBlock - 1) / kBlock;
     const int64_t panel_size = n_pairs * kBlock, block_size = kBlock * k_pad;
     threads = int(std::min<int64_t>(threads, m_blocks * n_panels));
-    const bool split_rows = (m_blocks + threads - 1) / threads * n_panels <=
-                            (n_panels + threads - 1) / threads * m_blocks;
+    static thread_local Scratch<uint16_t> a_scratch;
     static thread_local Scratch<uint32_t> b_scratch;
+    uint16_t* apack = a_scratch.get(size_t(m_blocks * block_size));
     uint32_t* bpack = b_scratch.get(size_t(n_panels * panel_size));
+    auto pack_a = [&](int64_t i) { // 32 rows, the ones past M zero
+        const int64_t rows = std::min<int64_t>(kBlock, M - i * kBlock);
+        uint16_t* dst = apack + i * block_size;
+        pack_rows(a + i * kBlock * a_rs, a_rs, a_cs, rows, K, k_pad, dst);
+        std::memset(dst + rows * k_pad, 0, size_t((kBlock - rows) * k_pad) * 2);
+    };
+    auto pack_b = [&](int64_t j) {
+        pack_pairs(b + j * kBlock * b_cs, b_rs, b_cs, std::min<int64_t>(kBlock, N - j * kBlock), K,
+                   n_pairs, kBlock, bpack + j * panel_size);
+    };
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        for (int64_t j = t; j < n_panels; j += nt)
-            pack_pairs(b + j * kBlock * b_cs, b_rs, b_cs, std::min<int64_t>(kBlock, N - j * kBlock),
-                       K, n_pairs, kBlock, bpack + j * panel_size);
+        const TileRange r = tile_range(m_blocks, n_panels, t, nt);
+        for (int64_t i = r.by_rows ? r.m0 : t; i < (r.by_rows ? r.m1 : m_blocks);
+             i += r.by_rows ? 1 : nt)
+            pack_a(i);
+        for (int64_t j = r.by_rows ? t : r.j0; j < (r.by_rows ? n_panels : r.j1);
+             j += r.by_rows ? nt : 1)
+            pack_b(j);
 #pragma omp barrier
-        int64_t m0 = 0, m1 = m_blocks, j0 = 0, j1 = n_panels;
-        if (split_rows)
-            m0 = m_blocks * t / nt, m1 = m_blocks * (t + 1) / nt;
-        else
-            j0 = n_panels * t / nt, j1 = n_panels * (t + 1) / nt;
-        if (m0 < m1 && j0 < j1) {
-            static thread_local Scratch<uint16_t> a_scratch;
-            uint16_t* apack = a_scratch.get(size_t((m1 - m0) * block_size));
-            for (int64_t i = m0; i < m1; ++i) {
-                const int64_t rows = std::min<int64_t>(kBlock, M - i * kBlock);
-                uint16_t* dst = apack + (i - m0) * block_size;
-                pack_rows(a + i * kBlock * a_rs, a_rs, a_cs, rows, K, k_pad, dst);
-                std::memset(dst + rows * k_pad, 0, size_t((kBlock - rows) * k_pad) * 2);
-            }
+        if (r.m0 < r.m1 && r.j0 < r.j1) {
             const TileConfig cfg = tile_config(); // tile state is per thread
             _tile_loadconfig(&cfg);
             alignas(64) float edge[kBlock * kBlock]; // blocks that overhang c's edges
@@ -99,20 +102,20 @@ void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int
                 const int64_t rows = std::min<int64_t>(kBlock, M - i * kBlock);
                 const int64_t cols = std::min<int64_t>(kBlock, N - j * kBlock);
                 float* cb = c + i * kBlock * ldc + j * kBlock;
-                const uint16_t* ap = apack + (i - m0) * block_size;
+                const uint16_t* ap = apack + i * block_size;
                 if (rows == kBlock && cols == kBlock)
                     return block_32x32(ap, bpack + j * panel_size, k_pad, cb, ldc);
                 block_32x32(ap, bpack + j * panel_size, k_pad, edge, kBlock);
-                for (int64_t r = 0; r < rows; ++r)
-                    std::memcpy(cb + r * ldc, edge + r * kBlock, size_t(cols) * 4);
+                for (int64_t rr = 0; rr < rows; ++rr)
+                    std::memcpy(cb + rr * ldc, edge + rr * kBlock, size_t(cols) * 4);
             };
-            // As the AVX512_BF16 path: the smaller packed operand streams from L2.
-            if ((m1 - m0) * block_size > (j1 - j0) * panel_size * 2) {
-                for (int64_t i = m0; i < m1; ++i)
-                    for (int64_t j = j0; j < j1; ++j) block(i, j);
+            // As the AVX512_BF16 path: the smaller packed operand (in bytes) streams from L2.
+            if ((r.m1 - r.m0) * block_size * 2 > (r.j1 - r.j0) * panel_size * 4) {
+                for (int64_t i = r.m0; i < r.m1; ++i)
+                    for (int64_t j = r.j0; j < r.j1; ++j) block(i, j);
             } else {
-                for (int64_t j = j0; j < j1; ++j)
-                    for (int64_t i = m0; i < m1; ++i) block(i, j);
+                for (int64_t j = r.j0; j < r.j1; ++j)
+                    for (int64_t i = r.m0; i < r.m1; ++i) block(i, j);
             }
             _tile_release();
         }

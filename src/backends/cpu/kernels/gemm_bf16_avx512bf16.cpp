@@ -198,6 +198,46 @@ constexpr auto make_kernels(std::integer_sequence<int, R...>) {
 }
 constexpr auto kKernels = make_kernels(std::make_integer_sequence<int, kMr>{});
 
+// The last panel's columns when there are at most kNarrow of them (the LM head's 65 = 2 x 32
+// + 1): c (rows x NC) with the 12 rows in the lanes and B's pair broadcast, so a column costs
+// one vdpbf16ps per pair instead of the 12 of a (mostly idle) 12 x 16 tile. U independent
+// sums per column hide the instruction's latency when NC is small.
+constexpr int kNarrow = 8;
+template <int NC>
+void column_kernel(int64_t n_pairs, const uint32_t* ap, const uint32_t* bp, float* c,
+                   int64_t ldc, int rows) {
+    constexpr int U = NC <= 2 ? 4 : NC <= 4 ? 2 : 1;
+    __m512 acc[U][NC];
+    for (int u = 0; u < U; ++u)
+        for (int n = 0; n < NC; ++n)
+            acc[u][n] = _mm512_setzero_ps();
+    auto step = [&](int u, int64_t p) {
+        const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi32(first_n(kMr), ap + p * kMr);
+        for (int n = 0; n < NC; ++n)
+            acc[u][n] = _mm512_dpbf16_ps(acc[u][n], a,
+                                         (__m512bh)_mm512_set1_epi32(int(bp[p * kNr + n])));
+    };
+    int64_t p = 0;
+    for (; p + U <= n_pairs; p += U)
+        for (int u = 0; u < U; ++u) step(u, p + u);
+    for (; p < n_pairs; ++p) step(0, p);
+    alignas(64) float out[16];
+    for (int n = 0; n < NC; ++n) {
+        for (int u = 1; u < U; ++u)
+            acc[0][n] = _mm512_add_ps(acc[0][n], acc[u][n]);
+        _mm512_store_ps(out, acc[0][n]);
+        for (int r = 0; r < rows; ++r)
+            c[r * ldc + n] = out[r];
+    }
+}
+
+using ColumnKernel = void (*)(int64_t, const uint32_t*, const uint32_t*, float*, int64_t, int);
+template <int... N>
+constexpr auto make_column_kernels(std::integer_sequence<int, N...>) {
+    return std::array<ColumnKernel, sizeof...(N)>{column_kernel<N + 1>...};
+}
+constexpr auto kColumnKernels = make_column_kernels(std::make_integer_sequence<int, kNarrow>{});
+
 } // namespace
 
 void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
@@ -207,45 +247,47 @@ void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_
     const int64_t n_panels = (N + kNr - 1) / kNr, m_blocks = (M + kMr - 1) / kMr;
     const int64_t panel_size = n_pairs * kNr, block_size = n_pairs * kMr;
     threads = int(std::min<int64_t>(threads, m_blocks * n_panels));
-    // Split rows or columns, whichever leaves the busiest thread the fewest micro-tiles.
-    const bool split_rows = (m_blocks + threads - 1) / threads * n_panels <=
-                            (n_panels + threads - 1) / threads * m_blocks;
-    static thread_local Scratch<uint32_t> b_scratch;
+    static thread_local Scratch<uint32_t> a_scratch, b_scratch;
+    uint32_t* apack = a_scratch.get(size_t(m_blocks * block_size));
     uint32_t* bpack = b_scratch.get(size_t(n_panels * panel_size));
+    auto pack_a = [&](int64_t i) {
+        pack_pairs(a + i * kMr * a_rs, a_cs, a_rs, std::min<int64_t>(kMr, M - i * kMr), K, n_pairs,
+                   kMr, apack + i * block_size);
+    };
+    auto pack_b = [&](int64_t j) {
+        pack_pairs(b + j * kNr * b_cs, b_rs, b_cs, std::min<int64_t>(kNr, N - j * kNr), K, n_pairs,
+                   kNr, bpack + j * panel_size);
+    };
+    auto tile = [&](int64_t i, int64_t j) {
+        const int64_t rows = std::min<int64_t>(kMr, M - i * kMr);
+        const int64_t cols = std::min<int64_t>(kNr, N - j * kNr);
+        const uint32_t* ap = apack + i * block_size;
+        const uint32_t* bp = bpack + j * panel_size;
+        float* cp = c + i * kMr * ldc + j * kNr;
+        if (cols <= kNarrow)
+            return kColumnKernels[cols - 1](n_pairs, ap, bp, cp, ldc, int(rows));
+        const int nv = cols > 16 ? 2 : 1;
+        kKernels[rows - 1][nv - 1](n_pairs, ap, bp, cp, ldc, first_n(cols - 16 * (nv - 1)));
+    };
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        for (int64_t j = t; j < n_panels; j += nt)
-            pack_pairs(b + j * kNr * b_cs, b_rs, b_cs, std::min<int64_t>(kNr, N - j * kNr), K,
-                       n_pairs, kNr, bpack + j * panel_size);
+        const TileRange r = tile_range(m_blocks, n_panels, t, nt);
+        for (int64_t i = r.by_rows ? r.m0 : t; i < (r.by_rows ? r.m1 : m_blocks);
+             i += r.by_rows ? 1 : nt)
+            pack_a(i);
+        for (int64_t j = r.by_rows ? t : r.j0; j < (r.by_rows ? n_panels : r.j1);
+             j += r.by_rows ? nt : 1)
+            pack_b(j);
 #pragma omp barrier
-        int64_t m0 = 0, m1 = m_blocks, j0 = 0, j1 = n_panels;
-        if (split_rows)
-            m0 = m_blocks * t / nt, m1 = m_blocks * (t + 1) / nt;
-        else
-            j0 = n_panels * t / nt, j1 = n_panels * (t + 1) / nt;
-        static thread_local Scratch<uint32_t> a_scratch;
-        uint32_t* apack = a_scratch.get(size_t(std::max<int64_t>(m1 - m0, 1) * block_size));
-        if (j0 < j1)
-            for (int64_t i = m0; i < m1; ++i)
-                pack_pairs(a + i * kMr * a_rs, a_cs, a_rs, std::min<int64_t>(kMr, M - i * kMr), K,
-                           n_pairs, kMr, apack + (i - m0) * block_size);
-        auto tile = [&](int64_t i, int64_t j) {
-            const int64_t rows = std::min<int64_t>(kMr, M - i * kMr);
-            const int64_t cols = std::min<int64_t>(kNr, N - j * kNr);
-            const int nv = cols > 16 ? 2 : 1;
-            kKernels[rows - 1][nv - 1](n_pairs, apack + (i - m0) * block_size,
-                                       bpack + j * panel_size, c + i * kMr * ldc + j * kNr, ldc,
-                                       first_n(cols - 16 * (nv - 1)));
-        };
         // One operand's panel stays in L1 while the other's panels stream past from L2: the
         // smaller of the two streams, so that it fits L2 (fc2's dW: 800 KB of A, 200 KB of B).
-        if ((m1 - m0) * block_size > (j1 - j0) * panel_size) {
-            for (int64_t i = m0; i < m1; ++i)
-                for (int64_t j = j0; j < j1; ++j) tile(i, j);
+        if ((r.m1 - r.m0) * block_size > (r.j1 - r.j0) * panel_size) {
+            for (int64_t i = r.m0; i < r.m1; ++i)
+                for (int64_t j = r.j0; j < r.j1; ++j) tile(i, j);
         } else {
-            for (int64_t j = j0; j < j1; ++j)
-                for (int64_t i = m0; i < m1; ++i) tile(i, j);
+            for (int64_t j = r.j0; j < r.j1; ++j)
+                for (int64_t i = r.m0; i < r.m1; ++i) tile(i, j);
         }
     }
 }
