@@ -71,8 +71,8 @@ const std::vector<FlagSpec> kFlags = {
     {"threads", Kind::integer, "CPU threads (default: all cores)"},
     {"device", Kind::str, "where the model trains: cpu | cuda | cuda:N (default cpu)"},
     {"dtype", Kind::str,
-     "compute precision on CUDA: f32 | tf32 | bf16 (bf16 autocast: bf16 matmuls and attention, "
-     "f32 master weights and optimizer state; default f32)"},
+     "compute precision: f32 | bf16 | tf32 (CUDA only). bf16 is autocast: bf16 matmuls (and "
+     "attention on CUDA) with f32 sums, f32 master weights and optimizer state; default f32"},
     {"log-every", Kind::integer, "progress line every N steps when not a terminal (default 10)"},
     {"save-every", Kind::integer, "also save a checkpoint every N steps (default: at the end)"},
     {"out", Kind::path, "checkpoint folder (default out)"},

@@ -4,6 +4,7 @@
 
 #include "backends/backend.h"
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/kernels/gemm_bf16.h"
 #ifdef FORGE_HAS_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
@@ -82,6 +83,36 @@ PrecisionScope::~PrecisionScope() {
     set_autocast_bf16(bf16_);
 }
 } // namespace cuda
+
+// -------------------------------------------------------------------- CPU bf16 autocast
+
+namespace {
+std::atomic<bool> g_cpu_autocast_bf16{false};
+}
+void set_cpu_autocast_bf16(bool on) { g_cpu_autocast_bf16.store(on); }
+bool cpu_autocast_bf16() { return g_cpu_autocast_bf16.load(); }
+std::string cpu_bf16_matmul_path() {
+    switch (cpu::bf16_gemm_kind()) {
+    case cpu::Bf16Gemm::amx: return "amx";
+    case cpu::Bf16Gemm::avx512_bf16: return "avx512_bf16";
+    case cpu::Bf16Gemm::none: break;
+    }
+    return "";
+}
+
+DevicePrecisionScope::DevicePrecisionScope(const std::string& precision, Device device)
+    : device_(device), cpu_bf16_(cpu_autocast_bf16()) {
+    if (device.type == DeviceType::cuda) {
+        cuda_.emplace(precision);
+        return;
+    }
+    FORGE_CHECK(precision == "f32" || precision == "bf16", "precision '", precision,
+                "' is not available on the CPU (expected f32 or bf16; tf32 is CUDA's)");
+    set_cpu_autocast_bf16(precision == "bf16");
+}
+DevicePrecisionScope::~DevicePrecisionScope() {
+    if (device_.type == DeviceType::cpu) set_cpu_autocast_bf16(cpu_bf16_);
+}
 
 #ifndef FORGE_HAS_CUDA
 // This build has no CUDA backend: no devices, nothing allocated.

@@ -273,9 +273,13 @@ TrainOptions TrainOptions::from_json(const std::string& text) {
 
 Trainer::Trainer(Transformer& model, TrainOptions opts) : model_(model), opts_(std::move(opts)) {
     opts_.validate();
-    FORGE_CHECK(opts_.dtype == "f32" || model_.device().type == DeviceType::cuda,
-                "[train] --dtype ", opts_.dtype, " runs on CUDA only; the model is on ",
-                model_.device().str(), " (add --device cuda, or use --dtype f32)");
+    if (model_.device().type == DeviceType::cpu) {
+        FORGE_CHECK(opts_.dtype != "tf32", "[train] --dtype tf32 runs on CUDA only; the model is "
+                    "on the CPU (add --device cuda, or use --dtype f32 or bf16)");
+        FORGE_CHECK(opts_.dtype != "bf16" || !cpu_bf16_matmul_path().empty(),
+                    "[train] --dtype bf16 on the CPU needs AVX512_BF16 or AMX-BF16, which this "
+                    "CPU lacks (use --dtype f32)");
+    }
     schedule_.kind = LrSchedule::parse_kind(opts_.schedule);
     schedule_.lr = opts_.lr;
     schedule_.min_lr = opts_.min_lr;
@@ -327,7 +331,7 @@ StepStats Trainer::train_step() {
     model_.train();
     const int64_t this_step = step_ + 1; // 1-based in messages, as the progress line counts
     const auto& params = opt_->params();
-    const cuda::PrecisionScope precision(opts_.dtype); // f32 outside the step
+    const DevicePrecisionScope precision(opts_.dtype, model_.device()); // f32 outside the step
     double loss_sum = 0;
     for (int64_t micro = 0; micro < opts_.grad_accum; ++micro) {
         auto [x, y] = sampler_->next(); // (B, T) each, on the host
@@ -380,7 +384,7 @@ double Trainer::eval_split(int64_t begin, int64_t end, uint64_t salt) {
 EvalStats Trainer::evaluate() {
     FORGE_CHECK(sampler_, "[train] no data: call set_data() first");
     NoGradGuard no_grad;
-    const cuda::PrecisionScope precision(opts_.dtype);
+    const DevicePrecisionScope precision(opts_.dtype, model_.device());
     model_.eval();
     EvalStats e;
     e.step = step_;

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace forge {
@@ -68,6 +69,36 @@ class PrecisionScope {
   private:
     bool tf32_, bf16_;
 };
+} // namespace cuda
+
+/// bf16 autocast for f32 matmuls on the CPU (mixed-precision training, as
+/// torch.autocast("cpu", torch.bfloat16) does for matmuls): operands rounded to bf16, products
+/// summed in f32, f32 output, on AMX-BF16 tiles or AVX512_BF16 dot products. Matmuls of at most
+/// 16 rows (decode steps) stay f32, and so do attention, norms, softmax, cross-entropy,
+/// element-wise ops, weights, gradients and optimizer state. Off by default.
+void set_cpu_autocast_bf16(bool on);
+bool cpu_autocast_bf16();
+/// This CPU's bf16 matmul path: "amx", "avx512_bf16", or "" when it has neither (autocast
+/// would then run plain loops, slower than f32, so training refuses --dtype bf16 there).
+std::string cpu_bf16_matmul_path();
+
+/// The numerics of f32 work, by name, on the device that does it: on CUDA "f32" (exact),
+/// "tf32" (TF32 matmuls) or "bf16" (cuda::set_autocast_bf16); on the CPU "f32" or "bf16"
+/// (set_cpu_autocast_bf16). RAII: applies one for a scope and restores the previous switches.
+class DevicePrecisionScope {
+  public:
+    DevicePrecisionScope(const std::string& precision, Device device);
+    ~DevicePrecisionScope();
+    DevicePrecisionScope(const DevicePrecisionScope&) = delete;
+    DevicePrecisionScope& operator=(const DevicePrecisionScope&) = delete;
+
+  private:
+    Device device_;
+    bool cpu_bf16_;
+    std::optional<cuda::PrecisionScope> cuda_;
+};
+
+namespace cuda {
 /// The GPU as the driver reports it (all zero / empty in a build without CUDA).
 struct DeviceProperties {
     std::string name;

@@ -42,9 +42,10 @@ struct TrainOptions {
     double momentum = 0.9;         ///< SGD only
     bool decay_embeddings = false; ///< also decay embedding tables (nanoGPT does)
     double grad_clip = 1.0;        ///< max global grad norm; 0 = off
-    /// Compute precision on CUDA (weights, gradients and optimizer state stay f32): "f32"
-    /// exact, "tf32" TF32 matmuls, "bf16" autocast (bf16 matmuls and attention, f32
-    /// accumulation; cuda::set_autocast_bf16). The CPU trains in f32 only.
+    /// Compute precision (weights, gradients and optimizer state stay f32): "f32" exact;
+    /// on CUDA "tf32" TF32 matmuls and "bf16" autocast (bf16 matmuls and attention, f32
+    /// accumulation; cuda::set_autocast_bf16); on the CPU "bf16" autocast of the matmuls
+    /// (set_cpu_autocast_bf16; needs AVX512_BF16 or AMX).
     std::string dtype = "f32";
 
     int64_t eval_every = 500;        ///< 0 = only at the end

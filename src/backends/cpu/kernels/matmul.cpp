@@ -10,6 +10,7 @@
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
+#include "backends/cpu/kernels/gemm_bf16.h"
 #include "backends/cpu/simd/nn_kernels.h"
 
 namespace forge::cpu {
@@ -137,6 +138,23 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
         for (int64_t i = 0; i < Bt; ++i)
             few_rows_f32(A, B, M, N, K, a.data<float>() + i * sa, b.data<float>() + i * sb,
                          out.data<float>() + i * M * N, threads);
+        return;
+    }
+    if (out.dtype() == DType::f32 && cpu_autocast_bf16()) {
+        // bf16 autocast (set_cpu_autocast_bf16): one gemm_bf16 per matrix, which splits its
+        // tiles over the threads itself; a batch of at least `threads` matrices goes one per
+        // thread instead.
+        const auto one = [&](int64_t i, int nt) {
+            gemm_bf16(M, N, K, a.data<float>() + i * sa, a.strides()[1], a.strides()[2],
+                      b.data<float>() + i * sb, b.strides()[1], b.strides()[2],
+                      out.data<float>() + i * M * N, N, nt);
+        };
+        if (Bt >= threads && threads > 1) {
+#pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < Bt; ++i) one(i, 1);
+        } else {
+            for (int64_t i = 0; i < Bt; ++i) one(i, threads);
+        }
         return;
     }
     visit_float(out.dtype(), [&]<typename T>() {
