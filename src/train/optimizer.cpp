@@ -315,30 +315,60 @@ void SGD::load_state_tensors(const std::map<std::string, Tensor>& state) {
 
 // ----------------------------------------------------------------------------- clipping
 
+namespace {
+// Sum of squares of one chunk in double, eight independent accumulators (summed in a fixed
+// order) so the additions pipeline instead of waiting on one another.
+double sum_squares(const float* d, int64_t n) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int j = 0; j < 8; ++j)
+            acc[j] += double(d[k + j]) * double(d[k + j]);
+    for (; k < n; ++k)
+        acc[0] += double(d[k]) * double(d[k]);
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+} // namespace
+
 GradNorm grad_norm(const std::vector<ParamRef>& params) {
     NoGradGuard no_grad;
+    // CPU f32 contiguous gradients: fixed chunks of kNormChunk elements, all parameters'
+    // chunks in one parallel region; per-parameter sums add their chunks in order, so the
+    // result does not depend on the thread count.
+    struct Chunk {
+        const float* d;
+        int64_t n;
+    };
+    std::vector<Chunk> chunks;
+    std::vector<size_t> first_chunk(params.size() + 1, 0);
+    std::vector<Tensor> grads(params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+        first_chunk[i] = chunks.size();
+        grads[i] = grad_of(params[i]);
+        const Tensor& g = grads[i];
+        if (g.defined() && g.device().type == DeviceType::cpu && g.dtype() == DType::f32 &&
+            g.is_contiguous())
+            for (int64_t lo = 0; lo < g.numel(); lo += kNormChunk)
+                chunks.push_back({g.data<float>() + lo, std::min(kNormChunk, g.numel() - lo)});
+    }
+    first_chunk[params.size()] = chunks.size();
+    std::vector<double> partial(chunks.size(), 0.0);
+    const int64_t total_elems = int64_t(chunks.size()) * kNormChunk;
+#pragma omp parallel for schedule(static) if (total_elems >= kParallelMin)
+    for (size_t c = 0; c < chunks.size(); ++c)
+        partial[c] = sum_squares(chunks[c].d, chunks[c].n);
+
     GradNorm out;
     double total = 0.0;
-    std::vector<double> partial;
     for (size_t i = 0; i < params.size(); ++i) {
-        Tensor g = grad_of(params[i]);
+        const Tensor& g = grads[i];
         if (!g.defined())
             continue;
         double sq = 0.0;
-        if (g.device().type == DeviceType::cpu && g.dtype() == DType::f32 && g.is_contiguous()) {
-            const float* d = g.data<float>();
-            const int64_t n = g.numel(), n_chunks = (n + kNormChunk - 1) / kNormChunk;
-            partial.assign(size_t(n_chunks), 0.0);
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-            for (int64_t c = 0; c < n_chunks; ++c) {
-                const int64_t lo = c * kNormChunk, hi = std::min(n, lo + kNormChunk);
-                double s = 0.0;
-                for (int64_t k = lo; k < hi; ++k)
-                    s += double(d[k]) * double(d[k]);
-                partial[size_t(c)] = s;
-            }
-            for (double s : partial)
-                sq += s;
+        if (first_chunk[i + 1] > first_chunk[i] || g.numel() == 0 ||
+            (g.device().type == DeviceType::cpu && g.dtype() == DType::f32 && g.is_contiguous())) {
+            for (size_t c = first_chunk[i]; c < first_chunk[i + 1]; ++c)
+                sq += partial[c];
         } else {
             Tensor g64 = g.to(DType::f64);
             sq = sum(mul(g64, g64)).item();

@@ -30,7 +30,7 @@ template <typename E> typename E::V sigmoid_v(typename E::V x) {
 template <UnaryOp op, typename E> typename E::V apply(typename E::V x) {
     using V = typename E::V;
     const V k0 = E::set1(0.7978845608028654f), k1 = E::set1(0.044715f);
-    const V half = E::set1(0.5f), one = E::set1(1.0f);
+    const V one = E::set1(1.0f);
     if constexpr (op == UnaryOp::exp) return E::exp(x);
     else if constexpr (op == UnaryOp::tanh) return tanh_v<E>(x);
     else if constexpr (op == UnaryOp::sigmoid) return sigmoid_v<E>(x);
@@ -38,16 +38,20 @@ template <UnaryOp op, typename E> typename E::V apply(typename E::V x) {
     else if constexpr (op == UnaryOp::silu_grad) { // s (1 + x (1 - s))
         V s = sigmoid_v<E>(x);
         return E::mul(s, E::fmadd(x, E::sub(one, s), one));
-    } else if constexpr (op == UnaryOp::gelu_tanh) { // 0.5 x (1 + tanh(k0 (x + k1 x^3)))
-        V u = E::mul(k0, E::fmadd(E::mul(k1, E::mul(x, x)), x, x));
-        return E::mul(E::mul(half, x), E::add(one, tanh_v<E>(u)));
-    } else { // gelu_tanh_grad: 0.5 (1 + t) + 0.5 x (1 - t^2) k0 (1 + 3 k1 x^2)
+    } else if constexpr (op == UnaryOp::gelu_tanh) {
+        // 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = k0 (x + k1 x^3): one exp and one divide,
+        // and no cancellation near 0 (1 + tanh(u) never subtracts).
+        V u2 = E::mul(E::set1(2.0f * 0.7978845608028654f), E::fmadd(E::mul(k1, E::mul(x, x)), x, x));
+        return E::div(x, E::add(one, E::exp(E::sub(E::zero(), u2))));
+    } else { // gelu_tanh_grad: 0.5 (1 + t) + 0.5 x (1 - t^2) u', with s = sigmoid(2u):
+        // 0.5 (1 + t) = s and 1 - t^2 = 4 s (1 - s), so s + 2 x s (1 - s) u'.
         static_assert(op == UnaryOp::gelu_tanh_grad);
         V x2 = E::mul(x, x);
-        V t = tanh_v<E>(E::mul(k0, E::fmadd(E::mul(k1, x2), x, x)));
+        V u2 = E::mul(E::set1(2.0f * 0.7978845608028654f), E::fmadd(E::mul(k1, x2), x, x));
+        V s = E::div(one, E::add(one, E::exp(E::sub(E::zero(), u2))));
         V du = E::mul(k0, E::fmadd(E::set1(3.0f * 0.044715f), x2, one));
-        V a = E::mul(half, E::add(one, t));
-        return E::fmadd(E::mul(E::mul(half, x), E::fnmadd(t, t, one)), du, a);
+        V xs = E::mul(E::add(x, x), s); // 2 x s
+        return E::fmadd(E::mul(xs, E::sub(one, s)), du, s);
     }
 }
 
