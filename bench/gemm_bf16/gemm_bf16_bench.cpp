@@ -2,13 +2,17 @@
 // C = 128, 768 tokens a step, vocab 65: forward, dX and dW products), at 1 and 2 threads, with
 // the ceilings measured here: a vdpbf16ps loop, an FMA loop and, where present, an AMX loop.
 // A plain program (its own main): one line per shape with medians side by side, and the GEMM
-// milliseconds of one training step. Usage: gemm_bf16_bench [--samples N]
+// milliseconds of one training step. Usage: [FORGE_BENCH_CPU_TIME=1] gemm_bf16_bench
+// [--samples N]; on Xeon guests whose CPUID OpenBLAS doesn't know, OPENBLAS_CORETYPE=SkylakeX
+// (docs/PERF.md, ## Matmul).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -31,23 +35,44 @@ double since(Clock::time_point t0) {
 }
 
 int g_samples = 11;
+bool g_cpu_time = false; // FORGE_BENCH_CPU_TIME=1: 1-thread rows timed by the thread's CPU time
 
-// Median GFLOP/s of f over g_samples samples, each long enough (>= 10 ms) to time well.
-template <typename F>
-double median_gflops(double flop, F&& f) {
-    f(); // warm caches, scratch buffers and the thread team
-    auto t0 = Clock::now();
-    f();
-    const int64_t per = std::max<int64_t>(1, int64_t(0.01 / std::max(since(t0), 1e-9)));
-    std::vector<double> rates;
-    for (int s = 0; s < g_samples; ++s) {
-        t0 = Clock::now();
-        for (int64_t i = 0; i < per; ++i)
-            f();
-        rates.push_back(flop * double(per) / since(t0) / 1e9);
+double thread_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// Median GFLOP/s of each of fns, sampled alternately (A/B/A/B...) so that load from other
+// tenants falls on all of them alike; each sample repeats a call for >= 10 ms.
+std::vector<double> median_gflops(double flop, int threads,
+                                  const std::vector<std::function<void()>>& fns) {
+    const bool cpu = g_cpu_time && threads == 1;
+    auto now = [cpu] {
+        return cpu ? thread_cpu_seconds()
+                   : std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+    };
+    std::vector<int64_t> per;
+    for (const auto& f : fns) { // warm caches, scratch buffers and the thread team; size samples
+        f();
+        const double t0 = now();
+        f();
+        per.push_back(std::max<int64_t>(1, int64_t(0.01 / std::max(now() - t0, 1e-9))));
     }
-    std::sort(rates.begin(), rates.end());
-    return rates[rates.size() / 2];
+    std::vector<std::vector<double>> rates(fns.size());
+    for (int s = 0; s < g_samples; ++s)
+        for (size_t i = 0; i < fns.size(); ++i) {
+            const double t0 = now();
+            for (int64_t r = 0; r < per[i]; ++r)
+                fns[i]();
+            rates[i].push_back(flop * double(per[i]) / (now() - t0) / 1e9);
+        }
+    std::vector<double> med;
+    for (auto& r : rates) {
+        std::sort(r.begin(), r.end());
+        med.push_back(r[r.size() / 2]);
+    }
+    return med;
 }
 
 // ---------------------------------------------------------------- ceilings
@@ -112,16 +137,23 @@ __attribute__((target("amx-tile,amx-bf16"))) float amx_loop(int64_t iters) {
     return out[0];
 }
 
-// GFLOP/s of `threads` threads each running loop(iters) at once; best of a few rounds.
+// GFLOP/s of `threads` threads each running loop(iters) at once, each timing itself (by its
+// CPU time under FORGE_BENCH_CPU_TIME=1), the rates summed; best of a few rounds.
 double peak(int threads, float (*loop)(int64_t), int64_t iters, double flop_per_iter) {
     double best = 0;
     volatile float sink = 0;
     for (int round = 0; round < 5; ++round) {
-        const auto t0 = Clock::now();
+        double rate = 0;
         float s = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : s)
-        s += loop(iters);
-        best = std::max(best, double(threads) * double(iters) * flop_per_iter / since(t0) / 1e9);
+#pragma omp parallel num_threads(threads) reduction(+ : s, rate)
+        {
+            const auto w0 = Clock::now();
+            const double c0 = thread_cpu_seconds();
+            s += loop(iters);
+            const double dt = g_cpu_time ? thread_cpu_seconds() - c0 : since(w0);
+            rate += double(iters) * flop_per_iter / dt / 1e9;
+        }
+        best = std::max(best, rate);
         sink = sink + s;
     }
     return best;
@@ -193,13 +225,16 @@ const char* path_name(Bf16Gemm k) {
 int main(int argc, char** argv) {
     for (int i = 1; i + 1 < argc; ++i)
         if (!std::strcmp(argv[i], "--samples")) g_samples = std::max(1, std::atoi(argv[++i]));
+    const char* cpu_env = std::getenv("FORGE_BENCH_CPU_TIME");
+    g_cpu_time = cpu_env && std::string(cpu_env) == "1";
     openblas_set_num_threads(1);
     if (!__builtin_cpu_supports("avx512f")) {
         std::printf("no AVX-512 here: the ceilings and bf16 paths this bench compares need it\n");
         return 0;
     }
     const Bf16Gemm best = forge::cpu::bf16_gemm_kind();
-    std::printf("bf16 path: %s; medians of %d samples\n\n", path_name(best), g_samples);
+    std::printf("bf16 path: %s; medians of %d samples; 1-thread rows timed by %s\n\n",
+                path_name(best), g_samples, g_cpu_time ? "thread CPU time" : "the wall clock");
 
     // Ceilings at 1 and 2 threads (the training box has 2 cores).
     double peak_fma[3] = {}, peak_dp[3] = {}, peak_amx[3] = {};
@@ -223,19 +258,21 @@ int main(int argc, char** argv) {
         for (const Shape& s : kShapes) {
             Operands o(s);
             const double flop = 2.0 * double(s.M) * double(s.N) * double(s.K);
-            const double g_s = median_gflops(flop, [&] { sgemm(s, o, threads); });
-            ms_sgemm += s.per_step * flop / g_s / 1e6;
-            std::printf("%-18s %4lld %4lld %4lld | %6.1f (%3.0f%%)", s.name, (long long)s.M,
-                        (long long)s.N, (long long)s.K, g_s, 100 * g_s / peak_fma[threads]);
-            for (size_t i = 0; i < paths.size(); ++i) {
-                const Bf16Gemm p = paths[i];
-                const double g = median_gflops(flop, [&] {
+            std::vector<std::function<void()>> fns = {[&] { sgemm(s, o, threads); }};
+            for (Bf16Gemm p : paths)
+                fns.push_back([&, p] {
                     forge::cpu::gemm_bf16_on(p, s.M, s.N, s.K, o.a.data(), o.a_rs, o.a_cs,
                                              o.b.data(), o.b_rs, o.b_cs, o.c.data(), s.N, threads);
                 });
-                ms_bf16[i] += s.per_step * flop / g / 1e6;
-                const double pk = p == Bf16Gemm::amx ? peak_amx[threads] : peak_dp[threads];
-                std::printf(" | %11.1f (%3.0f%%) %4.2f", g, pk > 0 ? 100 * g / pk : 0.0, g / g_s);
+            const std::vector<double> g = median_gflops(flop, threads, fns);
+            ms_sgemm += s.per_step * flop / g[0] / 1e6;
+            std::printf("%-18s %4lld %4lld %4lld | %6.1f (%3.0f%%)", s.name, (long long)s.M,
+                        (long long)s.N, (long long)s.K, g[0], 100 * g[0] / peak_fma[threads]);
+            for (size_t i = 0; i < paths.size(); ++i) {
+                const double pk = paths[i] == Bf16Gemm::amx ? peak_amx[threads] : peak_dp[threads];
+                ms_bf16[i] += s.per_step * flop / g[i + 1] / 1e6;
+                std::printf(" | %11.1f (%3.0f%%) %4.2f", g[i + 1], pk > 0 ? 100 * g[i + 1] / pk : 0.0,
+                            g[i + 1] / g[0]);
             }
             std::printf("\n");
         }
