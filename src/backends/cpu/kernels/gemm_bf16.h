@@ -67,15 +67,17 @@ class Scratch {
     size_t size_ = 0;
 };
 
-// One thread's share (t of nt) of a grid of m_blocks x n_panels micro-tiles: whole row blocks
-// or whole column panels, whichever leaves the busiest thread the fewest tiles (ties: rows).
-// The split operand is packed by the threads that use it; the other one in 1/nt shares.
+// One thread's share (t of nt) of c cut into blocks of mr rows and panels of nr columns:
+// whole row blocks or whole column panels, whichever leaves the busiest thread the smaller
+// area (ties: rows). The split operand is packed by the threads that use it, the other one in
+// 1/nt shares.
 struct TileRange {
-    int64_t m0, m1, j0, j1;
+    int64_t m0, m1, j0, j1; // row blocks [m0, m1), column panels [j0, j1)
     bool by_rows;
 };
-inline TileRange tile_range(int64_t m_blocks, int64_t n_panels, int t, int nt) {
-    const bool by_rows = (m_blocks + nt - 1) / nt * n_panels <= (n_panels + nt - 1) / nt * m_blocks;
+inline TileRange tile_range(int64_t M, int64_t N, int64_t mr, int64_t nr, int t, int nt) {
+    const int64_t m_blocks = (M + mr - 1) / mr, n_panels = (N + nr - 1) / nr;
+    const bool by_rows = (m_blocks + nt - 1) / nt * mr * N <= (n_panels + nt - 1) / nt * nr * M;
     if (by_rows) return {m_blocks * t / nt, m_blocks * (t + 1) / nt, 0, n_panels, true};
     return {0, m_blocks, n_panels * t / nt, n_panels * (t + 1) / nt, false};
 }

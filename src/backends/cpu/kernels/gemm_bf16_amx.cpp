@@ -86,7 +86,7 @@ void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const TileRange r = tile_range(m_blocks, n_panels, t, nt);
+        const TileRange r = tile_range(M, N, kBlock, kBlock, t, nt);
         for (int64_t i = r.by_rows ? r.m0 : t; i < (r.by_rows ? r.m1 : m_blocks);
              i += r.by_rows ? 1 : nt)
             pack_a(i);

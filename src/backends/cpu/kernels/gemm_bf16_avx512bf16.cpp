@@ -272,7 +272,7 @@ void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const TileRange r = tile_range(m_blocks, n_panels, t, nt);
+        const TileRange r = tile_range(M, N, kMr, kNr, t, nt);
         for (int64_t i = r.by_rows ? r.m0 : t; i < (r.by_rows ? r.m1 : m_blocks);
              i += r.by_rows ? 1 : nt)
             pack_a(i);
