@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +16,13 @@
 #include "backends/cpu/kernels/gemm_bf16.h"
 
 namespace forge::cpu {
+
+// The path's name in gtest's messages (found by argument-dependent lookup, hence outside the
+// anonymous namespace).
+void PrintTo(Bf16Gemm k, std::ostream* os) {
+    *os << (k == Bf16Gemm::amx ? "amx" : k == Bf16Gemm::avx512_bf16 ? "avx512_bf16" : "none");
+}
+
 namespace {
 
 // The oracle's rounding, written from the bf16 definition rather than shared with the kernel:

@@ -14,6 +14,9 @@
 namespace forge::cpu {
 
 /// Which bf16 path this CPU runs: none (plain loops), avx512_bf16 (vdpbf16ps), amx (AMX-BF16).
+/// What runs, not what pays: vdpbf16ps retires 2x the FLOPs of an f32 FMA on AMD Zen 4 but
+/// half of them on Intel Sapphire Rapids, where avx512_bf16 loses to sgemm and only amx wins
+/// (docs/PERF.md, ## bf16 GEMM).
 enum class Bf16Gemm { none, avx512_bf16, amx };
 
 /// Detected once: cpuid, the OS's saved-state support, and for AMX the Linux permission to use
