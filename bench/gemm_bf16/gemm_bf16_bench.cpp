@@ -3,8 +3,8 @@
 // the ceilings measured here: a vdpbf16ps loop, an FMA loop and, where present, an AMX loop.
 // A plain program (its own main): one line per shape with medians side by side, and the GEMM
 // milliseconds of one training step. Usage: [FORGE_BENCH_CPU_TIME=1] gemm_bf16_bench
-// [--samples N]; on Xeon guests whose CPUID OpenBLAS doesn't know, OPENBLAS_CORETYPE=SkylakeX
-// (docs/PERF.md, ## Matmul).
+// [--samples N] [--threads 1|2]; on Xeon guests whose CPUID OpenBLAS doesn't know,
+// OPENBLAS_CORETYPE=SkylakeX (docs/PERF.md, ## Matmul).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -191,11 +191,14 @@ const Shape kShapes[] = {
 struct Operands {
     std::vector<float> a, b, c;
     int64_t a_rs, a_cs, b_rs, b_cs;
-    explicit Operands(const Shape& s) : a(size_t(s.M * s.K)), b(size_t(s.K * s.N)), c(size_t(s.M * s.N)) {
+    explicit Operands(const Shape& s)
+        : a(size_t(s.M * s.K)), b(size_t(s.K * s.N)), c(size_t(s.M * s.N)) {
         std::mt19937 rng(42);
         std::normal_distribution<float> nd(0.0f, 1.0f);
-        for (float& x : a) x = nd(rng);
-        for (float& x : b) x = nd(rng);
+        for (float& x : a)
+            x = nd(rng);
+        for (float& x : b)
+            x = nd(rng);
         a_rs = s.a_t ? 1 : s.K, a_cs = s.a_t ? s.M : 1;
         b_rs = s.b_t ? 1 : s.N, b_cs = s.b_t ? s.K : 1;
     }
@@ -211,8 +214,8 @@ void sgemm(const Shape& s, Operands& o, int threads) {
         const int64_t rows = std::min(chunk, s.M - r0);
         const float* a0 = o.a.data() + (s.a_t ? r0 : r0 * s.K);
         cblas_sgemm(CblasRowMajor, s.a_t ? CblasTrans : CblasNoTrans,
-                    s.b_t ? CblasTrans : CblasNoTrans, int(rows), int(s.N), int(s.K), 1.0f, a0,
-                    lda, o.b.data(), ldb, 0.0f, o.c.data() + r0 * s.N, int(s.N));
+                    s.b_t ? CblasTrans : CblasNoTrans, int(rows), int(s.N), int(s.K), 1.0f, a0, lda,
+                    o.b.data(), ldb, 0.0f, o.c.data() + r0 * s.N, int(s.N));
     }
 }
 
@@ -223,8 +226,13 @@ const char* path_name(Bf16Gemm k) {
 } // namespace
 
 int main(int argc, char** argv) {
-    for (int i = 1; i + 1 < argc; ++i)
-        if (!std::strcmp(argv[i], "--samples")) g_samples = std::max(1, std::atoi(argv[++i]));
+    std::vector<int> thread_counts = {1, 2};
+    for (int i = 1; i + 1 < argc; ++i) {
+        if (!std::strcmp(argv[i], "--samples"))
+            g_samples = std::max(1, std::atoi(argv[++i]));
+        if (!std::strcmp(argv[i], "--threads"))
+            thread_counts = {std::clamp(std::atoi(argv[++i]), 1, 2)};
+    }
     const char* cpu_env = std::getenv("FORGE_BENCH_CPU_TIME");
     g_cpu_time = cpu_env && std::string(cpu_env) == "1";
     openblas_set_num_threads(1);
@@ -240,16 +248,19 @@ int main(int argc, char** argv) {
     double peak_fma[3] = {}, peak_dp[3] = {}, peak_amx[3] = {};
     for (int t : {1, 2}) {
         peak_fma[t] = peak(t, fma_loop, 1 << 20, 32.0 * 16);
-        if (best != Bf16Gemm::none) peak_dp[t] = peak(t, dpbf16_loop, 1 << 20, 64.0 * 16);
-        if (best == Bf16Gemm::amx) peak_amx[t] = peak(t, amx_loop, 1 << 18, 4 * 16.0 * 16 * 32 * 2);
+        if (best != Bf16Gemm::none)
+            peak_dp[t] = peak(t, dpbf16_loop, 1 << 20, 64.0 * 16);
+        if (best == Bf16Gemm::amx)
+            peak_amx[t] = peak(t, amx_loop, 1 << 18, 4 * 16.0 * 16 * 32 * 2);
         std::printf("peak GFLOP/s, %d thread(s): FMA f32 %.0f  vdpbf16ps %.0f  AMX %.0f\n", t,
                     peak_fma[t], peak_dp[t], peak_amx[t]);
     }
 
     // Paths timed: sgemm, the detected bf16 path, and AVX512_BF16 too on AMX machines.
     std::vector<Bf16Gemm> paths = {best};
-    if (best == Bf16Gemm::amx) paths.push_back(Bf16Gemm::avx512_bf16);
-    for (int threads : {1, 2}) {
+    if (best == Bf16Gemm::amx)
+        paths.push_back(Bf16Gemm::avx512_bf16);
+    for (int threads : thread_counts) {
         std::printf("\n%d thread(s)          M    N    K |  sgemm (%%FMA)", threads);
         for (Bf16Gemm p : paths)
             std::printf(" | %11s (%%pk)  x", path_name(p));
@@ -271,8 +282,8 @@ int main(int argc, char** argv) {
             for (size_t i = 0; i < paths.size(); ++i) {
                 const double pk = paths[i] == Bf16Gemm::amx ? peak_amx[threads] : peak_dp[threads];
                 ms_bf16[i] += s.per_step * flop / g[i + 1] / 1e6;
-                std::printf(" | %11.1f (%3.0f%%) %4.2f", g[i + 1], pk > 0 ? 100 * g[i + 1] / pk : 0.0,
-                            g[i + 1] / g[0]);
+                std::printf(" | %11.1f (%3.0f%%) %4.2f", g[i + 1],
+                            pk > 0 ? 100 * g[i + 1] / pk : 0.0, g[i + 1] / g[0]);
             }
             std::printf("\n");
         }

@@ -33,30 +33,32 @@ void gemm_bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, in
 /// gemm_bf16 on a given path (tests force the AVX512_BF16 path on AMX machines). The path must
 /// be one this CPU runs: `kind` <= bf16_gemm_kind(), all three being ordered by capability.
 void gemm_bf16_on(Bf16Gemm kind, int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
-                  int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* c,
-                  int64_t ldc, int threads);
+                  int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t ldc,
+                  int threads);
 
 /// f32 -> bf16 bits exactly as vcvtne2ps2bf16 does it: round to nearest even, NaN kept (made
 /// quiet), and f32 denormals flushed to a signed zero (unlike forge::f32_to_bf16, which keeps
 /// them), whatever MXCSR says.
 inline uint16_t f32_to_bf16_daz(float f) {
     const uint32_t x = std::bit_cast<uint32_t>(f);
-    if ((x & 0x7fffffff) > 0x7f800000) return uint16_t((x >> 16) | 0x40);
-    if ((x & 0x7f800000) == 0) return uint16_t((x >> 16) & 0x8000);
+    if ((x & 0x7fffffff) > 0x7f800000)
+        return uint16_t((x >> 16) | 0x40);
+    if ((x & 0x7f800000) == 0)
+        return uint16_t((x >> 16) & 0x8000);
     return uint16_t((x + 0x7fff + ((x >> 16) & 1)) >> 16);
 }
 
 namespace bf16 {
 // Grow-only 64-byte-aligned scratch for packed panels. Callers keep one per thread
 // (thread_local), so repeated GEMMs reuse warm pages instead of faulting in fresh ones.
-template <typename T>
-class Scratch {
+template <typename T> class Scratch {
   public:
     T* get(size_t n) {
         if (n > size_) {
             const size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
             buf_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-            if (!buf_) throw std::bad_alloc();
+            if (!buf_)
+                throw std::bad_alloc();
             size_ = n;
         }
         return buf_.get();
@@ -81,7 +83,8 @@ struct TileRange {
 inline TileRange tile_range(int64_t M, int64_t N, int64_t mr, int64_t nr, int t, int nt) {
     const int64_t m_blocks = (M + mr - 1) / mr, n_panels = (N + nr - 1) / nr;
     const bool by_rows = (m_blocks + nt - 1) / nt * mr * N <= (n_panels + nt - 1) / nt * nr * M;
-    if (by_rows) return {m_blocks * t / nt, m_blocks * (t + 1) / nt, 0, n_panels, true};
+    if (by_rows)
+        return {m_blocks * t / nt, m_blocks * (t + 1) / nt, 0, n_panels, true};
     return {0, m_blocks, n_panels * t / nt, n_panels * (t + 1) / nt, false};
 }
 
@@ -89,9 +92,9 @@ inline TileRange tile_range(int64_t M, int64_t N, int64_t mr, int64_t nr, int t,
 // contract as gemm_bf16.
 void gemm_generic(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
                   const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t ldc, int threads);
-void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
-                     int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* c,
-                     int64_t ldc, int threads);
+void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
+                     const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t ldc,
+                     int threads);
 void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
               const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t ldc, int threads);
 

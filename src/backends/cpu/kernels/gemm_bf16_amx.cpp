@@ -14,8 +14,8 @@ namespace forge::cpu::bf16 {
 
 namespace {
 
-constexpr int kBlock = 32;  // rows and columns of c per block (2 x 2 tiles)
-constexpr int kTileK = 32;  // k per tile step: 64 bytes of bf16 per A row, 16 pairs of B
+constexpr int kBlock = 32; // rows and columns of c per block (2 x 2 tiles)
+constexpr int kTileK = 32; // k per tile step: 64 bytes of bf16 per A row, 16 pairs of B
 
 // LDTILECFG's 64-byte operand: palette 1, then bytes per row and rows of each tile.
 struct alignas(64) TileConfig {
@@ -112,10 +112,12 @@ void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int
             // As the AVX512_BF16 path: the smaller packed operand (in bytes) streams from L2.
             if ((r.m1 - r.m0) * block_size * 2 > (r.j1 - r.j0) * panel_size * 4) {
                 for (int64_t i = r.m0; i < r.m1; ++i)
-                    for (int64_t j = r.j0; j < r.j1; ++j) block(i, j);
+                    for (int64_t j = r.j0; j < r.j1; ++j)
+                        block(i, j);
             } else {
                 for (int64_t j = r.j0; j < r.j1; ++j)
-                    for (int64_t i = r.m0; i < r.m1; ++i) block(i, j);
+                    for (int64_t i = r.m0; i < r.m1; ++i)
+                        block(i, j);
             }
             _tile_release();
         }
