@@ -111,20 +111,28 @@ class Bf16GemmPath : public ::testing::TestWithParam<Bf16Gemm> {
 };
 
 // Shapes: degenerate, odd K, every row tail of the 12-row micro-tile and column tails of the
-// 32-wide panels (AMX: 32 x 32 blocks, K in steps of 32), and the training shapes.
+// 32-wide panels (AMX: 32 x 32 blocks, K in steps of 32), and the training shapes; then 12
+// drawn at random (sides 1-100, fixed seed).
 struct Shape3 {
     int64_t M, N, K;
 };
-const Shape3 kShapes[] = {{1, 1, 1},      {1, 1, 2},      {2, 3, 1},     {3, 5, 7},
-                          {12, 32, 2},    {13, 33, 3},    {11, 17, 31},  {24, 64, 33},
-                          {25, 49, 65},   {31, 47, 95},   {33, 31, 64},  {7, 100, 129},
-                          {100, 7, 40},   {1, 70, 45},    {70, 1, 45},   {768, 65, 128},
-                          {64, 384, 128}, {128, 96, 768}, {65, 128, 300}};
+std::vector<Shape3> shapes() {
+    std::vector<Shape3> s = {{1, 1, 1},      {1, 1, 2},      {2, 3, 1},     {3, 5, 7},
+                             {12, 32, 2},    {13, 33, 3},    {11, 17, 31},  {24, 64, 33},
+                             {25, 49, 65},   {31, 47, 95},   {33, 31, 64},  {7, 100, 129},
+                             {100, 7, 40},   {1, 70, 45},    {70, 1, 45},   {768, 65, 128},
+                             {64, 384, 128}, {128, 96, 768}, {65, 128, 300}};
+    std::mt19937 rng(2024);
+    std::uniform_int_distribution<int64_t> side(1, 100);
+    for (int i = 0; i < 12; ++i)
+        s.push_back({side(rng), side(rng), side(rng)});
+    return s;
+}
 
 TEST_P(Bf16GemmPath, MatchesBf16OracleAndF32Product) {
     const Layout layouts[] = {{false, false}, {false, true}, {true, false}, {true, true}};
     uint64_t seed = 1;
-    for (const Shape3& s : kShapes)
+    for (const Shape3& s : shapes())
         for (const Layout& lay : layouts) {
             const Problem p(s.M, s.N, s.K, lay, seed++);
             std::vector<double> want, mag, want32, mag32;
