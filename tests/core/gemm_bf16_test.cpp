@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +16,13 @@
 #include "backends/cpu/kernels/gemm_bf16.h"
 
 namespace forge::cpu {
+
+// The path's name in gtest's messages (found by argument-dependent lookup, hence outside the
+// anonymous namespace).
+void PrintTo(Bf16Gemm k, std::ostream* os) {
+    *os << (k == Bf16Gemm::amx ? "amx" : k == Bf16Gemm::avx512_bf16 ? "avx512_bf16" : "none");
+}
+
 namespace {
 
 // The oracle's rounding, written from the bf16 definition rather than shared with the kernel:
@@ -23,10 +31,13 @@ namespace {
 double oracle_bf16(float x) {
     const uint32_t u = std::bit_cast<uint32_t>(x);
     const uint32_t exponent = (u >> 23) & 0xff, low = u & 0xffff;
-    if (exponent == 0xff && (u & 0x7fffff)) return std::numeric_limits<double>::quiet_NaN();
-    if (exponent == 0) return std::signbit(x) ? -0.0 : 0.0;
+    if (exponent == 0xff && (u & 0x7fffff))
+        return std::numeric_limits<double>::quiet_NaN();
+    if (exponent == 0)
+        return std::signbit(x) ? -0.0 : 0.0;
     uint32_t high = u & 0xffff0000u;
-    if (low > 0x8000 || (low == 0x8000 && (high & 0x10000))) high += 0x10000; // may carry to inf
+    if (low > 0x8000 || (low == 0x8000 && (high & 0x10000)))
+        high += 0x10000; // may carry to inf
     return double(std::bit_cast<float>(high));
 }
 
@@ -54,10 +65,12 @@ struct Problem {
         };
         auto set_a = fill(a, size_t(lay.a_col_major ? K * a_cs : M * a_rs));
         for (int64_t i = 0; i < M; ++i)
-            for (int64_t j = 0; j < K; ++j) set_a(size_t(i * a_rs + j * a_cs));
+            for (int64_t j = 0; j < K; ++j)
+                set_a(size_t(i * a_rs + j * a_cs));
         auto set_b = fill(b, size_t(lay.b_col_major ? N * b_cs : K * b_rs));
         for (int64_t i = 0; i < K; ++i)
-            for (int64_t j = 0; j < N; ++j) set_b(size_t(i * b_rs + j * b_cs));
+            for (int64_t j = 0; j < N; ++j)
+                set_b(size_t(i * b_rs + j * b_cs));
     }
     float av(int64_t m, int64_t k) const { return a[size_t(m * a_rs + k * a_cs)]; }
     float bv(int64_t k, int64_t n) const { return b[size_t(k * b_rs + n * b_cs)]; }
@@ -92,26 +105,34 @@ class Bf16GemmPath : public ::testing::TestWithParam<Bf16Gemm> {
   protected:
     void SetUp() override {
         if (int(GetParam()) > int(bf16_gemm_kind()))
-            GTEST_SKIP() << "this CPU runs bf16 path '" << name(bf16_gemm_kind())
-                         << "', not '" << name(GetParam()) << "'";
+            GTEST_SKIP() << "this CPU runs bf16 path '" << name(bf16_gemm_kind()) << "', not '"
+                         << name(GetParam()) << "'";
     }
 };
 
 // Shapes: degenerate, odd K, every row tail of the 12-row micro-tile and column tails of the
-// 32-wide panels (AMX: 32 x 32 blocks, K in steps of 32), and the training shapes.
+// 32-wide panels (AMX: 32 x 32 blocks, K in steps of 32), and the training shapes; then 12
+// drawn at random (sides 1-100, fixed seed).
 struct Shape3 {
     int64_t M, N, K;
 };
-const Shape3 kShapes[] = {
-    {1, 1, 1},     {1, 1, 2},    {2, 3, 1},     {3, 5, 7},      {12, 32, 2},   {13, 33, 3},
-    {11, 17, 31},  {24, 64, 33}, {25, 49, 65},  {31, 47, 95},   {33, 31, 64},  {7, 100, 129},
-    {100, 7, 40},  {1, 70, 45},  {70, 1, 45},   {768, 65, 128}, {64, 384, 128}, {128, 96, 768},
-    {65, 128, 300}};
+std::vector<Shape3> shapes() {
+    std::vector<Shape3> s = {{1, 1, 1},      {1, 1, 2},      {2, 3, 1},     {3, 5, 7},
+                             {12, 32, 2},    {13, 33, 3},    {11, 17, 31},  {24, 64, 33},
+                             {25, 49, 65},   {31, 47, 95},   {33, 31, 64},  {7, 100, 129},
+                             {100, 7, 40},   {1, 70, 45},    {70, 1, 45},   {768, 65, 128},
+                             {64, 384, 128}, {128, 96, 768}, {65, 128, 300}};
+    std::mt19937 rng(2024);
+    std::uniform_int_distribution<int64_t> side(1, 100);
+    for (int i = 0; i < 12; ++i)
+        s.push_back({side(rng), side(rng), side(rng)});
+    return s;
+}
 
 TEST_P(Bf16GemmPath, MatchesBf16OracleAndF32Product) {
     const Layout layouts[] = {{false, false}, {false, true}, {true, false}, {true, true}};
     uint64_t seed = 1;
-    for (const Shape3& s : kShapes)
+    for (const Shape3& s : shapes())
         for (const Layout& lay : layouts) {
             const Problem p(s.M, s.N, s.K, lay, seed++);
             std::vector<double> want, mag, want32, mag32;
@@ -120,11 +141,10 @@ TEST_P(Bf16GemmPath, MatchesBf16OracleAndF32Product) {
             const std::vector<float> c1 = p.run(GetParam(), 1);
             for (int threads : {1, 2, 3}) {
                 const std::vector<float> c = threads == 1 ? c1 : p.run(GetParam(), threads);
-                const std::string where = "shape " + std::to_string(s.M) + "x" +
-                                          std::to_string(s.N) + "x" + std::to_string(s.K) +
-                                          (lay.a_col_major ? " a^T" : "") +
-                                          (lay.b_col_major ? " b^T" : "") + " threads " +
-                                          std::to_string(threads);
+                const std::string where =
+                    "shape " + std::to_string(s.M) + "x" + std::to_string(s.N) + "x" +
+                    std::to_string(s.K) + (lay.a_col_major ? " a^T" : "") +
+                    (lay.b_col_major ? " b^T" : "") + " threads " + std::to_string(threads);
                 int bad = 0;
                 for (int64_t m = 0; m < s.M && bad < 5; ++m) {
                     for (int64_t n = 0; n < s.N; ++n) {
@@ -141,14 +161,15 @@ TEST_P(Bf16GemmPath, MatchesBf16OracleAndF32Product) {
                         // Each c element's sums don't depend on how the work was split.
                         if (threads > 1 && c[size_t(m * p.ldc + n)] != c1[size_t(m * p.ldc + n)] &&
                             bad++ < 5)
-                            ADD_FAILURE() << where << " c(" << m << "," << n
-                                          << ") differs from threads=1";
+                            ADD_FAILURE()
+                                << where << " c(" << m << "," << n << ") differs from threads=1";
                     }
                     for (int64_t n = s.N; n < p.ldc; ++n)
                         if (c[size_t(m * p.ldc + n)] != -7.0f && bad++ < 5)
                             ADD_FAILURE() << where << " wrote past column N at row " << m;
                 }
-                if (bad) return;
+                if (bad)
+                    return;
             }
         }
 }
@@ -157,12 +178,15 @@ TEST_P(Bf16GemmPath, MatchesBf16OracleAndF32Product) {
 // other operand all ones and K = 1, c holds bf16(x) exactly (1 * x is exact, the padding pairs
 // add 0). Values: random bit patterns (NaN, infinities, denormals included) and ties.
 TEST_P(Bf16GemmPath, RoundsLikeVcvtne2ps2bf16) {
-    std::vector<float> x = {0.0f, -0.0f, 1.0f, -1.5f,
+    std::vector<float> x = {0.0f,
+                            -0.0f,
+                            1.0f,
+                            -1.5f,
                             std::numeric_limits<float>::infinity(),
                             -std::numeric_limits<float>::infinity(),
                             std::numeric_limits<float>::quiet_NaN(),
-                            std::bit_cast<float>(0x7f800001u),  // signalling NaN
-                            std::bit_cast<float>(0x00000001u),  // denormals
+                            std::bit_cast<float>(0x7f800001u), // signalling NaN
+                            std::bit_cast<float>(0x00000001u), // denormals
                             std::bit_cast<float>(0x807fffffu),
                             std::bit_cast<float>(0x00800000u),  // smallest normal
                             std::bit_cast<float>(0x3f808000u),  // tie, even below: down
@@ -181,10 +205,10 @@ TEST_P(Bf16GemmPath, RoundsLikeVcvtne2ps2bf16) {
         for (int64_t i = 0; i < n; ++i) {
             const double want = oracle_bf16(x[size_t(i)]);
             const float got = c[size_t(i)];
-            const bool same = std::isnan(want) ? std::isnan(got)
-                              : bits ? std::bit_cast<uint32_t>(got) ==
-                                           std::bit_cast<uint32_t>(float(want))
-                                     : got == float(want);
+            const bool same =
+                std::isnan(want) ? std::isnan(got)
+                : bits ? std::bit_cast<uint32_t>(got) == std::bit_cast<uint32_t>(float(want))
+                       : got == float(want);
             ASSERT_TRUE(same) << what << ": bf16(" << std::hex
                               << std::bit_cast<uint32_t>(x[size_t(i)]) << ") gave "
                               << std::bit_cast<uint32_t>(c[size_t(i)]) << ", want "
@@ -231,13 +255,15 @@ TEST(Bf16GemmPack, MatchesScalarRounding) {
                 const int64_t ks = layout == 0 ? lanes + 2 : layout == 1 ? 1 : 3;
                 const int64_t ls = layout == 0 ? 1 : layout == 1 ? K + 2 : 2 * K + 1;
                 std::vector<float> x(size_t(K * ks + lanes * ls + 1));
-                for (float& v : x) v = nd(rng);
+                for (float& v : x)
+                    v = nd(rng);
                 auto at = [&](int64_t k, int64_t l) { return x[size_t(k * ks + l * ls)]; };
                 const std::string where = "K " + std::to_string(K) + " lanes " +
                                           std::to_string(lanes) + " layout " +
                                           std::to_string(layout);
                 for (int width : {12, 32}) {
-                    if (lanes > width) continue;
+                    if (lanes > width)
+                        continue;
                     const int64_t n_pairs = (K + 1) / 2 + 1; // one pair of padding beyond
                     std::vector<uint32_t> pairs(size_t(n_pairs * width), 0xdeadbeef);
                     bf16::pack_pairs(x.data(), ks, ls, lanes, K, n_pairs, width, pairs.data());
@@ -247,8 +273,8 @@ TEST(Bf16GemmPack, MatchesScalarRounding) {
                             const uint32_t lo = in && 2 * p < K ? want(at(2 * p, l)) : 0;
                             const uint32_t hi = in && 2 * p + 1 < K ? want(at(2 * p + 1, l)) : 0;
                             ASSERT_EQ(pairs[size_t(p * width + l)], lo | hi << 16)
-                                << "pack_pairs width " << width << ", " << where << ", pair "
-                                << p << " lane " << l;
+                                << "pack_pairs width " << width << ", " << where << ", pair " << p
+                                << " lane " << l;
                         }
                 }
                 // Rows panel: row r = lane r, padded to a multiple of 32 (AMX's k step).

@@ -23,14 +23,16 @@ namespace {
 // XCR0: the register states the OS saves on a context switch (needs CPUID.1:ECX.OSXSAVE).
 uint64_t xcr0() {
     unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27))) return 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27)))
+        return 0;
     uint32_t lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return uint64_t(hi) << 32 | lo;
 }
 
 bool has_avx512_bf16() {
-    if (nn::best_isa() != nn::Isa::avx512) return false; // F, BW, VL, DQ with OS support
+    if (nn::best_isa() != nn::Isa::avx512)
+        return false; // F, BW, VL, DQ with OS support
     unsigned eax, ebx, ecx, edx;
     return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5));
 }
@@ -39,9 +41,12 @@ bool has_avx512_bf16() {
 // then Linux's per-process permission for the 8 KiB of tile data per thread (kernel >= 5.16).
 bool amx_usable() {
     unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-    if (!(edx & (1u << 24)) || !(edx & (1u << 22))) return false;
-    if ((xcr0() & (3ull << 17)) != (3ull << 17)) return false;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+        return false;
+    if (!(edx & (1u << 24)) || !(edx & (1u << 22)))
+        return false;
+    if ((xcr0() & (3ull << 17)) != (3ull << 17))
+        return false;
     constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
     return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
@@ -50,15 +55,16 @@ bool amx_usable() {
 
 Bf16Gemm bf16_gemm_kind() {
     static const Bf16Gemm kind = [] {
-        if (!has_avx512_bf16()) return Bf16Gemm::none; // AMX paths pack with AVX512_BF16 too
+        if (!has_avx512_bf16())
+            return Bf16Gemm::none; // AMX paths pack with AVX512_BF16 too
         return amx_usable() ? Bf16Gemm::amx : Bf16Gemm::avx512_bf16;
     }();
     return kind;
 }
 
 void gemm_bf16_on(Bf16Gemm kind, int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
-                  int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* c,
-                  int64_t ldc, int threads) {
+                  int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t ldc,
+                  int threads) {
     FORGE_ASSERT(int(kind) <= int(bf16_gemm_kind()));
     FORGE_ASSERT(M >= 1 && N >= 1 && K >= 1 && ldc >= N);
     threads = std::max(1, threads);

@@ -5,7 +5,13 @@
 #include <algorithm>
 #include <cstring>
 
+// GCC 12 warns inside avx512fintrin.h about the _mm512_undefined_*() of its own intrinsics
+// (GCC bug 105593); the state that counts is the one at the header's lines.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #include <omp.h>
 
 #include "backends/cpu/kernels/gemm_bf16.h"
@@ -14,8 +20,8 @@ namespace forge::cpu::bf16 {
 
 namespace {
 
-constexpr int kBlock = 32;  // rows and columns of c per block (2 x 2 tiles)
-constexpr int kTileK = 32;  // k per tile step: 64 bytes of bf16 per A row, 16 pairs of B
+constexpr int kBlock = 32; // rows and columns of c per block (2 x 2 tiles)
+constexpr int kTileK = 32; // k per tile step: 64 bytes of bf16 per A row, 16 pairs of B
 
 // LDTILECFG's 64-byte operand: palette 1, then bytes per row and rows of each tile.
 struct alignas(64) TileConfig {
@@ -86,7 +92,7 @@ void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const TileRange r = tile_range(m_blocks, n_panels, t, nt);
+        const TileRange r = tile_range(M, N, kBlock, kBlock, t, nt);
         for (int64_t i = r.by_rows ? r.m0 : t; i < (r.by_rows ? r.m1 : m_blocks);
              i += r.by_rows ? 1 : nt)
             pack_a(i);
@@ -112,10 +118,12 @@ void gemm_amx(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int
             // As the AVX512_BF16 path: the smaller packed operand (in bytes) streams from L2.
             if ((r.m1 - r.m0) * block_size * 2 > (r.j1 - r.j0) * panel_size * 4) {
                 for (int64_t i = r.m0; i < r.m1; ++i)
-                    for (int64_t j = r.j0; j < r.j1; ++j) block(i, j);
+                    for (int64_t j = r.j0; j < r.j1; ++j)
+                        block(i, j);
             } else {
                 for (int64_t j = r.j0; j < r.j1; ++j)
-                    for (int64_t i = r.m0; i < r.m1; ++i) block(i, j);
+                    for (int64_t i = r.m0; i < r.m1; ++i)
+                        block(i, j);
             }
             _tile_release();
         }

@@ -3,10 +3,15 @@
 // packing the AMX path uses. Compiled with -mavx512bf16; called only where cpuid says so.
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <utility>
 
+// GCC 12 warns inside avx512fintrin.h about the _mm512_undefined_*() of its own intrinsics
+// (GCC bug 105593); the state that counts is the one at the header's lines.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #include <omp.h>
 
 #include "backends/cpu/kernels/gemm_bf16.h"
@@ -25,8 +30,8 @@ inline __mmask16 first_n(int64_t n) {
 // 32 bf16 from rows k (even) and k+1 (odd), 16 lanes each, as 16 (even, odd) pairs: the
 // conversion puts even in the low 256 bits and odd in the high; the permute interleaves them.
 inline __m512i cvt_interleave(__m512 even, __m512 odd) {
-    alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                  21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+    alignas(64) static const uint16_t kIdx[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
+                                                  21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
                                                   11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
     const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(odd, even);
     return _mm512_permutexvar_epi16(_mm512_load_si512(kIdx), h);
@@ -77,8 +82,10 @@ void pack_pairs(const float* x, int64_t k_stride, int64_t lane_stride, int64_t l
             for (int l0 = 0; l0 < width; l0 += 16) {
                 const __mmask16 m = first_n(lanes - l0);
                 __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
-                if (m && k < K) even = _mm512_maskz_loadu_ps(m, x + k * k_stride + l0);
-                if (m && k + 1 < K) odd = _mm512_maskz_loadu_ps(m, x + (k + 1) * k_stride + l0);
+                if (m && k < K)
+                    even = _mm512_maskz_loadu_ps(m, x + k * k_stride + l0);
+                if (m && k + 1 < K)
+                    odd = _mm512_maskz_loadu_ps(m, x + (k + 1) * k_stride + l0);
                 _mm512_mask_storeu_epi32(dst + p * width + l0, first_n(width - l0),
                                          cvt_interleave(even, odd));
             }
@@ -105,7 +112,8 @@ void pack_pairs(const float* x, int64_t k_stride, int64_t lane_stride, int64_t l
         for (int l = 0; l < width; ++l) {
             const int64_t k = 2 * p;
             const bool in = l < lanes;
-            const uint32_t even = in && k < K ? f32_to_bf16_daz(x[k * k_stride + l * lane_stride]) : 0;
+            const uint32_t even =
+                in && k < K ? f32_to_bf16_daz(x[k * k_stride + l * lane_stride]) : 0;
             const uint32_t odd =
                 in && k + 1 < K ? f32_to_bf16_daz(x[(k + 1) * k_stride + l * lane_stride]) : 0;
             dst[p * width + l] = even | odd << 16;
@@ -157,8 +165,8 @@ namespace {
 // c (MR x 16*NV, row stride ldc) = A panel (n_pairs x kMr pairs) * B panel (n_pairs x kNr
 // pairs); the last vector of each row stores only the columns in `last`.
 template <int MR, int NV>
-void micro_kernel(int64_t n_pairs, const uint32_t* ap, const uint32_t* bp, float* c,
-                  int64_t ldc, __mmask16 last) {
+void micro_kernel(int64_t n_pairs, const uint32_t* ap, const uint32_t* bp, float* c, int64_t ldc,
+                  __mmask16 last) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r)
@@ -187,12 +195,10 @@ void micro_kernel(int64_t n_pairs, const uint32_t* ap, const uint32_t* bp, float
     }
 }
 
-using MicroKernel = void (*)(int64_t, const uint32_t*, const uint32_t*, float*, int64_t,
-                             __mmask16);
+using MicroKernel = void (*)(int64_t, const uint32_t*, const uint32_t*, float*, int64_t, __mmask16);
 
 // kernels[rows - 1][vectors - 1]: row tails get kernels of fewer rows, not padded work.
-template <int... R>
-constexpr auto make_kernels(std::integer_sequence<int, R...>) {
+template <int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
     return std::array<std::array<MicroKernel, 2>, sizeof...(R)>{
         {{micro_kernel<R + 1, 1>, micro_kernel<R + 1, 2>}...}};
 }
@@ -204,8 +210,8 @@ constexpr auto kKernels = make_kernels(std::make_integer_sequence<int, kMr>{});
 // sums per column hide the instruction's latency when NC is small.
 constexpr int kNarrow = 8;
 template <int NC>
-void column_kernel(int64_t n_pairs, const uint32_t* ap, const uint32_t* bp, float* c,
-                   int64_t ldc, int rows) {
+void column_kernel(int64_t n_pairs, const uint32_t* ap, const uint32_t* bp, float* c, int64_t ldc,
+                   int rows) {
     constexpr int U = NC <= 2 ? 4 : NC <= 4 ? 2 : 1;
     __m512 acc[U][NC];
     for (int u = 0; u < U; ++u)
@@ -214,13 +220,15 @@ void column_kernel(int64_t n_pairs, const uint32_t* ap, const uint32_t* bp, floa
     auto step = [&](int u, int64_t p) {
         const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi32(first_n(kMr), ap + p * kMr);
         for (int n = 0; n < NC; ++n)
-            acc[u][n] = _mm512_dpbf16_ps(acc[u][n], a,
-                                         (__m512bh)_mm512_set1_epi32(int(bp[p * kNr + n])));
+            acc[u][n] =
+                _mm512_dpbf16_ps(acc[u][n], a, (__m512bh)_mm512_set1_epi32(int(bp[p * kNr + n])));
     };
     int64_t p = 0;
     for (; p + U <= n_pairs; p += U)
-        for (int u = 0; u < U; ++u) step(u, p + u);
-    for (; p < n_pairs; ++p) step(0, p);
+        for (int u = 0; u < U; ++u)
+            step(u, p + u);
+    for (; p < n_pairs; ++p)
+        step(0, p);
     alignas(64) float out[16];
     for (int n = 0; n < NC; ++n) {
         for (int u = 1; u < U; ++u)
@@ -232,17 +240,16 @@ void column_kernel(int64_t n_pairs, const uint32_t* ap, const uint32_t* bp, floa
 }
 
 using ColumnKernel = void (*)(int64_t, const uint32_t*, const uint32_t*, float*, int64_t, int);
-template <int... N>
-constexpr auto make_column_kernels(std::integer_sequence<int, N...>) {
+template <int... N> constexpr auto make_column_kernels(std::integer_sequence<int, N...>) {
     return std::array<ColumnKernel, sizeof...(N)>{column_kernel<N + 1>...};
 }
 constexpr auto kColumnKernels = make_column_kernels(std::make_integer_sequence<int, kNarrow>{});
 
 } // namespace
 
-void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
-                     int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs, float* c,
-                     int64_t ldc, int threads) {
+void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
+                     const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t ldc,
+                     int threads) {
     const int64_t n_pairs = (K + 1) / 2; // odd K: the last pair's odd half is zero
     const int64_t n_panels = (N + kNr - 1) / kNr, m_blocks = (M + kMr - 1) / kMr;
     const int64_t panel_size = n_pairs * kNr, block_size = n_pairs * kMr;
@@ -272,7 +279,7 @@ void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const TileRange r = tile_range(m_blocks, n_panels, t, nt);
+        const TileRange r = tile_range(M, N, kMr, kNr, t, nt);
         for (int64_t i = r.by_rows ? r.m0 : t; i < (r.by_rows ? r.m1 : m_blocks);
              i += r.by_rows ? 1 : nt)
             pack_a(i);
@@ -284,10 +291,12 @@ void gemm_avx512bf16(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_
         // smaller of the two streams, so that it fits L2 (fc2's dW: 800 KB of A, 200 KB of B).
         if ((r.m1 - r.m0) * block_size > (r.j1 - r.j0) * panel_size) {
             for (int64_t i = r.m0; i < r.m1; ++i)
-                for (int64_t j = r.j0; j < r.j1; ++j) tile(i, j);
+                for (int64_t j = r.j0; j < r.j1; ++j)
+                    tile(i, j);
         } else {
             for (int64_t j = r.j0; j < r.j1; ++j)
-                for (int64_t i = r.m0; i < r.m1; ++i) tile(i, j);
+                for (int64_t i = r.m0; i < r.m1; ++i)
+                    tile(i, j);
         }
     }
 }
