@@ -5,6 +5,7 @@
 #include "backends/backend.h"
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/kernels/gemm_bf16.h"
+#include "backends/profiling_backend.h"
 #ifdef FORGE_HAS_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
@@ -29,7 +30,8 @@ void register_backend(DeviceType type, Backend* backend) { g_backends[int(type)]
 
 Backend& backend_for(Device device) {
     if (device.type == DeviceType::cpu)
-        return t_reference_kernels ? static_cast<Backend&>(ref_cpu()) : fast_cpu();
+        return t_reference_kernels ? static_cast<Backend&>(ref_cpu())
+                                   : detail::maybe_profiled(fast_cpu());
     Backend* b = g_backends[int(device.type)];
 #ifdef FORGE_HAS_CUDA
     if (!b && device.type == DeviceType::cuda) b = &cuda::backend();

@@ -1,0 +1,176 @@
+// The FORGE_PROFILE kernel timer (profiling_backend.h).
+#include "backends/profiling_backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <forge/core/tensor.h>
+
+namespace forge::detail {
+
+namespace {
+
+const char* unary_name(UnaryOp op) {
+    static const char* names[] = {"neg",       "exp",           "log",           "sqrt",
+                                  "rsqrt",     "tanh",          "sigmoid",       "relu",
+                                  "abs",       "gelu_tanh",     "gelu_erf",      "silu",
+                                  "gelu_tanh_grad", "gelu_erf_grad", "silu_grad", "add_scalar",
+                                  "mul_scalar", "pow_scalar",   "rsub_scalar"};
+    return names[int(op)];
+}
+const char* binary_name(BinaryOp op) {
+    static const char* names[] = {"add", "sub", "mul", "div", "maximum", "eq", "gt", "lt"};
+    return names[int(op)];
+}
+
+class ProfilingBackend final : public Backend {
+    struct Stat {
+        int64_t calls = 0;
+        double ms = 0;
+    };
+
+    template <typename F> auto timed(const std::string& key, F&& f) {
+        const auto t0 = std::chrono::steady_clock::now();
+        struct Record { // records on scope exit, also when f returns a value
+            ProfilingBackend* self;
+            const std::string& key;
+            std::chrono::steady_clock::time_point t0;
+            ~Record() {
+                const double ms = std::chrono::duration<double, std::milli>(
+                                      std::chrono::steady_clock::now() - t0)
+                                      .count();
+                std::lock_guard<std::mutex> lock(self->mu_);
+                Stat& s = self->stats_[key];
+                ++s.calls;
+                s.ms += ms;
+            }
+        } record{this, key, t0};
+        return f();
+    }
+
+
+  public:
+    explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
+    ~ProfilingBackend() override { report(); }
+
+    const char* name() const override { return inner_.name(); }
+    std::shared_ptr<Storage> allocate(size_t n, Device d) override {
+        return timed("allocate", [&] { return inner_.allocate(n, d); });
+    }
+    void copy(const Tensor& s, const Tensor& d) override {
+        timed(s.is_contiguous() && d.is_contiguous() ? "copy (contiguous)" : "copy (strided)",
+              [&] { inner_.copy(s, d); });
+    }
+    void fill(const Tensor& d, double v) override { timed("fill", [&] { inner_.fill(d, v); }); }
+    void random(const Tensor& d, RandomKind k, uint64_t s, double a, double b) override {
+        timed("random", [&] { inner_.random(d, k, s, a, b); });
+    }
+    void unary(UnaryOp op, const Tensor& x, const Tensor& o, double alpha) override {
+        timed(std::string("unary ") + unary_name(op), [&] { inner_.unary(op, x, o, alpha); });
+    }
+    void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& o) override {
+        timed(std::string("binary ") + binary_name(op), [&] { inner_.binary(op, a, b, o); });
+    }
+    void where(const Tensor& c, const Tensor& a, const Tensor& b, const Tensor& o) override {
+        timed("where", [&] { inner_.where(c, a, b, o); });
+    }
+    void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims,
+                const Tensor& o) override {
+        timed(op == ReduceOp::sum ? "reduce sum" : "reduce max",
+              [&] { inner_.reduce(op, x, dims, o); });
+    }
+    void matmul(const Tensor& a, const Tensor& b, const Tensor& o) override {
+        // Keyed by shape: (batch x) M x K x N.
+        std::string key = "matmul " + std::to_string(a.size(1)) + "x" + std::to_string(a.size(2)) +
+                          "x" + std::to_string(b.size(2));
+        if (a.size(0) > 1) key += " (batch " + std::to_string(a.size(0)) + ")";
+        timed(key, [&] { inner_.matmul(a, b, o); });
+    }
+    void softmax(const Tensor& x, const Tensor& o, bool log) override {
+        timed("softmax", [&] { inner_.softmax(x, o, log); });
+    }
+    void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                    const Tensor& o, const Tensor& m, const Tensor& r) override {
+        timed("layer_norm", [&] { inner_.layer_norm(x, w, b, eps, o, m, r); });
+    }
+    void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                             const Tensor& m, const Tensor& r, const Tensor& dx,
+                             const Tensor& dw, const Tensor& db) override {
+        timed("layer_norm_backward",
+              [&] { inner_.layer_norm_backward(dy, x, w, m, r, dx, dw, db); });
+    }
+    void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& o,
+                  const Tensor& r) override {
+        timed("rms_norm", [&] { inner_.rms_norm(x, w, eps, o, r); });
+    }
+    void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& r,
+                           const Tensor& dx, const Tensor& dw) override {
+        timed("rms_norm_backward", [&] { inner_.rms_norm_backward(dy, x, w, r, dx, dw); });
+    }
+    void cross_entropy(const Tensor& l, const Tensor& t, int64_t ig, const Tensor& losses,
+                       const Tensor& lse) override {
+        timed("cross_entropy", [&] { inner_.cross_entropy(l, t, ig, losses, lse); });
+    }
+    void cross_entropy_backward(const Tensor& l, const Tensor& t, const Tensor& lse, int64_t ig,
+                                const Tensor& dl, double inv, const Tensor& dlogits) override {
+        timed("cross_entropy_backward",
+              [&] { inner_.cross_entropy_backward(l, t, lse, ig, dl, inv, dlogits); });
+    }
+    void embedding(const Tensor& w, const Tensor& ids, const Tensor& o) override {
+        timed("embedding", [&] { inner_.embedding(w, ids, o); });
+    }
+    void embedding_backward(const Tensor& d, const Tensor& ids, const Tensor& dw) override {
+        timed("embedding_backward", [&] { inner_.embedding_backward(d, ids, dw); });
+    }
+    void rope(const Tensor& x, const RopeOptions& opts, const Tensor& o) override {
+        timed("rope", [&] { inner_.rope(x, opts, o); });
+    }
+    void attention(const Tensor& q, const Tensor& k, const Tensor& v, float s, bool c,
+                   const Tensor& o, const Tensor& lse) override {
+        timed("attention", [&] { inner_.attention(q, k, v, s, c, o, lse); });
+    }
+    void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                            const Tensor& lse, const Tensor& d, float s, bool c,
+                            const Tensor& dq, const Tensor& dk, const Tensor& dv) override {
+        timed("attention_backward",
+              [&] { inner_.attention_backward(q, k, v, o, lse, d, s, c, dq, dk, dv); });
+    }
+
+  private:
+    void report() {
+        std::vector<std::pair<std::string, Stat>> rows(stats_.begin(), stats_.end());
+        std::sort(rows.begin(), rows.end(),
+                  [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+        double total = 0;
+        for (auto& [k, s] : rows) total += s.ms;
+        std::fprintf(stderr, "\nFORGE_PROFILE: %s kernels, %.1f ms in all\n", inner_.name(), total);
+        std::fprintf(stderr, "%10s %10s %6s  %s\n", "ms", "calls", "%", "kernel");
+        for (auto& [k, s] : rows)
+            std::fprintf(stderr, "%10.1f %10lld %6.1f  %s\n", s.ms, (long long)s.calls,
+                         100.0 * s.ms / std::max(total, 1e-9), k.c_str());
+    }
+
+    Backend& inner_;
+    std::mutex mu_;
+    std::map<std::string, Stat> stats_;
+};
+
+} // namespace
+
+Backend& maybe_profiled(Backend& inner) {
+    static const bool on = [] {
+        const char* v = std::getenv("FORGE_PROFILE");
+        return v && *v && std::string(v) != "0";
+    }();
+    if (!on) return inner;
+    static ProfilingBackend wrapper(inner); // the CPU backend, the one profiled
+    return wrapper;
+}
+
+} // namespace forge::detail

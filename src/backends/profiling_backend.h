@@ -1,0 +1,15 @@
+// FORGE_PROFILE=1: the CPU backend is wrapped in one that times every kernel call (wall time
+// around the call, its parallel region included) and prints, when the process exits, a table of
+// calls and milliseconds per kernel to stderr. What the table does not cover of a step's time
+// is the op layer's own work: autograd bookkeeping, allocation, view arithmetic.
+#pragma once
+
+#include "backends/backend.h"
+
+namespace forge::detail {
+
+/// The profiling wrapper around `inner` when FORGE_PROFILE is set (one per process), else
+/// `inner` itself.
+Backend& maybe_profiled(Backend& inner);
+
+} // namespace forge::detail
