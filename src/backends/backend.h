@@ -96,6 +96,15 @@ class Backend {
                                     const Tensor& out, const Tensor& lse, const Tensor& dout,
                                     float scale, bool causal, const Tensor& dq, const Tensor& dk,
                                     const Tensor& dv) = 0;
+
+    /// A linear layer's epilogue: out (R, N) = act(x (R, N) + b (N)), act GELU-tanh when
+    /// `gelu`, else identity; out may be x. The default runs binary add, then unary GELU;
+    /// backends override it with one pass.
+    virtual void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out);
+    /// Its backward: dx (R, N) = dy * act'(x + b) (dx may be dy when not `gelu`), db (N) the
+    /// column sums of dx, overwritten.
+    virtual void bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b, bool gelu,
+                                   const Tensor& dx, const Tensor& db);
 };
 
 /// The backend that runs kernels for `device` (throws if none is built in).

@@ -131,6 +131,14 @@ class ProfilingBackend final : public Backend {
     void rope(const Tensor& x, const RopeOptions& opts, const Tensor& o) override {
         timed("rope", [&] { inner_.rope(x, opts, o); });
     }
+    void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& o) override {
+        timed(gelu ? "bias_act gelu" : "bias_act", [&] { inner_.bias_act(x, b, gelu, o); });
+    }
+    void bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b, bool gelu,
+                           const Tensor& dx, const Tensor& db) override {
+        timed(gelu ? "bias_act_backward gelu" : "bias_act_backward",
+              [&] { inner_.bias_act_backward(dy, x, b, gelu, dx, db); });
+    }
     void attention(const Tensor& q, const Tensor& k, const Tensor& v, float s, bool c,
                    const Tensor& o, const Tensor& lse) override {
         timed("attention", [&] { inner_.attention(q, k, v, s, c, o, lse); });

@@ -245,4 +245,54 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     return out;
 }
 
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act) {
+    FORGE_CHECK(w.defined() && w.dim() == 2, "[linear] weight must be (K, N), got ",
+                w.defined() ? shape_str(w.shape()) : "undefined");
+    FORGE_CHECK(b.defined() && b.dim() == 1 && b.size(0) == w.size(1), "[linear] bias ",
+                b.defined() ? shape_str(b.shape()) : "undefined", " does not match weight ",
+                shape_str(w.shape()));
+    detail::check_same_device("linear", {x, w, b});
+    const DType dt = x.dtype();
+    if ((dt != DType::f32 && dt != DType::f64) || w.dtype() != dt || b.dtype() != dt) {
+        const Tensor z = add(matmul(x, w), b); // half types and mixed dtypes: the plain ops
+        return gelu_act ? gelu(z, GeluApprox::tanh) : z;
+    }
+    const int64_t N = w.size(1), K = w.size(0);
+    Tensor z;
+    {
+        NoGradGuard no_grad;
+        z = matmul(x, w); // (..., N), contiguous
+    }
+    const int64_t R = z.numel() / std::max<int64_t>(N, 1);
+    Backend& be = detail::backend_of(z);
+    // Without an activation the bias lands in the product itself; with one, the product is
+    // kept for the backward (the slope is taken at z + b).
+    Tensor out = gelu_act ? detail::empty_on(z, z.shape(), dt) : z;
+    if (R > 0 && N > 0) be.bias_act(z.view({R, N}), b.contiguous(), gelu_act, out.view({R, N}));
+    if (autograd::needs_grad({x, w, b})) {
+        const bool need_x = x.requires_grad(), need_w = w.requires_grad(),
+                   need_b = b.requires_grad();
+        autograd::record(
+            "linear", out, {x, w, b},
+            [x_saved = need_w ? x.detach() : Tensor(), w_saved = need_x ? w.detach() : Tensor(),
+             z_saved = gelu_act ? z : Tensor(), b_saved = b.detach().contiguous(), need_x, need_w,
+             need_b, gelu_act, R, N, K](const Tensor& g_in) -> std::vector<Tensor> {
+                const Tensor g = g_in.contiguous();
+                Tensor gz = gelu_act ? detail::empty_on(g, g.shape(), g.dtype()) : g;
+                Tensor gb = detail::empty_on(g, {N}, g.dtype());
+                if (R > 0 && N > 0)
+                    detail::backend_of(g).bias_act_backward(
+                        g.view({R, N}), (gelu_act ? z_saved : g).view({R, N}), b_saved, gelu_act,
+                        gz.view({R, N}), gb);
+                else
+                    gb.fill_(0.0);
+                Tensor gx, gw;
+                if (need_x) gx = matmul(gz, w_saved.t());
+                if (need_w) gw = matmul(x_saved.reshape({R, K}).t(), gz.reshape({R, N}));
+                return {gx, gw, need_b ? gb : Tensor()};
+            });
+    }
+    return out;
+}
+
 } // namespace forge

@@ -217,7 +217,7 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
             Tensor q, k, v, a, mlp_out;
             if (c.family == ModelFamily::gpt2) {
                 Tensor h = layer_norm(xin, w.ln1_w, w.ln1_b, c.norm_eps);
-                Tensor qkv = add(matmul(h, w.attn_w), w.attn_b); // (B, T, 3C)
+                Tensor qkv = linear(h, w.attn_w, w.attn_b); // (B, T, 3C)
                 auto p = split(qkv, {C, C, C}, 2);
                 q = heads(p[0], H), k = heads(p[1], H), v = heads(p[2], H);
             } else {
@@ -238,10 +238,10 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
             a = attention(q, ka, va).permute({0, 2, 1, 3}).reshape({B, T, H * D});
             Tensor x2;
             if (c.family == ModelFamily::gpt2) {
-                x2 = add(xin, dropout_(add(matmul(a, w.proj_w), w.proj_b), seed0 + 1));
+                x2 = add(xin, dropout_(linear(a, w.proj_w, w.proj_b), seed0 + 1));
                 Tensor h = layer_norm(x2, w.ln2_w, w.ln2_b, c.norm_eps);
-                h = gelu(add(matmul(h, w.fc_w), w.fc_b), GeluApprox::tanh);
-                mlp_out = add(matmul(h, w.fc2_w), w.fc2_b);
+                h = linear(h, w.fc_w, w.fc_b, /*gelu=*/true); // GELU-tanh
+                mlp_out = linear(h, w.fc2_w, w.fc2_b);
             } else {
                 x2 = add(xin, dropout_(matmul(a, w.o_w.t()), seed0 + 1));
                 Tensor h = rms_norm(x2, w.post_norm, c.norm_eps);

@@ -665,3 +665,47 @@ TEST(NnOps, ErrorsNameTheOpAndShapes) {
 
 } // namespace
 } // namespace forge::test
+
+namespace forge::test {
+namespace {
+
+// linear(x, w, b, gelu) is one node over the fused bias/GELU kernels: its value and every
+// gradient equal the composition of matmul, add and gelu (each tested on its own), on every
+// instruction set and on the reference kernels, with row counts and widths that leave tails
+// (to f32 rounding: the bias gradient and the products sum in other orders).
+TEST(NnOps, LinearMatchesMatmulAddGelu) {
+    for (bool gelu_act : {false, true})
+        for (auto [R, K, N] : {std::array<int64_t, 3>{3, 5, 7}, {70, 33, 130}, {130, 16, 17}}) {
+            SCOPED_TRACE("gelu " + std::to_string(gelu_act) + " R " + std::to_string(R) + " K " +
+                         std::to_string(K) + " N " + std::to_string(N));
+            const std::vector<Tensor> in{Tensor::randn({2, R, K}, 1), Tensor::randn({K, N}, 2),
+                                         Tensor::randn({N}, 3)};
+            auto fused = [&](const std::vector<Tensor>& t) {
+                return linear(t[0], t[1], t[2], gelu_act);
+            };
+            auto composed = [&](const std::vector<Tensor>& t) {
+                Tensor z = add(matmul(t[0], t[1]), t[2]);
+                return gelu_act ? gelu(z, GeluApprox::tanh) : z;
+            };
+            const auto want = value_and_grads(composed, in);
+            for_each_isa([&] {
+                const auto got = value_and_grads(fused, in);
+                ASSERT_EQ(got.size(), want.size());
+                for (size_t i = 0; i < got.size(); ++i)
+                    EXPECT_LE(max_rel_diff(got[i], want[i]), 1e-4) << "output " << i;
+            });
+            cpu::ReferenceKernelsScope ref(true);
+            const auto got_ref = value_and_grads(fused, in);
+            for (size_t i = 0; i < got_ref.size(); ++i)
+                EXPECT_LE(max_rel_diff(got_ref[i], want[i]), 1e-4) << "reference, output " << i;
+        }
+}
+
+TEST(NnOps, LinearRejectsMismatchedBias) {
+    const Tensor x = Tensor::randn({4, 3}, 1), w = Tensor::randn({3, 5}, 2);
+    EXPECT_THROW(linear(x, w, Tensor::randn({4}, 3)), Error);
+    EXPECT_THROW(linear(x, w.reshape({15}), Tensor::randn({5}, 3)), Error);
+}
+
+} // namespace
+} // namespace forge::test

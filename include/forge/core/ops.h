@@ -64,6 +64,11 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 /// a: (..., M, K), b: (..., K, N) -> (..., M, N); batch dims broadcast; 1-D b is (K) -> (..., M).
 /// f32 through BLAS sgemm; f16/bf16 are widened and accumulate in f32.
 Tensor matmul(const Tensor& a, const Tensor& b);
+/// A linear layer: x (..., K) @ w (K, N) + b (N), then GELU-tanh when `gelu`. One autograd
+/// node: the bias and the activation run as one pass over the product, and their backward
+/// (activation slope, bias gradient) as one more. w may be a transposed view ((N, K)
+/// weight .t()).
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu = false);
 
 // ---------------------------------------------------------------- normalisation, softmax
 /// Over dim `dim` (default last).

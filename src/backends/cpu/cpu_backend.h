@@ -29,6 +29,9 @@ class CpuBackend : public Backend {
 
     void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
     void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+    void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) override;
+    void bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b, bool gelu,
+                           const Tensor& dx, const Tensor& db) override;
     void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;
     void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims,
                 const Tensor& out) override;
@@ -62,6 +65,14 @@ class CpuBackend : public Backend {
 class CpuRefBackend : public CpuBackend {
   public:
     const char* name() const override { return "cpu-ref"; }
+    // The fused bias kernels as their unfused definition (the oracle of the fused ones).
+    void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) override {
+        Backend::bias_act(x, b, gelu, out);
+    }
+    void bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b, bool gelu,
+                           const Tensor& dx, const Tensor& db) override {
+        Backend::bias_act_backward(dy, x, b, gelu, dx, db);
+    }
     void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
     void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
     void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;

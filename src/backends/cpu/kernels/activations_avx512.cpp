@@ -25,4 +25,14 @@ bool unary_f32_avx512(UnaryOp op, const float* x, float* y, int64_t n) {
     return act::run<E512>(op, x, y, n);
 }
 
+void bias_act_f32_avx512(const float* x, const float* b, float* y, int64_t rows, int64_t cols,
+                        bool gelu) {
+    act::bias_act_rows<E512>(x, b, y, rows, cols, gelu);
+}
+
+void bias_act_backward_f32_avx512(const float* dy, const float* x, const float* b, float* dx,
+                                 float* db, int64_t rows, int64_t cols, bool gelu) {
+    act::bias_act_backward_rows<E512>(dy, x, b, dx, db, rows, cols, gelu);
+}
+
 } // namespace forge::cpu

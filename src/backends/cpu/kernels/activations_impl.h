@@ -78,4 +78,49 @@ template <typename E> bool run(UnaryOp op, const float* x, float* y, int64_t n) 
     }
 }
 
+/// Rows of a linear layer's epilogue: y[r, :] = act(x[r, :] + b), act GELU-tanh or identity.
+template <typename E>
+void bias_act_rows(const float* x, const float* b, float* y, int64_t rows, int64_t cols,
+                   bool gelu) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * cols;
+        float* yr = y + r * cols;
+        for (int64_t c = 0; c < cols; c += E::W) {
+            const bool tail = c + E::W > cols;
+            const auto m = E::mask(tail ? cols - c : E::W);
+            auto z = tail ? E::add(E::load(xr + c, m, E::zero()), E::load(b + c, m, E::zero()))
+                          : E::add(E::load(xr + c), E::load(b + c));
+            if (gelu) z = apply<UnaryOp::gelu_tanh, E>(z);
+            tail ? E::store(yr + c, z, m) : E::store(yr + c, z);
+        }
+    }
+}
+
+/// Its backward over rows: dx[r, :] = dy[r, :] * act'(x[r, :] + b) and db += the column sums
+/// of dx (db holds `cols` partial sums, added to in row order).
+template <typename E>
+void bias_act_backward_rows(const float* dy, const float* x, const float* b, float* dx,
+                            float* db, int64_t rows, int64_t cols, bool gelu) {
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; c += E::W) {
+            const bool tail = c + E::W > cols;
+            const auto m = E::mask(tail ? cols - c : E::W);
+            const int64_t o = r * cols + c;
+            auto g = tail ? E::load(dy + o, m, E::zero()) : E::load(dy + o);
+            if (gelu) {
+                const auto z = tail ? E::add(E::load(x + o, m, E::zero()), E::load(b + c, m, E::zero()))
+                                    : E::add(E::load(x + o), E::load(b + c));
+                g = E::mul(g, apply<UnaryOp::gelu_tanh_grad, E>(z));
+            }
+            if (tail) {
+                E::store(dx + o, g, m);
+                E::store(db + c, E::add(E::load(db + c, m, E::zero()), g), m);
+            } else {
+                E::store(dx + o, g);
+                E::store(db + c, E::add(E::load(db + c), g));
+            }
+        }
+    }
+}
+
 } // namespace forge::cpu::act

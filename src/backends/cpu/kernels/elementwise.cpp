@@ -12,6 +12,14 @@ namespace forge::cpu {
 
 // Vectorised f32 activations (activations_avx*.cpp); false if op has no vector form.
 bool unary_f32_avx512(UnaryOp op, const float* x, float* y, int64_t n);
+void bias_act_f32_avx512(const float* x, const float* b, float* y, int64_t rows, int64_t cols,
+                         bool gelu);
+void bias_act_f32_avx2(const float* x, const float* b, float* y, int64_t rows, int64_t cols,
+                       bool gelu);
+void bias_act_backward_f32_avx512(const float* dy, const float* x, const float* b, float* dx,
+                                  float* db, int64_t rows, int64_t cols, bool gelu);
+void bias_act_backward_f32_avx2(const float* dy, const float* x, const float* b, float* dx,
+                                float* db, int64_t rows, int64_t cols, bool gelu);
 bool unary_f32_avx2(UnaryOp op, const float* x, float* y, int64_t n);
 
 namespace {
@@ -48,6 +56,47 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double al
                 yp[i] = unary_fn<O, T>(xp[i], a);
         });
     });
+}
+
+// Rows per task of the fused bias kernels. The backward sums db per block of rows and adds
+// the blocks in order, so db does not depend on the thread count.
+constexpr int64_t kBiasRows = 64;
+
+void CpuBackend::bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) {
+    const nn::Isa level = nn::active_isa();
+    if (x.dtype() != DType::f32 || level == nn::Isa::generic || !x.is_contiguous() ||
+        !b.is_contiguous())
+        return Backend::bias_act(x, b, gelu, out);
+    auto* kernel = level == nn::Isa::avx512 ? bias_act_f32_avx512 : bias_act_f32_avx2;
+    const int64_t N = b.numel(), R = x.numel() / std::max<int64_t>(N, 1);
+#pragma omp parallel for schedule(static) if (R * N >= kParallelMin)
+    for (int64_t r0 = 0; r0 < R; r0 += kBiasRows)
+        kernel(x.data<float>() + r0 * N, b.data<float>(), out.data<float>() + r0 * N,
+               std::min(kBiasRows, R - r0), N, gelu);
+}
+
+void CpuBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b, bool gelu,
+                                   const Tensor& dx, const Tensor& db) {
+    const nn::Isa level = nn::active_isa();
+    if (x.dtype() != DType::f32 || level == nn::Isa::generic || !x.is_contiguous() ||
+        !dy.is_contiguous() || !b.is_contiguous())
+        return Backend::bias_act_backward(dy, x, b, gelu, dx, db);
+    auto* kernel = level == nn::Isa::avx512 ? bias_act_backward_f32_avx512
+                                            : bias_act_backward_f32_avx2;
+    const int64_t N = b.numel(), R = x.numel() / std::max<int64_t>(N, 1);
+    const int64_t blocks = (R + kBiasRows - 1) / kBiasRows;
+    std::vector<float> partial(size_t(blocks * N), 0.0f);
+#pragma omp parallel for schedule(static) if (R * N >= kParallelMin)
+    for (int64_t k = 0; k < blocks; ++k) {
+        const int64_t r0 = k * kBiasRows;
+        kernel(dy.data<float>() + r0 * N, x.data<float>() + r0 * N, b.data<float>(),
+               dx.data<float>() + r0 * N, partial.data() + k * N, std::min(kBiasRows, R - r0), N,
+               gelu);
+    }
+    float* out = db.data<float>();
+    for (int64_t n = 0; n < N; ++n) out[n] = 0.0f;
+    for (int64_t k = 0; k < blocks; ++k)
+        for (int64_t n = 0; n < N; ++n) out[n] += partial[size_t(k * N + n)];
 }
 
 void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
