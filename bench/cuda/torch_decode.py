@@ -151,6 +151,7 @@ def main():
         try:       # cudagraph mode skips a step that mutates its inputs)
             cstep = torch.compile(step, fullgraph=True)
             t0 = time.perf_counter()
+            pos.zero_()
             s_ = torch.cuda.Stream()
             s_.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s_):
@@ -158,6 +159,7 @@ def main():
                     cstep(tok, pos, cache, arange)
             torch.cuda.current_stream().wait_stream(s_)
             g2 = torch.cuda.CUDAGraph()
+            pos.zero_()
             with torch.cuda.graph(g2):
                 cstep(tok, pos, cache, arange)
             print(f"(torch.compile warm-up and capture {time.perf_counter() - t0:.0f} s)")

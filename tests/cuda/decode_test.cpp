@@ -110,7 +110,8 @@ ModelConfig small(ModelFamily family) {
 int64_t argmax(const std::vector<float>& v) {
     return std::max_element(v.begin(), v.end()) - v.begin();
 }
-// Top-1 minus top-2 logit: how far bf16 rounding would have to move the argmax.
+// Top-1 minus top-2 logit. Rounding moves each logit by at most max_abs_diff, so a margin over
+// twice that cannot flip the argmax: those steps must agree.
 float margin(std::vector<float> v) {
     std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
     return v[0] - v[1];
@@ -144,7 +145,7 @@ TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
         ref.eval(*rs, ids, lr);
         lm.eval(*gs, ids, lg);
         EXPECT_LE(rel_diff(lg, lr), 2e-2) << what;
-        if (margin(lr) > 4 * max_abs_diff(lg, lr)) {
+        if (margin(lr) > 2 * max_abs_diff(lg, lr)) {
             ++decided;
             agreed += argmax(lg) == argmax(lr);
             EXPECT_EQ(argmax(lg), argmax(lr)) << what;
@@ -162,7 +163,7 @@ TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
     EXPECT_EQ(agreed, decided);
 }
 
-// greedy() (argmax and feedback on the device, 40 steps) against the CPU fed the same tokens:
+// greedy() (argmax and feedback on the device, 48 steps) against the CPU fed the same tokens:
 // each token is the CPU's argmax wherever its margin is clear; and eager launches give the
 // graph's logits bit for bit.
 TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
@@ -175,9 +176,9 @@ TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
     std::vector<float> lg;
     lm.eval(*gs, prompt, lg);
     const TokenId first = TokenId(argmax(lg));
-    const std::vector<TokenId> toks = lm.greedy(*gs, first, 40);
-    ASSERT_EQ(toks.size(), 40u);
-    EXPECT_EQ(gs->length(), int64_t(prompt.size()) + 40);
+    const std::vector<TokenId> toks = lm.greedy(*gs, first, 48);
+    ASSERT_EQ(toks.size(), 48u);
+    EXPECT_EQ(gs->length(), int64_t(prompt.size()) + 48);
 
     auto rs = ref.new_state(64), es = eager.new_state(64);
     std::vector<float> lr, le;
@@ -189,7 +190,7 @@ TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
         ref.eval(*rs, std::span(&fed, 1), lr);
         eager.eval(*es, std::span(&fed, 1), le);
         EXPECT_EQ(toks[i], argmax(le)) << "step " << i << ": graph+device argmax vs eager";
-        if (margin(lr) > 4 * max_abs_diff(le, lr)) {
+        if (margin(lr) > 2 * max_abs_diff(le, lr)) {
             ++decided;
             EXPECT_EQ(toks[i], argmax(lr)) << "step " << i;
         }

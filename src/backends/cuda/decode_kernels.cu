@@ -234,6 +234,104 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a, int kspli
     }
 }
 
+// ---------------------------------------------------------------- GEMV, staged in shared memory
+
+constexpr int kStages = 4;              // tiles in flight per block
+constexpr int kRingBytes = 64 * 1024;   // their shared memory: two blocks fit a multiprocessor
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// As gemv_kernel, but a tile (kRows * groups consecutive rows: one contiguous span of W) is
+// copied whole into a ring of kStages shared-memory slots with cp.async. The first kStages
+// tiles are requested before waiting on the previous kernel, so a layer's small matrices
+// (1-5 MB over 132 blocks) are on chip by the time its input is ready.
+__global__ void __launch_bounds__(kWarps * 32) gemv_smem_kernel(GemvArgs a, int ksplit) {
+    extern __shared__ float4 smem4[];
+    float* xs = reinterpret_cast<float*>(smem4);
+    const int nchunk = a.k >> 3;
+    uint4* ring = reinterpret_cast<uint4*>(smem4 + 2 * nchunk); // after the K input floats
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int groups = kWarps / ksplit, g = warp / ksplit, kp = warp % ksplit;
+    const int tile_rows = kRows * groups, tile_chunks = tile_rows * nchunk;
+    const int ntile = (a.n + tile_rows - 1) / tile_rows;
+    const int64_t total = int64_t(a.n) * nchunk;
+    const uint4* W = static_cast<const uint4*>(a.w);
+    launch_dependents();
+
+    auto issue = [&](int j) { // the block's j-th tile into slot j % kStages; one group always
+        const int t = blockIdx.x + j * int(gridDim.x);
+        if (t < ntile) {
+            uint4* dst = ring + (j % kStages) * tile_chunks;
+            const int64_t base = int64_t(t) * tile_chunks;
+            for (int c = threadIdx.x; c < tile_chunks && base + c < total; c += blockDim.x)
+                cp_async16(dst + c, W + base + c);
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int j = 0; j < kStages; ++j) issue(j);
+    wait_previous();
+    load_input(a, xs);
+
+    __shared__ float red[kWarps][kRows];
+    unsigned long long best = 0;
+    for (int j = 0;; ++j) {
+        const int t = blockIdx.x + j * int(gridDim.x);
+        if (t >= ntile) break;
+        cp_async_wait<kStages - 1>(); // tile j has landed (for this thread's copies)
+        __syncthreads();              // ... and everyone's
+        const uint4* tw = ring + (j % kStages) * tile_chunks + g * kRows * nchunk;
+        const int row0 = (t * groups + g) * kRows;
+        float acc[kRows] = {};
+        for (int c = kp * 32 + lane; c < nchunk; c += 32 * ksplit) {
+            const float4 x0 = smem4[2 * c], x1 = smem4[2 * c + 1];
+#pragma unroll
+            for (int r = 0; r < kRows; ++r)
+                if (row0 + r < a.n) acc[r] += dot8(tw[r * nchunk + c], x0, x1);
+        }
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]);
+        if (ksplit > 1) {
+            if (lane == 0)
+                for (int r = 0; r < kRows; ++r) red[warp][r] = acc[r];
+            __syncthreads();
+            if (kp == 0)
+                for (int q = 1; q < ksplit; ++q)
+                    for (int r = 0; r < kRows; ++r) acc[r] += red[warp + q][r];
+        }
+        if (kp == 0 && lane == 0 && row0 < a.n) {
+            epilogue(a, row0, acc);
+            if (a.argmax)
+                for (int r = 0; r < kRows; ++r)
+                    if (row0 + r < a.n) {
+                        const float v = acc[r] + (a.bias ? a.bias[row0 + r] : 0.f);
+                        const unsigned long long k =
+                            (uint64_t(ordered(v)) << 32) | uint32_t(~uint32_t(row0 + r));
+                        best = k > best ? k : best;
+                    }
+        }
+        __syncthreads(); // slot j % kStages and red are free again
+        issue(j + kStages);
+    }
+    cp_async_wait<0>();
+    if (a.argmax) {
+        __shared__ unsigned long long bests[kWarps];
+        if (lane == 0) bests[warp] = best;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < kWarps; ++w) best = bests[w] > best ? bests[w] : best;
+            if (best) atomicMax(reinterpret_cast<unsigned long long*>(&a.args->argmax), best);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- attention
 
 // Block (kv head, chunk): 4 warps. Scores one warp per position (lanes split D), softmax of the
@@ -372,20 +470,16 @@ int sm_count() {
 void gemv(const GemvArgs& a, void* stream) {
     FORGE_ASSERT(a.k % 8 == 0 && a.n > 0);
     FORGE_ASSERT((a.epi != Epilogue::swiglu && a.epi != Epilogue::qkv) || a.n % 2 == 0);
-    static int smem_set = 0;
-    const int smem = a.k * int(sizeof(float));
-    if (smem > 48 * 1024 && smem > smem_set) {
-        FORGE_CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        smem_set = smem;
-    }
     // Split K across warps until there are tiles for two blocks per multiprocessor, leaving at
-    // most half the warps without a 16-byte chunk per lane.
+    // most half the warps without a 16-byte chunk per lane; then until kStages tiles fit the ring.
     const int nchunk = a.k / 8;
     auto tiles = [&](int ks) { return (a.n + kRows * (kWarps / ks) - 1) / (kRows * (kWarps / ks)); };
+    auto tile_bytes = [&](int ks) { return kRows * (kWarps / ks) * a.k * 2; };
     int ksplit = 1;
     while (ksplit < kWarps && tiles(ksplit) < 2 * sm_count() && 32 * 2 * ksplit < 2 * nchunk)
         ksplit *= 2;
+    while (ksplit < kWarps && kStages * tile_bytes(ksplit) > kRingBytes) ksplit *= 2;
+    const bool staged = kStages * tile_bytes(ksplit) <= kRingBytes && !std::getenv("FORGE_DECODE_NO_SMEM");
     // One block per multiprocessor (FORGE_DECODE_BLOCKS_PER_SM for experiments): the other
     // slot takes the next kernel's block early (programmatic dependent launch).
     static const int per_sm = [] {
@@ -393,8 +487,16 @@ void gemv(const GemvArgs& a, void* stream) {
         return e && std::atoi(e) > 0 ? std::atoi(e) : 1;
     }();
     const int grid = std::min(tiles(ksplit), per_sm * sm_count());
-    launch(gemv_kernel, dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream,
-           "decode gemv", a, ksplit);
+    const int smem = a.k * int(sizeof(float)) + (staged ? kStages * tile_bytes(ksplit) : 0);
+    auto* kernel = staged ? gemv_smem_kernel : gemv_kernel;
+    static int smem_set[2] = {0, 0};
+    int& set = smem_set[staged];
+    if (smem > 48 * 1024 && smem > set) {
+        FORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        set = smem;
+    }
+    launch(kernel, dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream, "decode gemv",
+           a, ksplit);
 }
 
 bool attn_supported(int head_dim) { return head_dim == 32 || head_dim == 64 || head_dim == 128; }
