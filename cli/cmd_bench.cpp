@@ -79,7 +79,8 @@ void run_bench_cuda(const BenchOptions& o) {
         auto st = lm.new_state(warm + 8);
         lm.eval(*st, std::span(ids).first(size_t(warm)), logits);
         lm.eval(*st, std::span(ids).first(1), logits);
-        lm.greedy(*st, ids[1], 4);
+        auto sg = lm.new_state(std::min<int64_t>(64, lm.n_ctx()));
+        lm.greedy(*sg, ids[1], 8);
     }
     std::vector<std::vector<double>> pp_s(o.pp.size());
     std::vector<double> tg_s, tg_dev_s;

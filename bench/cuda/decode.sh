@@ -4,7 +4,7 @@
 # ops in bf16) against bench/cuda/torch_decode.py (the same shapes in bf16, static KV cache, the
 # step in a CUDA graph), plus the device copy bandwidth (the ceiling of the weight read).
 # Usage (repo root, the FORGE_CUDA=ON `forge` binary and torch_decode.py in DIR, default .devdec):
-#   bench/cuda/decode.sh [DIR] [--compile]
+#   bench/cuda/decode.sh [DIR] [--compile]   (--compile: also PyTorch with torch.compile in a CUDA graph)
 set -uo pipefail
 DIR=${1:-.devdec}
 COMPILE=${2:-}
@@ -14,7 +14,7 @@ echo "== forge (graph)"
 "$DIR/forge" bench --device cuda --shape gpt2 --pp 512 1024 --tg 128 --reps 5
 echo "== forge (eager launches)"
 "$DIR/forge" bench --device cuda --shape gpt2 --pp 0 --tg 128 --reps 3 --eager
-echo "== forge, 1024-position context (tg from a 896-token prompt is not this; see PERF.md)"
+echo "== forge, 1000 tokens (attention over up to 1000 cached positions)"
 "$DIR/forge" bench --device cuda --shape gpt2 --pp 0 --tg 1000 --reps 3
 echo "== pytorch"
 PYTHONUNBUFFERED=1 python3 "$DIR/torch_decode.py" --tg 128 --cap 128 --pp 512 1024 $COMPILE

@@ -16,16 +16,34 @@ namespace {
 
 struct CudaLM::Impl {};
 
-CudaLM::CudaLM(Transformer&, Options) { no_cuda(); }
+CudaLM::CudaLM(Transformer&, Options) {
+    no_cuda();
+}
 CudaLM::~CudaLM() = default;
-int64_t CudaLM::n_vocab() const { no_cuda(); }
-int64_t CudaLM::n_ctx() const { no_cuda(); }
-std::unique_ptr<CausalLM::State> CudaLM::new_state(int64_t) { no_cuda(); }
-void CudaLM::eval(State&, std::span<const TokenId>, std::vector<float>&) { no_cuda(); }
-void CudaLM::prefill(State&, std::span<const TokenId>) { no_cuda(); }
-std::vector<TokenId> CudaLM::greedy(State&, TokenId, int64_t) { no_cuda(); }
-bool CudaLM::graph_active() const { return false; }
-int64_t CudaLM::weight_bytes_per_token() const { return 0; }
+int64_t CudaLM::n_vocab() const {
+    no_cuda();
+}
+int64_t CudaLM::n_ctx() const {
+    no_cuda();
+}
+std::unique_ptr<CausalLM::State> CudaLM::new_state(int64_t) {
+    no_cuda();
+}
+void CudaLM::eval(State&, std::span<const TokenId>, std::vector<float>&) {
+    no_cuda();
+}
+void CudaLM::prefill(State&, std::span<const TokenId>) {
+    no_cuda();
+}
+std::vector<TokenId> CudaLM::greedy(State&, TokenId, int64_t) {
+    no_cuda();
+}
+bool CudaLM::graph_active() const {
+    return false;
+}
+int64_t CudaLM::weight_bytes_per_token() const {
+    return 0;
+}
 
 } // namespace forge
 #endif

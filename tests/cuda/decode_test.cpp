@@ -52,14 +52,21 @@ TEST_P(CudaDecodeAttention, MatchesCpuSoftmaxAttention) {
 
     Tensor qd = q.to(kCuda), kd = k.to(kCuda), vd = v.to(kCuda), args = step_args(len);
     Tensor out = Tensor::full({H, D}, NAN, DType::f32, kCuda); // poisoned: every value written
-    Tensor part = Tensor::zeros(
-        {dk::attn_partial_floats(int(H), int(D), int(cap), int(chunk))}, DType::f32, kCuda);
+    Tensor part = Tensor::zeros({dk::attn_partial_floats(int(H), int(D), int(cap), int(chunk))},
+                                DType::f32, kCuda);
     Tensor counters = Tensor::zeros({Hkv}, DType::i32, kCuda);
-    dk::AttnArgs a{.q = qd.data<float>(), .k_cache = kd.data_ptr(), .v_cache = vd.data_ptr(),
-                   .n_head = int(H), .n_kv = int(Hkv), .head_dim = int(D), .cap = int(cap),
-                   .chunk = int(chunk), .scale = float(1.0 / std::sqrt(double(D))),
+    dk::AttnArgs a{.q = qd.data<float>(),
+                   .k_cache = kd.data_ptr(),
+                   .v_cache = vd.data_ptr(),
+                   .n_head = int(H),
+                   .n_kv = int(Hkv),
+                   .head_dim = int(D),
+                   .cap = int(cap),
+                   .chunk = int(chunk),
+                   .scale = float(1.0 / std::sqrt(double(D))),
                    .args = static_cast<const dk::StepArgs*>(args.data_ptr()),
-                   .out = out.data<float>(), .partial = part.data<float>(),
+                   .out = out.data<float>(),
+                   .partial = part.data<float>(),
                    .counters = counters.data<unsigned>()};
     for (int rep = 0; rep < 2; ++rep) { // the second launch needs the counters reset
         dk::attention(a, cuda::context(0).stream);
@@ -71,18 +78,18 @@ TEST_P(CudaDecodeAttention, MatchesCpuSoftmaxAttention) {
               counters.to(Device::cpu()).to_vector<int32_t>());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Lengths, CudaDecodeAttention,
-    ::testing::Values(AttnCase{1, 64, 12, 12}, AttnCase{7, 64, 12, 12},
-                      AttnCase{1024, 64, 12, 12}, AttnCase{4097, 64, 12, 12},
-                      AttnCase{1, 128, 8, 2}, AttnCase{7, 128, 8, 2}, AttnCase{1024, 128, 8, 2},
-                      AttnCase{4097, 128, 8, 2}, AttnCase{4097, 64, 32, 8},
-                      AttnCase{300, 32, 4, 4}),
-    [](const auto& info) {
-        const AttnCase& c = info.param;
-        return "T" + std::to_string(c.len) + "_D" + std::to_string(c.head_dim) + "_H" +
-               std::to_string(c.n_head) + "_KV" + std::to_string(c.n_kv);
-    });
+INSTANTIATE_TEST_SUITE_P(Lengths, CudaDecodeAttention,
+                         ::testing::Values(AttnCase{1, 64, 12, 12}, AttnCase{7, 64, 12, 12},
+                                           AttnCase{1024, 64, 12, 12}, AttnCase{4097, 64, 12, 12},
+                                           AttnCase{1, 128, 8, 2}, AttnCase{7, 128, 8, 2},
+                                           AttnCase{1024, 128, 8, 2}, AttnCase{4097, 128, 8, 2},
+                                           AttnCase{4097, 64, 32, 8}, AttnCase{300, 32, 4, 4}),
+                         [](const auto& info) {
+                             const AttnCase& c = info.param;
+                             return "T" + std::to_string(c.len) + "_D" +
+                                    std::to_string(c.head_dim) + "_H" + std::to_string(c.n_head) +
+                                    "_KV" + std::to_string(c.n_kv);
+                         });
 
 // ---------------------------------------------------------------- whole models
 
@@ -118,12 +125,14 @@ float margin(std::vector<float> v) {
 }
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
     double d = 0, n = 0;
-    for (size_t i = 0; i < a.size(); ++i) d += double(a[i] - b[i]) * (a[i] - b[i]), n += double(b[i]) * b[i];
+    for (size_t i = 0; i < a.size(); ++i)
+        d += double(a[i] - b[i]) * (a[i] - b[i]), n += double(b[i]) * b[i];
     return std::sqrt(d / n);
 }
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
     float m = 0;
-    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+    for (size_t i = 0; i < a.size(); ++i)
+        m = std::max(m, std::abs(a[i] - b[i]));
     return m;
 }
 
@@ -154,10 +163,12 @@ TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
     };
     std::vector<TokenId> prompt = {5, 77, 301, 2, 9, 460, 128, 33};
     TokenId t = step(prompt, "prompt");
-    for (int i = 0; i < 24; ++i) t = step(std::span(&t, 1), "step " + std::to_string(i));
+    for (int i = 0; i < 24; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
     std::vector<TokenId> more = {t, 17, 250, 3, 99};
     t = step(more, "second prompt");
-    for (int i = 24; i < 40; ++i) t = step(std::span(&t, 1), "step " + std::to_string(i));
+    for (int i = 24; i < 40; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
     EXPECT_EQ(gs->length(), rs->length());
     EXPECT_GE(decided, 32) << "too few steps with a clear argmax to test anything";
     EXPECT_EQ(agreed, decided);
@@ -211,8 +222,7 @@ TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
 INSTANTIATE_TEST_SUITE_P(Families, CudaDecodeModel,
                          ::testing::Values(ModelFamily::gpt2, ModelFamily::llama),
                          [](const auto& info) {
-                             return std::string(info.param == ModelFamily::gpt2 ? "gpt2"
-                                                                                : "llama");
+                             return std::string(info.param == ModelFamily::gpt2 ? "gpt2" : "llama");
                          });
 
 } // namespace

@@ -14,12 +14,16 @@ namespace forge::cuda::decode {
 
 namespace {
 
-constexpr int kWarps = 8;   // GEMV block: 256 threads
-constexpr int kRows = 2;    // rows per warp (a RoPE or SwiGLU pair)
-constexpr int kUnroll = 4;  // 16-byte chunks in flight per row per lane
+constexpr int kWarps = 8;  // GEMV block: 256 threads
+constexpr int kRows = 2;   // rows per warp (a RoPE or SwiGLU pair)
+constexpr int kUnroll = 4; // 16-byte chunks in flight per row per lane
 
-__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ float bf16_lo(uint32_t v) {
+    return __uint_as_float(v << 16);
+}
+__device__ __forceinline__ float bf16_hi(uint32_t v) {
+    return __uint_as_float(v & 0xffff0000u);
+}
 
 // 8 bf16 weights . 8 f32 inputs
 __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
@@ -57,7 +61,8 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 __device__ void load_input(const GemvArgs& a, float* xs) {
     __shared__ float scratch[32];
     const int K = a.k;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) xs[i] = a.x[i];
+    for (int i = threadIdx.x; i < K; i += blockDim.x)
+        xs[i] = a.x[i];
     if (a.norm == Norm::none) {
         __syncthreads();
         return;
@@ -65,7 +70,8 @@ __device__ void load_input(const GemvArgs& a, float* xs) {
     float mean = 0.f;
     if (a.norm == Norm::layer) {
         float s = 0.f;
-        for (int i = threadIdx.x; i < K; i += blockDim.x) s += xs[i];
+        for (int i = threadIdx.x; i < K; i += blockDim.x)
+            s += xs[i];
         mean = block_sum(s, scratch) / float(K);
     }
     float ss = 0.f; // two passes: the variance of (x - mean), as the LayerNorm kernels do
@@ -76,7 +82,8 @@ __device__ void load_input(const GemvArgs& a, float* xs) {
     const float rstd = rsqrtf(block_sum(ss, scratch) / float(K) + a.eps);
     for (int i = threadIdx.x; i < K; i += blockDim.x) {
         float v = (xs[i] - mean) * rstd * a.norm_w[i];
-        if (a.norm_b) v += a.norm_b[i];
+        if (a.norm_b)
+            v += a.norm_b[i];
         xs[i] = v;
     }
     __syncthreads();
@@ -86,19 +93,23 @@ __device__ void load_input(const GemvArgs& a, float* xs) {
 __device__ void epilogue(const GemvArgs& a, int row, const float (&acc)[kRows]) {
     float v[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) v[r] = acc[r] + (a.bias && row + r < a.n ? a.bias[row + r] : 0.f);
+    for (int r = 0; r < kRows; ++r)
+        v[r] = acc[r] + (a.bias && row + r < a.n ? a.bias[row + r] : 0.f);
     switch (a.epi) {
     case Epilogue::store:
         for (int r = 0; r < kRows; ++r)
-            if (row + r < a.n) a.out[row + r] = v[r];
+            if (row + r < a.n)
+                a.out[row + r] = v[r];
         break;
     case Epilogue::residual:
         for (int r = 0; r < kRows; ++r)
-            if (row + r < a.n) a.out[row + r] += v[r];
+            if (row + r < a.n)
+                a.out[row + r] += v[r];
         break;
     case Epilogue::gelu:
         for (int r = 0; r < kRows; ++r)
-            if (row + r < a.n) a.out[row + r] = gelu_tanh(v[r]);
+            if (row + r < a.n)
+                a.out[row + r] = gelu_tanh(v[r]);
         break;
     case Epilogue::swiglu: // n even, row even
         a.out[row / 2] = v[0] / (1.f + __expf(-v[0])) * v[1];
@@ -138,7 +149,9 @@ __device__ void epilogue(const GemvArgs& a, int row, const float (&acc)[kRows]) 
 __device__ __forceinline__ void launch_dependents() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
-__device__ __forceinline__ void wait_previous() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void wait_previous() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
 
 // Persistent: each block (kWarps warps = kWarps / ksplit row groups x ksplit warps splitting K)
 // loads and normalises the input once, then walks tiles blockIdx.x, + gridDim.x, ... as one
@@ -180,9 +193,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a, int kspli
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-            for (int r = 0; r < kRows; ++r) cur[r][u] = buf[r][u];
+            for (int r = 0; r < kRows; ++r)
+                cur[r][u] = buf[r][u];
         int nt = t, ni = i + 1;
-        if (ni == iters) ni = 0, nt += gridDim.x;
+        if (ni == iters)
+            ni = 0, nt += gridDim.x;
         load(nt, ni);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
@@ -190,21 +205,25 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a, int kspli
             if (c < nchunk) {
                 const float4 x0 = smem4[2 * c], x1 = smem4[2 * c + 1];
 #pragma unroll
-                for (int r = 0; r < kRows; ++r) acc[r] += dot8(cur[r][u], x0, x1);
+                for (int r = 0; r < kRows; ++r)
+                    acc[r] += dot8(cur[r][u], x0, x1);
             }
         }
         if (ni == 0) { // tile t done: reduce over lanes, then over the ksplit warps
             const int row0 = (t * groups + g) * kRows;
 #pragma unroll
-            for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]);
+            for (int r = 0; r < kRows; ++r)
+                acc[r] = warp_sum(acc[r]);
             if (ksplit > 1) {
                 __syncthreads(); // red's previous tile has been read
                 if (lane == 0)
-                    for (int r = 0; r < kRows; ++r) red[warp][r] = acc[r];
+                    for (int r = 0; r < kRows; ++r)
+                        red[warp][r] = acc[r];
                 __syncthreads();
                 if (kp == 0)
                     for (int j = 1; j < ksplit; ++j)
-                        for (int r = 0; r < kRows; ++r) acc[r] += red[warp + j][r];
+                        for (int r = 0; r < kRows; ++r)
+                            acc[r] += red[warp + j][r];
             }
             if (kp == 0 && lane == 0 && row0 < a.n) {
                 epilogue(a, row0, acc);
@@ -218,161 +237,94 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a, int kspli
                         }
             }
 #pragma unroll
-            for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
+            for (int r = 0; r < kRows; ++r)
+                acc[r] = 0.f;
         }
         t = nt, i = ni;
     }
 
     if (a.argmax) { // the block's best (value, lowest index), then one atomic per block
         __shared__ unsigned long long bests[kWarps];
-        if (lane == 0) bests[warp] = best;
+        if (lane == 0)
+            bests[warp] = best;
         __syncthreads();
         if (threadIdx.x == 0) {
-            for (int w = 1; w < kWarps; ++w) best = bests[w] > best ? bests[w] : best;
-            if (best) atomicMax(reinterpret_cast<unsigned long long*>(&a.args->argmax), best);
+            for (int w = 1; w < kWarps; ++w)
+                best = bests[w] > best ? bests[w] : best;
+            if (best)
+                atomicMax(reinterpret_cast<unsigned long long*>(&a.args->argmax), best);
         }
     }
 }
 
-// ---------------------------------------------------------------- GEMV, staged in shared memory
-
-constexpr int kStages = 4;              // tiles in flight per block
-constexpr int kRingBytes = 64 * 1024;   // their shared memory: two blocks fit a multiprocessor
+// ---------------------------------------------------------------- cp.async
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
     const unsigned d = unsigned(__cvta_generic_to_shared(dst));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-// As gemv_kernel, but a tile (kRows * groups consecutive rows: one contiguous span of W) is
-// copied whole into a ring of kStages shared-memory slots with cp.async. The first kStages
-// tiles are requested before waiting on the previous kernel, so a layer's small matrices
-// (1-5 MB over 132 blocks) are on chip by the time its input is ready.
-__global__ void __launch_bounds__(kWarps * 32) gemv_smem_kernel(GemvArgs a, int ksplit) {
-    extern __shared__ float4 smem4[];
-    float* xs = reinterpret_cast<float*>(smem4);
-    const int nchunk = a.k >> 3;
-    uint4* ring = reinterpret_cast<uint4*>(smem4 + 2 * nchunk); // after the K input floats
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int groups = kWarps / ksplit, g = warp / ksplit, kp = warp % ksplit;
-    const int tile_rows = kRows * groups, tile_chunks = tile_rows * nchunk;
-    const int ntile = (a.n + tile_rows - 1) / tile_rows;
-    const int64_t total = int64_t(a.n) * nchunk;
-    const uint4* W = static_cast<const uint4*>(a.w);
-    launch_dependents();
-
-    auto issue = [&](int j) { // the block's j-th tile into slot j % kStages; one group always
-        const int t = blockIdx.x + j * int(gridDim.x);
-        if (t < ntile) {
-            uint4* dst = ring + (j % kStages) * tile_chunks;
-            const int64_t base = int64_t(t) * tile_chunks;
-            for (int c = threadIdx.x; c < tile_chunks && base + c < total; c += blockDim.x)
-                cp_async16(dst + c, W + base + c);
-        }
-        cp_async_commit();
-    };
-#pragma unroll
-    for (int j = 0; j < kStages; ++j) issue(j);
-    wait_previous();
-    load_input(a, xs);
-
-    __shared__ float red[kWarps][kRows];
-    unsigned long long best = 0;
-    for (int j = 0;; ++j) {
-        const int t = blockIdx.x + j * int(gridDim.x);
-        if (t >= ntile) break;
-        cp_async_wait<kStages - 1>(); // tile j has landed (for this thread's copies)
-        __syncthreads();              // ... and everyone's
-        const uint4* tw = ring + (j % kStages) * tile_chunks + g * kRows * nchunk;
-        const int row0 = (t * groups + g) * kRows;
-        float acc[kRows] = {};
-        for (int c = kp * 32 + lane; c < nchunk; c += 32 * ksplit) {
-            const float4 x0 = smem4[2 * c], x1 = smem4[2 * c + 1];
-#pragma unroll
-            for (int r = 0; r < kRows; ++r)
-                if (row0 + r < a.n) acc[r] += dot8(tw[r * nchunk + c], x0, x1);
-        }
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]);
-        if (ksplit > 1) {
-            if (lane == 0)
-                for (int r = 0; r < kRows; ++r) red[warp][r] = acc[r];
-            __syncthreads();
-            if (kp == 0)
-                for (int q = 1; q < ksplit; ++q)
-                    for (int r = 0; r < kRows; ++r) acc[r] += red[warp + q][r];
-        }
-        if (kp == 0 && lane == 0 && row0 < a.n) {
-            epilogue(a, row0, acc);
-            if (a.argmax)
-                for (int r = 0; r < kRows; ++r)
-                    if (row0 + r < a.n) {
-                        const float v = acc[r] + (a.bias ? a.bias[row0 + r] : 0.f);
-                        const unsigned long long k =
-                            (uint64_t(ordered(v)) << 32) | uint32_t(~uint32_t(row0 + r));
-                        best = k > best ? k : best;
-                    }
-        }
-        __syncthreads(); // slot j % kStages and red are free again
-        issue(j + kStages);
-    }
-    cp_async_wait<0>();
-    if (a.argmax) {
-        __shared__ unsigned long long bests[kWarps];
-        if (lane == 0) bests[warp] = best;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            for (int w = 1; w < kWarps; ++w) best = bests[w] > best ? bests[w] : best;
-            if (best) atomicMax(reinterpret_cast<unsigned long long*>(&a.args->argmax), best);
-        }
-    }
-}
-
 // ---------------------------------------------------------------- attention
 
-// Block (kv head, chunk): 4 warps. Scores one warp per position (lanes split D), softmax of the
-// chunk per query head, then P.V one thread per (query head, d). E = D / 32 elements per lane.
-template <int E>
-__global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) {
-    constexpr int D = 32 * E;
+// Block (kv head, chunk): 4 warps. The chunk's K and V rows come into shared memory with
+// cp.async, all requests in flight at once (one memory latency, not one per position); then
+// scores one thread per (query head, position), softmax of the chunk per query head (a warp
+// each), P.V one thread per (query head, d). Rows are padded by 16 bytes against bank conflicts.
+template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) {
+    constexpr int kRow = D + 8; // bf16 per padded row
     launch_dependents();
     wait_previous();
     const int kvh = blockIdx.x, split = blockIdx.y, chunk = a.chunk;
     const int len = a.args->pos + 1, n_active = (len + chunk - 1) / chunk;
-    if (split >= n_active) return;
+    if (split >= n_active)
+        return;
     const int G = a.n_head / a.n_kv, max_splits = gridDim.y;
     const int p0 = split * chunk, n = min(len, p0 + chunk) - p0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    extern __shared__ float sm[];
-    float* qs = sm;                 // (G, D)
-    float* ps = sm + G * D;         // (G, chunk): scores, then probabilities
+    extern __shared__ float4 sm4[];
+    auto* ks = reinterpret_cast<__nv_bfloat16*>(sm4);        // (chunk, kRow)
+    __nv_bfloat16* vs = ks + chunk * kRow;                   // (chunk, kRow)
+    float* qs = reinterpret_cast<float*>(vs + chunk * kRow); // (G, D)
+    float* ps = qs + G * D;                                  // (G, chunk)
     __shared__ float stat_m[8], stat_l[8];
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i] = a.q[kvh * G * D + i] * a.scale;
+
+    const auto* K = static_cast<const __nv_bfloat16*>(a.k_cache) + (int64_t(kvh) * a.cap + p0) * D;
+    const auto* V = static_cast<const __nv_bfloat16*>(a.v_cache) + (int64_t(kvh) * a.cap + p0) * D;
+    constexpr int kVecs = D / 8; // 16-byte pieces per row
+    for (int i = threadIdx.x; i < n * kVecs; i += blockDim.x) {
+        const int r = i / kVecs, c = (i % kVecs) * 8;
+        cp_async16(ks + r * kRow + c, K + int64_t(r) * D + c);
+        cp_async16(vs + r * kRow + c, V + int64_t(r) * D + c);
+    }
+    cp_async_commit();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x)
+        qs[i] = a.q[kvh * G * D + i] * a.scale;
+    cp_async_wait<0>();
     __syncthreads();
 
-    const auto* K = static_cast<const __nv_bfloat16*>(a.k_cache) + int64_t(kvh) * a.cap * D;
-    const auto* V = static_cast<const __nv_bfloat16*>(a.v_cache) + int64_t(kvh) * a.cap * D;
-    for (int i = warp; i < n; i += 4) {
-        float k[E];
-        const __nv_bfloat16* kr = K + int64_t(p0 + i) * D + lane * E;
+    for (int idx = threadIdx.x; idx < G * n; idx += blockDim.x) {
+        const int g = idx / n, i = idx % n;
+        const __nv_bfloat162* kr = reinterpret_cast<const __nv_bfloat162*>(ks + i * kRow);
+        const float* q = qs + g * D;
+        float s = 0.f;
 #pragma unroll
-        for (int e = 0; e < E; ++e) k[e] = __bfloat162float(kr[e]);
-        for (int g = 0; g < G; ++g) {
-            float s = 0.f;
-#pragma unroll
-            for (int e = 0; e < E; ++e) s = fmaf(k[e], qs[g * D + lane * E + e], s);
-            s = warp_sum(s);
-            if (lane == 0) ps[g * chunk + i] = s;
+        for (int d = 0; d < D / 2; ++d) {
+            const float2 k2 = __bfloat1622float2(kr[d]);
+            s = fmaf(k2.x, q[2 * d], fmaf(k2.y, q[2 * d + 1], s));
         }
+        ps[g * chunk + i] = s;
     }
     __syncthreads();
     for (int g = warp; g < G; g += 4) {
         float m = -INFINITY;
-        for (int i = lane; i < n; i += 32) m = fmaxf(m, ps[g * chunk + i]);
+        for (int i = lane; i < n; i += 32)
+            m = fmaxf(m, ps[g * chunk + i]);
         m = warp_max(m);
         float l = 0.f;
         for (int i = lane; i < n; i += 32) {
@@ -381,7 +333,8 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) {
             l += p;
         }
         l = warp_sum(l);
-        if (lane == 0) stat_m[g] = m, stat_l[g] = l;
+        if (lane == 0)
+            stat_m[g] = m, stat_l[g] = l;
     }
     __syncthreads();
     // partial layout: o (n_head, max_splits, D), then m, l (n_head, max_splits) each
@@ -390,9 +343,10 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) {
     float* part_l = part_m + a.n_head * max_splits;
     for (int idx = threadIdx.x; idx < G * D; idx += blockDim.x) {
         const int g = idx / D, d = idx % D;
+        const float* p = ps + g * chunk;
         float acc = 0.f;
         for (int i = 0; i < n; ++i)
-            acc = fmaf(ps[g * chunk + i], __bfloat162float(V[int64_t(p0 + i) * D + d]), acc);
+            acc = fmaf(p[i], __bfloat162float(vs[i * kRow + d]), acc);
         part_o[(int64_t(kvh * G + g) * max_splits + split) * D + d] = acc;
     }
     if (threadIdx.x < G) {
@@ -404,14 +358,17 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) {
     __shared__ bool last;
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&a.counters[kvh], 1u) == unsigned(n_active - 1);
+    if (threadIdx.x == 0)
+        last = atomicAdd(&a.counters[kvh], 1u) == unsigned(n_active - 1);
     __syncthreads();
-    if (!last) return;
+    if (!last)
+        return;
     __threadfence();
     for (int idx = threadIdx.x; idx < G * D; idx += blockDim.x) {
         const int h = kvh * G + idx / D, d = idx % D;
         float M = -INFINITY;
-        for (int s = 0; s < n_active; ++s) M = fmaxf(M, __ldcg(part_m + h * max_splits + s));
+        for (int s = 0; s < n_active; ++s)
+            M = fmaxf(M, __ldcg(part_m + h * max_splits + s));
         float num = 0.f, den = 0.f;
         for (int s = 0; s < n_active; ++s) {
             const float w = __expf(__ldcg(part_m + h * max_splits + s) - M);
@@ -420,7 +377,8 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) {
         }
         a.out[h * D + d] = num / den;
     }
-    if (threadIdx.x == 0) a.counters[kvh] = 0;
+    if (threadIdx.x == 0)
+        a.counters[kvh] = 0;
 }
 
 __global__ void embed_kernel(const __nv_bfloat16* __restrict__ wte, const float* __restrict__ wpe,
@@ -439,7 +397,6 @@ __global__ void finish_kernel(StepArgs* args) {
     args->argmax = 0;
     args->pos += 1;
 }
-
 
 // Launches with the programmatic-stream-serialization attribute (see launch_dependents).
 template <typename... P, typename... A>
@@ -470,36 +427,36 @@ int sm_count() {
 void gemv(const GemvArgs& a, void* stream) {
     FORGE_ASSERT(a.k % 8 == 0 && a.n > 0);
     FORGE_ASSERT((a.epi != Epilogue::swiglu && a.epi != Epilogue::qkv) || a.n % 2 == 0);
+    static int smem_set = 0;
+    const int smem = a.k * int(sizeof(float));
+    if (smem > 48 * 1024 && smem > smem_set) {
+        FORGE_CUDA_CHECK(
+            cudaFuncSetAttribute(gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        smem_set = smem;
+    }
     // Split K across warps until there are tiles for two blocks per multiprocessor, leaving at
-    // most half the warps without a 16-byte chunk per lane; then until kStages tiles fit the ring.
+    // most half the warps without a 16-byte chunk per lane.
     const int nchunk = a.k / 8;
-    auto tiles = [&](int ks) { return (a.n + kRows * (kWarps / ks) - 1) / (kRows * (kWarps / ks)); };
-    auto tile_bytes = [&](int ks) { return kRows * (kWarps / ks) * a.k * 2; };
+    auto tiles = [&](int ks) {
+        return (a.n + kRows * (kWarps / ks) - 1) / (kRows * (kWarps / ks));
+    };
     int ksplit = 1;
     while (ksplit < kWarps && tiles(ksplit) < 2 * sm_count() && 32 * 2 * ksplit < 2 * nchunk)
         ksplit *= 2;
-    while (ksplit < kWarps && kStages * tile_bytes(ksplit) > kRingBytes) ksplit *= 2;
-    const bool staged = kStages * tile_bytes(ksplit) <= kRingBytes && !std::getenv("FORGE_DECODE_NO_SMEM");
-    // One block per multiprocessor (FORGE_DECODE_BLOCKS_PER_SM for experiments): the other
-    // slot takes the next kernel's block early (programmatic dependent launch).
+    // Two blocks per multiprocessor: 2,555 tokens/s on GPT-2 124M against 2,161 with one
+    // (docs/PERF.md); FORGE_DECODE_BLOCKS_PER_SM overrides it for such experiments.
     static const int per_sm = [] {
         const char* e = std::getenv("FORGE_DECODE_BLOCKS_PER_SM");
-        return e && std::atoi(e) > 0 ? std::atoi(e) : 1;
+        return e && std::atoi(e) > 0 ? std::atoi(e) : 2;
     }();
     const int grid = std::min(tiles(ksplit), per_sm * sm_count());
-    const int smem = a.k * int(sizeof(float)) + (staged ? kStages * tile_bytes(ksplit) : 0);
-    auto* kernel = staged ? gemv_smem_kernel : gemv_kernel;
-    static int smem_set[2] = {0, 0};
-    int& set = smem_set[staged];
-    if (smem > 48 * 1024 && smem > set) {
-        FORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        set = smem;
-    }
-    launch(kernel, dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream, "decode gemv",
-           a, ksplit);
+    launch(gemv_kernel, dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream,
+           "decode gemv", a, ksplit);
 }
 
-bool attn_supported(int head_dim) { return head_dim == 32 || head_dim == 64 || head_dim == 128; }
+bool attn_supported(int head_dim) {
+    return head_dim == 32 || head_dim == 64 || head_dim == 128;
+}
 
 int64_t attn_partial_floats(int n_head, int head_dim, int cap, int chunk) {
     const int64_t splits = (cap + chunk - 1) / chunk;
@@ -510,8 +467,12 @@ void attention(const AttnArgs& a, void* stream) {
     FORGE_ASSERT(attn_supported(a.head_dim) && a.n_head % a.n_kv == 0 && a.n_head / a.n_kv <= 8);
     const int G = a.n_head / a.n_kv, splits = (a.cap + a.chunk - 1) / a.chunk;
     const dim3 grid(unsigned(a.n_kv), unsigned(splits));
-    const size_t smem = size_t(G) * (a.head_dim + a.chunk) * sizeof(float);
-    auto* kernel = a.head_dim == 32 ? attn_kernel<1> : a.head_dim == 64 ? attn_kernel<2> : attn_kernel<4>;
+    FORGE_ASSERT(a.chunk <= 64); // keeps the shared memory under 48 KB
+    const size_t smem = size_t(2 * a.chunk * (a.head_dim + 8)) * 2 +
+                        size_t(G) * (a.head_dim + a.chunk) * sizeof(float);
+    auto* kernel = a.head_dim == 32   ? attn_kernel<32>
+                   : a.head_dim == 64 ? attn_kernel<64>
+                                      : attn_kernel<128>;
     launch(kernel, grid, dim3(128), smem, stream, "decode attention", a);
 }
 

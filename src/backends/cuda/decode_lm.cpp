@@ -26,8 +26,12 @@ namespace {
 const Device kGpu = Device::cuda(0);
 
 // A bf16 copy on the GPU, (N, K) row-major.
-Tensor bf16(const Tensor& w) { return w.to(kGpu).contiguous().to(DType::bf16).contiguous(); }
-Tensor f32(const Tensor& w) { return w.to(kGpu).to(DType::f32).contiguous(); }
+Tensor bf16(const Tensor& w) {
+    return w.to(kGpu).contiguous().to(DType::bf16).contiguous();
+}
+Tensor f32(const Tensor& w) {
+    return w.to(kGpu).to(DType::f32).contiguous();
+}
 
 // Within each head of a q/k projection (n_head * D, C), rows (i, D/2 + i) made adjacent, so one
 // warp of the GEMV holds both halves of a RoPE pair (decode_kernels.h, Epilogue::qkv).
@@ -36,30 +40,33 @@ Tensor pair_rope_rows(const Tensor& w, int64_t n_head, int64_t D) {
     return w.reshape({n_head, 2, D / 2, C}).permute({0, 2, 1, 3}).reshape({n_head * D, C});
 }
 
-template <typename T> T* ptr(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+template <typename T> T* ptr(const Tensor& t) {
+    return t.defined() ? t.data<T>() : nullptr;
+}
 
 struct Layer {
-    Tensor qkv, proj, fc, fc2;                   // bf16 (N, K); Llama: fc = gate/up interleaved
-    Tensor norm1_w, norm1_b, norm2_w, norm2_b;   // f32
-    Tensor qkv_b, proj_b, fc_b, fc2_b;           // f32 (GPT-2 only)
+    Tensor qkv, proj, fc, fc2;                 // bf16 (N, K); Llama: fc = gate/up interleaved
+    Tensor norm1_w, norm1_b, norm2_w, norm2_b; // f32
+    Tensor qkv_b, proj_b, fc_b, fc2_b;         // f32 (GPT-2 only)
 };
 
 struct CudaState : CausalLM::State {
     int64_t len = 0, cap = 0;
-    KVCache prefill_cache;         // the ops' f32 cache (1, Hkv, cap, D) for prompts
-    int64_t prefill_len = 0;       // positions of prefill_cache that agree with k/v
-    std::vector<Tensor> k, v;      // (1, Hkv, cap, D) bf16 per layer: the decode cache
+    KVCache prefill_cache;    // the ops' f32 cache (1, Hkv, cap, D) for prompts
+    int64_t prefill_len = 0;  // positions of prefill_cache that agree with k/v
+    std::vector<Tensor> k, v; // (1, Hkv, cap, D) bf16 per layer: the decode cache
     Tensor x, q, att, hid, logits, partial, counters, args_dev;
-    dk::StepArgs* args = nullptr;  // args_dev's memory
-    dk::StepArgs* host_args = nullptr;  // pinned
-    float* host_logits = nullptr;       // pinned (V)
-    int32_t* host_tokens = nullptr;     // pinned, greedy()'s tokens
+    dk::StepArgs* args = nullptr;      // args_dev's memory
+    dk::StepArgs* host_args = nullptr; // pinned
+    float* host_logits = nullptr;      // pinned (V)
+    int32_t* host_tokens = nullptr;    // pinned, greedy()'s tokens
     int64_t host_tokens_cap = 0;
     cudaGraphExec_t graph = nullptr;
 
     int64_t length() const override { return len; }
     ~CudaState() override {
-        if (graph) cudaGraphExecDestroy(graph);
+        if (graph)
+            cudaGraphExecDestroy(graph);
         cudaFreeHost(host_args);
         cudaFreeHost(host_logits);
         cudaFreeHost(host_tokens);
@@ -88,51 +95,89 @@ struct CudaLM::Impl {
         const dk::Norm norm = gpt2 ? dk::Norm::layer : dk::Norm::rms;
         for (size_t l = 0; l < layers.size(); ++l) {
             const Layer& w = layers[l];
-            dk::GemvArgs g{.w = w.qkv.data_ptr(), .n = int((H + 2 * Hkv) * D), .k = int(C),
-                           .x = ptr<float>(s.x), .norm = norm, .norm_w = ptr<float>(w.norm1_w),
-                           .norm_b = ptr<float>(w.norm1_b), .eps = cfg.norm_eps,
-                           .epi = dk::Epilogue::qkv, .bias = ptr<float>(w.qkv_b),
+            dk::GemvArgs g{.w = w.qkv.data_ptr(),
+                           .n = int((H + 2 * Hkv) * D),
+                           .k = int(C),
+                           .x = ptr<float>(s.x),
+                           .norm = norm,
+                           .norm_w = ptr<float>(w.norm1_w),
+                           .norm_b = ptr<float>(w.norm1_b),
+                           .eps = cfg.norm_eps,
+                           .epi = dk::Epilogue::qkv,
+                           .bias = ptr<float>(w.qkv_b),
                            .out = ptr<float>(s.q)};
             g.n_q = int(H), g.n_kv = int(Hkv), g.head_dim = int(D);
             g.rope_inv_freq = ptr<double>(rope_freq);
             g.k_cache = s.k[l].data_ptr(), g.v_cache = s.v[l].data_ptr();
             g.cache_cap = int(s.cap), g.args = s.args;
             dk::gemv(g, st);
-            dk::attention({.q = ptr<float>(s.q), .k_cache = s.k[l].data_ptr(),
-                           .v_cache = s.v[l].data_ptr(), .n_head = int(H), .n_kv = int(Hkv),
-                           .head_dim = int(D), .cap = int(s.cap), .chunk = attn_chunk,
-                           .scale = float(1.0 / std::sqrt(double(D))), .args = s.args,
-                           .out = ptr<float>(s.att), .partial = ptr<float>(s.partial),
+            dk::attention({.q = ptr<float>(s.q),
+                           .k_cache = s.k[l].data_ptr(),
+                           .v_cache = s.v[l].data_ptr(),
+                           .n_head = int(H),
+                           .n_kv = int(Hkv),
+                           .head_dim = int(D),
+                           .cap = int(s.cap),
+                           .chunk = attn_chunk,
+                           .scale = float(1.0 / std::sqrt(double(D))),
+                           .args = s.args,
+                           .out = ptr<float>(s.att),
+                           .partial = ptr<float>(s.partial),
                            .counters = ptr<unsigned>(s.counters)},
                           st);
-            dk::gemv({.w = w.proj.data_ptr(), .n = int(C), .k = int(H * D),
-                      .x = ptr<float>(s.att), .epi = dk::Epilogue::residual,
-                      .bias = ptr<float>(w.proj_b), .out = ptr<float>(s.x)},
+            dk::gemv({.w = w.proj.data_ptr(),
+                      .n = int(C),
+                      .k = int(H * D),
+                      .x = ptr<float>(s.att),
+                      .epi = dk::Epilogue::residual,
+                      .bias = ptr<float>(w.proj_b),
+                      .out = ptr<float>(s.x)},
                      st);
-            dk::gemv({.w = w.fc.data_ptr(), .n = int(w.fc.size(0)), .k = int(C),
-                      .x = ptr<float>(s.x), .norm = norm, .norm_w = ptr<float>(w.norm2_w),
-                      .norm_b = ptr<float>(w.norm2_b), .eps = cfg.norm_eps,
+            dk::gemv({.w = w.fc.data_ptr(),
+                      .n = int(w.fc.size(0)),
+                      .k = int(C),
+                      .x = ptr<float>(s.x),
+                      .norm = norm,
+                      .norm_w = ptr<float>(w.norm2_w),
+                      .norm_b = ptr<float>(w.norm2_b),
+                      .eps = cfg.norm_eps,
                       .epi = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu,
-                      .bias = ptr<float>(w.fc_b), .out = ptr<float>(s.hid)},
+                      .bias = ptr<float>(w.fc_b),
+                      .out = ptr<float>(s.hid)},
                      st);
-            dk::gemv({.w = w.fc2.data_ptr(), .n = int(C), .k = int(cfg.n_ff),
-                      .x = ptr<float>(s.hid), .epi = dk::Epilogue::residual,
-                      .bias = ptr<float>(w.fc2_b), .out = ptr<float>(s.x)},
+            dk::gemv({.w = w.fc2.data_ptr(),
+                      .n = int(C),
+                      .k = int(cfg.n_ff),
+                      .x = ptr<float>(s.hid),
+                      .epi = dk::Epilogue::residual,
+                      .bias = ptr<float>(w.fc2_b),
+                      .out = ptr<float>(s.x)},
                      st);
         }
-        dk::gemv({.w = head.data_ptr(), .n = int(cfg.vocab_size), .k = int(C),
-                  .x = ptr<float>(s.x), .norm = norm, .norm_w = ptr<float>(lnf_w),
-                  .norm_b = ptr<float>(lnf_b), .eps = cfg.norm_eps, .epi = dk::Epilogue::store,
-                  .out = ptr<float>(s.logits), .argmax = true, .args = s.args},
+        dk::gemv({.w = head.data_ptr(),
+                  .n = int(cfg.vocab_size),
+                  .k = int(C),
+                  .x = ptr<float>(s.x),
+                  .norm = norm,
+                  .norm_w = ptr<float>(lnf_w),
+                  .norm_b = ptr<float>(lnf_b),
+                  .eps = cfg.norm_eps,
+                  .epi = dk::Epilogue::store,
+                  .out = ptr<float>(s.logits),
+                  .argmax = true,
+                  .args = s.args},
                  st);
         dk::finish(s.args, st);
     }
 
     // One decode step, replaying the state's graph (captured on first use) when it can.
     void launch_step(CudaState& s) {
-        if (opts.graph && graph_ok && !s.graph) capture(s);
-        if (s.graph) FORGE_CUDA_CHECK(cudaGraphLaunch(s.graph, stream));
-        else enqueue_step(s);
+        if (opts.graph && graph_ok && !s.graph)
+            capture(s);
+        if (s.graph)
+            FORGE_CUDA_CHECK(cudaGraphLaunch(s.graph, stream));
+        else
+            enqueue_step(s);
     }
 
     void capture(CudaState& s) {
@@ -145,17 +190,22 @@ struct CudaLM::Impl {
             why = e.what();
         }
         cudaError_t rc = cudaStreamEndCapture(stream, &g);
-        if (why.empty() && rc != cudaSuccess) why = cudaGetErrorString(rc);
+        if (why.empty() && rc != cudaSuccess)
+            why = cudaGetErrorString(rc);
         if (why.empty()) {
             rc = cudaGraphInstantiate(&s.graph, g, 0);
-            if (rc != cudaSuccess) why = cudaGetErrorString(rc), s.graph = nullptr;
+            if (rc != cudaSuccess)
+                why = cudaGetErrorString(rc), s.graph = nullptr;
         }
-        if (g) cudaGraphDestroy(g);
+        if (g)
+            cudaGraphDestroy(g);
         if (!why.empty()) {
             cudaGetLastError(); // clear the capture's error
             graph_ok = false;
-            std::fprintf(stderr, "[cuda] decode step: CUDA graph capture failed (%s); "
-                                 "launching its kernels one by one\n", why.c_str());
+            std::fprintf(stderr,
+                         "[cuda] decode step: CUDA graph capture failed (%s); "
+                         "launching its kernels one by one\n",
+                         why.c_str());
         }
     }
 
@@ -174,7 +224,8 @@ CudaLM::CudaLM(Transformer& model, Options opts) : impl_(std::make_unique<Impl>(
     FORGE_CHECK(H % Hkv == 0 && H / Hkv <= 8, "[cuda decode] ", H, " query heads over ", Hkv,
                 " kv heads: at most 8 per kv head");
     FORGE_CHECK(opts.prefill_chunk > 0, "[cuda decode] prefill_chunk must be > 0");
-    if (model.device() != kGpu) model.to(kGpu); // the prefill runs the model's ops there
+    if (model.device() != kGpu)
+        model.to(kGpu); // the prefill runs the model's ops there
     model.eval();
     m.stream = cudaStream_t(cuda::context(0).stream);
     m.gpt2 = c.family == ModelFamily::gpt2;
@@ -235,16 +286,25 @@ CudaLM::CudaLM(Transformer& model, Options opts) : impl_(std::make_unique<Impl>(
     }
     m.weight_bytes = int64_t(m.head.nbytes());
     for (const Layer& w : m.layers)
-        m.weight_bytes += int64_t(w.qkv.nbytes() + w.proj.nbytes() + w.fc.nbytes() + w.fc2.nbytes());
+        m.weight_bytes +=
+            int64_t(w.qkv.nbytes() + w.proj.nbytes() + w.fc.nbytes() + w.fc2.nbytes());
     FORGE_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }
 
 CudaLM::~CudaLM() = default;
 
-int64_t CudaLM::n_vocab() const { return impl_->cfg.vocab_size; }
-int64_t CudaLM::n_ctx() const { return impl_->cfg.n_ctx; }
-bool CudaLM::graph_active() const { return impl_->opts.graph && impl_->graph_ok; }
-int64_t CudaLM::weight_bytes_per_token() const { return impl_->weight_bytes; }
+int64_t CudaLM::n_vocab() const {
+    return impl_->cfg.vocab_size;
+}
+int64_t CudaLM::n_ctx() const {
+    return impl_->cfg.n_ctx;
+}
+bool CudaLM::graph_active() const {
+    return impl_->opts.graph && impl_->graph_ok;
+}
+int64_t CudaLM::weight_bytes_per_token() const {
+    return impl_->weight_bytes;
+}
 
 std::unique_ptr<CausalLM::State> CudaLM::new_state(int64_t capacity) {
     const ModelConfig& c = impl_->cfg;
@@ -262,9 +322,9 @@ std::unique_ptr<CausalLM::State> CudaLM::new_state(int64_t capacity) {
     s->att = Tensor::zeros({H * D}, DType::f32, kGpu);
     s->hid = Tensor::zeros({c.n_ff}, DType::f32, kGpu);
     s->logits = Tensor::zeros({c.vocab_size}, DType::f32, kGpu);
-    s->partial = Tensor::zeros(
-        {dk::attn_partial_floats(int(H), int(D), int(capacity), Impl::attn_chunk)}, DType::f32,
-        kGpu);
+    s->partial =
+        Tensor::zeros({dk::attn_partial_floats(int(H), int(D), int(capacity), Impl::attn_chunk)},
+                      DType::f32, kGpu);
     s->counters = Tensor::zeros({Hkv}, DType::i32, kGpu);
     s->args_dev = Tensor::zeros({int64_t(sizeof(dk::StepArgs))}, DType::u8, kGpu);
     s->args = static_cast<dk::StepArgs*>(s->args_dev.data_ptr());
@@ -320,7 +380,8 @@ void CudaLM::prefill(State& state, std::span<const TokenId> ids) {
     // Decode steps since the last prompt wrote only the bf16 cache: bring the f32 one level.
     for (int64_t l = 0; l < c.n_layer; ++l) {
         const int64_t a = s.prefill_len, n = s.len - a;
-        if (n <= 0) break;
+        if (n <= 0)
+            break;
         s.prefill_cache.k[size_t(l)].narrow(2, a, n).copy_(s.k[size_t(l)].narrow(2, a, n));
         s.prefill_cache.v[size_t(l)].narrow(2, a, n).copy_(s.v[size_t(l)].narrow(2, a, n));
     }
@@ -339,8 +400,12 @@ void CudaLM::prefill(State& state, std::span<const TokenId> ids) {
     s.len += n;
     s.prefill_len = s.len;
     const Tensor last = h.narrow(1, h.size(1) - 1, 1).to(DType::f32).contiguous();
-    dk::gemv({.w = m.head.data_ptr(), .n = int(c.vocab_size), .k = int(c.n_embd),
-              .x = last.data<float>(), .epi = dk::Epilogue::store, .out = ptr<float>(s.logits)},
+    dk::gemv({.w = m.head.data_ptr(),
+              .n = int(c.vocab_size),
+              .k = int(c.n_embd),
+              .x = last.data<float>(),
+              .epi = dk::Epilogue::store,
+              .out = ptr<float>(s.logits)},
              m.stream);
     FORGE_CUDA_CHECK(cudaStreamSynchronize(m.stream)); // `last` is freed on return
 }
