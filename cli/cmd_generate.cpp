@@ -12,6 +12,7 @@
 #include "infer_cli.h"
 #include <forge/core/device.h>
 #include <forge/core/error.h>
+#include <forge/generate/cuda_lm.h>
 #include <forge/generate/generator.h>
 #include <forge/models/loader.h>
 #include <forge/models/transformer.h>
@@ -37,6 +38,7 @@ struct GenerateCliOptions {
     bool ids = false, echo = false, ignore_eos = false, quiet = false;
     int threads = 0;
     std::string device = "cpu";
+    std::string dtype = "bf16";
 };
 
 // One message naming the flag, as the user typed it.
@@ -93,6 +95,7 @@ void run_generate(const GenerateCliOptions& o) {
     if (o.threads > 0) set_num_threads(o.threads);
     const Device device = Device::parse(o.device);
     cuda::check_device(device); // before the load: a missing GPU fails fast
+    cuda::PrecisionScope precision(o.dtype); // the prompt's matmuls and attention on CUDA
     // A .gguf file runs on the CPU quantized-weight engine (its weights used in place); a model
     // folder on the Transformer, on `device`.
     std::optional<Generator> gen_holder;
@@ -104,9 +107,15 @@ void run_generate(const GenerateCliOptions& o) {
         gen_holder.emplace(std::shared_ptr<CausalLM>(std::move(e.lm)), std::move(e.tokenizer));
     } else {
         LoadedModel lm = load_model_dir(o.model);
-        lm.model->to(device); // weights, then the KV cache and prefill/decode run there
         keep = lm.model;
-        gen_holder.emplace(*keep, lm.tokenizer);
+        if (device.type == DeviceType::cuda) {
+            // bf16 weights, static KV cache, the decode step in a CUDA graph; the prompt goes
+            // through the model's ops under --dtype.
+            FORGE_CHECK(device.index == 0, "--device ", o.device, ": GPU decoding runs on cuda:0");
+            gen_holder.emplace(std::make_shared<CudaLM>(*keep), lm.tokenizer);
+        } else {
+            gen_holder.emplace(*keep, lm.tokenizer);
+        }
     }
     Generator& gen = *gen_holder;
     std::vector<TokenId> prompt = gen.encode_prompt(o.prompt);
@@ -176,6 +185,9 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     cmd->add_option("--threads,-t", o->threads, "CPU threads (0 = all cores)")
         ->capture_default_str();
     cmd->add_option("--device", o->device, "cpu | cuda | cuda:N")->capture_default_str();
+    cmd->add_option("--dtype", o->dtype,
+                    "CUDA prefill precision: f32 | tf32 | bf16 (decode is bf16 weights)")
+        ->capture_default_str();
     cmd->callback([o] { run_generate(*o); });
 });
 

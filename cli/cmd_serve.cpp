@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "command.h"
+#include <forge/core/device.h>
 #include <forge/core/error.h>
+#include <forge/generate/cuda_lm.h>
 #include <forge/models/loader.h>
 #include <forge/serve/middleware.h>
 #include <forge/serve/openai.h>
@@ -26,6 +28,7 @@ struct ServeCliOptions {
     int64_t ctx = 0;
     double drain_s = 30;
     bool quiet = false;
+    std::string device = "cpu", dtype = "bf16";
 };
 
 // "N/min", "N/s" or "N" (per minute) -> requests per minute.
@@ -59,6 +62,9 @@ void run_serve(const ServeCliOptions& o) {
     if (o.ctx < 0) throw InvalidArgument("--ctx must be >= 0 (0 = the model's), got " + std::to_string(o.ctx));
     if (!(o.drain_s >= 0)) throw InvalidArgument("--drain must be >= 0 seconds");
     const double rate = parse_rate(o.rate_limit);
+    const Device device = Device::parse(o.device);
+    cuda::check_device(device);
+    cuda::PrecisionScope precision(o.dtype); // process-wide switches, for the engine's thread
     if (!std::filesystem::is_directory(o.model))
         throw NotFound("--model " + o.model + ": no such folder",
                        "point it at a folder with config.json, model.safetensors, tokenizer.json");
@@ -90,6 +96,13 @@ void run_serve(const ServeCliOptions& o) {
     std::fflush(stdout);
 
     LoadedModel loaded = load_model_dir(o.model);
+    // --device cuda: CudaLM (bf16 weights, CUDA-graph decode); the engine feeds its slots one
+    // sequence at a time (CausalLM::eval_batch's default), prompts under --dtype.
+    std::shared_ptr<CausalLM> lm;
+    if (device.type == DeviceType::cuda) {
+        FORGE_CHECK(device.index == 0, "--device ", o.device, ": GPU decoding runs on cuda:0");
+        lm = std::make_shared<CudaLM>(*loaded.model);
+    }
     if (o.ctx > loaded.config.n_ctx)
         throw InvalidArgument("--ctx " + std::to_string(o.ctx) + " is over the model's context of " +
                               std::to_string(loaded.config.n_ctx) + " positions");
@@ -98,7 +111,8 @@ void run_serve(const ServeCliOptions& o) {
                                           : o.name;
     registry->add(serve::ServedModel::from_loaded(
         id.empty() ? "model" : id, loaded,
-        {.engine = {.slots = o.slots, .max_queue = o.queue, .metrics = metrics}, .ctx = o.ctx}));
+        {.engine = {.slots = o.slots, .max_queue = o.queue, .metrics = metrics}, .ctx = o.ctx,
+         .lm = lm}));
     std::printf("forge serve: model '%s' ready (%d slots, %s API key%s)\n",
                 registry->list()[0]->id().c_str(), o.slots,
                 keys.empty() ? "no" : std::to_string(keys.size()).c_str(),
@@ -140,6 +154,9 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     cmd->add_option("--threads,-t", o->threads, "CPU threads (0 = all cores)")
         ->capture_default_str();
     cmd->add_flag("--quiet,-q", o->quiet, "no access log on stderr");
+    cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
+    cmd->add_option("--dtype", o->dtype, "with --device cuda: prompt precision f32 | tf32 | bf16")
+        ->capture_default_str();
     cmd->callback([o] { run_serve(*o); });
 });
 

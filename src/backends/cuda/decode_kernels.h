@@ -1,0 +1,79 @@
+// Kernels of the batch-1 decode step (decode_kernels.cu): a bf16 GEMV with the input norm and
+// the output's epilogue fused in, split-K ("flash-decoding") attention over a bf16 KV cache,
+// the token + position embedding and the step's bookkeeping. Raw device pointers; the position
+// and token live in device memory (StepArgs), so one CUDA graph replays every step. Not for
+// batched decode, prefill or training (those go through the ops). Host-only header.
+#pragma once
+
+#include <cstdint>
+
+namespace forge::cuda::decode {
+
+/// The step's device-resident inputs. The host writes token/pos before a step, or the previous
+/// step's finish() does (greedy decoding on the device).
+struct StepArgs {
+    int32_t token = 0;
+    int32_t pos = 0;     ///< position of `token`; the cache holds pos + 1 after the step
+    uint64_t argmax = 0; ///< packed (ordered logit << 32 | ~index); 0 = empty
+};
+
+enum class Norm { none, layer, rms };
+enum class Epilogue {
+    store,    ///< out[n] = acc + bias
+    residual, ///< out[n] += acc + bias (the residual stream, in place)
+    gelu,     ///< out[n] = gelu_tanh(acc + bias)
+    swiglu,   ///< rows interleaved (gate_i, up_i): out[i] = silu(gate_i) * up_i
+    qkv,      ///< rows q | k | v; q -> out, k and v -> the caches at args->pos (RoPE optional)
+};
+
+/// y = epilogue(W norm(x)); W: (N, K) bf16 row-major (nn.Linear layout), K % 8 == 0.
+struct GemvArgs {
+    const void* w = nullptr;
+    int n = 0, k = 0;
+    const float* x = nullptr; ///< (K)
+    Norm norm = Norm::none;
+    const float* norm_w = nullptr; ///< (K)
+    const float* norm_b = nullptr; ///< (K), LayerNorm only (may be null)
+    float eps = 1e-5f;
+    Epilogue epi = Epilogue::store;
+    const float* bias = nullptr; ///< (N) or null
+    float* out = nullptr;
+    bool argmax = false; ///< store: also fold max(out) into args->argmax
+    // qkv: n = (n_q + 2 n_kv) * head_dim. With rope_inv_freq, each q/k head's rows come
+    // permuted as (0, D/2, 1, D/2 + 1, ...) so a warp holds both halves of a rotated pair.
+    int n_q = 0, n_kv = 0, head_dim = 0;
+    const double* rope_inv_freq = nullptr; ///< (D/2) NeoX-style RoPE frequencies, or null
+    void* k_cache = nullptr;               ///< (n_kv, cache_cap, D) bf16
+    void* v_cache = nullptr;
+    int cache_cap = 0;
+    StepArgs* args = nullptr;
+};
+void gemv(const GemvArgs& a, void* stream);
+
+/// Split-K attention of one query per head over cache positions [0, args->pos], in chunks
+/// of `chunk` positions: one block per (kv head, chunk) writes a partial softmax; the last
+/// block of each kv head combines them. GQA: n_head % n_kv == 0, at most 8 query heads a kv head.
+struct AttnArgs {
+    const float* q = nullptr;      ///< (n_head, D)
+    const void* k_cache = nullptr; ///< (n_kv, cap, D) bf16
+    const void* v_cache = nullptr;
+    int n_head = 0, n_kv = 0, head_dim = 0, cap = 0;
+    int chunk = 64;
+    float scale = 1.f; ///< on the scores (1/sqrt(D))
+    const StepArgs* args = nullptr;
+    float* out = nullptr;         ///< (n_head, D)
+    float* partial = nullptr;     ///< scratch: attn_partial_floats()
+    unsigned* counters = nullptr; ///< (n_kv) zeroed once; each launch leaves them zero
+};
+int64_t attn_partial_floats(int n_head, int head_dim, int cap, int chunk);
+/// Head dims 32, 64 and 128.
+bool attn_supported(int head_dim);
+void attention(const AttnArgs& a, void* stream);
+
+/// x = f32(wte[args->token]) + (wpe ? wpe[args->pos] : 0); wte bf16 (V, C), wpe f32 (P, C).
+void embed(const void* wte, const float* wpe, int n_embd, const StepArgs* args, float* x,
+           void* stream);
+/// After the head: token = argmax, argmax = 0, pos += 1 (one thread).
+void finish(StepArgs* args, void* stream);
+
+} // namespace forge::cuda::decode

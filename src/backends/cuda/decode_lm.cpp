@@ -1,0 +1,440 @@
+// CudaLM (include/forge/generate/cuda_lm.h): the bf16 weight copies, per-state static buffers,
+// the decode step as a list of decode_kernels launches, its CUDA graph, and the prefill through
+// the model's ops. The graph bakes in every pointer, so each state captures its own on its
+// first decode step; token and position go through StepArgs in device memory.
+#include <forge/generate/cuda_lm.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include <cuda_runtime.h>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/decode_kernels.h"
+#include <forge/autograd/autograd.h>
+#include <forge/core/device.h>
+#include <forge/core/ops.h>
+#include <forge/models/transformer.h>
+
+namespace forge {
+
+namespace dk = cuda::decode;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+// A bf16 copy on the GPU, (N, K) row-major.
+Tensor bf16(const Tensor& w) {
+    return w.to(kGpu).contiguous().to(DType::bf16).contiguous();
+}
+Tensor f32(const Tensor& w) {
+    return w.to(kGpu).to(DType::f32).contiguous();
+}
+
+// Within each head of a q/k projection (n_head * D, C), rows (i, D/2 + i) made adjacent, so one
+// warp of the GEMV holds both halves of a RoPE pair (decode_kernels.h, Epilogue::qkv).
+Tensor pair_rope_rows(const Tensor& w, int64_t n_head, int64_t D) {
+    const int64_t C = w.size(1);
+    return w.reshape({n_head, 2, D / 2, C}).permute({0, 2, 1, 3}).reshape({n_head * D, C});
+}
+
+template <typename T> T* ptr(const Tensor& t) {
+    return t.defined() ? t.data<T>() : nullptr;
+}
+
+struct Layer {
+    Tensor qkv, proj, fc, fc2;                 // bf16 (N, K); Llama: fc = gate/up interleaved
+    Tensor norm1_w, norm1_b, norm2_w, norm2_b; // f32
+    Tensor qkv_b, proj_b, fc_b, fc2_b;         // f32 (GPT-2 only)
+};
+
+struct CudaState : CausalLM::State {
+    int64_t len = 0, cap = 0;
+    KVCache prefill_cache;    // the ops' f32 cache (1, Hkv, cap, D) for prompts
+    int64_t prefill_len = 0;  // positions of prefill_cache that agree with k/v
+    std::vector<Tensor> k, v; // (1, Hkv, cap, D) bf16 per layer: the decode cache
+    Tensor x, q, att, hid, logits, partial, counters, args_dev;
+    dk::StepArgs* args = nullptr;      // args_dev's memory
+    dk::StepArgs* host_args = nullptr; // pinned
+    float* host_logits = nullptr;      // pinned (V)
+    int32_t* host_tokens = nullptr;    // pinned, greedy()'s tokens
+    int64_t host_tokens_cap = 0;
+    cudaGraphExec_t graph = nullptr;
+
+    int64_t length() const override { return len; }
+    ~CudaState() override {
+        if (graph)
+            cudaGraphExecDestroy(graph);
+        cudaFreeHost(host_args);
+        cudaFreeHost(host_logits);
+        cudaFreeHost(host_tokens);
+    }
+};
+
+} // namespace
+
+struct CudaLM::Impl {
+    Transformer& model;
+    Options opts;
+    ModelConfig cfg;
+    bool gpt2 = true, graph_ok = true;
+    Tensor wte, wpe, head, lnf_w, lnf_b, rope_freq; // wte/head bf16; wpe f32; rope f64 (D/2)
+    std::vector<Layer> layers;
+    cudaStream_t stream = nullptr;
+    int64_t weight_bytes = 0;
+
+    Impl(Transformer& m, Options o) : model(m), opts(o), cfg(m.config()) {}
+
+    // The decode step for the token and position in s.args: the launches the graph holds.
+    void enqueue_step(CudaState& s) {
+        const int64_t C = cfg.n_embd, D = cfg.dim_head(), H = cfg.n_head, Hkv = cfg.n_head_kv;
+        void* st = stream;
+        dk::embed(wte.data_ptr(), ptr<float>(wpe), int(C), s.args, ptr<float>(s.x), st);
+        const dk::Norm norm = gpt2 ? dk::Norm::layer : dk::Norm::rms;
+        for (size_t l = 0; l < layers.size(); ++l) {
+            const Layer& w = layers[l];
+            dk::GemvArgs g{.w = w.qkv.data_ptr(),
+                           .n = int((H + 2 * Hkv) * D),
+                           .k = int(C),
+                           .x = ptr<float>(s.x),
+                           .norm = norm,
+                           .norm_w = ptr<float>(w.norm1_w),
+                           .norm_b = ptr<float>(w.norm1_b),
+                           .eps = cfg.norm_eps,
+                           .epi = dk::Epilogue::qkv,
+                           .bias = ptr<float>(w.qkv_b),
+                           .out = ptr<float>(s.q)};
+            g.n_q = int(H), g.n_kv = int(Hkv), g.head_dim = int(D);
+            g.rope_inv_freq = ptr<double>(rope_freq);
+            g.k_cache = s.k[l].data_ptr(), g.v_cache = s.v[l].data_ptr();
+            g.cache_cap = int(s.cap), g.args = s.args;
+            dk::gemv(g, st);
+            dk::attention({.q = ptr<float>(s.q),
+                           .k_cache = s.k[l].data_ptr(),
+                           .v_cache = s.v[l].data_ptr(),
+                           .n_head = int(H),
+                           .n_kv = int(Hkv),
+                           .head_dim = int(D),
+                           .cap = int(s.cap),
+                           .chunk = attn_chunk,
+                           .scale = float(1.0 / std::sqrt(double(D))),
+                           .args = s.args,
+                           .out = ptr<float>(s.att),
+                           .partial = ptr<float>(s.partial),
+                           .counters = ptr<unsigned>(s.counters)},
+                          st);
+            dk::gemv({.w = w.proj.data_ptr(),
+                      .n = int(C),
+                      .k = int(H * D),
+                      .x = ptr<float>(s.att),
+                      .epi = dk::Epilogue::residual,
+                      .bias = ptr<float>(w.proj_b),
+                      .out = ptr<float>(s.x)},
+                     st);
+            dk::gemv({.w = w.fc.data_ptr(),
+                      .n = int(w.fc.size(0)),
+                      .k = int(C),
+                      .x = ptr<float>(s.x),
+                      .norm = norm,
+                      .norm_w = ptr<float>(w.norm2_w),
+                      .norm_b = ptr<float>(w.norm2_b),
+                      .eps = cfg.norm_eps,
+                      .epi = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu,
+                      .bias = ptr<float>(w.fc_b),
+                      .out = ptr<float>(s.hid)},
+                     st);
+            dk::gemv({.w = w.fc2.data_ptr(),
+                      .n = int(C),
+                      .k = int(cfg.n_ff),
+                      .x = ptr<float>(s.hid),
+                      .epi = dk::Epilogue::residual,
+                      .bias = ptr<float>(w.fc2_b),
+                      .out = ptr<float>(s.x)},
+                     st);
+        }
+        dk::gemv({.w = head.data_ptr(),
+                  .n = int(cfg.vocab_size),
+                  .k = int(C),
+                  .x = ptr<float>(s.x),
+                  .norm = norm,
+                  .norm_w = ptr<float>(lnf_w),
+                  .norm_b = ptr<float>(lnf_b),
+                  .eps = cfg.norm_eps,
+                  .epi = dk::Epilogue::store,
+                  .out = ptr<float>(s.logits),
+                  .argmax = true,
+                  .args = s.args},
+                 st);
+        dk::finish(s.args, st);
+    }
+
+    // One decode step, replaying the state's graph (captured on first use) when it can.
+    void launch_step(CudaState& s) {
+        if (opts.graph && graph_ok && !s.graph)
+            capture(s);
+        if (s.graph)
+            FORGE_CUDA_CHECK(cudaGraphLaunch(s.graph, stream));
+        else
+            enqueue_step(s);
+    }
+
+    void capture(CudaState& s) {
+        cudaGraph_t g = nullptr;
+        std::string why;
+        FORGE_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+        try {
+            enqueue_step(s);
+        } catch (const std::exception& e) {
+            why = e.what();
+        }
+        cudaError_t rc = cudaStreamEndCapture(stream, &g);
+        if (why.empty() && rc != cudaSuccess)
+            why = cudaGetErrorString(rc);
+        if (why.empty()) {
+            rc = cudaGraphInstantiate(&s.graph, g, 0);
+            if (rc != cudaSuccess)
+                why = cudaGetErrorString(rc), s.graph = nullptr;
+        }
+        if (g)
+            cudaGraphDestroy(g);
+        if (!why.empty()) {
+            cudaGetLastError(); // clear the capture's error
+            graph_ok = false;
+            std::fprintf(stderr,
+                         "[cuda] decode step: CUDA graph capture failed (%s); "
+                         "launching its kernels one by one\n",
+                         why.c_str());
+        }
+    }
+
+    static constexpr int attn_chunk = 64;
+};
+
+CudaLM::CudaLM(Transformer& model, Options opts) : impl_(std::make_unique<Impl>(model, opts)) {
+    cuda::check_device(kGpu);
+    Impl& m = *impl_;
+    const ModelConfig& c = m.cfg;
+    const int64_t C = c.n_embd, D = c.dim_head(), H = c.n_head, Hkv = c.n_head_kv, F = c.n_ff;
+    FORGE_CHECK(dk::attn_supported(int(D)), "[cuda decode] head dim ", D,
+                " is not supported (32, 64 or 128)");
+    FORGE_CHECK(C % 8 == 0 && F % 8 == 0 && (H * D) % 8 == 0, "[cuda decode] n_embd (", C,
+                ") and n_ff (", F, ") must be multiples of 8");
+    FORGE_CHECK(H % Hkv == 0 && H / Hkv <= 8, "[cuda decode] ", H, " query heads over ", Hkv,
+                " kv heads: at most 8 per kv head");
+    FORGE_CHECK(opts.prefill_chunk > 0, "[cuda decode] prefill_chunk must be > 0");
+    if (model.device() != kGpu)
+        model.to(kGpu); // the prefill runs the model's ops there
+    model.eval();
+    m.stream = cudaStream_t(cuda::context(0).stream);
+    m.gpt2 = c.family == ModelFamily::gpt2;
+    NoGradGuard no_grad;
+    const auto sd = model.state_dict();
+    auto get = [&](const std::string& n) -> const Tensor& {
+        auto it = sd.find(n);
+        FORGE_ASSERT(it != sd.end());
+        return it->second;
+    };
+    if (m.gpt2) {
+        m.wte = bf16(get("transformer.wte.weight"));
+        m.wpe = f32(get("transformer.wpe.weight"));
+        m.head = c.tie_embeddings ? m.wte : bf16(get("lm_head.weight"));
+        m.lnf_w = f32(get("transformer.ln_f.weight"));
+        m.lnf_b = f32(get("transformer.ln_f.bias"));
+        for (int64_t l = 0; l < c.n_layer; ++l) {
+            const std::string p = "transformer.h." + std::to_string(l) + ".";
+            Layer w; // HF Conv1D weights are (in, out): transpose to (out, in)
+            w.qkv = bf16(get(p + "attn.c_attn.weight").t());
+            w.proj = bf16(get(p + "attn.c_proj.weight").t());
+            w.fc = bf16(get(p + "mlp.c_fc.weight").t());
+            w.fc2 = bf16(get(p + "mlp.c_proj.weight").t());
+            w.norm1_w = f32(get(p + "ln_1.weight")), w.norm1_b = f32(get(p + "ln_1.bias"));
+            w.norm2_w = f32(get(p + "ln_2.weight")), w.norm2_b = f32(get(p + "ln_2.bias"));
+            w.qkv_b = f32(get(p + "attn.c_attn.bias")), w.proj_b = f32(get(p + "attn.c_proj.bias"));
+            w.fc_b = f32(get(p + "mlp.c_fc.bias")), w.fc2_b = f32(get(p + "mlp.c_proj.bias"));
+            m.layers.push_back(std::move(w));
+        }
+    } else {
+        m.wte = bf16(get("model.embed_tokens.weight"));
+        m.head = c.tie_embeddings ? m.wte : bf16(get("lm_head.weight"));
+        m.lnf_w = f32(get("model.norm.weight"));
+        for (int64_t l = 0; l < c.n_layer; ++l) {
+            const std::string p = "model.layers." + std::to_string(l) + ".";
+            Layer w;
+            const Tensor q = pair_rope_rows(get(p + "self_attn.q_proj.weight"), H, D);
+            const Tensor k = pair_rope_rows(get(p + "self_attn.k_proj.weight"), Hkv, D);
+            w.qkv = bf16(concat({q, k, get(p + "self_attn.v_proj.weight")}, 0));
+            w.proj = bf16(get(p + "self_attn.o_proj.weight"));
+            const Tensor gate = get(p + "mlp.gate_proj.weight"), up = get(p + "mlp.up_proj.weight");
+            w.fc = bf16(concat({gate.reshape({F, 1, C}), up.reshape({F, 1, C})}, 1)
+                            .reshape({2 * F, C})); // rows (gate_i, up_i) for the SwiGLU epilogue
+            w.fc2 = bf16(get(p + "mlp.down_proj.weight"));
+            w.norm1_w = f32(get(p + "input_layernorm.weight"));
+            w.norm2_w = f32(get(p + "post_attention_layernorm.weight"));
+            m.layers.push_back(std::move(w));
+        }
+        // NeoX RoPE frequencies theta^(-2i/D), divided by Llama 3's scaling factors if any.
+        const std::vector<float> factors = c.rope_scaling_factor > 0
+                                               ? llama3_rope_factors(c)
+                                               : std::vector<float>(size_t(D / 2), 1.f);
+        std::vector<double> inv(size_t(D / 2));
+        for (int64_t i = 0; i < D / 2; ++i)
+            inv[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * double(i) / double(D)) /
+                             double(factors[size_t(i)]);
+        m.rope_freq = Tensor::from_vector(inv, {D / 2}).to(kGpu);
+    }
+    m.weight_bytes = int64_t(m.head.nbytes());
+    for (const Layer& w : m.layers)
+        m.weight_bytes +=
+            int64_t(w.qkv.nbytes() + w.proj.nbytes() + w.fc.nbytes() + w.fc2.nbytes());
+    FORGE_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+CudaLM::~CudaLM() = default;
+
+int64_t CudaLM::n_vocab() const {
+    return impl_->cfg.vocab_size;
+}
+int64_t CudaLM::n_ctx() const {
+    return impl_->cfg.n_ctx;
+}
+bool CudaLM::graph_active() const {
+    return impl_->opts.graph && impl_->graph_ok;
+}
+int64_t CudaLM::weight_bytes_per_token() const {
+    return impl_->weight_bytes;
+}
+
+std::unique_ptr<CausalLM::State> CudaLM::new_state(int64_t capacity) {
+    const ModelConfig& c = impl_->cfg;
+    FORGE_CHECK(capacity > 0 && capacity <= c.n_ctx, "[generate] a sequence of ", capacity,
+                " positions does not fit the model's context of ", c.n_ctx);
+    const int64_t D = c.dim_head(), H = c.n_head, Hkv = c.n_head_kv;
+    auto s = std::make_unique<CudaState>();
+    s->cap = capacity;
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        s->k.push_back(Tensor::zeros({1, Hkv, capacity, D}, DType::bf16, kGpu));
+        s->v.push_back(Tensor::zeros({1, Hkv, capacity, D}, DType::bf16, kGpu));
+    }
+    s->x = Tensor::zeros({c.n_embd}, DType::f32, kGpu);
+    s->q = Tensor::zeros({H * D}, DType::f32, kGpu);
+    s->att = Tensor::zeros({H * D}, DType::f32, kGpu);
+    s->hid = Tensor::zeros({c.n_ff}, DType::f32, kGpu);
+    s->logits = Tensor::zeros({c.vocab_size}, DType::f32, kGpu);
+    s->partial =
+        Tensor::zeros({dk::attn_partial_floats(int(H), int(D), int(capacity), Impl::attn_chunk)},
+                      DType::f32, kGpu);
+    s->counters = Tensor::zeros({Hkv}, DType::i32, kGpu);
+    s->args_dev = Tensor::zeros({int64_t(sizeof(dk::StepArgs))}, DType::u8, kGpu);
+    s->args = static_cast<dk::StepArgs*>(s->args_dev.data_ptr());
+    FORGE_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&s->host_args), sizeof(dk::StepArgs),
+                                   cudaHostAllocDefault));
+    FORGE_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&s->host_logits),
+                                   size_t(c.vocab_size) * sizeof(float), cudaHostAllocDefault));
+    FORGE_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); // the zeros have landed
+    return s;
+}
+
+namespace {
+CudaState& cuda_state(CausalLM::State& state) {
+    auto* s = dynamic_cast<CudaState*>(&state);
+    FORGE_CHECK(s != nullptr, "[generate] this state was not made by this CudaLM");
+    return *s;
+}
+} // namespace
+
+void CudaLM::eval(State& state, std::span<const TokenId> ids, std::vector<float>& logits) {
+    CudaState& s = cuda_state(state);
+    Impl& m = *impl_;
+    const int64_t n = int64_t(ids.size()), V = m.cfg.vocab_size;
+    FORGE_CHECK(n > 0, "[generate] eval of no tokens");
+    FORGE_CHECK(s.len + n <= s.cap, "[generate] the KV cache holds ", s.cap, " positions; ",
+                s.len + n, " needed");
+    for (TokenId id : ids)
+        FORGE_CHECK(id >= 0 && id < V, "[generate] token id ", id, " outside the vocabulary");
+    if (n == 1) {
+        s.host_args->token = ids[0];
+        s.host_args->pos = int32_t(s.len);
+        s.host_args->argmax = 0;
+        FORGE_CUDA_CHECK(cudaMemcpyAsync(s.args, s.host_args, sizeof(dk::StepArgs),
+                                         cudaMemcpyHostToDevice, m.stream));
+        m.launch_step(s);
+        ++s.len;
+    } else {
+        prefill(s, ids);
+    }
+    FORGE_CUDA_CHECK(cudaMemcpyAsync(s.host_logits, s.logits.data_ptr(), size_t(V) * sizeof(float),
+                                     cudaMemcpyDeviceToHost, m.stream));
+    FORGE_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    logits.assign(s.host_logits, s.host_logits + V);
+}
+
+void CudaLM::prefill(State& state, std::span<const TokenId> ids) {
+    CudaState& s = cuda_state(state);
+    Impl& m = *impl_;
+    const ModelConfig& c = m.cfg;
+    NoGradGuard no_grad;
+    if (!s.prefill_cache.capacity)
+        s.prefill_cache = KVCache::create(c, 1, s.cap, DType::f32, kGpu);
+    // Decode steps since the last prompt wrote only the bf16 cache: bring the f32 one level.
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const int64_t a = s.prefill_len, n = s.len - a;
+        if (n <= 0)
+            break;
+        s.prefill_cache.k[size_t(l)].narrow(2, a, n).copy_(s.k[size_t(l)].narrow(2, a, n));
+        s.prefill_cache.v[size_t(l)].narrow(2, a, n).copy_(s.v[size_t(l)].narrow(2, a, n));
+    }
+    s.prefill_cache.length = s.len;
+    const int64_t n = int64_t(ids.size());
+    Tensor h; // (1, T, C), after the final norm
+    for (int64_t i = 0; i < n; i += m.opts.prefill_chunk) {
+        const int64_t len = std::min(m.opts.prefill_chunk, n - i);
+        std::vector<int64_t> chunk(ids.begin() + i, ids.begin() + i + len);
+        h = m.model.hidden(Tensor::from_vector(chunk, {1, len}), &s.prefill_cache);
+    }
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        s.k[size_t(l)].narrow(2, s.len, n).copy_(s.prefill_cache.k[size_t(l)].narrow(2, s.len, n));
+        s.v[size_t(l)].narrow(2, s.len, n).copy_(s.prefill_cache.v[size_t(l)].narrow(2, s.len, n));
+    }
+    s.len += n;
+    s.prefill_len = s.len;
+    const Tensor last = h.narrow(1, h.size(1) - 1, 1).to(DType::f32).contiguous();
+    dk::gemv({.w = m.head.data_ptr(),
+              .n = int(c.vocab_size),
+              .k = int(c.n_embd),
+              .x = last.data<float>(),
+              .epi = dk::Epilogue::store,
+              .out = ptr<float>(s.logits)},
+             m.stream);
+    FORGE_CUDA_CHECK(cudaStreamSynchronize(m.stream)); // `last` is freed on return
+}
+
+std::vector<TokenId> CudaLM::greedy(State& state, TokenId first, int64_t n) {
+    CudaState& s = cuda_state(state);
+    Impl& m = *impl_;
+    FORGE_CHECK(n >= 0 && s.len + n <= s.cap, "[generate] the KV cache holds ", s.cap,
+                " positions; ", s.len + n, " needed");
+    FORGE_CHECK(first >= 0 && first < m.cfg.vocab_size, "[generate] token id ", first,
+                " outside the vocabulary");
+    if (n > s.host_tokens_cap) {
+        cudaFreeHost(s.host_tokens);
+        s.host_tokens = nullptr;
+        FORGE_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&s.host_tokens),
+                                       size_t(n) * sizeof(int32_t), cudaHostAllocDefault));
+        s.host_tokens_cap = n;
+    }
+    *s.host_args = {.token = first, .pos = int32_t(s.len), .argmax = 0};
+    FORGE_CUDA_CHECK(cudaMemcpyAsync(s.args, s.host_args, sizeof(dk::StepArgs),
+                                     cudaMemcpyHostToDevice, m.stream));
+    for (int64_t i = 0; i < n; ++i) { // finish() leaves the argmax in args->token
+        m.launch_step(s);
+        FORGE_CUDA_CHECK(cudaMemcpyAsync(s.host_tokens + i, &s.args->token, sizeof(int32_t),
+                                         cudaMemcpyDeviceToHost, m.stream));
+    }
+    FORGE_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    s.len += n;
+    return std::vector<TokenId>(s.host_tokens, s.host_tokens + n);
+}
+
+} // namespace forge

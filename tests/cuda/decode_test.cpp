@@ -1,0 +1,229 @@
+// The batch-1 GPU decode path (CudaLM, src/backends/cuda/decode_*): split-K attention over a
+// bf16 KV cache against the CPU's plain softmax(q k^T) v, and whole-model logits and greedy
+// tokens of random GPT-2 and Llama (GQA) models against TransformerLM on the CPU in f32.
+#include "cuda/cuda_test_util.h"
+
+#include <algorithm>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/decode_kernels.h"
+#include <forge/generate/cuda_lm.h>
+#include <forge/models/transformer.h>
+
+namespace forge::test {
+namespace {
+
+namespace dk = cuda::decode;
+
+// StepArgs on the device with pos = len - 1 (the kernels read the length from there).
+Tensor step_args(int64_t len) {
+    dk::StepArgs a{.token = 0, .pos = int32_t(len - 1), .argmax = 0};
+    return Tensor::from_blob(&a, {int64_t(sizeof a)}, DType::u8, nullptr).to(kCuda);
+}
+
+struct AttnCase {
+    int64_t len, head_dim, n_head, n_kv;
+};
+
+class CudaDecodeAttention : public ::testing::TestWithParam<AttnCase> {};
+
+TEST_P(CudaDecodeAttention, MatchesCpuSoftmaxAttention) {
+    const auto [len, D, H, Hkv] = GetParam();
+    const int64_t cap = len + 5, chunk = 64;
+    const uint64_t seed = uint64_t(len * 131 + D);
+    Tensor q = Tensor::randn({H, D}, seed, DType::f32);
+    // bf16 caches; positions past len hold huge values that must never be read.
+    Tensor k = Tensor::randn({1, Hkv, cap, D}, seed + 1, DType::f32);
+    Tensor v = Tensor::randn({1, Hkv, cap, D}, seed + 2, DType::f32);
+    k.narrow(2, len, cap - len).copy_(Tensor::full({1, Hkv, cap - len, D}, 1e4));
+    v.narrow(2, len, cap - len).copy_(Tensor::full({1, Hkv, cap - len, D}, 1e4));
+    k = k.to(DType::bf16), v = v.to(DType::bf16);
+
+    // Oracle: the CPU's decomposition over the bf16 values widened to f32, each query head
+    // against its kv head (h / (H / Hkv)).
+    std::vector<Tensor> ks, vs;
+    for (int64_t h = 0; h < H; ++h) {
+        ks.push_back(k.to(DType::f32).narrow(1, h / (H / Hkv), 1).narrow(2, 0, len));
+        vs.push_back(v.to(DType::f32).narrow(1, h / (H / Hkv), 1).narrow(2, 0, len));
+    }
+    Tensor ref = attention_reference(q.reshape({1, H, 1, D}), concat(ks, 1), concat(vs, 1),
+                                     {.causal = false})
+                     .reshape({H, D});
+
+    Tensor qd = q.to(kCuda), kd = k.to(kCuda), vd = v.to(kCuda), args = step_args(len);
+    Tensor out = Tensor::full({H, D}, NAN, DType::f32, kCuda); // poisoned: every value written
+    Tensor part = Tensor::zeros({dk::attn_partial_floats(int(H), int(D), int(cap), int(chunk))},
+                                DType::f32, kCuda);
+    Tensor counters = Tensor::zeros({Hkv}, DType::i32, kCuda);
+    dk::AttnArgs a{.q = qd.data<float>(),
+                   .k_cache = kd.data_ptr(),
+                   .v_cache = vd.data_ptr(),
+                   .n_head = int(H),
+                   .n_kv = int(Hkv),
+                   .head_dim = int(D),
+                   .cap = int(cap),
+                   .chunk = int(chunk),
+                   .scale = float(1.0 / std::sqrt(double(D))),
+                   .args = static_cast<const dk::StepArgs*>(args.data_ptr()),
+                   .out = out.data<float>(),
+                   .partial = part.data<float>(),
+                   .counters = counters.data<unsigned>()};
+    for (int rep = 0; rep < 2; ++rep) { // the second launch needs the counters reset
+        dk::attention(a, cuda::context(0).stream);
+        cuda::synchronize(0);
+        EXPECT_LE(max_rel_diff(out, ref), 1e-5) << "launch " << rep;
+        out.fill_(NAN);
+    }
+    EXPECT_EQ(Tensor::zeros({Hkv}, DType::i32).to_vector<int32_t>(),
+              counters.to(Device::cpu()).to_vector<int32_t>());
+}
+
+INSTANTIATE_TEST_SUITE_P(Lengths, CudaDecodeAttention,
+                         ::testing::Values(AttnCase{1, 64, 12, 12}, AttnCase{7, 64, 12, 12},
+                                           AttnCase{1024, 64, 12, 12}, AttnCase{4097, 64, 12, 12},
+                                           AttnCase{1, 128, 8, 2}, AttnCase{7, 128, 8, 2},
+                                           AttnCase{1024, 128, 8, 2}, AttnCase{4097, 128, 8, 2},
+                                           AttnCase{4097, 64, 32, 8}, AttnCase{300, 32, 4, 4}),
+                         [](const auto& info) {
+                             const AttnCase& c = info.param;
+                             return "T" + std::to_string(c.len) + "_D" +
+                                    std::to_string(c.head_dim) + "_H" + std::to_string(c.n_head) +
+                                    "_KV" + std::to_string(c.n_kv);
+                         });
+
+// ---------------------------------------------------------------- whole models
+
+ModelConfig small(ModelFamily family) {
+    ModelConfig c = ModelConfig::preset("tiny");
+    c.vocab_size = 512;
+    c.n_ctx = 160;
+    c.n_embd = 256;
+    c.n_head = 4; // head dim 64
+    c.n_head_kv = 4;
+    c.n_ff = 1024;
+    c.n_layer = 3;
+    if (family == ModelFamily::llama) {
+        c.family = ModelFamily::llama;
+        c.n_head_kv = 2; // grouped-query attention
+        c.n_ff = 688;
+        c.tie_embeddings = false;
+        c.norm_eps = 1e-6f;
+        c.rope_theta = 10000.f;
+    }
+    c.validate();
+    return c;
+}
+
+int64_t argmax(const std::vector<float>& v) {
+    return std::max_element(v.begin(), v.end()) - v.begin();
+}
+// Top-1 minus top-2 logit. Rounding moves each logit by at most max_abs_diff, so a margin over
+// twice that cannot flip the argmax: those steps must agree.
+float margin(std::vector<float> v) {
+    std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
+    return v[0] - v[1];
+}
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    double d = 0, n = 0;
+    for (size_t i = 0; i < a.size(); ++i)
+        d += double(a[i] - b[i]) * (a[i] - b[i]), n += double(b[i]) * b[i];
+    return std::sqrt(d / n);
+}
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    float m = 0;
+    for (size_t i = 0; i < a.size(); ++i)
+        m = std::max(m, std::abs(a[i] - b[i]));
+    return m;
+}
+
+class CudaDecodeModel : public ::testing::TestWithParam<ModelFamily> {};
+
+// Teacher forcing: both paths get the CPU's greedy tokens; a prompt, 24 decode steps, a second
+// prompt chunk (prefill after decode), 16 more steps. Logits within bf16 error everywhere, the
+// argmax equal wherever the CPU's margin is clear of that error.
+TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
+    const ModelConfig cfg = small(GetParam());
+    Transformer cpu_m(cfg, 21), gpu_m(cfg, 21);
+    TransformerLM ref(cpu_m);
+    CudaLM lm(gpu_m);
+    EXPECT_TRUE(lm.graph_active());
+    auto rs = ref.new_state(150), gs = lm.new_state(150);
+    std::vector<float> lr, lg;
+    int decided = 0, agreed = 0;
+    auto step = [&](std::span<const TokenId> ids, const std::string& what) {
+        ref.eval(*rs, ids, lr);
+        lm.eval(*gs, ids, lg);
+        EXPECT_LE(rel_diff(lg, lr), 2e-2) << what;
+        if (margin(lr) > 2 * max_abs_diff(lg, lr)) {
+            ++decided;
+            agreed += argmax(lg) == argmax(lr);
+            EXPECT_EQ(argmax(lg), argmax(lr)) << what;
+        }
+        return TokenId(argmax(lr));
+    };
+    std::vector<TokenId> prompt = {5, 77, 301, 2, 9, 460, 128, 33};
+    TokenId t = step(prompt, "prompt");
+    for (int i = 0; i < 24; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    std::vector<TokenId> more = {t, 17, 250, 3, 99};
+    t = step(more, "second prompt");
+    for (int i = 24; i < 40; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    EXPECT_EQ(gs->length(), rs->length());
+    EXPECT_GE(decided, 32) << "too few steps with a clear argmax to test anything";
+    EXPECT_EQ(agreed, decided);
+}
+
+// greedy() (argmax and feedback on the device, 48 steps) against the CPU fed the same tokens:
+// each token is the CPU's argmax wherever its margin is clear; and eager launches give the
+// graph's logits bit for bit.
+TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
+    const ModelConfig cfg = small(GetParam());
+    Transformer cpu_m(cfg, 22), gpu_m(cfg, 22);
+    TransformerLM ref(cpu_m);
+    CudaLM lm(gpu_m), eager(gpu_m, {.graph = false});
+    const std::vector<TokenId> prompt = {1, 2, 3, 4, 5, 6};
+    auto gs = lm.new_state(64);
+    std::vector<float> lg;
+    lm.eval(*gs, prompt, lg);
+    const TokenId first = TokenId(argmax(lg));
+    const std::vector<TokenId> toks = lm.greedy(*gs, first, 48);
+    ASSERT_EQ(toks.size(), 48u);
+    EXPECT_EQ(gs->length(), int64_t(prompt.size()) + 48);
+
+    auto rs = ref.new_state(64), es = eager.new_state(64);
+    std::vector<float> lr, le;
+    ref.eval(*rs, prompt, lr);
+    eager.eval(*es, prompt, le);
+    TokenId fed = first;
+    int decided = 0;
+    for (size_t i = 0; i < toks.size(); ++i) {
+        ref.eval(*rs, std::span(&fed, 1), lr);
+        eager.eval(*es, std::span(&fed, 1), le);
+        EXPECT_EQ(toks[i], argmax(le)) << "step " << i << ": graph+device argmax vs eager";
+        if (margin(lr) > 2 * max_abs_diff(le, lr)) {
+            ++decided;
+            EXPECT_EQ(toks[i], argmax(lr)) << "step " << i;
+        }
+        fed = toks[i];
+    }
+    EXPECT_GE(decided, 32);
+
+    // Graph and eager launches run the same kernels: identical logits.
+    auto g2 = lm.new_state(16), e2 = eager.new_state(16);
+    std::vector<float> a, b;
+    for (TokenId id : {7, 8, 9}) {
+        lm.eval(*g2, std::span(&id, 1), a);
+        eager.eval(*e2, std::span(&id, 1), b);
+        EXPECT_EQ(a, b);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, CudaDecodeModel,
+                         ::testing::Values(ModelFamily::gpt2, ModelFamily::llama),
+                         [](const auto& info) {
+                             return std::string(info.param == ModelFamily::gpt2 ? "gpt2" : "llama");
+                         });
+
+} // namespace
+} // namespace forge::test
