@@ -95,6 +95,57 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
     return out;
 }
 
+Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOptions& opts) {
+    detail::check_float("attention_packed", qkv);
+    FORGE_CHECK(qkv.dim() == 3 && n_head > 0 && qkv.size(2) % (3 * n_head) == 0,
+                "[attention_packed] expects qkv (B, T, 3 * n_head * D) with n_head = ", n_head,
+                ", got ", shape_str(qkv.shape()));
+    const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = n_head, D = C / H;
+    const DType dt = qkv.dtype();
+    if (is_half(dt)) { // widened per slice by attention(): the plain composition
+        auto p = split(qkv, {C, C, C}, 2);
+        auto heads = [&](const Tensor& t) { return t.reshape({B, T, H, D}).permute({0, 2, 1, 3}); };
+        return attention(heads(p[0]), heads(p[1]), heads(p[2]), opts)
+            .permute({0, 2, 1, 3})
+            .reshape({B, T, C});
+    }
+    Tensor packed, q, k, v, out_c, lse, out;
+    AttentionDims s{};
+    {
+        NoGradGuard no_grad;
+        // (B, T, 3, H, D) -> (3, B, H, T, D): q, k and v each contiguous (B, H, T, D).
+        packed = qkv.detach().view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4}).contiguous();
+        q = packed.select(0, 0), k = packed.select(0, 1), v = packed.select(0, 2);
+        s = check_attention("attention_packed", q, k, v, opts);
+        out_c = detail::empty_on(qkv, {B, H, T, D}, dt);
+        lse = detail::empty_on(qkv, {B, H, T}, dt);
+        if (out_c.numel() > 0)
+            detail::backend_of(qkv).attention(q, k, v, s.scale, opts.causal, out_c, lse);
+        out = out_c.permute({0, 2, 1, 3}).contiguous().view({B, T, C});
+    }
+    if (autograd::needs_grad({qkv})) {
+        autograd::record(
+            "attention_packed", out, {qkv},
+            [packed, out_c, lse, s, causal = opts.causal, B, T, C, H,
+             D](const Tensor& g) -> std::vector<Tensor> {
+                Tensor dpacked = out_c.numel() > 0
+                                     ? Tensor::empty(packed.shape(), packed.dtype(), packed.device())
+                                     : Tensor::zeros(packed.shape(), packed.dtype(), packed.device());
+                if (out_c.numel() > 0) {
+                    // (B, T, C) -> (B, H, T, D), the kernel's layout of dO.
+                    Tensor dout = g.contiguous().view({B, T, H, D}).permute({0, 2, 1, 3}).contiguous();
+                    detail::backend_of(g).attention_backward(
+                        packed.select(0, 0), packed.select(0, 1), packed.select(0, 2), out_c, lse,
+                        dout, s.scale, causal, dpacked.select(0, 0), dpacked.select(0, 1),
+                        dpacked.select(0, 2));
+                }
+                // (3, B, H, T, D) -> (B, T, 3, H, D) = (B, T, 3C)
+                return {dpacked.permute({1, 3, 0, 2, 4}).contiguous().view({B, T, 3 * C})};
+            });
+    }
+    return out;
+}
+
 Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v,
                            const AttentionOptions& opts) {
     const AttentionDims s = check_attention("attention_reference", q, k, v, opts);

@@ -218,8 +218,12 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
             if (c.family == ModelFamily::gpt2) {
                 Tensor h = layer_norm(xin, w.ln1_w, w.ln1_b, c.norm_eps);
                 Tensor qkv = linear(h, w.attn_w, w.attn_b); // (B, T, 3C)
-                auto p = split(qkv, {C, C, C}, 2);
-                q = heads(p[0], H), k = heads(p[1], H), v = heads(p[2], H);
+                if (!cache) { // training and full forwards: q, k, v never leave the kernel's layout
+                    a = attention_packed(qkv, H);
+                } else {
+                    auto p = split(qkv, {C, C, C}, 2);
+                    q = heads(p[0], H), k = heads(p[1], H), v = heads(p[2], H);
+                }
             } else {
                 Tensor h = rms_norm(xin, w.in_norm, c.norm_eps);
                 q = heads(matmul(h, w.q_w.t()), H);
@@ -234,8 +238,10 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
                     k = rope_with_factors(k, c, pos0, factors);
                 }
             }
-            auto [ka, va] = with_cache(k, v, l);
-            a = attention(q, ka, va).permute({0, 2, 1, 3}).reshape({B, T, H * D});
+            if (!a.defined()) {
+                auto [ka, va] = with_cache(k, v, l);
+                a = attention(q, ka, va).permute({0, 2, 1, 3}).reshape({B, T, H * D});
+            }
             Tensor x2;
             if (c.family == ModelFamily::gpt2) {
                 x2 = add(xin, dropout_(linear(a, w.proj_w, w.proj_b), seed0 + 1));

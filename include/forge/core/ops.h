@@ -120,6 +120,11 @@ struct AttentionOptions {
 };
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v,
                  const AttentionOptions& opts = {});
+/// Self-attention over a fused projection: qkv (B, T, 3 * n_head * D) holds q, k and v side by
+/// side (GPT-2's c_attn output) -> (B, T, n_head * D), the heads merged back. One node: one
+/// copy lays q, k, v out for the kernel and one copy lays their gradients back into (B, T, 3C),
+/// instead of three slices whose gradients are zero-padded to (B, T, 3C) and summed.
+Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOptions& opts = {});
 /// The plain decomposition softmax(q k^T * scale + mask) v: O(T^2) memory; the oracle.
 Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v,
                            const AttentionOptions& opts = {});
