@@ -1,9 +1,10 @@
 // Flash attention, f32, AVX2 + FMA: the vector policy for attention_flash.h (8 lanes, 4x2
-// register block) and its two entry points. Compiled with -mavx2 -mfma; called only when the
-// CPU has both and D % 8 == 0 (and no AVX-512).
+// register block) and its entry points (flash and short-sequence). Compiled with -mavx2 -mfma;
+// called only when the CPU has both and D % 8 == 0 (and no AVX-512).
 #include <immintrin.h>
 
 #include "backends/cpu/kernels/attention_flash.h"
+#include "backends/cpu/kernels/attention_short.h"
 
 namespace forge::cpu::flash {
 namespace {
@@ -66,6 +67,13 @@ void forward_f32_avx2(const FwdArgs<float>& a) {
 }
 void backward_f32_avx2(const BwdArgs<float>& a) {
     flash_backward<Avx2>(a);
+}
+
+void short_forward_f32_avx2(const FwdArgs<float>& a) {
+    short_forward<Avx2>(a);
+}
+void short_backward_f32_avx2(const BwdArgs<float>& a) {
+    short_backward<Avx2>(a);
 }
 
 } // namespace forge::cpu::flash

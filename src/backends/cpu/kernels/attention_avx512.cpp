@@ -1,13 +1,14 @@
 // Flash attention, f32, AVX-512: the vector policy for attention_flash.h (16 lanes, 4x4 register
-// block of the tile GEMMs) and its two entry points. Compiled with -mavx512f etc.; called only
-// when the CPU has AVX-512F and D % 16 == 0.
-// GCC 12 warns "__Y is used uninitialized" inside its own AVX-512 intrinsics (they pass
-// _mm512_undefined_ps() as the unused merge source); the pragma must precede the header.
+// block of the tile GEMMs) and its entry points (flash and short-sequence). Compiled with -mavx512f
+// etc.; called only when the CPU has AVX-512F and D % 16 == 0. GCC 12 warns "__Y is used
+// uninitialized" inside its own AVX-512 intrinsics (they pass _mm512_undefined_ps() as the unused
+// merge source); the pragma must precede the header.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "backends/cpu/kernels/attention_flash.h"
+#include "backends/cpu/kernels/attention_short.h"
 
 namespace forge::cpu::flash {
 namespace {
@@ -66,6 +67,13 @@ void forward_f32_avx512(const FwdArgs<float>& a) {
 }
 void backward_f32_avx512(const BwdArgs<float>& a) {
     flash_backward<Avx512>(a);
+}
+
+void short_forward_f32_avx512(const FwdArgs<float>& a) {
+    short_forward<Avx512>(a);
+}
+void short_backward_f32_avx512(const BwdArgs<float>& a) {
+    short_backward<Avx512>(a);
 }
 
 } // namespace forge::cpu::flash
