@@ -2,9 +2,9 @@
 // directly (no autograd) at the GPT-2 anchor shape and two longer ones, ms per call and GFLOP/s
 // against an AVX-512 FMA loop measured here with the same thread count. Not a test: figures
 // only. A plain program (its own main). Usage: [OMP_NUM_THREADS=N] [FORGE_BENCH_CPU_TIME=1]
-// attention_kernels_bench [--samples N]; each sample times enough calls to last ~20 ms, and the
-// median is printed. FORGE_BENCH_CPU_TIME=1 with one thread times by the thread's CPU time,
-// which other tenants of a shared machine don't inflate.
+// attention_kernels_bench [--samples N] [--shapes N]; each sample times enough calls to last ~20
+// ms, and the median is printed. FORGE_BENCH_CPU_TIME=1 with one thread times by the thread's CPU
+// time, which other tenants of a shared machine don't inflate.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -105,10 +105,13 @@ struct Shape {
 } // namespace
 
 int main(int argc, char** argv) {
-    int samples = 15;
-    for (int i = 1; i + 1 < argc; ++i)
+    int samples = 15, n_shapes = 99;
+    for (int i = 1; i + 1 < argc; ++i) {
         if (std::strcmp(argv[i], "--samples") == 0)
             samples = std::max(1, std::atoi(argv[i + 1]));
+        if (std::strcmp(argv[i], "--shapes") == 0) // only the first N shapes
+            n_shapes = std::atoi(argv[i + 1]);
+    }
     const char* cpu_env = std::getenv("FORGE_BENCH_CPU_TIME");
     g_cpu_time = cpu_env && std::strcmp(cpu_env, "1") == 0 && omp_get_max_threads() == 1;
     using forge::Tensor;
@@ -118,8 +121,10 @@ int main(int argc, char** argv) {
     std::printf("%-22s %10s %9s %6s %10s %9s %6s\n", "(B, H, T, D) causal", "fwd ms", "GFLOP/s",
                 "%peak", "bwd ms", "GFLOP/s", "%peak");
     forge::Backend& be = forge::backend_for(forge::Device{});
-    for (const Shape s : {Shape{12, 4, 64, 32}, Shape{12, 4, 64, 64}, Shape{12, 4, 64, 128},
-                          Shape{8, 12, 128, 64}, Shape{4, 12, 256, 64}, Shape{1, 12, 1024, 64}}) {
+    const std::vector<Shape> shapes{{12, 4, 64, 32},  {12, 4, 64, 64},  {12, 4, 64, 128},
+                                    {8, 12, 128, 64}, {4, 12, 256, 64}, {1, 12, 1024, 64}};
+    for (int si = 0; si < std::min<int>(n_shapes, int(shapes.size())); ++si) {
+        const Shape s = shapes[size_t(si)];
         const forge::Shape qs{s.B, s.H, s.T, s.D};
         Tensor q = Tensor::randn(qs, 1), k = Tensor::randn(qs, 2), v = Tensor::randn(qs, 3);
         Tensor dout = Tensor::randn(qs, 4), out = Tensor::empty(qs);

@@ -1,8 +1,8 @@
 // Flash attention, f32, AVX-512: the vector policy for attention_flash.h (16 lanes, 4x4 register
-// block of the tile GEMMs) and its entry points (flash and short-sequence). Compiled with -mavx512f
-// etc.; called only when the CPU has AVX-512F and D % 16 == 0. GCC 12 warns "__Y is used
-// uninitialized" inside its own AVX-512 intrinsics (they pass _mm512_undefined_ps() as the unused
-// merge source); the pragma must precede the header.
+// block of the tile GEMMs) and the entry points of attention_flash.h and attention_short.h.
+// Compiled with -mavx512f etc.; called only when the CPU has AVX-512F and D % 16 == 0.
+// GCC 12 warns "__Y is used uninitialized" inside its own AVX-512 intrinsics (they pass
+// _mm512_undefined_ps() as the unused merge source); the pragma must precede the header.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
