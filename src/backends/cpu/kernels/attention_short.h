@@ -83,21 +83,34 @@ void short_gemm(typename Vec::T* c, int64_t ldc, int64_t n, int64_t w, const typ
             gemm_rows<Vec, 2 * R, 3, kAcc>(c + j * W, ldc, n, a, ars, aks, m, b + j * W, ldb);
 }
 
+// x = exp(x - sub), as row_exp_sum without the sum (a horizontal add the backward doesn't use).
+template <class Vec> void row_exp(typename Vec::T* x, int64_t n, typename Vec::T sub) {
+    const auto s = Vec::set1(sub);
+    for (int64_t i = 0; i < n; i += Vec::W)
+        Vec::store(x + i, Vec::exp(Vec::sub(Vec::load(x + i), s)));
+}
+
 template <class Vec> typename Vec::T row_max(const typename Vec::T* x, int64_t n) {
     auto mx = Vec::set1(-std::numeric_limits<typename Vec::T>::infinity());
     for (int64_t i = 0; i < n; i += Vec::W)
         mx = Vec::max(mx, Vec::load(x + i));
-    alignas(64) typename Vec::T lanes[Vec::W];
-    Vec::store(lanes, mx);
-    return *std::max_element(lanes, lanes + Vec::W);
+    return Vec::reduce_max(mx);
 }
 
-// src (Tk, D) row-major -> dst (D, ldk) times f, columns Tk.. zero.
-template <typename T> void transpose_keys(T* dst, const T* src, int64_t Tk, int64_t D, T f) {
+// src (Tk, D) row-major -> dst (D, ldk) times f, columns Tk.. zero. In 8 x 8 blocks where the
+// policy has a register transpose (a strided scalar copy is a tenth of a short head's time).
+template <class Vec, typename T>
+void transpose_keys(T* dst, const T* src, int64_t Tk, int64_t D, T f) {
     const int64_t ldk = ld_keys(Tk);
+    int64_t j0 = 0;
+    if constexpr (requires(T * d, const T* s) { Vec::transpose8(d, 0, s, 0, f); })
+        if (D % 8 == 0)
+            for (; j0 + 8 <= Tk; j0 += 8)
+                for (int64_t d = 0; d < D; d += 8)
+                    Vec::transpose8(dst + d * ldk + j0, ldk, src + j0 * D + d, D, f);
     for (int64_t d = 0; d < D; ++d) {
         T* row = dst + d * ldk;
-        for (int64_t j = 0; j < Tk; ++j)
+        for (int64_t j = j0; j < Tk; ++j)
             row[j] = src[j * D + d] * f;
         std::fill(row + Tk, row + ldk, T(0));
     }
@@ -126,7 +139,7 @@ template <class Vec> void short_forward(const FwdArgs<typename Vec::T>& a) {
         for (int64_t bh = 0; bh < n_tasks; ++bh) {
             const int64_t kv = (bh / a.Hq * a.Hkv + bh % a.Hq / G) * a.Tk * D; // GQA: shared
             const T* V = a.v + kv;
-            transpose_keys(kt, a.k + kv, a.Tk, D, a.scale);
+            transpose_keys<Vec>(kt, a.k + kv, a.Tk, D, a.scale);
             for (int64_t i0 = 0; i0 < a.Tq; i0 += kShortRows) {
                 const int64_t nr = std::min(kShortRows, a.Tq - i0);
                 const int64_t n_keys = keys_seen(a.causal, a.Tq, a.Tk, i0 + nr - 1);
@@ -171,8 +184,8 @@ template <class Vec> void short_backward(const BwdArgs<typename Vec::T>& a) {
             T* dV = a.dv + kv;
             std::fill(dK, dK + Tk * D, T(0));
             std::fill(dV, dV + Tk * D, T(0));
-            transpose_keys(kt, K, Tk, D, a.scale);
-            transpose_keys(vt, a.v + kv, Tk, D, T(1));
+            transpose_keys<Vec>(kt, K, Tk, D, a.scale);
+            transpose_keys<Vec>(vt, a.v + kv, Tk, D, T(1));
             for (int64_t h = task % a.Hkv * G; h < (task % a.Hkv + 1) * G; ++h) {
                 const int64_t bh = b * a.Hq + h;
                 const T* Q = a.q + bh * Tq * D;
@@ -192,7 +205,7 @@ template <class Vec> void short_backward(const BwdArgs<typename Vec::T>& a) {
                         T* prow = P + r * ldk;
                         T* dsrow = dS + r * ldk;
                         std::fill(prow + keys_seen(a.causal, Tq, Tk, i), prow + w, neg_inf);
-                        row_exp_sum<Vec>(prow, w, lse[i]); // P = exp(S - lse), 0 where masked
+                        row_exp<Vec>(prow, w, lse[i]); // P = exp(S - lse), 0 where masked
                         const T delta = row_dot<Vec>(dO + i * D, O + i * D, D);
                         row_dsoftmax<Vec>(dsrow, prow, w, delta, a.scale);
                         // the dK, dV blocks below read whole columns: zero past the row's block
