@@ -15,6 +15,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -83,18 +84,37 @@ void short_gemm(typename Vec::T* c, int64_t ldc, int64_t n, int64_t w, const typ
             gemm_rows<Vec, 2 * R, 3, kAcc>(c + j * W, ldc, n, a, ars, aks, m, b + j * W, ldb);
 }
 
-// x = exp(x - sub), as row_exp_sum without the sum (a horizontal add the backward doesn't use).
-template <class Vec> void row_exp(typename Vec::T* x, int64_t n, typename Vec::T sub) {
-    const auto s = Vec::set1(sub);
-    for (int64_t i = 0; i < n; i += Vec::W)
-        Vec::store(x + i, Vec::exp(Vec::sub(Vec::load(x + i), s)));
+// Masks are added, not stored: scalar -inf stores into a row that is then read as vectors stall
+// on store forwarding. ramp + kShortMaxT - lim is 0 before column lim and -inf from it.
+template <typename T> constexpr std::array<T, 2 * kShortMaxT> make_ramp() {
+    std::array<T, 2 * kShortMaxT> r{};
+    for (int64_t i = kShortMaxT; i < 2 * kShortMaxT; ++i)
+        r[size_t(i)] = -std::numeric_limits<T>::infinity();
+    return r;
+}
+template <typename T> constexpr std::array<T, 2 * kShortMaxT> kRamp = make_ramp<T>();
+template <typename T> const T* mask_from(int64_t lim) {
+    return kRamp<T>.data() + kShortMaxT - lim;
 }
 
-template <class Vec> typename Vec::T row_max(const typename Vec::T* x, int64_t n) {
+// x += mask; returns max(x).
+template <class Vec>
+typename Vec::T row_mask_max(typename Vec::T* x, const typename Vec::T* mask, int64_t n) {
     auto mx = Vec::set1(-std::numeric_limits<typename Vec::T>::infinity());
-    for (int64_t i = 0; i < n; i += Vec::W)
-        mx = Vec::max(mx, Vec::load(x + i));
+    for (int64_t i = 0; i < n; i += Vec::W) {
+        const auto v = Vec::add(Vec::load(x + i), Vec::load(mask + i));
+        Vec::store(x + i, v);
+        mx = Vec::max(mx, v);
+    }
     return Vec::reduce_max(mx);
+}
+
+// x = exp(x + mask - sub)
+template <class Vec>
+void row_mask_exp(typename Vec::T* x, const typename Vec::T* mask, int64_t n, typename Vec::T sub) {
+    const auto s = Vec::set1(sub);
+    for (int64_t i = 0; i < n; i += Vec::W)
+        Vec::store(x + i, Vec::exp(Vec::sub(Vec::add(Vec::load(x + i), Vec::load(mask + i)), s)));
 }
 
 // src (Tk, D) row-major -> dst (D, ldk) times f, columns Tk.. zero. In 8 x 8 blocks where the
@@ -128,7 +148,6 @@ template <class Vec> void short_forward(const FwdArgs<typename Vec::T>& a) {
     using T = typename Vec::T;
     constexpr int W = Vec::W;
     const int64_t D = a.D, G = a.Hq / a.Hkv, ldk = ld_keys(a.Tk), n_tasks = a.B * a.Hq;
-    const T neg_inf = -std::numeric_limits<T>::infinity();
     const bool parallel = n_tasks > 1 && a.B * a.Hq * a.Tq * a.Tk * D >= kMinParallelWork;
 #pragma omp parallel if (parallel)
     {
@@ -148,8 +167,8 @@ template <class Vec> void short_forward(const FwdArgs<typename Vec::T>& a) {
                 short_gemm<Vec, false>(s, ldk, nr, w, Q, D, 1, D, kt, ldk); // S * scale
                 for (int64_t r = 0; r < nr; ++r) {
                     T* row = s + r * ldk;
-                    std::fill(row + keys_seen(a.causal, a.Tq, a.Tk, i0 + r), row + w, neg_inf);
-                    const T mx = row_max<Vec>(row, w); // finite: every row sees key 0
+                    const T* mask = mask_from<T>(keys_seen(a.causal, a.Tq, a.Tk, i0 + r));
+                    const T mx = row_mask_max<Vec>(row, mask, w); // finite: all rows see key 0
                     const T sum = row_exp_sum<Vec>(row, w, mx);
                     inv_sum[r] = T(1) / sum;
                     a.lse[bh * a.Tq + i0 + r] = mx + std::log(sum);
@@ -168,7 +187,6 @@ template <class Vec> void short_backward(const BwdArgs<typename Vec::T>& a) {
     constexpr int W = Vec::W;
     const int64_t D = a.D, G = a.Hq / a.Hkv, ldk = ld_keys(a.Tk), n_tasks = a.B * a.Hkv;
     const int64_t Tq = a.Tq, Tk = a.Tk, off = Tk - Tq;
-    const T neg_inf = -std::numeric_limits<T>::infinity();
     const bool parallel = n_tasks > 1 && a.B * a.Hq * Tq * Tk * D >= kMinParallelWork;
 #pragma omp parallel if (parallel)
     {
@@ -204,8 +222,9 @@ template <class Vec> void short_backward(const BwdArgs<typename Vec::T>& a) {
                         const int64_t i = i0 + r;
                         T* prow = P + r * ldk;
                         T* dsrow = dS + r * ldk;
-                        std::fill(prow + keys_seen(a.causal, Tq, Tk, i), prow + w, neg_inf);
-                        row_exp<Vec>(prow, w, lse[i]); // P = exp(S - lse), 0 where masked
+                        // P = exp(S - lse), 0 where masked
+                        row_mask_exp<Vec>(prow, mask_from<T>(keys_seen(a.causal, Tq, Tk, i)), w,
+                                          lse[i]);
                         const T delta = row_dot<Vec>(dO + i * D, O + i * D, D);
                         row_dsoftmax<Vec>(dsrow, prow, w, delta, a.scale);
                         // the dK, dV blocks below read whole columns: zero past the row's block
