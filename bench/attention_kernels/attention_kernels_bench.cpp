@@ -2,7 +2,8 @@
 // directly (no autograd) at the GPT-2 anchor shape and two longer ones, ms per call and GFLOP/s
 // against an AVX-512 FMA loop measured here with the same thread count. Not a test: figures
 // only. A plain program (its own main). Usage: [OMP_NUM_THREADS=N] [FORGE_BENCH_CPU_TIME=1]
-// attention_kernels_bench [--samples N] [--shapes N]; each sample times enough calls to last ~20
+// attention_kernels_bench [--samples N] [--shapes N]
+// [--isa avx2|generic]; each sample times enough calls to last ~20
 // ms, and the median is printed. FORGE_BENCH_CPU_TIME=1 with one thread times by the thread's CPU
 // time, which other tenants of a shared machine don't inflate.
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <omp.h>
 
 #include "backends/backend.h"
+#include "backends/cpu/simd/nn_kernels.h"
 #include <forge/core/tensor.h>
 
 namespace {
@@ -106,18 +108,24 @@ struct Shape {
 
 int main(int argc, char** argv) {
     int samples = 15, n_shapes = 99;
+    forge::cpu::nn::Isa isa = forge::cpu::nn::best_isa();
     for (int i = 1; i + 1 < argc; ++i) {
         if (std::strcmp(argv[i], "--samples") == 0)
             samples = std::max(1, std::atoi(argv[i + 1]));
         if (std::strcmp(argv[i], "--shapes") == 0) // only the first N shapes
             n_shapes = std::atoi(argv[i + 1]);
+        if (std::strcmp(argv[i], "--isa") == 0) // cap the kernels' instruction set
+            isa = std::strcmp(argv[i + 1], "avx2") == 0      ? forge::cpu::nn::Isa::avx2
+                  : std::strcmp(argv[i + 1], "generic") == 0 ? forge::cpu::nn::Isa::generic
+                                                             : isa;
     }
+    forge::cpu::nn::IsaCapScope cap(isa);
     const char* cpu_env = std::getenv("FORGE_BENCH_CPU_TIME");
     g_cpu_time = cpu_env && std::strcmp(cpu_env, "1") == 0 && omp_get_max_threads() == 1;
     using forge::Tensor;
     const double peak = fma_peak();
-    std::printf("threads %d (%s time), FMA f32 peak %.0f GFLOP/s\n", omp_get_max_threads(),
-                g_cpu_time ? "CPU" : "wall", peak);
+    std::printf("threads %d (%s time), ISA %d, FMA f32 peak %.0f GFLOP/s\n", omp_get_max_threads(),
+                g_cpu_time ? "CPU" : "wall", int(isa), peak);
     std::printf("%-22s %10s %9s %6s %10s %9s %6s\n", "(B, H, T, D) causal", "fwd ms", "GFLOP/s",
                 "%peak", "bwd ms", "GFLOP/s", "%peak");
     forge::Backend& be = forge::backend_for(forge::Device{});
