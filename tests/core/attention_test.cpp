@@ -1,7 +1,9 @@
-// attention: the flash kernels (every SIMD path: D % 16, D % 8, other D) against the reference
-// kernel, forward, lse and gradients, in every float dtype; the fused op against its
-// decomposition attention_reference; gradcheck of both; causal alignment with Tq < Tk; memory
-// that stays O(T * D); and the error messages.
+// attention: the short-sequence and flash kernels (every SIMD path: D % 16, D % 8, other D)
+// against the reference kernel, forward, lse and gradients, in every float dtype; results
+// independent of the thread count; the fused op against its decomposition attention_reference;
+// gradcheck of both; causal alignment with Tq < Tk; memory that stays O(T * D); and the error
+// messages.
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/simd/nn_kernels.h"
@@ -28,14 +31,36 @@ struct AttnCase {
     }
 };
 
-// Tiles are 64 x 64: the cases cover one partial tile, several tiles with a partial last one,
-// Tq < Tk (queries aligned to the end), GQA and MQA, and head sizes taking each SIMD path.
+// Up to Tq, Tk = 256 the short-sequence kernels run (rows in blocks of 8, one tile of keys);
+// past that the flash kernels (64 x 64 tiles). The cases cover one partial block or tile, several
+// with a partial last one, Tq < Tk (queries aligned to the end), GQA and MQA, and head sizes
+// taking each SIMD path; the last three are long enough for the flash path.
 std::vector<AttnCase> cases() {
     return {
-        {1, 2, 2, 5, 5, 16, true},     {1, 2, 2, 5, 5, 16, false},   {2, 4, 2, 70, 70, 16, true},
-        {1, 4, 1, 70, 70, 32, false},  {1, 2, 2, 3, 130, 16, true},  {1, 2, 1, 67, 150, 32, true},
-        {1, 1, 1, 129, 129, 64, true}, {1, 2, 2, 20, 20, 8, true},   {1, 2, 2, 20, 33, 12, true},
-        {1, 2, 2, 20, 33, 12, false},  {1, 1, 1, 65, 65, 80, false}, {1, 1, 1, 1, 40, 16, true},
+        {1, 2, 2, 5, 5, 16, true},     {1, 2, 2, 5, 5, 16, false},
+        {2, 4, 2, 70, 70, 16, true},   {1, 4, 1, 70, 70, 32, false},
+        {1, 2, 2, 3, 130, 16, true},   {1, 2, 1, 67, 150, 32, true},
+        {1, 1, 1, 129, 129, 64, true}, {1, 2, 2, 20, 20, 8, true},
+        {1, 2, 2, 20, 33, 12, true},   {1, 2, 2, 20, 33, 12, false},
+        {1, 1, 1, 65, 65, 80, false},  {1, 1, 1, 1, 40, 16, true},
+        {1, 2, 1, 67, 300, 32, true},  {1, 1, 1, 260, 260, 16, false},
+        {1, 2, 2, 270, 270, 24, true},
+    };
+}
+
+// The short-sequence kernels at the lengths around their block and tile edges (1, 7, 63, 64,
+// 65, 128, 200, 256), the head sizes of the models (32, 64, 128) and one no SIMD policy takes
+// (20), causal and not, Tq < Tk, Tq > Tk (non-causal), GQA, and MQA with B = 1 (its backward
+// has fewer kv-heads than threads and takes the flash kernel).
+std::vector<AttnCase> short_cases() {
+    return {
+        {2, 4, 2, 1, 1, 32, true},      {1, 2, 2, 7, 7, 32, false},
+        {2, 4, 4, 63, 63, 32, true},    {2, 4, 2, 64, 64, 64, true},
+        {1, 2, 1, 65, 65, 128, false},  {1, 4, 2, 128, 128, 32, true},
+        {1, 2, 2, 200, 200, 64, true},  {1, 2, 1, 256, 256, 32, false},
+        {1, 2, 2, 256, 256, 128, true}, {1, 2, 2, 64, 64, 20, true},
+        {1, 2, 2, 7, 100, 32, true},    {1, 2, 2, 100, 60, 64, false},
+        {1, 4, 1, 200, 256, 128, true},
     };
 }
 
@@ -104,9 +129,51 @@ TEST(Attention, FastMatchesReferenceForwardAndBackward) {
     }
 }
 
+TEST(Attention, ShortSequencesMatchReference) {
+    // The short-sequence kernels under each instruction set, f32, and the scalar policy in f64,
+    // against the reference kernels (plain loops over the full score matrix).
+    using cpu::nn::Isa;
+    for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512}) {
+        if (int(isa) > int(cpu::nn::best_isa()))
+            break;
+        cpu::nn::IsaCapScope cap(isa);
+        for (const auto& c : short_cases()) {
+            QKV x = make_qkv(c, DType::f32, 17, true);
+            expect_fast_matches_ref(
+                c.str() + " dtype=f32 isa=" + std::to_string(int(isa)),
+                [&] { return forward_backward(x, c.causal, attention); }, 1e-5);
+        }
+    }
+    for (const auto& c : short_cases()) {
+        QKV x = make_qkv(c, DType::f64, 19, true);
+        expect_fast_matches_ref(
+            c.str() + " dtype=f64", [&] { return forward_backward(x, c.causal, attention); },
+            1e-12);
+    }
+}
+
+TEST(Attention, ResultsDoNotDependOnThreadCount) {
+    // Each (batch, head) task sums in a fixed order: one thread and all threads agree bitwise.
+    for (const AttnCase& c :
+         {AttnCase{2, 4, 4, 64, 64, 32, true}, AttnCase{2, 4, 2, 128, 128, 64, false},
+          AttnCase{1, 4, 2, 300, 300, 32, true}}) {
+        QKV x = make_qkv(c, DType::f32, 23, true);
+        const int n = omp_get_max_threads();
+        omp_set_num_threads(1);
+        Tensor one = forward_backward(x, c.causal, attention);
+        omp_set_num_threads(std::max(n, 2));
+        Tensor many = forward_backward(x, c.causal, attention);
+        omp_set_num_threads(n);
+        EXPECT_EQ(max_rel_diff(one, many), 0.0) << c.str();
+    }
+}
+
 TEST(Attention, LogSumExpMatchesReferenceKernel) {
     // lse (B, Hq, Tq) is the state the backward pass runs on: check it at the kernel level.
-    for (const auto& c : cases()) {
+    auto all = cases();
+    for (const auto& c : short_cases())
+        all.push_back(c);
+    for (const auto& c : all) {
         QKV x = make_qkv(c, DType::f32, 11, false);
         auto run = [&](bool ref) {
             cpu::ReferenceKernelsScope scope(ref);

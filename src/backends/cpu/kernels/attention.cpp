@@ -1,6 +1,7 @@
 // Fast CPU attention: picks the flash kernel for the dtype, head size and CPU (AVX-512, AVX2 or
 // the portable scalar policy; f64 always scalar) and gives it per-thread scratch from the
-// tensor allocator, so the scratch shows in memory_stats(). The algorithm is in
+// tensor allocator, so the scratch shows in memory_stats(). Short sequences (Tq, Tk <= 256) take
+// the exact-softmax kernels of attention_short.h, longer ones the flash kernels of
 // attention_flash.h.
 #include <cstdint>
 
@@ -9,6 +10,7 @@
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
 #include "backends/cpu/kernels/attention_flash.h"
+#include "backends/cpu/kernels/attention_short.h"
 #include "backends/cpu/simd/nn_kernels.h"
 
 namespace forge::cpu {
@@ -34,13 +36,20 @@ Tensor scratch_for(const Tensor& like, int64_t per_thread) {
                          like.device());
 }
 
+// Every key of a head fits one cache-resident tile: exact softmax, no online rescaling.
+bool is_short(int64_t Tq, int64_t Tk) {
+    return Tq <= flash::kShortMaxT && Tk <= flash::kShortMaxT;
+}
+
 } // namespace
 
 // q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D), all contiguous -> out (B, Hq, Tq, D), lse (B, Hq, Tq).
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                            bool causal, const Tensor& out, const Tensor& lse) {
-    const int64_t D = q.size(3);
-    Tensor scratch = scratch_for(q, flash::fwd_scratch(D));
+    const int64_t D = q.size(3), Tk = k.size(2);
+    const bool short_seq = is_short(q.size(2), Tk);
+    Tensor scratch =
+        scratch_for(q, short_seq ? flash::short_fwd_scratch(D, Tk) : flash::fwd_scratch(D));
     visit_float(q.dtype(), [&]<typename T>() {
         const flash::FwdArgs<T> a{.q = q.data<T>(),
                                   .k = k.data<T>(),
@@ -59,13 +68,16 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
         if constexpr (std::is_same_v<T, float>) {
             switch (pick_path(D)) {
             case Path::avx512:
-                return flash::forward_f32_avx512(a);
+                return short_seq ? flash::short_forward_f32_avx512(a)
+                                 : flash::forward_f32_avx512(a);
             case Path::avx2:
-                return flash::forward_f32_avx2(a);
+                return short_seq ? flash::short_forward_f32_avx2(a) : flash::forward_f32_avx2(a);
             case Path::scalar:
                 break;
             }
         }
+        if (short_seq)
+            return flash::short_forward<flash::ScalarVec<T>>(a);
         flash::flash_forward<flash::ScalarVec<T>>(a);
     });
 }
@@ -75,12 +87,18 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
                                     float scale, bool causal, const Tensor& dq, const Tensor& dk,
                                     const Tensor& dv) {
     const int64_t D = q.size(3);
-    Tensor scratch = scratch_for(q, flash::bwd_scratch(D));
-    Tensor delta = Tensor::empty({q.size(0), q.size(1), q.size(2)}, q.dtype(), q.device());
-    // Too few (batch, kv-head) pairs to keep every thread busy: per-query-head partial dK, dV.
-    const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), Tk = k.size(2);
+    const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), Tq = q.size(2), Tk = k.size(2);
+    // Too few (batch, kv-head) pairs to keep every thread busy: per-query-head partial dK, dV
+    // (flash path only; the short path's tasks are (batch, kv-head) pairs).
+    const bool split = Hq > Hkv && B * Hkv < omp_get_max_threads();
+    const bool short_seq = is_short(Tq, Tk) && !split;
+    Tensor scratch =
+        scratch_for(q, short_seq ? flash::short_bwd_scratch(D, Tq, Tk) : flash::bwd_scratch(D));
+    Tensor delta; // rowsum(dO * O); the short path keeps it in a register
+    if (!short_seq)
+        delta = Tensor::empty({B, Hq, Tq}, q.dtype(), q.device());
     Tensor dkv_part;
-    if (Hq > Hkv && B * Hkv < omp_get_max_threads())
+    if (split)
         dkv_part = Tensor::empty({2 * B * Hq * Tk * D}, q.dtype(), q.device());
     visit_float(q.dtype(), [&]<typename T>() {
         const flash::BwdArgs<T> a{.q = q.data<T>(),
@@ -92,7 +110,7 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
                                   .dq = dq.data<T>(),
                                   .dk = dk.data<T>(),
                                   .dv = dv.data<T>(),
-                                  .delta = delta.data<T>(),
+                                  .delta = delta.defined() ? delta.data<T>() : nullptr,
                                   .dkv_part = dkv_part.defined() ? dkv_part.data<T>() : nullptr,
                                   .B = q.size(0),
                                   .Hq = q.size(1),
@@ -106,13 +124,16 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
         if constexpr (std::is_same_v<T, float>) {
             switch (pick_path(D)) {
             case Path::avx512:
-                return flash::backward_f32_avx512(a);
+                return short_seq ? flash::short_backward_f32_avx512(a)
+                                 : flash::backward_f32_avx512(a);
             case Path::avx2:
-                return flash::backward_f32_avx2(a);
+                return short_seq ? flash::short_backward_f32_avx2(a) : flash::backward_f32_avx2(a);
             case Path::scalar:
                 break;
             }
         }
+        if (short_seq)
+            return flash::short_backward<flash::ScalarVec<T>>(a);
         flash::flash_backward<flash::ScalarVec<T>>(a);
     });
 }

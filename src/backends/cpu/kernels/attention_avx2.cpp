@@ -1,9 +1,11 @@
 // Flash attention, f32, AVX2 + FMA: the vector policy for attention_flash.h (8 lanes, 4x2
-// register block) and its two entry points. Compiled with -mavx2 -mfma; called only when the
-// CPU has both and D % 8 == 0 (and no AVX-512).
+// register block) and its entry points (flash and short-sequence). Compiled with -mavx2 -mfma;
+// called only when the CPU has both and D % 8 == 0 (and no AVX-512).
 #include <immintrin.h>
 
 #include "backends/cpu/kernels/attention_flash.h"
+#include "backends/cpu/kernels/attention_short.h"
+#include "backends/cpu/kernels/attention_transpose_avx.h"
 
 namespace forge::cpu::flash {
 namespace {
@@ -13,6 +15,9 @@ struct Avx2 {
     using V = __m256;
     // 4 rows x 2 vectors = 8 accumulators, 2 B vectors and a broadcast: 11 of 16 registers.
     static constexpr int W = 8, R = 4, C = 2;
+    static void transpose8(float* dst, int64_t ldd, const float* src, int64_t lds, float f) {
+        transpose8x8(dst, ldd, src, lds, f);
+    }
     static V zero() { return _mm256_setzero_ps(); }
     static V load(const float* p) { return _mm256_loadu_ps(p); }
     static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
@@ -25,6 +30,12 @@ struct Avx2 {
     static V neg_inf_to_zero(V x) {
         return _mm256_andnot_ps(
             _mm256_cmp_ps(x, _mm256_set1_ps(-__builtin_huge_valf()), _CMP_EQ_OQ), x);
+    }
+    static float reduce_max(V v) {
+        __m128 q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+        q = _mm_max_ss(q, _mm_shuffle_ps(q, q, 1));
+        return _mm_cvtss_f32(q);
     }
     static float reduce_add(V v) {
         __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -66,6 +77,13 @@ void forward_f32_avx2(const FwdArgs<float>& a) {
 }
 void backward_f32_avx2(const BwdArgs<float>& a) {
     flash_backward<Avx2>(a);
+}
+
+void short_forward_f32_avx2(const FwdArgs<float>& a) {
+    short_forward<Avx2>(a);
+}
+void short_backward_f32_avx2(const BwdArgs<float>& a) {
+    short_backward<Avx2>(a);
 }
 
 } // namespace forge::cpu::flash

@@ -1,6 +1,6 @@
 // Flash attention, f32, AVX-512: the vector policy for attention_flash.h (16 lanes, 4x4 register
-// block of the tile GEMMs) and its two entry points. Compiled with -mavx512f etc.; called only
-// when the CPU has AVX-512F and D % 16 == 0.
+// block of the tile GEMMs) and the entry points of attention_flash.h and attention_short.h.
+// Compiled with -mavx512f etc.; called only when the CPU has AVX-512F and D % 16 == 0.
 // GCC 12 warns "__Y is used uninitialized" inside its own AVX-512 intrinsics (they pass
 // _mm512_undefined_ps() as the unused merge source); the pragma must precede the header.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -8,6 +8,8 @@
 #include <immintrin.h>
 
 #include "backends/cpu/kernels/attention_flash.h"
+#include "backends/cpu/kernels/attention_short.h"
+#include "backends/cpu/kernels/attention_transpose_avx.h"
 
 namespace forge::cpu::flash {
 namespace {
@@ -17,6 +19,9 @@ struct Avx512 {
     using V = __m512;
     // 4 rows x 4 vectors = 16 accumulators, 4 B vectors and a broadcast: 21 of 32 registers.
     static constexpr int W = 16, R = 4, C = 4;
+    static void transpose8(float* dst, int64_t ldd, const float* src, int64_t lds, float f) {
+        transpose8x8(dst, ldd, src, lds, f);
+    }
     static V zero() { return _mm512_setzero_ps(); }
     static V load(const float* p) { return _mm512_loadu_ps(p); }
     static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
@@ -31,6 +36,7 @@ struct Avx512 {
             x, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-__builtin_huge_valf()), _CMP_EQ_OQ),
             _mm512_setzero_ps());
     }
+    static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
     static float reduce_add(V v) {
         __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -66,6 +72,13 @@ void forward_f32_avx512(const FwdArgs<float>& a) {
 }
 void backward_f32_avx512(const BwdArgs<float>& a) {
     flash_backward<Avx512>(a);
+}
+
+void short_forward_f32_avx512(const FwdArgs<float>& a) {
+    short_forward<Avx512>(a);
+}
+void short_backward_f32_avx512(const BwdArgs<float>& a) {
+    short_backward<Avx512>(a);
 }
 
 } // namespace forge::cpu::flash

@@ -141,8 +141,8 @@ void tile_gemm(typename Vec::T* c, int64_t ldc, int64_t n, int64_t w, const type
 }
 
 // ------------------------------------------------------------------------------ row helpers
-// Vec also supplies add, sub, mul, max, exp (exp(-inf) = 0 exactly), neg_inf_to_zero and
-// reduce_add. n is a multiple of W in all of these.
+// Vec also supplies add, sub, mul, max, exp (exp(-inf) = 0 exactly), neg_inf_to_zero,
+// reduce_add and reduce_max. n is a multiple of W in all of these.
 
 // x = exp(x - sub); returns the sum of the new x.
 template <class Vec>
@@ -407,6 +407,7 @@ template <typename TT> struct ScalarVec {
     static V neg_inf_to_zero(V x) { return x == -std::numeric_limits<T>::infinity() ? T(0) : x; }
     static V exp(V x) { return std::exp(x); }
     static T reduce_add(V v) { return v; }
+    static T reduce_max(V v) { return v; }
 };
 
 } // namespace
