@@ -2,10 +2,9 @@
 // directly (no autograd) at the GPT-2 anchor shape and two longer ones, ms per call and GFLOP/s
 // against an AVX-512 FMA loop measured here with the same thread count. Not a test: figures
 // only. A plain program (its own main). Usage: [OMP_NUM_THREADS=N] [FORGE_BENCH_CPU_TIME=1]
-// attention_kernels_bench [--samples N] [--shapes N]
-// [--isa avx2|generic]; each sample times enough calls to last ~20
-// ms, and the median is printed. FORGE_BENCH_CPU_TIME=1 with one thread times by the thread's CPU
-// time, which other tenants of a shared machine don't inflate.
+// attention_kernels_bench [--samples N] [--shapes N] [--isa avx2|generic]; each sample times
+// enough calls to last ~20 ms, and the median is printed. FORGE_BENCH_CPU_TIME=1 with one thread
+// times by the thread's CPU time, which other tenants of a shared machine don't inflate.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
