@@ -2,10 +2,9 @@
 // directly (no autograd) at the GPT-2 anchor shape and two longer ones, ms per call and GFLOP/s
 // against an AVX-512 FMA loop measured here with the same thread count. Not a test: figures
 // only. A plain program (its own main). Usage: [OMP_NUM_THREADS=N] [FORGE_BENCH_CPU_TIME=1]
-// attention_kernels_bench [--samples N] [--shapes N]
-// [--isa avx2|generic]; each sample times enough calls to last ~20
-// ms, and the median is printed. FORGE_BENCH_CPU_TIME=1 with one thread times by the thread's CPU
-// time, which other tenants of a shared machine don't inflate.
+// attention_kernels_bench [--samples N] [--shapes N] [--isa avx2|generic]; each sample times
+// enough calls to last ~20 ms, and the median is printed. FORGE_BENCH_CPU_TIME=1 with one thread
+// times by the thread's CPU time, which other tenants of a shared machine don't inflate.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -153,6 +152,16 @@ int main(int argc, char** argv) {
                       (long long)s.T, (long long)s.D);
         std::printf("%-22s %10.3f %9.1f %5.0f%% %10.3f %9.1f %5.0f%%\n", name, fwd * 1e3, gf,
                     100 * gf / peak, bwd * 1e3, gb, 100 * gb / peak);
+    }
+    if (n_shapes > int(shapes.size())) {
+        // One decode step of GPT-2 small at position 150: a query against the kv-cache.
+        const int64_t H = 12, Tk = 150, D = 64;
+        Tensor q = Tensor::randn({1, H, 1, D}, 5), k = Tensor::randn({1, H, Tk, D}, 6);
+        Tensor v = Tensor::randn({1, H, Tk, D}, 7), out = Tensor::empty({1, H, 1, D});
+        Tensor lse = Tensor::empty({1, H, 1});
+        const double t =
+            median_call([&] { be.attention(q, k, v, 0.125f, true, out, lse); }, samples);
+        std::printf("decode (1, 12, 1 of 150, 64) fwd %.4f ms\n", t * 1e3);
     }
     return 0;
 }
