@@ -1,5 +1,6 @@
 // The `forge` executable: parses the command line and turns library errors into one message,
 // a hint and an exit code. Subcommands live in cli/cmd_<verb>.cpp.
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -50,7 +51,8 @@ bool wants_skylakex_blas() {
     if (std::getenv("OPENBLAS_CORETYPE")) return false;
     __builtin_cpu_init();
     if (!__builtin_cpu_is("intel")) return false;
-    const std::string core = openblas_get_corename();
+    std::string core = openblas_get_corename(); // "Cooperlake", "SapphireRapids", ...
+    for (char& c : core) c = char(std::tolower(static_cast<unsigned char>(c)));
     return core == "cooperlake" || core == "sapphirerapids";
 }
 
