@@ -32,6 +32,9 @@ struct TensorRef {
     quant::GgmlType type = quant::GgmlType::f32;
     std::vector<int64_t> ne;
     const void* data = nullptr;
+    /// data lies in a read-only file mapping: once the engine has repacked a matrix into memory
+    /// of its own it drops these pages (they would be re-read from the file, never written).
+    bool in_mapping = false;
 };
 
 struct EngineOptions {

@@ -323,7 +323,8 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
             tmp.resize(size_t(N8.row_bytes));
             avx512::quantize_act(N8, x, ldx, 1, tmp.data());
             q4_0_from_q8_0(L, N8, tmp.data(), out);
-        } else if (L.kind == ActKind::q8_0) {
+        } else if (L.kind == ActKind::q8_0 || L.kind == ActKind::s8) {
+            const bool s8 = L.kind == ActKind::s8;
             auto* dexp = reinterpret_cast<float*>(out + L.d_off);
             auto* sums = reinterpret_cast<int32_t*>(out + L.s_off);
             for (int64_t b = 0; b < K / fq::kQK; ++b) {
@@ -332,6 +333,13 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
                 const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
                 const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+                if (s8) { // signed as is, one scale and one sum per block
+                    _mm_storeu_si128((__m128i*)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
+                    _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
+                    sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                    dexp[b] = d;
+                    continue;
+                }
                 const __m128i u = _mm_set1_epi8(char(0x80)); // stored + 128
                 _mm_storeu_si128((__m128i*)(qs + b * 32), _mm_xor_si128(_mm512_cvtsepi32_epi8(q0), u));
                 _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm_xor_si128(_mm512_cvtsepi32_epi8(q1), u));
