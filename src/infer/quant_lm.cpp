@@ -299,6 +299,13 @@ void attend_row(const float* q, const float* K, const float* V, int64_t n, int64
     }
 }
 
+void attend_rows(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0,
+                 int64_t D, float scale, float* scores, float* out, int64_t ldo) {
+    if (D % 16 == 0 && D <= 128 && cpu::nn::active_isa() == cpu::nn::Isa::avx512)
+        return avx512::attend_rows(q, ldq, nq, K, V, n0, D, scale, scores, out, ldo);
+    for (int i = 0; i < nq; ++i) attend_row(q + i * ldq, K, V, n0 + i, D, scale, scores, out + i * ldo);
+}
+
 void silu_mul(float* g, const float* u, int64_t n) {
     if (cpu::nn::active_isa() == cpu::nn::Isa::avx512) return avx512::silu_mul(g, u, n);
     for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
@@ -511,17 +518,20 @@ void QuantLM::Impl::forward(QState& st, std::span<const TokenId> ids, bool all,
                     kc[g * st.cap * D + key_index(pos0 + t, d, D)] = k[t * ld_kv + g * D + d];
                 std::memcpy(vc + (g * st.cap + pos0 + t) * D, v + t * ld_kv + g * D, size_t(D) * 4);
             }
-        // Causal attention over the cache: one work item per (head, query position).
+        // Causal attention over the cache: one work item per (head, block of query positions).
         float* att = s_att.f(size_t(T * H * D));
-        pool->parallel_for(H * T, std::max<int64_t>(1, H * T / (int64_t(pool->size()) * 4)),
+        const int64_t n_qb = (T + kQueryBlock - 1) / kQueryBlock;
+        pool->parallel_for(H * n_qb, std::max<int64_t>(1, H * n_qb / (int64_t(pool->size()) * 4)),
                            [&](int64_t b, int64_t e) {
             thread_local std::vector<float> scores;
-            if (scores.size() < size_t(n_kv + kKeyTile)) scores.resize(size_t(n_kv + kKeyTile));
-            float* sc = scores.data();
+            const size_t need = size_t(kQueryBlock * (n_kv + kKeyTile));
+            if (scores.size() < need) scores.resize(need);
             for (int64_t it = b; it < e; ++it) {
-                const int64_t hh = it / T, t = it % T, g = hh / group, n = pos0 + t + 1;
-                attend_row(q + t * ld_q + hh * D, kc + g * st.cap * D, vc + g * st.cap * D, n, D,
-                           scale, sc, att + t * H * D + hh * D);
+                const int64_t hh = it / n_qb, t = it % n_qb * kQueryBlock, g = hh / group;
+                const int nq = int(std::min<int64_t>(kQueryBlock, T - t));
+                attend_rows(q + t * ld_q + hh * D, ld_q, nq, kc + g * st.cap * D,
+                            vc + g * st.cap * D, pos0 + t + 1, D, scale, scores.data(),
+                            att + t * H * D + hh * D, H * D);
             }
         });
         float* proj = s_h.f(size_t(T * std::max(C, H * D)));
