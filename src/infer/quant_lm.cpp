@@ -238,15 +238,14 @@ Mat to_mat(QuantLM::Impl& m, const std::string& name, const TensorRef& t, int64_
     return {to, buf.data(), rows, cols, rb};
 }
 
-// Repacks every Q8_0 / Q4_0 matrix of 16 rows or more into the x16 form, when the AVX-512 VNNI
-// kernels run (the others read GGUF blocks). One arena, 2 MiB aligned and advised for huge pages:
-// decode streams all of it per token. A matrix read from a file mapping then gives its pages
-// back, so the repacked copy replaces the original in memory instead of adding to it.
-void pack_all(QuantLM::Impl& m, std::vector<Mat*> mats) {
-    if (cq::quant_isa() != cq::QuantIsa::avx512) return;
-    std::erase_if(mats, [](const Mat* w) {
-        return !cq::packable(w->type) || w->rows < cq::kPackRows;
-    });
+// Moves every matrix into one arena, 2 MiB aligned and advised for huge pages: decode streams
+// all of it per token, and from 4 KiB pages (of the file mapping, or anonymous) it streams at
+// about half the rate (120m Q8_0 decode, 1 thread: 92 vs 190 tokens/s). Q8_0 / Q4_0 matrices of
+// 16 rows or more are repacked into the x16 form on the way when the AVX-512 VNNI kernels run;
+// the rest are copied as they are. A matrix read from a file mapping then gives its pages back,
+// so the arena replaces the original in memory instead of adding to it.
+void pack_all(QuantLM::Impl& m, const std::vector<Mat*>& mats) {
+    const bool x16 = cq::quant_isa() == cq::QuantIsa::avx512;
     const int64_t huge = int64_t(2) << 20;
     int64_t total = 0;
     for (const Mat* w : mats) total += (w->rows * w->stride + 63) / 64 * 64;
@@ -262,7 +261,9 @@ void pack_all(QuantLM::Impl& m, std::vector<Mat*> mats) {
     const int64_t page = 4096;
     for (Mat* w : mats) {
         const int64_t bytes = w->rows * w->stride;
-        cq::pack_x16(w->type, w->data, w->rows, w->cols, at);
+        const bool pack = x16 && cq::packable(w->type) && w->rows >= cq::kPackRows;
+        if (pack) cq::pack_x16(w->type, w->data, w->rows, w->cols, at);
+        else std::memcpy(at, w->data, size_t(bytes));
         const bool from_map = std::find(m.mapped_sources.begin(), m.mapped_sources.end(),
                                         static_cast<const void*>(w->data)) != m.mapped_sources.end();
         if (from_map) { // the whole pages inside the source
@@ -271,7 +272,7 @@ void pack_all(QuantLM::Impl& m, std::vector<Mat*> mats) {
             if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
         }
         w->data = at;
-        w->x16 = true;
+        w->x16 = pack;
         at += (bytes + 63) / 64 * 64;
     }
 }
@@ -380,6 +381,10 @@ QuantLM::QuantLM(const ModelConfig& cfg, const Lookup& lookup,
             if (w->defined()) to_pack.push_back(w);
     pack_all(m, to_pack);
     m.mapped_sources.clear();
+    // converted matrices now live in the arena; converted embeddings stay where they are
+    std::erase_if(m.owned, [&](const std::vector<uint8_t>& b) {
+        return b.data() != m.tok.data && b.data() != m.pos.data;
+    });
     if (!gpt2) {
         m.inv_freq.resize(size_t(D / 2));
         std::vector<float> factors(size_t(D / 2), 1.f);
