@@ -382,6 +382,27 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
 void gemm(GgmlType wt, const uint8_t* W, int64_t w_stride, int64_t m0, int64_t m1,
           const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
           int64_t ldy) {
+    if (wt == GgmlType::f16 && N >= 16) {
+        // Prefill: each band of F16 rows widened to f32 once (exact) instead of once per tile of
+        // activation rows: the same products without a vcvtph2ps per 16 FMAs.
+        const int64_t K = L.K, rows = std::max<int64_t>(4, (256 << 10) / (K * 4));
+        thread_local std::vector<float> wide;
+        wide.resize(size_t(rows * K));
+        for (int64_t mb = m0; mb < m1; mb += rows) {
+            const int64_t me = std::min(m1, mb + rows);
+            for (int64_t m = mb; m < me; ++m) {
+                const auto* src = reinterpret_cast<const uint16_t*>(W + m * w_stride);
+                float* dst = wide.data() + (m - mb) * K;
+                for (int64_t k = 0; k < K; k += 16) {
+                    const __mmask16 mk = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+                    _mm512_mask_storeu_ps(dst + k, mk, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src + k)));
+                }
+            }
+            avx512::gemm(GgmlType::f32, reinterpret_cast<const uint8_t*>(wide.data()), K * 4, 0, me - mb, L, A,
+                 a_stride, N, Y + mb, ldy);
+        }
+        return;
+    }
     // A band of weight rows that stays in L2 while every tile of activation rows passes by.
     const int64_t band = std::max<int64_t>(4, (256 << 10) / std::max<int64_t>(w_stride, 1));
     for (int64_t mb = m0; mb < m1; mb += band) {
