@@ -107,8 +107,7 @@ void tile4x4_f32(GgmlType wt, const uint8_t* w, int64_t w_stride, const Rows& A,
                    ? _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + k)
                    : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + k));
     };
-    for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 m = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+    auto step = [&](int64_t k, __mmask16 m) {
         __m512 a[4];
         for (int r = 0; r < 4; ++r)
             a[r] = _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(A.a[r]) + k);
@@ -116,7 +115,10 @@ void tile4x4_f32(GgmlType wt, const uint8_t* w, int64_t w_stride, const Rows& A,
             const __m512 wv = load_w(i, k, m);
             for (int r = 0; r < 4; ++r) acc[4 * i + r] = _mm512_fmadd_ps(wv, a[r], acc[4 * i + r]);
         }
-    }
+    };
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) step(k, __mmask16(0xFFFF)); // constant mask: plain loads
+    if (k < K) step(k, __mmask16((1u << (K - k)) - 1));
     _mm512_storeu_ps(out, reduce16(acc));
 }
 
