@@ -30,8 +30,8 @@ namespace cq = forge::cpu::quant;
 
 namespace {
 
-// A weight matrix: `rows` outputs of `cols` inputs, row r at data + r * stride; x16: Q8_0 /
-// Q4_0 rows repacked in groups of 16 (packed_rows.h), read with s8 activations.
+// A weight matrix: `rows` outputs of `cols` inputs, row r at data + r * stride; x16: rows
+// repacked in groups of 16 (packed_rows.h).
 struct Mat {
     GgmlType type = GgmlType::f32;
     const uint8_t* data = nullptr;
@@ -39,7 +39,7 @@ struct Mat {
     bool x16 = false;
     bool defined() const { return data != nullptr; }
     cq::ActLayout act_layout() const {
-        return x16 ? cq::act_layout_s8(cols) : cq::act_layout(type, cols);
+        return x16 ? cq::act_layout_x16(type, cols) : cq::act_layout(type, cols);
     }
     // Y[n * ldy + m] = dot(row m, activation row n), m in [m0, m1)
     void gemm(int64_t m0, int64_t m1, const cq::ActLayout& L, const uint8_t* A, int64_t a_stride,
@@ -240,9 +240,9 @@ Mat to_mat(QuantLM::Impl& m, const std::string& name, const TensorRef& t, int64_
 
 // Moves every matrix into one arena, 2 MiB aligned and advised for huge pages: decode streams
 // all of it per token, and from 4 KiB pages (of the file mapping, or anonymous) it streams at
-// about half the rate (120m Q8_0 decode, 1 thread: 92 vs 190 tokens/s). Q8_0 / Q4_0 matrices of
-// 16 rows or more are repacked into the x16 form on the way when the AVX-512 VNNI kernels run;
-// the rest are copied as they are. A matrix read from a file mapping then gives its pages back,
+// about half the rate (120m Q8_0 decode, 1 thread: 92 vs 190 tokens/s). F32 / F16 / Q8_0 / Q4_0
+// matrices of 16 rows or more are repacked into the x16 form on the way when the AVX-512 VNNI
+// kernels run; the rest (Q4_K) are copied as they are. A matrix read from a file mapping then gives its pages back,
 // so the arena replaces the original in memory instead of adding to it.
 void pack_all(QuantLM::Impl& m, const std::vector<Mat*>& mats) {
     const bool x16 = cq::quant_isa() == cq::QuantIsa::avx512;

@@ -1,7 +1,7 @@
-// x16-packed Q8_0 / Q4_0 weights (packed_rows.h) against the scalar oracle on the original GGUF
-// rows: ref::dot over the unpacked blocks with the same s8 activations. Integer parts exact
-// (unit scales), float results within rounding, whole groups, tail rows and every activation
-// tile width (1..8 and a remainder).
+// x16-packed weights (packed_rows.h) against the scalar oracle on the original GGUF rows:
+// ref::dot over the unpacked rows with the same activations (s8 for Q8_0 / Q4_0, f32 for
+// F32 / F16). Integer parts exact (unit scales), float results within rounding, whole groups,
+// tail rows and every activation tile width (1..8 and a remainder).
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -133,13 +133,15 @@ TEST(PackedRows, IntegerPartExact) {
 }
 
 TEST(PackedRows, RandomDataWithinRoundingOfReference) {
-    for (GgmlType t : kTypes) {
-        const int64_t K = 768, M = 53, wrow = fq::row_bytes(t, K);
+    for (GgmlType t : {GgmlType::q8_0, GgmlType::q4_0, GgmlType::f32, GgmlType::f16})
+    for (int64_t K : {768, 101}) { // 101: float rows of any length
+        if (K % fq::type_info(t).block_size) continue;
+        const int64_t M = 53, wrow = fq::row_bytes(t, K);
         const auto wf = gaussian(M * K, 11);
         std::vector<uint8_t> W(size_t(M * wrow)), P(W.size());
         for (int64_t m = 0; m < M; ++m) fq::quantize_row(t, wf.data() + m * K, W.data() + m * wrow, K);
         pack_x16(t, W.data(), M, K, P.data());
-        const ActLayout L = act_layout_s8(K);
+        const ActLayout L = act_layout_x16(t, K);
         for (int64_t N : {1, 2, 5, 8, 13}) {
             const auto x = gaussian(N * K, 13);
             Aligned A(size_t(N * L.row_bytes));
@@ -153,7 +155,7 @@ TEST(PackedRows, RandomDataWithinRoundingOfReference) {
                     for (int64_t m = 16; m < M; ++m) {
                         const float want = ref::dot(t, W.data() + m * wrow, L, A.p + n * L.row_bytes);
                         EXPECT_NEAR(Y[size_t(n * M + m)], want, 2e-4 * std::sqrt(double(K)) * 4)
-                            << fq::type_info(t).name << " N=" << N << " m=" << m << " isa=" << int(isa);
+                            << fq::type_info(t).name << " K=" << K << " N=" << N << " m=" << m << " isa=" << int(isa);
                     }
                 }
             }

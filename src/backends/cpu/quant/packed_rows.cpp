@@ -22,15 +22,25 @@ int64_t d_pos(GgmlType t, int r) { return (t == GgmlType::q8_0 ? 512 : 256) + 2 
 
 } // namespace
 
-bool packable(GgmlType t) { return t == GgmlType::q8_0 || t == GgmlType::q4_0; }
+bool packable(GgmlType t) {
+    return t == GgmlType::q8_0 || t == GgmlType::q4_0 || t == GgmlType::f32 || t == GgmlType::f16;
+}
+
+ActLayout act_layout_x16(GgmlType t, int64_t K) {
+    return t == GgmlType::f32 || t == GgmlType::f16 ? act_layout(t, K) : act_layout_s8(K);
+}
 
 void pack_x16(GgmlType t, const uint8_t* src, int64_t M, int64_t K, uint8_t* dst) {
     FORGE_CHECK(packable(t), "[quant] no x16 form for ", fq::type_info(t).name, " weights");
     const int64_t rb = fq::row_bytes(t, K), nb = K / fq::kQK, gb = group_block_bytes(t);
-    const int64_t groups = M / kPackRows;
+    const int64_t groups = M / kPackRows, es = t == GgmlType::f32 ? 4 : 2;
+    const bool fl = t == GgmlType::f32 || t == GgmlType::f16;
     for (int64_t g = 0; g < groups; ++g) {
         uint8_t* out = dst + g * kPackRows * rb;
-        for (int r = 0; r < kPackRows; ++r) {
+        for (int64_t k = 0; fl && k < K; ++k) // column-major: value (r, k) at 16 k + r
+            for (int r = 0; r < kPackRows; ++r)
+                std::memcpy(out + (k * kPackRows + r) * es, src + (g * kPackRows + r) * rb + k * es, size_t(es));
+        for (int r = 0; !fl && r < kPackRows; ++r) {
             const uint8_t* row = src + (g * kPackRows + r) * rb;
             for (int64_t b = 0; b < nb; ++b) {
                 uint8_t* blk = out + b * gb;
@@ -56,7 +66,8 @@ namespace ref {
 void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
               const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
               int64_t ldy) {
-    FORGE_ASSERT(packable(wt) && L.kind == ActKind::s8);
+    const bool fl = wt == GgmlType::f32 || wt == GgmlType::f16;
+    FORGE_ASSERT(packable(wt) && L.kind == (fl ? ActKind::f32 : ActKind::s8));
     const int64_t rb = fq::row_bytes(wt, L.K), nb = L.K / fq::kQK, gb = group_block_bytes(wt);
     const int64_t packed_rows = M / kPackRows * kPackRows;
     for (int64_t n = 0; n < N; ++n) {
@@ -70,6 +81,17 @@ void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
             }
             const uint8_t* grp = W + m / kPackRows * kPackRows * rb;
             const int r = int(m % kPackRows);
+            if (fl) {
+                const auto* x = reinterpret_cast<const float*>(a);
+                float s = 0;
+                for (int64_t k = 0; k < L.K; ++k) {
+                    const int64_t at = k * kPackRows + r;
+                    s += (wt == GgmlType::f32 ? reinterpret_cast<const float*>(grp)[at]
+                                              : f16_to_f32(reinterpret_cast<const uint16_t*>(grp)[at])) * x[k];
+                }
+                Y[n * ldy + m] = s;
+                continue;
+            }
             float s = 0;
             for (int64_t b = 0; b < nb; ++b) {
                 const uint8_t* blk = grp + b * gb;

@@ -1,5 +1,6 @@
-// AVX-512 VNNI products of x16-packed Q8_0 / Q4_0 weights (packed_rows.h) with s8 activations.
-// Per block of 16 rows: 8 weight vectors (loaded, or for Q4_0 split from 4 loads into nibbles),
+// AVX-512 products of x16-packed weights (packed_rows.h). F32 / F16: per k one load (and for
+// F16 one vcvtph2ps) of the 16 rows' values, then one FMA per activation row against its
+// broadcast value. Q8_0 / Q4_0 with s8 activations, per block of 16 rows: 8 weight vectors (loaded, or for Q4_0 split from 4 loads into nibbles),
 // then per activation row 8 `vpdpbusd` against broadcast activation words, starting from the
 // block's offset (-128 or -8 times the activation sum): lane r ends as row r's exact block sum.
 // One convert and one FMA by (weight scales x activation scale) per block; no lane reduction.
@@ -63,6 +64,49 @@ void tile_x16(const uint8_t* grp, int64_t nb, const Acts& A, __m512* out) {
     for (int r = 0; r < NA; ++r) out[r] = acc[r];
 }
 
+// Float weights: out[r] (lane i) = dot(row i of the group, activation row r). Fewer than 4
+// activation rows split k over U accumulators each, so enough FMA chains run at once.
+template <bool F16, int NA>
+void tile_x16_float(const uint8_t* grp, int64_t K, const float* const* a, __m512* out) {
+    constexpr int U = NA >= 4 ? 1 : 4 / NA;
+    __m512 acc[NA][U];
+    for (int r = 0; r < NA; ++r)
+        for (int u = 0; u < U; ++u) acc[r][u] = _mm512_setzero_ps();
+    auto col = [&](int64_t k) {
+        return F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(grp + k * 32)))
+                   : _mm512_loadu_ps(reinterpret_cast<const float*>(grp) + k * 16);
+    };
+    int64_t k = 0;
+    for (; k + U <= K; k += U)
+        for (int u = 0; u < U; ++u) {
+            const __m512 w = col(k + u);
+            for (int r = 0; r < NA; ++r) acc[r][u] = _mm512_fmadd_ps(w, _mm512_set1_ps(a[r][k + u]), acc[r][u]);
+        }
+    for (; k < K; ++k) {
+        const __m512 w = col(k);
+        for (int r = 0; r < NA; ++r) acc[r][0] = _mm512_fmadd_ps(w, _mm512_set1_ps(a[r][k]), acc[r][0]);
+    }
+    for (int r = 0; r < NA; ++r) {
+        __m512 s = acc[r][0];
+        for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[r][u]);
+        out[r] = s;
+    }
+}
+
+template <bool F16>
+void tile_float_any(int na, const uint8_t* grp, int64_t K, const float* const* a, __m512* out) {
+    switch (na) {
+    case 8: return tile_x16_float<F16, 8>(grp, K, a, out);
+    case 7: return tile_x16_float<F16, 7>(grp, K, a, out);
+    case 6: return tile_x16_float<F16, 6>(grp, K, a, out);
+    case 5: return tile_x16_float<F16, 5>(grp, K, a, out);
+    case 4: return tile_x16_float<F16, 4>(grp, K, a, out);
+    case 3: return tile_x16_float<F16, 3>(grp, K, a, out);
+    case 2: return tile_x16_float<F16, 2>(grp, K, a, out);
+    default: return tile_x16_float<F16, 1>(grp, K, a, out);
+    }
+}
+
 template <bool Q8>
 void tile_any(int na, const uint8_t* grp, int64_t nb, const Acts& A, __m512* out) {
     switch (na) {
@@ -84,7 +128,7 @@ void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
               int64_t ldy) {
     const int64_t rb = fq::row_bytes(wt, L.K), nb = L.K / fq::kQK;
     const int64_t packed = std::min(m1, M / kPackRows * kPackRows);
-    const bool q8 = wt == GgmlType::q8_0;
+    const bool q8 = wt == GgmlType::q8_0, f32 = wt == GgmlType::f32, f16 = wt == GgmlType::f16;
     // A band of weight groups that stays in L2 while every tile of activation rows passes by.
     const int64_t band = std::max<int64_t>(1, (256 << 10) / (rb * kPackRows)) * kPackRows;
     for (int64_t mb = m0; mb < packed; mb += band) {
@@ -92,7 +136,9 @@ void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
         for (int64_t n = 0; n < N; n += 8) {
             const int na = int(std::min<int64_t>(8, N - n));
             Acts acts{};
+            const float* af[8];
             for (int r = 0; r < na; ++r) {
+                af[r] = reinterpret_cast<const float*>(A + (n + r) * a_stride);
                 const uint8_t* a = A + (n + r) * a_stride;
                 acts.qs[r] = reinterpret_cast<const int32_t*>(a);
                 acts.d[r] = reinterpret_cast<const float*>(a + L.d_off);
@@ -100,15 +146,19 @@ void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
             }
             for (int64_t m = mb; m < me; m += kPackRows) {
                 __m512 out[8];
-                if (q8) tile_any<true>(na, W + m * rb, nb, acts, out);
+                if (f32) tile_float_any<false>(na, W + m * rb, L.K, af, out);
+                else if (f16) tile_float_any<true>(na, W + m * rb, L.K, af, out);
+                else if (q8) tile_any<true>(na, W + m * rb, nb, acts, out);
                 else tile_any<false>(na, W + m * rb, nb, acts, out);
                 for (int r = 0; r < na; ++r) _mm512_storeu_ps(Y + (n + r) * ldy + m, out[r]);
             }
         }
     }
-    // rows past the last whole group (GGUF layout): the scalar product, a few rows at most
+    // rows past the last whole group, in GGUF layout: a few rows at most
     const int64_t t0 = std::max(m0, packed);
-    if (t0 < m1) ref::gemm_x16(wt, W, M, t0, m1, L, A, a_stride, N, Y, ldy);
+    if (t0 >= m1) return;
+    if (f32 || f16) avx512::gemm(wt, W, rb, t0, m1, L, A, a_stride, N, Y, ldy);
+    else ref::gemm_x16(wt, W, M, t0, m1, L, A, a_stride, N, Y, ldy);
 }
 
 } // namespace forge::cpu::quant::avx512
