@@ -242,8 +242,8 @@ Mat to_mat(QuantLM::Impl& m, const std::string& name, const TensorRef& t, int64_
 // all of it per token, and from 4 KiB pages (of the file mapping, or anonymous) it streams at
 // about half the rate (120m Q8_0 decode, 1 thread: 92 vs 190 tokens/s). F32 / F16 / Q8_0 / Q4_0
 // matrices of 16 rows or more are repacked into the x16 form on the way when the AVX-512 VNNI
-// kernels run; the rest (Q4_K) are copied as they are. A matrix read from a file mapping then gives its pages back,
-// so the arena replaces the original in memory instead of adding to it.
+// kernels run; the rest (Q4_K) are copied as they are. A matrix read from a file mapping then
+// gives its pages back, so the arena replaces the original in memory instead of adding to it.
 void pack_all(QuantLM::Impl& m, const std::vector<Mat*>& mats) {
     const bool x16 = cq::quant_isa() == cq::QuantIsa::avx512;
     const int64_t huge = int64_t(2) << 20;

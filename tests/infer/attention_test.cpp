@@ -25,7 +25,8 @@ TEST(Attention, BlocksMatchSoftmaxInDouble) {
                     K[size_t(key_index(p, d, D))] = dist(rng);
                     V[size_t(p * D + d)] = dist(rng);
                 }
-            for (auto& v : q) v = dist(rng);
+            for (auto& v : q)
+                v = dist(rng);
             const float scale = 1.f / std::sqrt(float(D));
             for (nn::Isa isa : {nn::Isa::generic, nn::best_isa()}) {
                 nn::IsaCapScope cap_isa(isa);
@@ -45,10 +46,12 @@ TEST(Attention, BlocksMatchSoftmaxInDouble) {
                             s[size_t(j)] = dot * scale;
                             mx = std::max(mx, s[size_t(j)]);
                         }
-                        for (auto& v : s) sum += (v = std::exp(v - mx));
+                        for (auto& v : s)
+                            sum += (v = std::exp(v - mx));
                         for (int64_t d = 0; d < D; ++d) {
                             double want = 0;
-                            for (int64_t j = 0; j < n; ++j) want += s[size_t(j)] / sum * V[size_t(j * D + d)];
+                            for (int64_t j = 0; j < n; ++j)
+                                want += s[size_t(j)] / sum * V[size_t(j * D + d)];
                             ASSERT_NEAR(out[size_t(i * D + d)], want, 2e-5)
                                 << "D=" << D << " n0=" << n0 << " nq=" << nq << " i=" << i
                                 << " d=" << d << " isa=" << int(isa);

@@ -35,13 +35,15 @@ std::vector<float> gaussian(int64_t n, uint32_t seed) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> dist(0.f, 1.f);
     std::vector<float> x(static_cast<size_t>(n));
-    for (auto& v : x) v = dist(rng);
+    for (auto& v : x)
+        v = dist(rng);
     return x;
 }
 
 std::vector<nn::Isa> isas() {
     std::vector<nn::Isa> out{nn::Isa::generic};
-    if (nn::best_isa() >= nn::Isa::avx512) out.push_back(nn::Isa::avx512);
+    if (nn::best_isa() >= nn::Isa::avx512)
+        out.push_back(nn::Isa::avx512);
     return out;
 }
 
@@ -53,7 +55,8 @@ TEST(PackedRows, ActivationQuantizationMatchesReference) {
     const int64_t K = 800, N = 3;
     const ActLayout L = act_layout_s8(K);
     auto x = gaussian(N * K, 3);
-    for (int64_t k = 0; k < 32; ++k) x[size_t(K + k)] = 0.f; // an all-zero block
+    for (int64_t k = 0; k < 32; ++k)
+        x[size_t(K + k)] = 0.f; // an all-zero block
     Aligned want(size_t(N * L.row_bytes));
     ref::quantize_act(L, x.data(), K, N, want.p);
     for (nn::Isa isa : isas()) {
@@ -93,7 +96,8 @@ TEST(PackedRows, IntegerPartExact) {
         for (int64_t K : {512, 800}) {
             const int64_t M = 37, wrow = fq::row_bytes(t, K), N = 11; // 2 groups + 5 tail rows
             std::vector<uint8_t> W(size_t(M * wrow)), P(W.size());
-            for (auto& b : W) b = uint8_t(rng());
+            for (auto& b : W)
+                b = uint8_t(rng());
             for (int64_t m = 0; m < M; ++m)
                 for (int64_t b = 0; b < K / 32; ++b) {
                     uint8_t* blk = W.data() + m * wrow + b * fq::type_info(t).block_bytes;
@@ -134,31 +138,36 @@ TEST(PackedRows, IntegerPartExact) {
 
 TEST(PackedRows, RandomDataWithinRoundingOfReference) {
     for (GgmlType t : {GgmlType::q8_0, GgmlType::q4_0, GgmlType::f32, GgmlType::f16})
-    for (int64_t K : {768, 101}) { // 101: float rows of any length
-        if (K % fq::type_info(t).block_size) continue;
-        const int64_t M = 53, wrow = fq::row_bytes(t, K);
-        const auto wf = gaussian(M * K, 11);
-        std::vector<uint8_t> W(size_t(M * wrow)), P(W.size());
-        for (int64_t m = 0; m < M; ++m) fq::quantize_row(t, wf.data() + m * K, W.data() + m * wrow, K);
-        pack_x16(t, W.data(), M, K, P.data());
-        const ActLayout L = act_layout_x16(t, K);
-        for (int64_t N : {1, 2, 5, 8, 13}) {
-            const auto x = gaussian(N * K, 13);
-            Aligned A(size_t(N * L.row_bytes));
-            quantize_act(L, x.data(), K, N, A.p);
-            for (nn::Isa isa : isas()) {
-                nn::IsaCapScope cap(isa);
-                std::vector<float> Y(size_t(N * M), -1.f);
-                gemm_x16(t, P.data(), M, 16, M, L, A.p, L.row_bytes, N, Y.data(), M);
-                for (int64_t n = 0; n < N; ++n) {
-                    for (int64_t m = 0; m < 16; ++m) EXPECT_EQ(Y[size_t(n * M + m)], -1.f); // before m0
-                    for (int64_t m = 16; m < M; ++m) {
-                        const float want = ref::dot(t, W.data() + m * wrow, L, A.p + n * L.row_bytes);
-                        EXPECT_NEAR(Y[size_t(n * M + m)], want, 2e-4 * std::sqrt(double(K)) * 4)
-                            << fq::type_info(t).name << " K=" << K << " N=" << N << " m=" << m << " isa=" << int(isa);
+        for (int64_t K : {768, 101}) { // 101: float rows of any length
+            if (K % fq::type_info(t).block_size)
+                continue;
+            const int64_t M = 53, wrow = fq::row_bytes(t, K);
+            const auto wf = gaussian(M * K, 11);
+            std::vector<uint8_t> W(size_t(M * wrow)), P(W.size());
+            for (int64_t m = 0; m < M; ++m)
+                fq::quantize_row(t, wf.data() + m * K, W.data() + m * wrow, K);
+            pack_x16(t, W.data(), M, K, P.data());
+            const ActLayout L = act_layout_x16(t, K);
+            for (int64_t N : {1, 2, 5, 8, 13}) {
+                const auto x = gaussian(N * K, 13);
+                Aligned A(size_t(N * L.row_bytes));
+                quantize_act(L, x.data(), K, N, A.p);
+                for (nn::Isa isa : isas()) {
+                    nn::IsaCapScope cap(isa);
+                    std::vector<float> Y(size_t(N * M), -1.f);
+                    gemm_x16(t, P.data(), M, 16, M, L, A.p, L.row_bytes, N, Y.data(), M);
+                    for (int64_t n = 0; n < N; ++n) {
+                        for (int64_t m = 0; m < 16; ++m)
+                            EXPECT_EQ(Y[size_t(n * M + m)], -1.f); // before m0
+                        for (int64_t m = 16; m < M; ++m) {
+                            const float want =
+                                ref::dot(t, W.data() + m * wrow, L, A.p + n * L.row_bytes);
+                            EXPECT_NEAR(Y[size_t(n * M + m)], want, 2e-4 * std::sqrt(double(K)) * 4)
+                                << fq::type_info(t).name << " K=" << K << " N=" << N << " m=" << m
+                                << " isa=" << int(isa);
+                        }
                     }
                 }
             }
         }
-    }
 }

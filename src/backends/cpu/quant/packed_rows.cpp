@@ -16,9 +16,15 @@ namespace fq = forge::quant;
 namespace {
 
 // Bytes of one block of 16 rows, and where row r's qs byte j and scale lie in it.
-int64_t group_block_bytes(GgmlType t) { return t == GgmlType::q8_0 ? 544 : 288; }
-int64_t qs_pos(int r, int j) { return (j / 4) * 64 + 4 * r + j % 4; }
-int64_t d_pos(GgmlType t, int r) { return (t == GgmlType::q8_0 ? 512 : 256) + 2 * r; }
+int64_t group_block_bytes(GgmlType t) {
+    return t == GgmlType::q8_0 ? 544 : 288;
+}
+int64_t qs_pos(int r, int j) {
+    return (j / 4) * 64 + 4 * r + j % 4;
+}
+int64_t d_pos(GgmlType t, int r) {
+    return (t == GgmlType::q8_0 ? 512 : 256) + 2 * r;
+}
 
 } // namespace
 
@@ -39,18 +45,21 @@ void pack_x16(GgmlType t, const uint8_t* src, int64_t M, int64_t K, uint8_t* dst
         uint8_t* out = dst + g * kPackRows * rb;
         for (int64_t k = 0; fl && k < K; ++k) // column-major: value (r, k) at 16 k + r
             for (int r = 0; r < kPackRows; ++r)
-                std::memcpy(out + (k * kPackRows + r) * es, src + (g * kPackRows + r) * rb + k * es, size_t(es));
+                std::memcpy(out + (k * kPackRows + r) * es, src + (g * kPackRows + r) * rb + k * es,
+                            size_t(es));
         for (int r = 0; !fl && r < kPackRows; ++r) {
             const uint8_t* row = src + (g * kPackRows + r) * rb;
             for (int64_t b = 0; b < nb; ++b) {
                 uint8_t* blk = out + b * gb;
                 if (t == GgmlType::q8_0) {
                     const auto& w = reinterpret_cast<const fq::BlockQ8_0*>(row)[b];
-                    for (int j = 0; j < fq::kQK; ++j) blk[qs_pos(r, j)] = uint8_t(w.qs[j]) ^ 0x80;
+                    for (int j = 0; j < fq::kQK; ++j)
+                        blk[qs_pos(r, j)] = uint8_t(w.qs[j]) ^ 0x80;
                     std::memcpy(blk + d_pos(t, r), &w.d, 2);
                 } else {
                     const auto& w = reinterpret_cast<const fq::BlockQ4_0*>(row)[b];
-                    for (int j = 0; j < fq::kQK / 2; ++j) blk[qs_pos(r, j)] = w.qs[j];
+                    for (int j = 0; j < fq::kQK / 2; ++j)
+                        blk[qs_pos(r, j)] = w.qs[j];
                     std::memcpy(blk + d_pos(t, r), &w.d, 2);
                 }
             }
@@ -63,9 +72,8 @@ void pack_x16(GgmlType t, const uint8_t* src, int64_t M, int64_t K, uint8_t* dst
 
 namespace ref {
 
-void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
-              const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
-              int64_t ldy) {
+void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1, const ActLayout& L,
+              const uint8_t* A, int64_t a_stride, int64_t N, float* Y, int64_t ldy) {
     const bool fl = wt == GgmlType::f32 || wt == GgmlType::f16;
     FORGE_ASSERT(packable(wt) && L.kind == (fl ? ActKind::f32 : ActKind::s8));
     const int64_t rb = fq::row_bytes(wt, L.K), nb = L.K / fq::kQK, gb = group_block_bytes(wt);
@@ -86,8 +94,10 @@ void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
                 float s = 0;
                 for (int64_t k = 0; k < L.K; ++k) {
                     const int64_t at = k * kPackRows + r;
-                    s += (wt == GgmlType::f32 ? reinterpret_cast<const float*>(grp)[at]
-                                              : f16_to_f32(reinterpret_cast<const uint16_t*>(grp)[at])) * x[k];
+                    s += (wt == GgmlType::f32
+                              ? reinterpret_cast<const float*>(grp)[at]
+                              : f16_to_f32(reinterpret_cast<const uint16_t*>(grp)[at])) *
+                         x[k];
                 }
                 Y[n * ldy + m] = s;
                 continue;
@@ -117,9 +127,8 @@ void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
 
 } // namespace ref
 
-void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
-              const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
-              int64_t ldy) {
+void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1, const ActLayout& L,
+              const uint8_t* A, int64_t a_stride, int64_t N, float* Y, int64_t ldy) {
     FORGE_ASSERT(m0 % kPackRows == 0 || m0 >= M / kPackRows * kPackRows);
     if (quant_isa() == QuantIsa::avx512)
         return avx512::gemm_x16(wt, W, M, m0, m1, L, A, a_stride, N, Y, ldy);

@@ -36,19 +36,16 @@ void pack_x16(GgmlType t, const uint8_t* src, int64_t M, int64_t K, uint8_t* dst
 
 /// As gemm(), over x16 weights of M rows (m0 a multiple of 16, or any row past the last whole
 /// group); activations of act_layout_x16(wt, K).
-void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
-              const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
-              int64_t ldy);
+void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1, const ActLayout& L,
+              const uint8_t* A, int64_t a_stride, int64_t N, float* Y, int64_t ldy);
 
 namespace ref {
-void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
-              const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
-              int64_t ldy);
+void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1, const ActLayout& L,
+              const uint8_t* A, int64_t a_stride, int64_t N, float* Y, int64_t ldy);
 } // namespace ref
 namespace avx512 {
-void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1,
-              const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
-              int64_t ldy);
+void gemm_x16(GgmlType wt, const uint8_t* W, int64_t M, int64_t m0, int64_t m1, const ActLayout& L,
+              const uint8_t* A, int64_t a_stride, int64_t N, float* Y, int64_t ldy);
 } // namespace avx512
 
 } // namespace forge::cpu::quant
