@@ -4,8 +4,8 @@
 // or for Q4_0 split from 4 loads into nibbles), then per activation row 8 `vpdpbusd` against
 // broadcast activation words, starting from the block's offset (-128 or -8 times the activation
 // sum): lane r ends as row r's exact block sum. One convert and one FMA by (weight scales x
-// activation scale) per block; no lane reduction. GCC 12 flags the undefined upper halves of its
-// own 256->512-bit cast intrinsics.
+// activation scale) per block; no lane reduction.
+// GCC 12 flags the undefined upper halves of its own 256->512-bit cast intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
@@ -31,7 +31,7 @@ struct Acts {
 template <bool Q8, int NA>
 void tile_x16(const uint8_t* grp, int64_t nb, const Acts& A, __m512* out) {
     constexpr int64_t kBlock = Q8 ? 544 : 288;
-    constexpr int kShift = Q8 ? 7 : 3; // offset: -128 (Q8_0 stored + 128) or -8 (Q4_0) x sum
+    constexpr int kOff = Q8 ? 128 : 8; // offset: -128 (Q8_0 stored + 128) or -8 (Q4_0) x sum
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     // GF(2) affine rows moving each byte's high nibble to its low 4 bits, zeros above
     const __m512i hi_nibble = _mm512_set1_epi64(0x1020408000000000ll);
@@ -55,7 +55,7 @@ void tile_x16(const uint8_t* grp, int64_t nb, const Acts& A, __m512* out) {
         for (int r = 0; r < NA; ++r) {
             const int32_t* a = A.qs[r] + b * 8;
             // two chains, so the 8 dependent vpdpbusd overlap
-            __m512i c0 = _mm512_set1_epi32(-(A.sum[r][b] << kShift)), c1 = _mm512_setzero_si512();
+            __m512i c0 = _mm512_set1_epi32(-kOff * A.sum[r][b]), c1 = _mm512_setzero_si512();
             for (int i = 0; i < 8; i += 2) {
                 c0 = _mm512_dpbusd_epi32(c0, w[i], _mm512_set1_epi32(a[i]));
                 c1 = _mm512_dpbusd_epi32(c1, w[i + 1], _mm512_set1_epi32(a[i + 1]));
