@@ -1,5 +1,6 @@
 // QuantLM over a GGUF file: the model config from llama.cpp's metadata keys (formats::gguf_config),
-// the tensors in place in the file's mapping (the file stays mapped while the engine lives).
+// the tensors read from the file's mapping (which stays while the engine lives: token embeddings
+// are looked up there; the matrices move into the engine's arena and give their pages back).
 #include <forge/infer/quant_lm.h>
 
 #include <forge/core/error.h>
