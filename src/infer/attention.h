@@ -18,11 +18,21 @@ inline int64_t key_index(int64_t p, int64_t d, int64_t D) {
 void attend_row(const float* q, const float* K, const float* V, int64_t n, int64_t D, float scale,
                 float* scores, float* out);
 
+/// nq consecutive query rows of one head (prefill): row i (at q + i * ldq) sees keys
+/// [0, n0 + i), its output goes to out + i * ldo. The AVX-512 version reads each key tile and
+/// value row once for the whole block; the fallback calls attend_row per row. scores: nq
+/// rows of (n0 + nq rounded up to 16) floats of scratch.
+void attend_rows(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0,
+                 int64_t D, float scale, float* scores, float* out, int64_t ldo);
+constexpr int kQueryBlock = 8;
+
 /// g = silu(g) * u over n values (Llama's gated MLP), AVX-512 when available.
 void silu_mul(float* g, const float* u, int64_t n);
 
 namespace avx512 {
 void silu_mul(float* g, const float* u, int64_t n);
+void attend_rows(const float* q, int64_t ldq, int nq, const float* K, const float* V, int64_t n0,
+                 int64_t D, float scale, float* scores, float* out, int64_t ldo);
 void attend_row(const float* q, const float* K, const float* V, int64_t n, int64_t D, float scale,
                 float* scores, float* out);
 }

@@ -1,5 +1,6 @@
 // QuantLM over a GGUF file: the model config from llama.cpp's metadata keys (formats::gguf_config),
-// the tensors in place in the file's mapping (the file stays mapped while the engine lives).
+// the tensors read from the file's mapping (which stays while the engine lives: token embeddings
+// are looked up there; the matrices move into the engine's arena and give their pages back).
 #include <forge/infer/quant_lm.h>
 
 #include <forge/core/error.h>
@@ -10,12 +11,13 @@ namespace forge::infer {
 
 namespace {
 
-std::unique_ptr<QuantLM> from_file(std::shared_ptr<formats::GgufFile> file, EngineOptions opts) {
+std::unique_ptr<QuantLM> from_file(std::shared_ptr<formats::GgufFile> file, bool mapped,
+                                   EngineOptions opts) {
     const ModelConfig cfg = formats::gguf_config(*file);
-    QuantLM::Lookup lookup = [f = file.get()](const std::string& name) -> std::optional<TensorRef> {
+    QuantLM::Lookup lookup = [f = file.get(), mapped](const std::string& name) -> std::optional<TensorRef> {
         const formats::GgufTensorInfo* t = f->find_tensor(name);
         if (!t) return std::nullopt;
-        return TensorRef{t->type, t->ne, t->data};
+        return TensorRef{t->type, t->ne, t->data, mapped};
     };
     return std::make_unique<QuantLM>(cfg, lookup, file, opts);
 }
@@ -23,7 +25,7 @@ std::unique_ptr<QuantLM> from_file(std::shared_ptr<formats::GgufFile> file, Engi
 } // namespace
 
 std::unique_ptr<QuantLM> QuantLM::from_gguf(const std::filesystem::path& path, EngineOptions opts) {
-    return from_file(std::make_shared<formats::GgufFile>(formats::GgufFile::open(path)), opts);
+    return from_file(std::make_shared<formats::GgufFile>(formats::GgufFile::open(path)), true, opts);
 }
 
 // The bytes `forge convert` would write (formats::gguf_writer: llama.cpp's names and layouts),
@@ -32,7 +34,7 @@ std::unique_ptr<QuantLM> QuantLM::from_transformer(Transformer& model, quant::Gg
                                                    EngineOptions opts) {
     const std::vector<uint8_t> bytes = formats::gguf_writer(model, nullptr, type).bytes();
     return from_file(std::make_shared<formats::GgufFile>(formats::GgufFile::parse(bytes, "<model>")),
-                     opts);
+                     false, opts);
 }
 
 } // namespace forge::infer

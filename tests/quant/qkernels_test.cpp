@@ -87,7 +87,7 @@ TEST(QuantKernels, RandomDataWithinRoundingOfReference) {
             for (int64_t m = 0; m < M; ++m)
                 fq::quantize_row(t, wf.data() + m * K, W.data() + m * wrow, K);
             const ActLayout L = act_layout(t, K);
-            for (int64_t N : {1, 3, 6}) {
+            for (int64_t N : {1, 3, 6, 17}) { // 17: prefill tiles, F16 widened per band
                 const auto x = gaussian(N * K, 13);
                 AlignedBuf A(size_t(N * L.row_bytes));
                 ref::quantize_act(L, x.data(), K, N, A.p);

@@ -1,6 +1,7 @@
 // The inference engine: a decoder-only LM (llama and gpt2 architectures) that runs on ggml-typed
-// weights in place (pointers into a GGUF mapping, or into buffers it owns when built from a
-// forge::Transformer), with no autograd and an f32 KV cache per sequence. Prefill runs the
+// weights (its weight matrices moved at load into one huge-page arena, repacked for its kernels,
+// in place of the source; token embeddings read where they lie), with no autograd and an f32 KV
+// cache per sequence. Prefill runs the
 // prompt through the quantized GEMM, decode one token at a time through GEMV, both on a
 // persistent worker pool (no OpenMP). Tensors follow llama.cpp's GGUF conventions: names
 // (token_embd.weight, blk.N.attn_q.weight, ...), (out, in) rows for every linear weight, and
@@ -32,6 +33,9 @@ struct TensorRef {
     quant::GgmlType type = quant::GgmlType::f32;
     std::vector<int64_t> ne;
     const void* data = nullptr;
+    /// data lies in a read-only file mapping: once the engine has repacked a matrix into memory
+    /// of its own it drops these pages (they would be re-read from the file, never written).
+    bool in_mapping = false;
 };
 
 struct EngineOptions {
@@ -47,8 +51,10 @@ class QuantLM : public CausalLM {
     using Lookup = std::function<std::optional<TensorRef>(const std::string& name)>;
 
     /// Builds the engine over tensors that stay valid while `keep_alive` lives (the engine
-    /// holds it). Weights of F32, F16, Q8_0, Q4_0 and Q4_K are used in place; BF16 is widened
-    /// to F32 and Q4_1, Q5_K and Q6_K are requantized to Q8_0 at load. Throws InvalidArgument
+    /// holds it). Weight matrices of F32, F16, Q8_0, Q4_0 and Q4_K are copied into one arena
+    /// (with AVX-512 VNNI all but Q4_K repacked in groups of 16 rows), and the pages of those
+    /// marked in_mapping dropped; BF16 is widened to F32 and Q4_1, Q5_K and Q6_K are
+    /// requantized to Q8_0 at load. Throws InvalidArgument
     /// naming a missing tensor or a shape that disagrees with cfg.
     QuantLM(const ModelConfig& cfg, const Lookup& lookup, std::shared_ptr<const void> keep_alive,
             EngineOptions opts = {});
@@ -60,7 +66,7 @@ class QuantLM : public CausalLM {
     static std::unique_ptr<QuantLM> from_transformer(Transformer& model, quant::GgmlType type,
                                                      EngineOptions opts = {});
 
-    /// The model of a GGUF file (llama or gpt2 architecture), its tensors used in place in the
+    /// The model of a GGUF file (llama or gpt2 architecture), its tensors read from the
     /// file's mapping. Throws NotFound, or InvalidArgument naming the file and the problem.
     static std::unique_ptr<QuantLM> from_gguf(const std::filesystem::path& path,
                                               EngineOptions opts = {});

@@ -54,6 +54,17 @@ ActLayout act_layout(GgmlType w, int64_t K) {
     return L;
 }
 
+ActLayout act_layout_s8(int64_t K) {
+    FORGE_CHECK(K > 0 && K % fq::kQK == 0, "[quant] s8 activations need K a multiple of 32, got ", K);
+    ActLayout L;
+    L.kind = ActKind::s8;
+    L.K = K;
+    L.d_off = round64(K);
+    L.s_off = round64(L.d_off + K / fq::kQK * 4);
+    L.row_bytes = round64(L.s_off + K / fq::kQK * 4);
+    return L;
+}
+
 void q4_0_from_q8_0(const ActLayout& L, const ActLayout& N8, const uint8_t* nat, uint8_t* out) {
     const auto* dexp = reinterpret_cast<const float*>(nat + N8.d_off);
     const auto* nsum = reinterpret_cast<const int32_t*>(nat + N8.s_off);
@@ -132,7 +143,8 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
             std::vector<uint8_t> tmp(size_t(N8.row_bytes));
             ref::quantize_act(N8, x, ldx, 1, tmp.data());
             q4_0_from_q8_0(L, N8, tmp.data(), out);
-        } else if (L.kind == ActKind::q8_0) {
+        } else if (L.kind == ActKind::q8_0 || L.kind == ActKind::s8) {
+            const bool s8 = L.kind == ActKind::s8;
             auto* dexp = reinterpret_cast<float*>(out + L.d_off);
             auto* sums = reinterpret_cast<int32_t*>(out + L.s_off);
             for (int64_t b = 0; b < K / fq::kQK; ++b) {
@@ -143,8 +155,13 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 int32_t s = 0;
                 for (int j = 0; j < fq::kQK; ++j) {
                     const int q = int(std::nearbyint(xb[j] * id));
-                    qs[b * fq::kQK + j] = int8_t(uint8_t(q + 128)); // stored + 128
+                    qs[b * fq::kQK + j] = s8 ? int8_t(q) : int8_t(uint8_t(q + 128)); // q8_0: + 128
                     s += q;
+                }
+                if (s8) {
+                    dexp[b] = d;
+                    sums[b] = s;
+                    continue;
                 }
                 for (int j = 0; j < 8; ++j) {
                     dexp[b * 8 + j] = d;
@@ -180,6 +197,28 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
 float dot(GgmlType wt, const uint8_t* w, const ActLayout& L, const uint8_t* a) {
     const int64_t K = L.K;
     const auto* qs = reinterpret_cast<const int8_t*>(a);
+    if (L.kind == ActKind::s8) { // Q8_0 / Q4_0 weights in GGUF layout, signed int8 activations
+        FORGE_ASSERT(wt == GgmlType::q8_0 || wt == GgmlType::q4_0);
+        const auto* d = reinterpret_cast<const float*>(a + L.d_off);
+        float s = 0;
+        for (int64_t b = 0; b < K / fq::kQK; ++b) {
+            const int8_t* q = qs + b * fq::kQK;
+            int32_t isum = 0;
+            uint16_t dw;
+            if (wt == GgmlType::q8_0) {
+                const auto& wb = reinterpret_cast<const fq::BlockQ8_0*>(w)[b];
+                for (int j = 0; j < fq::kQK; ++j) isum += int32_t(wb.qs[j]) * q[j];
+                dw = wb.d;
+            } else {
+                const auto& wb = reinterpret_cast<const fq::BlockQ4_0*>(w)[b];
+                for (int j = 0; j < fq::kQK / 2; ++j)
+                    isum += (int32_t(wb.qs[j] & 0xF) - 8) * q[j] + (int32_t(wb.qs[j] >> 4) - 8) * q[16 + j];
+                dw = wb.d;
+            }
+            s += f16_to_f32(dw) * d[b] * float(isum);
+        }
+        return s;
+    }
     switch (wt) {
     case GgmlType::f32:
     case GgmlType::f16: {

@@ -16,7 +16,7 @@ namespace forge::cpu::quant {
 using forge::quant::GgmlType;
 
 /// How activation rows are laid out for weights of a given type.
-enum class ActKind { f32, q8_0, q4_0, q8_k };
+enum class ActKind { f32, q8_0, q4_0, q8_k, s8 };
 
 /// One activation row: for q8_0, u8 qs[K] (the int8 value + 128, so vpdpbusd takes it as its
 /// unsigned operand against signed weights; the weights' sum times 128 comes off) | f32 dexp[K/32 * 8] (each block's scale repeated
@@ -28,6 +28,8 @@ enum class ActKind { f32, q8_0, q4_0, q8_k };
 /// group padded with zeros) | f32 d and i32 -8 * sum per block, in chunks of 16 blocks, block
 /// 4 * g + l of a chunk at lane 4 * l + g (the order in which the kernel's lane reduction leaves
 /// the 16 block sums), zeros past the last block.
+/// For s8 (what x16-packed Q8_0 / Q4_0 weights read, packed_rows.h): int8 qs[K] (q8_0's
+/// rounding, stored as is) | f32 d[K/32] | i32 sum[K/32] (each block's sum of qs).
 /// Sections start at 64-byte multiples; row_bytes is a multiple of 64.
 struct ActLayout {
     ActKind kind = ActKind::f32;
@@ -47,6 +49,8 @@ inline int64_t q4_lane(int64_t b) {
 bool kernel_type(GgmlType t);
 /// Throws InvalidArgument unless kernel_type(w) and K a multiple of w's block size.
 ActLayout act_layout(GgmlType w, int64_t K);
+/// The s8 layout (for x16-packed weights); K a multiple of 32.
+ActLayout act_layout_s8(int64_t K);
 
 /// Quantizes N rows of x (row stride ldx floats) into `out` (N * row_bytes, 64-byte aligned).
 /// Ties round to even. For ActKind::f32 this copies.

@@ -107,8 +107,7 @@ void tile4x4_f32(GgmlType wt, const uint8_t* w, int64_t w_stride, const Rows& A,
                    ? _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + k)
                    : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + k));
     };
-    for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 m = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+    auto step = [&](int64_t k, __mmask16 m) {
         __m512 a[4];
         for (int r = 0; r < 4; ++r)
             a[r] = _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(A.a[r]) + k);
@@ -116,7 +115,10 @@ void tile4x4_f32(GgmlType wt, const uint8_t* w, int64_t w_stride, const Rows& A,
             const __m512 wv = load_w(i, k, m);
             for (int r = 0; r < 4; ++r) acc[4 * i + r] = _mm512_fmadd_ps(wv, a[r], acc[4 * i + r]);
         }
-    }
+    };
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) step(k, __mmask16(0xFFFF)); // constant mask: plain loads
+    if (k < K) step(k, __mmask16((1u << (K - k)) - 1));
     _mm512_storeu_ps(out, reduce16(acc));
 }
 
@@ -323,7 +325,8 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
             tmp.resize(size_t(N8.row_bytes));
             avx512::quantize_act(N8, x, ldx, 1, tmp.data());
             q4_0_from_q8_0(L, N8, tmp.data(), out);
-        } else if (L.kind == ActKind::q8_0) {
+        } else if (L.kind == ActKind::q8_0 || L.kind == ActKind::s8) {
+            const bool s8 = L.kind == ActKind::s8;
             auto* dexp = reinterpret_cast<float*>(out + L.d_off);
             auto* sums = reinterpret_cast<int32_t*>(out + L.s_off);
             for (int64_t b = 0; b < K / fq::kQK; ++b) {
@@ -332,6 +335,13 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
                 const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
                 const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
                 const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+                if (s8) { // signed as is, one scale and one sum per block
+                    _mm_storeu_si128((__m128i*)(qs + b * 32), _mm512_cvtsepi32_epi8(q0));
+                    _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm512_cvtsepi32_epi8(q1));
+                    sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                    dexp[b] = d;
+                    continue;
+                }
                 const __m128i u = _mm_set1_epi8(char(0x80)); // stored + 128
                 _mm_storeu_si128((__m128i*)(qs + b * 32), _mm_xor_si128(_mm512_cvtsepi32_epi8(q0), u));
                 _mm_storeu_si128((__m128i*)(qs + b * 32 + 16), _mm_xor_si128(_mm512_cvtsepi32_epi8(q1), u));
@@ -374,6 +384,27 @@ void quantize_act(const ActLayout& L, const float* x, int64_t ldx, int64_t N, ui
 void gemm(GgmlType wt, const uint8_t* W, int64_t w_stride, int64_t m0, int64_t m1,
           const ActLayout& L, const uint8_t* A, int64_t a_stride, int64_t N, float* Y,
           int64_t ldy) {
+    if (wt == GgmlType::f16 && N >= 16) {
+        // Prefill: each band of F16 rows widened to f32 once (exact) instead of once per tile of
+        // activation rows: the same products without a vcvtph2ps per 16 FMAs.
+        const int64_t K = L.K, rows = std::max<int64_t>(4, (256 << 10) / (K * 4));
+        thread_local std::vector<float> wide;
+        wide.resize(size_t(rows * K));
+        for (int64_t mb = m0; mb < m1; mb += rows) {
+            const int64_t me = std::min(m1, mb + rows);
+            for (int64_t m = mb; m < me; ++m) {
+                const auto* src = reinterpret_cast<const uint16_t*>(W + m * w_stride);
+                float* dst = wide.data() + (m - mb) * K;
+                for (int64_t k = 0; k < K; k += 16) {
+                    const __mmask16 mk = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+                    _mm512_mask_storeu_ps(dst + k, mk, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src + k)));
+                }
+            }
+            avx512::gemm(GgmlType::f32, reinterpret_cast<const uint8_t*>(wide.data()), K * 4, 0, me - mb, L, A,
+                 a_stride, N, Y + mb, ldy);
+        }
+        return;
+    }
     // A band of weight rows that stays in L2 while every tile of activation rows passes by.
     const int64_t band = std::max<int64_t>(4, (256 << 10) / std::max<int64_t>(w_stride, 1));
     for (int64_t mb = m0; mb < m1; mb += band) {
