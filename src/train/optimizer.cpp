@@ -1,6 +1,6 @@
 // AdamW and SGD updates, the weight-decay rule and gradient clipping (see optimizer.h). CPU f32
-// parameters take one multi-tensor AdamW update (vector kernels: adamw_*.cpp); anything else (half params, other devices) goes
-// through public ops, so the optimizers work wherever the ops do. f32 parameters on a CUDA
+// parameters take one multi-tensor AdamW update (vector kernels: adamw_*.cpp); anything else
+// (half params, other devices) goes through public ops, so the optimizers work wherever the ops do. f32 parameters on a CUDA
 // device take one fused multi-tensor kernel per device (src/backends/cuda/adamw.cu).
 #include <forge/train/optimizer.h>
 
@@ -342,12 +342,14 @@ GradNorm grad_norm(const std::vector<ParamRef>& params) {
     std::vector<Chunk> chunks;
     std::vector<size_t> first_chunk(params.size() + 1, 0);
     std::vector<Tensor> grads(params.size());
+    std::vector<char> on_cpu(params.size(), 0); // summed by the chunks below
     for (size_t i = 0; i < params.size(); ++i) {
         first_chunk[i] = chunks.size();
         grads[i] = grad_of(params[i]);
         const Tensor& g = grads[i];
-        if (g.defined() && g.device().type == DeviceType::cpu && g.dtype() == DType::f32 &&
-            g.is_contiguous())
+        on_cpu[i] = g.defined() && g.device().type == DeviceType::cpu &&
+                    g.dtype() == DType::f32 && g.is_contiguous();
+        if (on_cpu[i])
             for (int64_t lo = 0; lo < g.numel(); lo += kNormChunk)
                 chunks.push_back({g.data<float>() + lo, std::min(kNormChunk, g.numel() - lo)});
     }
@@ -365,8 +367,7 @@ GradNorm grad_norm(const std::vector<ParamRef>& params) {
         if (!g.defined())
             continue;
         double sq = 0.0;
-        if (first_chunk[i + 1] > first_chunk[i] || g.numel() == 0 ||
-            (g.device().type == DeviceType::cpu && g.dtype() == DType::f32 && g.is_contiguous())) {
+        if (on_cpu[i]) {
             for (size_t c = first_chunk[i]; c < first_chunk[i + 1]; ++c)
                 sq += partial[c];
         } else {
