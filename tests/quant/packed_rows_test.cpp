@@ -15,30 +15,16 @@
 #include "backends/cpu/quant/packed_rows.h"
 #include "backends/cpu/simd/nn_kernels.h"
 #include "quant/blocks.h"
+#include "quant_test_util.h"
 
 using namespace forge;
 using namespace forge::cpu::quant;
 namespace fq = forge::quant;
 namespace nn = forge::cpu::nn;
+using forge::test::AlignedBuf;
+using forge::test::gaussian;
 
 namespace {
-
-struct Aligned {
-    std::vector<uint8_t> v;
-    uint8_t* p;
-    explicit Aligned(size_t n) : v(n + 64, 0) {
-        p = v.data() + (64 - reinterpret_cast<uintptr_t>(v.data()) % 64) % 64;
-    }
-};
-
-std::vector<float> gaussian(int64_t n, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.f, 1.f);
-    std::vector<float> x(static_cast<size_t>(n));
-    for (auto& v : x)
-        v = dist(rng);
-    return x;
-}
 
 std::vector<nn::Isa> isas() {
     std::vector<nn::Isa> out{nn::Isa::generic};
@@ -57,11 +43,11 @@ TEST(PackedRows, ActivationQuantizationMatchesReference) {
     auto x = gaussian(N * K, 3);
     for (int64_t k = 0; k < 32; ++k)
         x[size_t(K + k)] = 0.f; // an all-zero block
-    Aligned want(size_t(N * L.row_bytes));
+    AlignedBuf want(size_t(N * L.row_bytes));
     ref::quantize_act(L, x.data(), K, N, want.p);
     for (nn::Isa isa : isas()) {
         nn::IsaCapScope cap(isa);
-        Aligned got(size_t(N * L.row_bytes));
+        AlignedBuf got(size_t(N * L.row_bytes));
         quantize_act(L, x.data(), K, N, got.p);
         EXPECT_EQ(std::memcmp(got.p, want.p, size_t(N * L.row_bytes)), 0) << "isa=" << int(isa);
     }
@@ -76,7 +62,7 @@ TEST(PackedRows, ReferenceDotMatchesDequantizedProduct) {
         std::vector<float> wd(static_cast<size_t>(K));
         fq::dequantize_row(t, w.data(), wd.data(), K);
         const ActLayout L = act_layout_s8(K);
-        Aligned a(size_t(L.row_bytes));
+        AlignedBuf a(size_t(L.row_bytes));
         ref::quantize_act(L, x.data(), K, 1, a.p);
         double exact = 0, mag = 0;
         for (int64_t k = 0; k < K; ++k) {
@@ -105,7 +91,7 @@ TEST(PackedRows, IntegerPartExact) {
                 }
             pack_x16(t, W.data(), M, K, P.data());
             const ActLayout L = act_layout_s8(K);
-            Aligned A(size_t(N * L.row_bytes));
+            AlignedBuf A(size_t(N * L.row_bytes));
             std::uniform_int_distribution<int> q8(-127, 127);
             for (int64_t n = 0; n < N; ++n) {
                 uint8_t* a = A.p + n * L.row_bytes;
@@ -150,7 +136,7 @@ TEST(PackedRows, RandomDataWithinRoundingOfReference) {
             const ActLayout L = act_layout_x16(t, K);
             for (int64_t N : {1, 2, 5, 8, 13}) {
                 const auto x = gaussian(N * K, 13);
-                Aligned A(size_t(N * L.row_bytes));
+                AlignedBuf A(size_t(N * L.row_bytes));
                 quantize_act(L, x.data(), K, N, A.p);
                 for (nn::Isa isa : isas()) {
                     nn::IsaCapScope cap(isa);
