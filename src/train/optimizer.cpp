@@ -185,7 +185,6 @@ void AdamW::step(double lr) {
     const float step_size = float(lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
     const float eps = float(opts_.eps);
     std::vector<CpuAdamWItem> cpu_items; // CPU f32 parameters, updated together below
-    std::vector<Tensor> keep_cpu;        // their gradients, alive until then
 #ifdef FORGE_HAS_CUDA
     std::map<int, std::vector<cuda::AdamWTensor>> fused; // CUDA device -> its tensors
     std::vector<Tensor> keep;                              // grads alive until the launch
@@ -208,7 +207,6 @@ void AdamW::step(double lr) {
         if (fast_path(p.tensor, g)) {
             cpu_items.push_back({p.tensor.data<float>(), g.data<float>(), m_[i].data<float>(),
                                  v_[i].data<float>(), p.tensor.numel(), decay});
-            keep_cpu.push_back(g);
             continue;
         }
         // Generic path: the same formula with ops (any device, half parameters).

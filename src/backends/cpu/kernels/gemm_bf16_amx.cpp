@@ -5,16 +5,10 @@
 #include <algorithm>
 #include <cstring>
 
-// GCC 12 warns inside avx512fintrin.h about the _mm512_undefined_*() of its own intrinsics
-// (GCC bug 105593); the state that counts is the one at the header's lines.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
 #include <omp.h>
 
 #include "backends/cpu/kernels/gemm_bf16.h"
+#include "backends/cpu/kernels/gemm_bf16_intrin.h"
 
 namespace forge::cpu::bf16 {
 
