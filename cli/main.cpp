@@ -27,33 +27,74 @@ namespace {
 // docs/PERF.md): on an idle Intel Xeon VM spinning gave 33-37 ms/step and sleeping 137-181 ms
 // (waking a halted vCPU is slow); on the shared 2-core dev box at load 2, spinning gave 1002 ms
 // and sleeping 58 ms (a spinning worker waits for one that is not running). The policy is read
-// when libgomp loads, before main, so the CLI chooses at start: when the machine is already
-// busy (1-minute load average at least half the CPUs this process may use) it runs with
-// OMP_WAIT_POLICY=passive. A policy or spin count the user set is kept.
-bool machine_is_busy() {
-    double load = 0;
-    if (FILE* f = std::fopen("/proc/loadavg", "r")) {
-        if (std::fscanf(f, "%lf", &load) != 1) load = 0;
-        std::fclose(f);
+// when libgomp loads, before main, so the CLI chooses at start: when the CPUs this process may
+// run on are already at least half busy with other work, it runs with OMP_WAIT_POLICY=passive.
+// A policy or spin count the user set is kept.
+//
+// Busy is measured on those CPUs only, over 50 ms of /proc/stat: the load average counts the
+// whole machine, so on a 16-core host a process pinned to 2 idle cores read as busy (and ran
+// 2-3x slower with sleeping workers) because other cores were working.
+struct CpuTimes {
+    unsigned long long busy = 0, total = 0;
+};
+
+CpuTimes times_of(const cpu_set_t& set) {
+    CpuTimes t;
+    FILE* f = std::fopen("/proc/stat", "r");
+    if (!f) return t;
+    char line[512];
+    while (std::fgets(line, sizeof line, f)) {
+        int cpu = -1;
+        unsigned long long v[8] = {};
+        // cpuN user nice system idle iowait irq softirq steal
+        if (std::sscanf(line, "cpu%d %llu %llu %llu %llu %llu %llu %llu %llu", &cpu, &v[0], &v[1],
+                        &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 9 ||
+            cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &set))
+            continue;
+        unsigned long long sum = 0;
+        for (unsigned long long x : v) sum += x;
+        t.total += sum;
+        t.busy += sum - v[3] - v[4];
     }
-    cpu_set_t set;
-    const int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-    return load >= 0.5 * cpus;
+    std::fclose(f);
+    return t;
 }
 
-// OpenBLAS picks its kernels when it loads, from cpuid: Cooper Lake's on both the dev box (AMD
-// Zen 4) and the GPU machine's Intel Xeon (Sapphire Rapids class). On that Xeon VM its sgemm
-// ran the nanoGPT anchor at 140-180 ms/step against 45-49 with Skylake-X's (docs/PERF.md), while
-// on Zen 4 it runs at ~92% of the FMA peak; so on Intel CPUs where OpenBLAS chose Cooper Lake or
-// Sapphire Rapids the CLI asks for Skylake-X's kernels instead.
+bool machine_is_busy() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return false;
+    const CpuTimes a = times_of(set);
+    ::usleep(50'000);
+    const CpuTimes b = times_of(set);
+    if (b.total <= a.total) return false;
+    return double(b.busy - a.busy) >= 0.5 * double(b.total - a.total);
+}
+
+// OpenBLAS picks its kernels when it loads, from cpuid, and its guesses cost up to 6x on the
+// nanoGPT anchor (docs/PERF.md). On the GPU machine's Intel Xeon VM, Debian's OpenBLAS 0.3.21
+// does not know the CPU model and falls back to Prescott (SSE3) kernels: 69 ms/step, against
+// 24 ms/step with Skylake-X's AVX-512 kernels and 42 with Haswell's; on another Xeon it chose
+// Cooper Lake's and ran 3x slower than Skylake-X's. On the dev box (AMD Zen 4) it chooses
+// Cooper Lake's, which reach ~92% of the FMA peak there. So: on CPUs with AVX-512 the CLI asks
+// for Skylake-X's kernels unless OpenBLAS chose them (or Cooper Lake's on AMD); on AVX2 CPUs
+// where it fell back to a pre-AVX2 core, for Haswell's. Returns "" to keep OpenBLAS's choice.
 extern "C" char* openblas_get_corename(void);
-bool wants_skylakex_blas() {
-    if (std::getenv("OPENBLAS_CORETYPE")) return false;
+const char* better_blas_core() {
+    if (std::getenv("OPENBLAS_CORETYPE")) return "";
     __builtin_cpu_init();
-    if (!__builtin_cpu_is("intel")) return false;
-    std::string core = openblas_get_corename(); // "Cooperlake", "SapphireRapids", ...
+    std::string core = openblas_get_corename(); // "Prescott", "Haswell", "SkylakeX", ...
     for (char& c : core) c = char(std::tolower(static_cast<unsigned char>(c)));
-    return core == "cooperlake" || core == "sapphirerapids";
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (avx512) {
+        if (core == "skylakex" || (core == "cooperlake" && __builtin_cpu_is("amd"))) return "";
+        return "SkylakeX";
+    }
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2 && (core == "prescott" || core == "core2" || core == "penryn" ||
+                 core == "dunnington" || core == "nehalem" || core == "atom"))
+        return "Haswell";
+    return "";
 }
 
 // Both choices are read when the libraries load, before main: the CLI re-executes itself once
@@ -65,8 +106,8 @@ void choose_runtime_environment(char** argv) {
         ::setenv("OMP_WAIT_POLICY", "passive", 1);
         changed = true;
     }
-    if (wants_skylakex_blas()) {
-        ::setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+    if (const char* core = better_blas_core(); *core) {
+        ::setenv("OPENBLAS_CORETYPE", core, 1);
         changed = true;
     }
     if (!changed) return;
