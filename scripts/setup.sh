@@ -9,7 +9,7 @@ packages=(
     nlohmann-json3-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev libcli11-dev
     libcpp-httplib-dev libonnx-dev libprotobuf-dev
     clang libclang-rt-14-dev
-    python3 python3-numpy
+    python3 python3-numpy python3-yaml   # yaml: llama.cpp's gguf-py (tests/formats_interop)
     chromium   # serve_browser: the chat page in headless chromium (~115 MB download, ~20 s)
 )
 # Node.js runs the reference tokenizers and HTTP clients in tests; Debian 12's own is fine.
