@@ -3,8 +3,9 @@
 // generates N tokens one at a time from an empty cache; each is the median over --reps runs
 // after one warm-up. The model is a GGUF file, or a named shape with random weights of --type.
 // With --device cuda: a Forge model folder or a named shape (random weights) on CudaLM (bf16
-// weights, CUDA-graph decode), prefill under --dtype; tg is reported with the logits copied to
-// the host each step (what `forge generate` does) and with greedy argmax on the device.
+// weights, the decode step as one persistent kernel in a CUDA graph), prefill under --dtype; tg
+// is reported with the logits copied to the host each step (what `forge generate` does) and with
+// greedy argmax on the device.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -33,7 +34,7 @@ struct BenchOptions {
     int threads = 0, reps = 5;
     std::vector<int64_t> pp = {512};
     int64_t tg = 128;
-    bool json = false, eager = false;
+    bool json = false, eager = false, per_op = false;
     std::string device = "cpu", dtype = "bf16";
 };
 
@@ -68,7 +69,7 @@ void run_bench_cuda(const BenchOptions& o) {
         model = std::make_shared<Transformer>(bench_shape(o.shape));
         what = o.shape + " (random weights)";
     }
-    CudaLM lm(*model, {.graph = !o.eager});
+    CudaLM lm(*model, {.graph = !o.eager, .persistent = !o.per_op});
     const int64_t V = lm.n_vocab(), pp_max = *std::max_element(o.pp.begin(), o.pp.end());
     FORGE_CHECK(std::max(pp_max, o.tg + 1) <= lm.n_ctx(), "pp/tg exceed the model's context of ",
                 lm.n_ctx());
@@ -120,10 +121,11 @@ void run_bench_cuda(const BenchOptions& o) {
         return;
     }
     const cuda::DeviceProperties p = cuda::device_properties(0);
-    std::printf("model: %s on %s, %.1f MiB of bf16 weights read per token, decode %s, prefill "
-                "%s, median of %d\n",
+    std::printf("model: %s on %s, %.1f MiB of bf16 weights read per token, decode %s %s, "
+                "prefill %s, median of %d\n",
                 what.c_str(), p.name.c_str(), gb * 1e9 / (1 << 20),
-                lm.graph_active() ? "in a CUDA graph" : "eager launches", o.dtype.c_str(), o.reps);
+                lm.persistent_active() ? "as one persistent kernel" : "as kernels per op",
+                lm.graph_active() ? "in a CUDA graph" : "launched eagerly", o.dtype.c_str(), o.reps);
     for (size_t i = 0; i < o.pp.size(); ++i)
         if (o.pp[i] > 0)
             std::printf("pp%-5lld %10.2f tokens/s\n", (long long)o.pp[i], median(pp_s[i]));
@@ -212,6 +214,8 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     cmd->add_option("--dtype", o->dtype, "with --device cuda: prefill precision f32 | tf32 | bf16")
         ->capture_default_str();
     cmd->add_flag("--eager", o->eager, "with --device cuda: no CUDA graph for the decode step");
+    cmd->add_flag("--per-op", o->per_op,
+                  "with --device cuda: the decode step as kernels per op, not one kernel");
     cmd->callback([o] { run_bench(*o); });
 });
 

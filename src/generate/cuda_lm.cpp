@@ -41,6 +41,9 @@ std::vector<TokenId> CudaLM::greedy(State&, TokenId, int64_t) {
 bool CudaLM::graph_active() const {
     return false;
 }
+bool CudaLM::persistent_active() const {
+    return false;
+}
 int64_t CudaLM::weight_bytes_per_token() const {
     return 0;
 }

@@ -1,6 +1,8 @@
 // The batch-1 GPU decode path (CudaLM, src/backends/cuda/decode_*): split-K attention over a
-// bf16 KV cache against the CPU's plain softmax(q k^T) v, and whole-model logits and greedy
-// tokens of random GPT-2 and Llama (GQA) models against TransformerLM on the CPU in f32.
+// bf16 KV cache against the CPU's plain softmax(q k^T) v; whole-model logits and greedy tokens
+// of random GPT-2 and Llama (GQA) models against TransformerLM on the CPU in f32, with the step
+// as one persistent kernel and as kernels per op; and the two step paths against each other
+// over several attention chunks.
 #include "cuda/cuda_test_util.h"
 
 #include <algorithm>
@@ -136,17 +138,24 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
     return m;
 }
 
-class CudaDecodeModel : public ::testing::TestWithParam<ModelFamily> {};
+struct ModelCase {
+    ModelFamily family;
+    bool persistent; // CudaLM::Options::persistent
+};
+
+class CudaDecodeModel : public ::testing::TestWithParam<ModelCase> {};
 
 // Teacher forcing: both paths get the CPU's greedy tokens; a prompt, 24 decode steps, a second
 // prompt chunk (prefill after decode), 16 more steps. Logits within bf16 error everywhere, the
 // argmax equal wherever the CPU's margin is clear of that error.
 TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
-    const ModelConfig cfg = small(GetParam());
+    const auto [family, persistent] = GetParam();
+    const ModelConfig cfg = small(family);
     Transformer cpu_m(cfg, 21), gpu_m(cfg, 21);
     TransformerLM ref(cpu_m);
-    CudaLM lm(gpu_m);
+    CudaLM lm(gpu_m, {.persistent = persistent});
     EXPECT_TRUE(lm.graph_active());
+    EXPECT_EQ(lm.persistent_active(), persistent);
     auto rs = ref.new_state(150), gs = lm.new_state(150);
     std::vector<float> lr, lg;
     int decided = 0, agreed = 0;
@@ -178,10 +187,13 @@ TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
 // each token is the CPU's argmax wherever its margin is clear; and eager launches give the
 // graph's logits bit for bit.
 TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
-    const ModelConfig cfg = small(GetParam());
+    const auto [family, persistent] = GetParam();
+    const ModelConfig cfg = small(family);
     Transformer cpu_m(cfg, 22), gpu_m(cfg, 22);
     TransformerLM ref(cpu_m);
-    CudaLM lm(gpu_m), eager(gpu_m, {.graph = false});
+    CudaLM lm(gpu_m, {.persistent = persistent}),
+        eager(gpu_m, {.graph = false, .persistent = persistent});
+    EXPECT_EQ(eager.persistent_active(), persistent);
     const std::vector<TokenId> prompt = {1, 2, 3, 4, 5, 6};
     auto gs = lm.new_state(64);
     std::vector<float> lg;
@@ -219,11 +231,57 @@ TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, CudaDecodeModel,
+std::string family_name(ModelFamily f) {
+    return f == ModelFamily::gpt2 ? "gpt2" : "llama";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Paths, CudaDecodeModel,
+    ::testing::Values(ModelCase{ModelFamily::gpt2, true}, ModelCase{ModelFamily::gpt2, false},
+                      ModelCase{ModelFamily::llama, true}, ModelCase{ModelFamily::llama, false}),
+    [](const auto& info) {
+        return family_name(info.param.family) + (info.param.persistent ? "_persistent" : "_per_op");
+    });
+
+class CudaDecodeSteps : public ::testing::TestWithParam<ModelFamily> {};
+
+// The persistent step against the kernels per op, teacher-forced over 150 positions: attention
+// over up to three 64-position chunks (the split-K partials merged in the proj phase), a prompt
+// between decode steps. The two sum in different orders and may round a K/V value to bf16 the
+// other way, so logits agree within that, and the argmax wherever its margin is clear of it.
+TEST_P(CudaDecodeSteps, PersistentMatchesPerOpKernels) {
+    const ModelConfig cfg = small(GetParam());
+    Transformer m(cfg, 23);
+    CudaLM fused(m), per_op(m, {.persistent = false});
+    ASSERT_TRUE(fused.persistent_active());
+    auto fs = fused.new_state(cfg.n_ctx), ps = per_op.new_state(cfg.n_ctx);
+    std::vector<float> lf, lp;
+    int decided = 0;
+    auto step = [&](std::span<const TokenId> ids, const std::string& what) {
+        fused.eval(*fs, ids, lf);
+        per_op.eval(*ps, ids, lp);
+        EXPECT_LE(rel_diff(lf, lp), 2e-3) << what;
+        if (margin(lp) > 2 * max_abs_diff(lf, lp)) {
+            ++decided;
+            EXPECT_EQ(argmax(lf), argmax(lp)) << what;
+        }
+        return TokenId(argmax(lp));
+    };
+    std::vector<TokenId> prompt = {3, 141, 59, 26, 5};
+    TokenId t = step(prompt, "prompt");
+    for (int i = 0; i < 100; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    std::vector<TokenId> more = {t, 35, 89, 79};
+    t = step(more, "second prompt");
+    for (int i = 100; i < 140; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    EXPECT_EQ(fs->length(), 149);
+    EXPECT_GE(decided, 100);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, CudaDecodeSteps,
                          ::testing::Values(ModelFamily::gpt2, ModelFamily::llama),
-                         [](const auto& info) {
-                             return std::string(info.param == ModelFamily::gpt2 ? "gpt2" : "llama");
-                         });
+                         [](const auto& info) { return family_name(info.param); });
 
 } // namespace
 } // namespace forge::test

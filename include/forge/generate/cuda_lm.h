@@ -1,10 +1,12 @@
 // CudaLM: batch-1 generation of a forge::Transformer on a CUDA GPU. Weights are cast once to
 // bf16 on the device (norms, biases and GPT-2's position table stay f32); each state owns a
-// static bf16 KV cache; a decode step is ~5 fused kernels per layer (bf16 GEMVs, split-K
-// attention) captured once in a CUDA graph and replayed, since at batch 1 the launches, not the
-// GPU, would set the pace. Prompts (more than one token) prefill through the model's ops on the
-// GPU (batched matmuls) under the caller's precision switches. Not for batched decoding: the
-// serving engine's eval_batch falls back to one sequence at a time.
+// static bf16 KV cache; a decode step is one persistent kernel whose phases (bf16 GEMVs with
+// fused norms and epilogues, split-K attention) meet at grid-wide barriers, or ~5 kernels per
+// layer where the GPU cannot hold that kernel's grid at once; either is captured once in a CUDA
+// graph and replayed, since at batch 1 the launches, not the GPU, would set the pace. Prompts (more
+// than one token) prefill through the model's ops on the GPU (batched matmuls) under the caller's
+// precision switches. Not for batched decoding: the serving engine's eval_batch falls back to one
+// sequence at a time.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +25,8 @@ class CudaLM : public CausalLM {
     struct Options {
         /// Capture the decode step in a CUDA graph (false: launch its kernels one by one).
         bool graph = true;
+        /// Run the decode step as one persistent kernel (false: ~5 kernels per layer).
+        bool persistent = true;
         /// Prompt tokens per prefill forward (bounds activation memory).
         int64_t prefill_chunk = 1024;
     };
@@ -44,6 +48,9 @@ class CudaLM : public CausalLM {
     std::vector<TokenId> greedy(State& state, TokenId first, int64_t n);
     /// Whether decode steps replay a CUDA graph (false after a failed capture: eager launches).
     bool graph_active() const;
+    /// Whether decode steps run as one persistent kernel (Options::persistent, and the GPU
+    /// takes a cooperative launch of its grid).
+    bool persistent_active() const;
     /// Bytes of weights one decode step reads (the bf16 matrices, the head included).
     int64_t weight_bytes_per_token() const;
 

@@ -1,7 +1,9 @@
 // The batch-1 decode step's kernels (decode_kernels.h). Batch-1 decode is a weight read: every
 // GEMV streams its bf16 matrix once with 16-byte loads, accumulates in f32, and fuses the norm
-// of its input (recomputed per block: K floats, cheap next to the weights) and its epilogue, so
-// a GPT-2 layer is five launches: qkv, attention, proj, fc, fc2.
+// of its input (recomputed per block: K floats, cheap next to the weights) and its epilogue.
+// The GEMV and attention bodies are device functions run two ways: one kernel per op (a GPT-2
+// layer is five launches: qkv, attention, proj, fc, fc2), or as the phases of one persistent
+// kernel per step, where a grid barrier replaces each kernel boundary.
 #include "backends/cuda/decode_kernels.h"
 
 #include <algorithm>
@@ -14,7 +16,8 @@ namespace forge::cuda::decode {
 
 namespace {
 
-constexpr int kWarps = 8;  // GEMV block: 256 threads
+constexpr int kWarps = 8; // GEMV block: 256 threads
+constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 2;   // rows per warp (a RoPE or SwiGLU pair)
 constexpr int kUnroll = 4; // 16-byte chunks in flight per row per lane
 
@@ -57,16 +60,13 @@ __device__ __forceinline__ float gelu_tanh(float x) {
     return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
 }
 
-// xs = norm(x) for the block (K floats of shared memory).
-__device__ void load_input(const GemvArgs& a, float* xs) {
+// xs = norm(xs) in place (xs: the raw input, K floats of shared memory, written by the block).
+__device__ void normalize(const GemvArgs& a, float* xs) {
     __shared__ float scratch[32];
     const int K = a.k;
-    for (int i = threadIdx.x; i < K; i += blockDim.x)
-        xs[i] = a.x[i];
-    if (a.norm == Norm::none) {
-        __syncthreads();
+    __syncthreads(); // xs may have been filled in another thread layout than the loops below
+    if (a.norm == Norm::none)
         return;
-    }
     float mean = 0.f;
     if (a.norm == Norm::layer) {
         float s = 0.f;
@@ -101,10 +101,10 @@ __device__ void epilogue(const GemvArgs& a, int row, const float (&acc)[kRows]) 
             if (row + r < a.n)
                 a.out[row + r] = v[r];
         break;
-    case Epilogue::residual:
+    case Epilogue::residual: // read from L2: other blocks of a persistent step wrote it
         for (int r = 0; r < kRows; ++r)
             if (row + r < a.n)
-                a.out[row + r] += v[r];
+                a.out[row + r] = __ldcg(a.out + row + r) + v[r];
         break;
     case Epilogue::gelu:
         for (int r = 0; r < kRows; ++r)
@@ -153,19 +153,21 @@ __device__ __forceinline__ void wait_previous() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 
-// Persistent: each block (kWarps warps = kWarps / ksplit row groups x ksplit warps splitting K)
-// loads and normalises the input once, then walks tiles blockIdx.x, + gridDim.x, ... as one
-// stream of iterations, loading iteration i + 1's weights before computing iteration i.
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a, int ksplit) {
-    extern __shared__ float4 smem4[];
-    float* xs = reinterpret_cast<float*>(smem4);
+// The GEMV over persistent tiles: each block (kWarps warps = kWarps / ksplit row groups x ksplit
+// warps splitting K) loads and normalises the input once, then walks tiles blockIdx.x,
+// + gridDim.x, ... as one stream of iterations, loading iteration i + 1's weights before
+// computing iteration i. The first weights are requested before prepare(xs, busy), which waits
+// for the input (the previous kernel, or a grid barrier) and, if busy (the block has a tile),
+// writes the raw input into xs (K floats of shared memory).
+template <class Prepare>
+__device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& prepare) {
+    const float4* x4 = reinterpret_cast<const float4*>(xs);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = kWarps / ksplit, g = warp / ksplit, kp = warp % ksplit;
     const int nchunk = a.k >> 3, stride = 32 * ksplit, step = kUnroll * stride;
     const int iters = (nchunk + step - 1) / step; // per tile, the same for every warp
     const int ntile = (a.n + kRows * groups - 1) / (kRows * groups);
     const uint4* W = static_cast<const uint4*>(a.w);
-    launch_dependents();
 
     uint4 buf[kRows][kUnroll];
     auto load = [&](int t, int i) {
@@ -181,9 +183,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a, int kspli
             }
     };
     int t = blockIdx.x, i = 0;
-    load(t, i); // weights never depend on the previous kernel
-    wait_previous();
-    load_input(a, xs);
+    load(t, i); // weights never depend on the previous phase
+    prepare(xs, t < ntile);
+    if (t >= ntile)
+        return;
+    normalize(a, xs);
 
     __shared__ float red[kWarps][kRows];
     float acc[kRows] = {};
@@ -203,7 +207,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a, int kspli
         for (int u = 0; u < kUnroll; ++u) {
             const int c = i * step + kp * 32 + lane + u * stride;
             if (c < nchunk) {
-                const float4 x0 = smem4[2 * c], x1 = smem4[2 * c + 1];
+                const float4 x0 = x4[2 * c], x1 = x4[2 * c + 1];
 #pragma unroll
                 for (int r = 0; r < kRows; ++r)
                     acc[r] += dot8(cur[r][u], x0, x1);
@@ -257,6 +261,16 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a, int kspli
     }
 }
 
+__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvArgs a, int ksplit) {
+    extern __shared__ float4 smem4[];
+    launch_dependents();
+    gemv_tiles(a, ksplit, reinterpret_cast<float*>(smem4), [&](float* xs, bool) {
+        wait_previous();
+        for (int i = threadIdx.x; i < a.k; i += blockDim.x)
+            xs[i] = a.x[i];
+    });
+}
+
 // ---------------------------------------------------------------- cp.async
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
@@ -272,23 +286,21 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 
 // ---------------------------------------------------------------- attention
 
-// Block (kv head, chunk): 4 warps. The chunk's K and V rows come into shared memory with
-// cp.async, all requests in flight at once (one memory latency, not one per position); then
-// scores one thread per (query head, position), softmax of the chunk per query head (a warp
-// each), P.V one thread per (query head, d). Rows are padded by 16 bytes against bank conflicts.
-template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) {
+// One split-K task of attention: the query heads of kv head kvh over positions [p0, p0 + chunk)
+// of [0, len). The chunk's K and V rows come into shared memory with cp.async, all requests in
+// flight at once (one memory latency, not one per position); then scores one thread per (query
+// head, position), softmax of the chunk per query head (a warp each), P.V one thread per (query
+// head, d); o, m, l go to the partials. Rows are padded by 16 bytes against bank conflicts.
+// Rows before len - 1 are from earlier steps, so they are requested before wait(); the newest
+// row and q (this step's qkv output, read from L2) after it.
+template <int D, class Wait>
+__device__ void attn_partial(const AttnArgs& a, int kvh, int split, int len, int max_splits,
+                             float* smem, Wait&& wait) {
     constexpr int kRow = D + 8; // bf16 per padded row
-    launch_dependents();
-    wait_previous();
-    const int kvh = blockIdx.x, split = blockIdx.y, chunk = a.chunk;
-    const int len = a.args->pos + 1, n_active = (len + chunk - 1) / chunk;
-    if (split >= n_active)
-        return;
-    const int G = a.n_head / a.n_kv, max_splits = gridDim.y;
+    const int chunk = a.chunk, G = a.n_head / a.n_kv;
     const int p0 = split * chunk, n = min(len, p0 + chunk) - p0;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    extern __shared__ float4 sm4[];
-    auto* ks = reinterpret_cast<__nv_bfloat16*>(sm4);        // (chunk, kRow)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
+    auto* ks = reinterpret_cast<__nv_bfloat16*>(smem);       // (chunk, kRow)
     __nv_bfloat16* vs = ks + chunk * kRow;                   // (chunk, kRow)
     float* qs = reinterpret_cast<float*>(vs + chunk * kRow); // (G, D)
     float* ps = qs + G * D;                                  // (G, chunk)
@@ -297,14 +309,20 @@ template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) 
     const auto* K = static_cast<const __nv_bfloat16*>(a.k_cache) + (int64_t(kvh) * a.cap + p0) * D;
     const auto* V = static_cast<const __nv_bfloat16*>(a.v_cache) + (int64_t(kvh) * a.cap + p0) * D;
     constexpr int kVecs = D / 8; // 16-byte pieces per row
-    for (int i = threadIdx.x; i < n * kVecs; i += blockDim.x) {
-        const int r = i / kVecs, c = (i % kVecs) * 8;
-        cp_async16(ks + r * kRow + c, K + int64_t(r) * D + c);
-        cp_async16(vs + r * kRow + c, V + int64_t(r) * D + c);
-    }
-    cp_async_commit();
+    auto stage = [&](int r0, int r1) {
+        for (int i = threadIdx.x; i < (r1 - r0) * kVecs; i += blockDim.x) {
+            const int r = r0 + i / kVecs, c = (i % kVecs) * 8;
+            cp_async16(ks + r * kRow + c, K + int64_t(r) * D + c);
+            cp_async16(vs + r * kRow + c, V + int64_t(r) * D + c);
+        }
+        cp_async_commit();
+    };
+    const int n_old = min(n, len - 1 - p0);
+    stage(0, n_old);
+    wait();
+    stage(n_old, n);
     for (int i = threadIdx.x; i < G * D; i += blockDim.x)
-        qs[i] = a.q[kvh * G * D + i] * a.scale;
+        qs[i] = __ldcg(a.q + kvh * G * D + i) * a.scale;
     cp_async_wait<0>();
     __syncthreads();
 
@@ -321,7 +339,7 @@ template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) 
         ps[g * chunk + i] = s;
     }
     __syncthreads();
-    for (int g = warp; g < G; g += 4) {
+    for (int g = warp; g < G; g += n_warps) {
         float m = -INFINITY;
         for (int i = lane; i < n; i += 32)
             m = fmaxf(m, ps[g * chunk + i]);
@@ -353,8 +371,57 @@ template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) 
         part_m[(kvh * G + threadIdx.x) * max_splits + split] = stat_m[threadIdx.x];
         part_l[(kvh * G + threadIdx.x) * max_splits + split] = stat_l[threadIdx.x];
     }
+}
 
-    // The last block of this kv head to finish merges the partials (threadFenceReduction).
+// Heads [h0, h1)'s attention output from the n split partials, one warp a head, 32 splits at a
+// time with a running max: out[(h - h0) D + d] = sum_s e^(m_s - M) o_s[d] / sum_s e^(m_s - M) l_s.
+// Other blocks wrote the partials: read from L2.
+template <int D>
+__device__ void attn_combine(const AttnArgs& a, int n, int max_splits, int h0, int h1, float* out) {
+    const float* part_o = a.partial;
+    const float* part_m = a.partial + int64_t(a.n_head) * max_splits * D;
+    const float* part_l = part_m + a.n_head * max_splits;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
+    for (int h = h0 + warp; h < h1; h += n_warps) {
+        float M = -INFINITY, L = 0.f, acc[D / 32] = {};
+        for (int s0 = 0; s0 < n; s0 += 32) {
+            const int s = s0 + lane, cnt = min(32, n - s0);
+            const float m = s < n ? __ldcg(part_m + h * max_splits + s) : -INFINITY;
+            const float l = s < n ? __ldcg(part_l + h * max_splits + s) : 0.f;
+            const float M1 = fmaxf(M, warp_max(m)); // finite: split s0 exists
+            const float e = __expf(m - M1), rescale = __expf(M - M1);
+            L = L * rescale + warp_sum(e * l);
+            const float* o = part_o + (int64_t(h) * max_splits + s0) * D + lane;
+#pragma unroll
+            for (int j = 0; j < D / 32; ++j)
+                acc[j] *= rescale;
+#pragma unroll 4
+            for (int i = 0; i < cnt; ++i) {
+                const float w = __shfl_sync(0xffffffffu, e, i);
+#pragma unroll
+                for (int j = 0; j < D / 32; ++j)
+                    acc[j] = fmaf(w, __ldcg(o + i * D + 32 * j), acc[j]);
+            }
+            M = M1;
+        }
+#pragma unroll
+        for (int j = 0; j < D / 32; ++j)
+            out[(h - h0) * D + lane + 32 * j] = acc[j] / L;
+    }
+}
+
+// Grid (kv head, split), 4 warps a block; the last block of each kv head to finish merges the
+// partials (threadFenceReduction).
+template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) {
+    extern __shared__ float4 sm4[];
+    launch_dependents();
+    wait_previous();
+    const int kvh = blockIdx.x, split = blockIdx.y, chunk = a.chunk;
+    const int len = a.args->pos + 1, n_active = (len + chunk - 1) / chunk;
+    if (split >= n_active)
+        return;
+    attn_partial<D>(a, kvh, split, len, gridDim.y, reinterpret_cast<float*>(sm4), [] {});
+
     __shared__ bool last;
     __threadfence();
     __syncthreads();
@@ -364,19 +431,8 @@ template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) 
     if (!last)
         return;
     __threadfence();
-    for (int idx = threadIdx.x; idx < G * D; idx += blockDim.x) {
-        const int h = kvh * G + idx / D, d = idx % D;
-        float M = -INFINITY;
-        for (int s = 0; s < n_active; ++s)
-            M = fmaxf(M, __ldcg(part_m + h * max_splits + s));
-        float num = 0.f, den = 0.f;
-        for (int s = 0; s < n_active; ++s) {
-            const float w = __expf(__ldcg(part_m + h * max_splits + s) - M);
-            num = fmaf(w, __ldcg(part_o + (int64_t(h) * max_splits + s) * D + d), num);
-            den = fmaf(w, __ldcg(part_l + h * max_splits + s), den);
-        }
-        a.out[h * D + d] = num / den;
-    }
+    const int G = a.n_head / a.n_kv;
+    attn_combine<D>(a, n_active, gridDim.y, kvh * G, (kvh + 1) * G, a.out + kvh * G * D);
     if (threadIdx.x == 0)
         a.counters[kvh] = 0;
 }
@@ -396,6 +452,209 @@ __global__ void finish_kernel(StepArgs* args) {
     args->token = int32_t(~uint32_t(args->argmax & 0xffffffffu));
     args->argmax = 0;
     args->pos += 1;
+}
+
+// ---------------------------------------------------------------- the persistent step
+
+__device__ __forceinline__ unsigned long long load_acquire(const unsigned long long* p) {
+    unsigned long long v;
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// A barrier across the grid of a cooperative launch (every block resident), split in two so a
+// block can request its next phase's weights between arriving and waiting. The arrival counter
+// only grows (64 bits do not wrap), so no launch resets it: launch k's j-th barrier completes
+// at base + (j + 1) * gridDim.x, base being the earlier launches' arrivals, a multiple of
+// gridDim.x. A block reads base before its first arrival, when no block can have passed
+// barrier 0, so the counter is below base + gridDim.x.
+class GridBarrier {
+  public:
+    __device__ explicit GridBarrier(unsigned long long* count) : count_(count) {
+        if (threadIdx.x == 0) {
+            const unsigned long long v = load_acquire(count);
+            target_ = v - v % gridDim.x;
+        }
+    }
+    // Counts the block in once all its threads are done with the phase; the release makes
+    // their writes visible to whoever acquires the count.
+    __device__ void arrive() {
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            target_ += gridDim.x;
+            asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(count_) : "memory");
+        }
+    }
+    // Returns once every block has arrived.
+    __device__ void wait() {
+        if (threadIdx.x == 0)
+            while (load_acquire(count_) < target_) {
+            }
+        __syncthreads();
+    }
+
+  private:
+    unsigned long long* count_;
+    unsigned long long target_ = 0; // thread 0's
+};
+
+// K split across warps and the shared-memory layout, fixed per model on the host.
+struct StepPlan {
+    int ksplit_qkv = 1, ksplit_proj = 1, ksplit_fc = 1, ksplit_fc2 = 1, ksplit_head = 1;
+    int table_offset = 0; // floats: where the layer table starts in shared memory
+};
+
+// Vectors that other blocks of the step wrote come from L2 (__ldcg), never a stale L1 line.
+__device__ void load_vec(const float* v, int n, float* xs) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        xs[i] = __ldcg(v + i);
+}
+
+// The decode step (PersistentStepArgs): embedding, layers, head, finish in one grid of
+// kThreads-thread blocks; shared memory holds the phase's input vector or attention task, then
+// the layer table. Every phase is followed by bar.arrive() and preceded by bar.wait(), inside
+// prepare/wait callbacks after the phase has requested its first weights or K/V rows.
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s, StepPlan p) {
+    extern __shared__ float4 smem4[];
+    float* smem = reinterpret_cast<float*>(smem4);
+    auto* layers = reinterpret_cast<StepLayer*>(smem + p.table_offset);
+    GridBarrier bar(s.barrier);
+    {
+        constexpr int kWords = sizeof(StepLayer) / 8;
+        const auto* src = reinterpret_cast<const unsigned long long*>(s.layers);
+        auto* dst = reinterpret_cast<unsigned long long*>(layers);
+        for (int i = threadIdx.x; i < s.n_layer * kWords; i += blockDim.x)
+            dst[i] = src[i];
+        __syncthreads();
+    }
+    const int C = s.n_embd, H = s.n_head, token = s.args->token, pos = s.args->pos, len = pos + 1;
+    const int max_splits = (s.cap + s.chunk - 1) / s.chunk,
+              n_active = (len + s.chunk - 1) / s.chunk;
+    const AttnArgs attn{.q = s.q,
+                        .n_head = H,
+                        .n_kv = s.n_kv,
+                        .head_dim = D,
+                        .cap = s.cap,
+                        .chunk = s.chunk,
+                        .scale = float(1.0 / ::sqrt(double(D))),
+                        .args = s.args,
+                        .partial = s.partial};
+    const auto* wte = static_cast<const __nv_bfloat16*>(s.wte);
+
+    for (int l = 0; l < s.n_layer; ++l) {
+        const StepLayer& w = layers[l];
+        GemvArgs qkv{.w = w.qkv,
+                     .n = (H + 2 * s.n_kv) * D,
+                     .k = C,
+                     .norm = s.norm,
+                     .norm_w = w.norm1_w,
+                     .norm_b = w.norm1_b,
+                     .eps = s.eps,
+                     .epi = Epilogue::qkv,
+                     .bias = w.qkv_b,
+                     .out = s.q};
+        qkv.n_q = H, qkv.n_kv = s.n_kv, qkv.head_dim = D, qkv.rope_inv_freq = s.rope_inv_freq;
+        qkv.k_cache = w.k_cache, qkv.v_cache = w.v_cache, qkv.cache_cap = s.cap, qkv.args = s.args;
+        gemv_tiles(qkv, p.ksplit_qkv, smem, [&](float* xs, bool busy) {
+            if (l > 0)
+                bar.wait();
+            if (!busy)
+                return;
+            if (l > 0)
+                return load_vec(s.x, C, xs);
+            for (int c = threadIdx.x; c < C; c += blockDim.x) { // the embedding
+                const float v = __bfloat162float(wte[int64_t(token) * C + c]) +
+                                (s.wpe ? s.wpe[int64_t(pos) * C + c] : 0.f);
+                xs[c] = v;
+                if (blockIdx.x == 0) // the residual stream
+                    s.x[c] = v;
+            }
+        });
+        bar.arrive();
+
+        AttnArgs at = attn;
+        at.k_cache = w.k_cache, at.v_cache = w.v_cache;
+        bool waited = false;
+        for (int task = blockIdx.x; task < s.n_kv * n_active; task += gridDim.x) {
+            attn_partial<D>(at, task % s.n_kv, task / s.n_kv, len, max_splits, smem, [&] {
+                if (!waited) {
+                    bar.wait();
+                    waited = true;
+                }
+            });
+            __syncthreads(); // the next task restages shared memory
+        }
+        if (!waited)
+            bar.wait();
+        bar.arrive();
+
+        gemv_tiles(GemvArgs{.w = w.proj,
+                            .n = C,
+                            .k = H * D,
+                            .epi = Epilogue::residual,
+                            .bias = w.proj_b,
+                            .out = s.x},
+                   p.ksplit_proj, smem, [&](float* xs, bool busy) {
+                       bar.wait();
+                       if (busy)
+                           attn_combine<D>(at, n_active, max_splits, 0, H, xs);
+                   });
+        bar.arrive();
+        gemv_tiles(GemvArgs{.w = w.fc,
+                            .n = s.ffn == Epilogue::swiglu ? 2 * s.n_ff : s.n_ff,
+                            .k = C,
+                            .norm = s.norm,
+                            .norm_w = w.norm2_w,
+                            .norm_b = w.norm2_b,
+                            .eps = s.eps,
+                            .epi = s.ffn,
+                            .bias = w.fc_b,
+                            .out = s.hid},
+                   p.ksplit_fc, smem, [&](float* xs, bool busy) {
+                       bar.wait();
+                       if (busy)
+                           load_vec(s.x, C, xs);
+                   });
+        bar.arrive();
+        gemv_tiles(GemvArgs{.w = w.fc2,
+                            .n = C,
+                            .k = s.n_ff,
+                            .epi = Epilogue::residual,
+                            .bias = w.fc2_b,
+                            .out = s.x},
+                   p.ksplit_fc2, smem, [&](float* xs, bool busy) {
+                       bar.wait();
+                       if (busy)
+                           load_vec(s.hid, s.n_ff, xs);
+                   });
+        bar.arrive();
+    }
+    gemv_tiles(GemvArgs{.w = s.head,
+                        .n = s.vocab,
+                        .k = C,
+                        .norm = s.norm,
+                        .norm_w = s.lnf_w,
+                        .norm_b = s.lnf_b,
+                        .eps = s.eps,
+                        .epi = Epilogue::store,
+                        .out = s.logits,
+                        .argmax = true,
+                        .args = s.args},
+               p.ksplit_head, smem, [&](float* xs, bool busy) {
+                   bar.wait();
+                   if (busy)
+                       load_vec(s.x, C, xs);
+               });
+    bar.arrive();
+    bar.wait();
+    if (blockIdx.x == 0 && threadIdx.x == 0) { // finish_kernel's work: every block is done
+        const unsigned long long best =
+            __ldcg(reinterpret_cast<const unsigned long long*>(&s.args->argmax));
+        s.args->token = int32_t(~uint32_t(best & 0xffffffffu));
+        s.args->argmax = 0;
+        s.args->pos = pos + 1;
+    }
 }
 
 // Launches with the programmatic-stream-serialization attribute (see launch_dependents).
@@ -422,6 +681,73 @@ int sm_count() {
     return n;
 }
 
+int device_attribute(cudaDeviceAttr what) {
+    int dev = 0, v = 0;
+    FORGE_CUDA_CHECK(cudaGetDevice(&dev));
+    FORGE_CUDA_CHECK(cudaDeviceGetAttribute(&v, what, dev));
+    return v;
+}
+
+// Blocks per multiprocessor of the GEMV and the persistent step: two, 2,555 tokens/s on GPT-2
+// 124M against 2,161 with one for the per-op kernels (docs/PERF.md); FORGE_DECODE_BLOCKS_PER_SM
+// overrides it for such experiments.
+int blocks_per_sm() {
+    static const int n = [] {
+        const char* e = std::getenv("FORGE_DECODE_BLOCKS_PER_SM");
+        return e && std::atoi(e) > 0 ? std::atoi(e) : 2;
+    }();
+    return n;
+}
+
+// ksplit of a persistent-step phase: the most warps per row (each lane with a 16-byte chunk at
+// least) that leaves no block more than one tile, so the phase is one round of weight loads,
+// requested before its barrier; a matrix with more tiles than blocks (the head) streams with 1.
+int phase_ksplit(int n, int k, int grid) {
+    int best = 1;
+    for (int ks = 2; ks <= kWarps; ks *= 2) {
+        const int rows = kRows * (kWarps / ks), tiles = (n + rows - 1) / rows;
+        if (tiles <= grid && 32 * ks <= k / 8)
+            best = ks;
+    }
+    return best;
+}
+
+struct StepGeometry {
+    void (*kernel)(PersistentStepArgs, StepPlan) = nullptr;
+    size_t smem = 0;
+    int grid = 0; // 0: cannot run
+    StepPlan plan;
+};
+
+StepGeometry step_geometry(const PersistentStepArgs& a) {
+    static const bool coop = device_attribute(cudaDevAttrCooperativeLaunch) != 0;
+    static const int smem_max = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+    const int D = a.head_dim, G = a.n_head / a.n_kv;
+    StepGeometry g;
+    // Shared memory: the largest phase input (floats) or attention task, then the layer table.
+    const int xs = std::max({a.n_embd, a.n_ff, a.n_head * D});
+    const int attn = a.chunk * (D + 8) + G * (D + a.chunk); // K, V rows as bf16; q, p
+    g.plan.table_offset = (std::max(xs, attn) + 3) / 4 * 4;
+    g.smem = size_t(g.plan.table_offset) * sizeof(float) + size_t(a.n_layer) * sizeof(StepLayer);
+    g.kernel = D == 32 ? step_kernel<32> : D == 64 ? step_kernel<64> : step_kernel<128>;
+    if (!coop || g.smem > size_t(smem_max))
+        return g;
+    if (g.smem > 48 * 1024)
+        FORGE_CUDA_CHECK(cudaFuncSetAttribute(g.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              int(g.smem)));
+    int occupancy = 0;
+    FORGE_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, g.kernel, kThreads, g.smem));
+    g.grid = sm_count() * std::min(occupancy, blocks_per_sm());
+    const int fc_rows = a.ffn == Epilogue::swiglu ? 2 * a.n_ff : a.n_ff;
+    g.plan.ksplit_qkv = phase_ksplit((a.n_head + 2 * a.n_kv) * D, a.n_embd, g.grid);
+    g.plan.ksplit_proj = phase_ksplit(a.n_embd, a.n_head * D, g.grid);
+    g.plan.ksplit_fc = phase_ksplit(fc_rows, a.n_embd, g.grid);
+    g.plan.ksplit_fc2 = phase_ksplit(a.n_embd, a.n_ff, g.grid);
+    g.plan.ksplit_head = phase_ksplit(a.vocab, a.n_embd, g.grid);
+    return g;
+}
+
 } // namespace
 
 void gemv(const GemvArgs& a, void* stream) {
@@ -443,13 +769,7 @@ void gemv(const GemvArgs& a, void* stream) {
     int ksplit = 1;
     while (ksplit < kWarps && tiles(ksplit) < 2 * sm_count() && 32 * 2 * ksplit < 2 * nchunk)
         ksplit *= 2;
-    // Two blocks per multiprocessor: 2,555 tokens/s on GPT-2 124M against 2,161 with one
-    // (docs/PERF.md); FORGE_DECODE_BLOCKS_PER_SM overrides it for such experiments.
-    static const int per_sm = [] {
-        const char* e = std::getenv("FORGE_DECODE_BLOCKS_PER_SM");
-        return e && std::atoi(e) > 0 ? std::atoi(e) : 2;
-    }();
-    const int grid = std::min(tiles(ksplit), per_sm * sm_count());
+    const int grid = std::min(tiles(ksplit), blocks_per_sm() * sm_count());
     launch(gemv_kernel, dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream,
            "decode gemv", a, ksplit);
 }
@@ -484,6 +804,24 @@ void embed(const void* wte, const float* wpe, int n_embd, const StepArgs* args, 
 
 void finish(StepArgs* args, void* stream) {
     launch(finish_kernel, dim3(1), dim3(1), 0, stream, "decode finish", args);
+}
+
+int persistent_grid(const PersistentStepArgs& a) {
+    return attn_supported(a.head_dim) ? step_geometry(a).grid : 0;
+}
+
+void persistent_step(const PersistentStepArgs& a, void* stream) {
+    const StepGeometry g = step_geometry(a);
+    FORGE_ASSERT(attn_supported(a.head_dim) && g.grid > 0 && a.n_head / a.n_kv <= 8);
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeCooperative; // every block resident, or the launch fails
+    attr.val.cooperative = 1;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(g.grid)), cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = g.smem, cfg.stream = cudaStream_t(stream);
+    cfg.attrs = &attr, cfg.numAttrs = 1;
+    FORGE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, g.kernel, a, g.plan));
+    check_launch("decode step");
 }
 
 } // namespace forge::cuda::decode

@@ -1,8 +1,9 @@
 // Kernels of the batch-1 decode step (decode_kernels.cu): a bf16 GEMV with the input norm and
 // the output's epilogue fused in, split-K ("flash-decoding") attention over a bf16 KV cache,
-// the token + position embedding and the step's bookkeeping. Raw device pointers; the position
-// and token live in device memory (StepArgs), so one CUDA graph replays every step. Not for
-// batched decode, prefill or training (those go through the ops). Host-only header.
+// the token + position embedding and the step's bookkeeping, launched one op at a time; and the
+// whole step as one persistent kernel made of the same pieces. Raw device pointers; the
+// position and token live in device memory (StepArgs), so one CUDA graph replays every step.
+// Not for batched decode, prefill or training (those go through the ops). Host-only header.
 #pragma once
 
 #include <cstdint>
@@ -75,5 +76,47 @@ void embed(const void* wte, const float* wpe, int n_embd, const StepArgs* args, 
            void* stream);
 /// After the head: token = argmax, argmax = 0, pos += 1 (one thread).
 void finish(StepArgs* args, void* stream);
+
+/// One layer's weights and KV cache, as the per-op path passes them to gemv() and attention().
+struct StepLayer {
+    const void *qkv, *proj, *fc, *fc2;                  ///< bf16 (N, K), see PersistentStepArgs
+    const float *norm1_w, *norm1_b, *norm2_w, *norm2_b; ///< (C); the b's LayerNorm only, or null
+    const float *qkv_b, *proj_b, *fc_b, *fc2_b;         ///< (N) or null
+    void *k_cache, *v_cache;                            ///< (n_kv, cap, D) bf16
+};
+
+/// The whole decode step as one persistent kernel: embedding, per layer qkv | attention | proj |
+/// fc | fc2, then head + argmax | finish, each phase the device code of the per-op kernels and
+/// each `|` a barrier across the grid instead of a kernel boundary (a cooperative launch keeps
+/// every block resident). A block requests its next phase's first weights before it waits at
+/// the barrier, so their latency overlaps the other blocks' work. Matrices: qkv
+/// ((n_head + 2 n_kv) D, C) as for Epilogue::qkv, proj (C, n_head D), fc (n_ff, C) with GELU or
+/// (2 n_ff, C) rows (gate_i, up_i) with SwiGLU, fc2 (C, n_ff), head (vocab, C).
+struct PersistentStepArgs {
+    const StepLayer* layers = nullptr; ///< (n_layer) in device memory
+    int n_layer = 0, n_embd = 0, n_ff = 0, n_head = 0, n_kv = 0, head_dim = 0, vocab = 0;
+    int cap = 0;    ///< KV cache positions
+    int chunk = 64; ///< attention positions per block task, as AttnArgs::chunk
+    Norm norm = Norm::layer;
+    float eps = 1e-5f;
+    Epilogue ffn = Epilogue::gelu; ///< fc's epilogue: gelu or swiglu
+    const void* wte = nullptr;     ///< (vocab, C) bf16
+    const float* wpe = nullptr;    ///< (n_ctx, C) or null
+    const void* head = nullptr;    ///< (vocab, C) bf16
+    const float *lnf_w = nullptr, *lnf_b = nullptr;
+    const double* rope_inv_freq = nullptr; ///< as GemvArgs::rope_inv_freq
+    float* x = nullptr;                    ///< (C) the residual stream
+    float* q = nullptr;                    ///< (n_head D)
+    float* hid = nullptr;                  ///< (n_ff)
+    float* logits = nullptr;               ///< (vocab)
+    float* partial = nullptr;              ///< attn_partial_floats(n_head, head_dim, cap, chunk)
+    StepArgs* args = nullptr;
+    unsigned long long* barrier = nullptr; ///< zeroed once; the kernel never needs it reset
+};
+/// Blocks of the persistent step's grid on this GPU for these shapes (pointers unused); 0 when
+/// it cannot run: no cooperative launch, or not one block fits a multiprocessor.
+int persistent_grid(const PersistentStepArgs& a);
+/// Launches the step (persistent_grid(a) > 0).
+void persistent_step(const PersistentStepArgs& a, void* stream);
 
 } // namespace forge::cuda::decode

@@ -1,7 +1,7 @@
 // CudaLM (include/forge/generate/cuda_lm.h): the bf16 weight copies, per-state static buffers,
-// the decode step as a list of decode_kernels launches, its CUDA graph, and the prefill through
-// the model's ops. The graph bakes in every pointer, so each state captures its own on its
-// first decode step; token and position go through StepArgs in device memory.
+// the decode step as one persistent kernel or a list of decode_kernels launches, its CUDA graph,
+// and the prefill through the model's ops. The graph bakes in every pointer, so each state captures
+// its own on its first decode step; token and position go through StepArgs in device memory.
 #include <forge/generate/cuda_lm.h>
 
 #include <cmath>
@@ -56,7 +56,8 @@ struct CudaState : CausalLM::State {
     int64_t prefill_len = 0;  // positions of prefill_cache that agree with k/v
     std::vector<Tensor> k, v; // (1, Hkv, cap, D) bf16 per layer: the decode cache
     Tensor x, q, att, hid, logits, partial, counters, args_dev;
-    dk::StepArgs* args = nullptr;      // args_dev's memory
+    Tensor layer_table, barrier;  // the persistent step's StepLayer per layer, its barrier count
+    dk::StepArgs* args = nullptr; // args_dev's memory
     dk::StepArgs* host_args = nullptr; // pinned
     float* host_logits = nullptr;      // pinned (V)
     int32_t* host_tokens = nullptr;    // pinned, greedy()'s tokens
@@ -79,7 +80,7 @@ struct CudaLM::Impl {
     Transformer& model;
     Options opts;
     ModelConfig cfg;
-    bool gpt2 = true, graph_ok = true;
+    bool gpt2 = true, graph_ok = true, persistent = false;
     Tensor wte, wpe, head, lnf_w, lnf_b, rope_freq; // wte/head bf16; wpe f32; rope f64 (D/2)
     std::vector<Layer> layers;
     cudaStream_t stream = nullptr;
@@ -87,10 +88,39 @@ struct CudaLM::Impl {
 
     Impl(Transformer& m, Options o) : model(m), opts(o), cfg(m.config()) {}
 
+    // The persistent step's shapes (pointers unset).
+    dk::PersistentStepArgs step_shapes() const {
+        return {.n_layer = int(cfg.n_layer),
+                .n_embd = int(cfg.n_embd),
+                .n_ff = int(cfg.n_ff),
+                .n_head = int(cfg.n_head),
+                .n_kv = int(cfg.n_head_kv),
+                .head_dim = int(cfg.dim_head()),
+                .vocab = int(cfg.vocab_size),
+                .chunk = attn_chunk,
+                .norm = gpt2 ? dk::Norm::layer : dk::Norm::rms,
+                .eps = cfg.norm_eps,
+                .ffn = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu};
+    }
+
     // The decode step for the token and position in s.args: the launches the graph holds.
     void enqueue_step(CudaState& s) {
-        const int64_t C = cfg.n_embd, D = cfg.dim_head(), H = cfg.n_head, Hkv = cfg.n_head_kv;
         void* st = stream;
+        if (persistent) {
+            dk::PersistentStepArgs a = step_shapes();
+            a.layers = static_cast<const dk::StepLayer*>(s.layer_table.data_ptr());
+            a.cap = int(s.cap);
+            a.wte = wte.data_ptr(), a.wpe = ptr<float>(wpe), a.head = head.data_ptr();
+            a.lnf_w = ptr<float>(lnf_w), a.lnf_b = ptr<float>(lnf_b);
+            a.rope_inv_freq = ptr<double>(rope_freq);
+            a.x = ptr<float>(s.x), a.q = ptr<float>(s.q), a.hid = ptr<float>(s.hid);
+            a.logits = ptr<float>(s.logits), a.partial = ptr<float>(s.partial);
+            a.args = s.args;
+            a.barrier = static_cast<unsigned long long*>(s.barrier.data_ptr());
+            dk::persistent_step(a, st);
+            return;
+        }
+        const int64_t C = cfg.n_embd, D = cfg.dim_head(), H = cfg.n_head, Hkv = cfg.n_head_kv;
         dk::embed(wte.data_ptr(), ptr<float>(wpe), int(C), s.args, ptr<float>(s.x), st);
         const dk::Norm norm = gpt2 ? dk::Norm::layer : dk::Norm::rms;
         for (size_t l = 0; l < layers.size(); ++l) {
@@ -284,6 +314,7 @@ CudaLM::CudaLM(Transformer& model, Options opts) : impl_(std::make_unique<Impl>(
                              double(factors[size_t(i)]);
         m.rope_freq = Tensor::from_vector(inv, {D / 2}).to(kGpu);
     }
+    m.persistent = opts.persistent && dk::persistent_grid(m.step_shapes()) > 0;
     m.weight_bytes = int64_t(m.head.nbytes());
     for (const Layer& w : m.layers)
         m.weight_bytes +=
@@ -301,6 +332,9 @@ int64_t CudaLM::n_ctx() const {
 }
 bool CudaLM::graph_active() const {
     return impl_->opts.graph && impl_->graph_ok;
+}
+bool CudaLM::persistent_active() const {
+    return impl_->persistent;
 }
 int64_t CudaLM::weight_bytes_per_token() const {
     return impl_->weight_bytes;
@@ -328,11 +362,36 @@ std::unique_ptr<CausalLM::State> CudaLM::new_state(int64_t capacity) {
     s->counters = Tensor::zeros({Hkv}, DType::i32, kGpu);
     s->args_dev = Tensor::zeros({int64_t(sizeof(dk::StepArgs))}, DType::u8, kGpu);
     s->args = static_cast<dk::StepArgs*>(s->args_dev.data_ptr());
+    std::vector<dk::StepLayer> table; // the persistent step's pointers, this state's caches
+    if (impl_->persistent) {
+        for (int64_t l = 0; l < c.n_layer; ++l) {
+            const Layer& w = impl_->layers[size_t(l)];
+            table.push_back({.qkv = w.qkv.data_ptr(),
+                             .proj = w.proj.data_ptr(),
+                             .fc = w.fc.data_ptr(),
+                             .fc2 = w.fc2.data_ptr(),
+                             .norm1_w = ptr<float>(w.norm1_w),
+                             .norm1_b = ptr<float>(w.norm1_b),
+                             .norm2_w = ptr<float>(w.norm2_w),
+                             .norm2_b = ptr<float>(w.norm2_b),
+                             .qkv_b = ptr<float>(w.qkv_b),
+                             .proj_b = ptr<float>(w.proj_b),
+                             .fc_b = ptr<float>(w.fc_b),
+                             .fc2_b = ptr<float>(w.fc2_b),
+                             .k_cache = s->k[size_t(l)].data_ptr(),
+                             .v_cache = s->v[size_t(l)].data_ptr()});
+        }
+        s->layer_table =
+            Tensor::from_blob(table.data(), {int64_t(table.size() * sizeof(dk::StepLayer))},
+                              DType::u8, nullptr)
+                .to(kGpu);
+        s->barrier = Tensor::zeros({1}, DType::i64, kGpu);
+    }
     FORGE_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&s->host_args), sizeof(dk::StepArgs),
                                    cudaHostAllocDefault));
     FORGE_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&s->host_logits),
                                    size_t(c.vocab_size) * sizeof(float), cudaHostAllocDefault));
-    FORGE_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); // the zeros have landed
+    FORGE_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); // the zeros and table have landed
     return s;
 }
 
