@@ -102,6 +102,7 @@ void run_serve(const ServeCliOptions& o) {
     if (device.type == DeviceType::cuda) {
         FORGE_CHECK(device.index == 0, "--device ", o.device, ": GPU decoding runs on cuda:0");
         lm = std::make_shared<CudaLM>(*loaded.model);
+        serve::add_gpu_memory_metrics(*metrics, device.index);
     }
     if (o.ctx > loaded.config.n_ctx)
         throw InvalidArgument("--ctx " + std::to_string(o.ctx) + " is over the model's context of " +

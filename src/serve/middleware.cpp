@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <forge/core/device.h>
+
 namespace forge::serve {
 
 using Clock = std::chrono::steady_clock;
@@ -64,6 +66,8 @@ std::string label_str(const Metrics::Labels& l, const std::string& extra_k = {},
 struct Metrics::Impl {
     mutable std::mutex mu;
     std::map<std::string, Family> families;
+    std::vector<std::function<void()>> refresh; // run before each render, outside mu
+    std::mutex refresh_mu;
 };
 
 Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
@@ -122,7 +126,15 @@ double Metrics::value(const std::string& name, const Labels& labels) const {
     if (s == it->second.series.end()) return 0;
     return it->second.kind == MetricKind::histogram ? double(s->second.count) : s->second.value;
 }
+void Metrics::on_render(std::function<void()> refresh) {
+    std::lock_guard lk(impl_->refresh_mu);
+    impl_->refresh.push_back(std::move(refresh));
+}
 std::string Metrics::render() const {
+    {
+        std::lock_guard lk(impl_->refresh_mu);
+        for (auto& f : impl_->refresh) f();
+    }
     std::lock_guard lk(impl_->mu);
     std::ostringstream o;
     for (auto& [name, f] : impl_->families) {
@@ -149,6 +161,20 @@ std::string Metrics::render() const {
         }
     }
     return o.str();
+}
+
+void add_gpu_memory_metrics(Metrics& m, int device) {
+    m.gauge("forge_gpu_memory_allocated_bytes", "GPU memory held by live tensors");
+    m.gauge("forge_gpu_memory_reserved_bytes",
+            "GPU memory the caching allocator holds (allocated + cached free blocks)");
+    m.gauge("forge_gpu_memory_peak_bytes", "Most GPU memory allocated at once since start");
+    m.on_render([&m, device] {
+        const cuda::MemoryStats s = cuda::memory_stats(device);
+        const Metrics::Labels l = {{"device", std::to_string(device)}};
+        m.set("forge_gpu_memory_allocated_bytes", l, double(s.allocated));
+        m.set("forge_gpu_memory_reserved_bytes", l, double(s.reserved));
+        m.set("forge_gpu_memory_peak_bytes", l, double(s.peak));
+    });
 }
 
 namespace mw {

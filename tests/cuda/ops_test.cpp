@@ -6,6 +6,7 @@
 #include "cuda/cuda_test_util.h"
 #include "backends/cuda/cuda_backend.h"
 #include <forge/core/ops_backward.h>
+#include <forge/serve/middleware.h>
 #include <forge/train/optimizer.h>
 
 namespace forge::test {
@@ -405,6 +406,21 @@ TEST(CudaAutograd, MlpGradientsMatchCpu) {
     ASSERT_TRUE(a.grad().defined());
     EXPECT_EQ(a.grad().device(), Device::cpu());
     EXPECT_EQ(max_rel_diff(a.grad(), Tensor::full({4, 4}, 3.0)), 0.0);
+}
+
+TEST(CudaMemory, ServerGaugesReadTheAllocatorAtScrape) {
+    serve::Metrics reg;
+    serve::add_gpu_memory_metrics(reg, 0);
+    const serve::Metrics::Labels dev0 = {{"device", "0"}};
+    reg.render();
+    const double before = reg.value("forge_gpu_memory_allocated_bytes", dev0);
+    Tensor t = Tensor::empty({1 << 22}, DType::f32, kCuda); // 16 MiB
+    const std::string text = reg.render();
+    EXPECT_NE(text.find("forge_gpu_memory_allocated_bytes{device=\"0\"}"), std::string::npos) << text;
+    const double allocated = reg.value("forge_gpu_memory_allocated_bytes", dev0);
+    EXPECT_GE(allocated, before + double(size_t(16) << 20));
+    EXPECT_GE(reg.value("forge_gpu_memory_reserved_bytes", dev0), allocated);
+    EXPECT_GE(reg.value("forge_gpu_memory_peak_bytes", dev0), allocated);
 }
 
 TEST(CudaMemory, CachingStatsAndOutOfMemoryMessage) {

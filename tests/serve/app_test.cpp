@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <forge/serve/app.h>
+#include <forge/core/device.h>
 #include <forge/serve/middleware.h>
 
 using namespace forge::serve;
@@ -306,6 +307,33 @@ TEST(Middleware, PrometheusMetrics) {
         << t;
     EXPECT_NE(t.find("forge_http_request_duration_seconds_count{route=\"/v1/models/:id\"} 2"),
               std::string::npos);
+}
+
+TEST(Middleware, MetricsRefreshedAtEachScrape) {
+    auto reg = std::make_shared<Metrics>();
+    reg->gauge("queue_now", "read when scraped");
+    int scrapes = 0;
+    reg->on_render([&] { reg->set("queue_now", {{"q", "a"}}, ++scrapes * 10); });
+    EXPECT_EQ(scrapes, 0); // nothing runs before the first scrape
+    EXPECT_NE(reg->render().find("queue_now{q=\"a\"} 10\n"), std::string::npos);
+    App app;
+    app.use(mw::metrics(reg));
+    const std::string t = app.handle(get("/metrics")).body;
+    EXPECT_NE(t.find("queue_now{q=\"a\"} 20\n"), std::string::npos) << t;
+    EXPECT_EQ(scrapes, 2);
+}
+
+TEST(Middleware, GpuMemoryGaugesFollowTheAllocator) {
+    Metrics reg;
+    add_gpu_memory_metrics(reg, 0);
+    const std::string t = reg.render();
+    EXPECT_NE(t.find("# TYPE forge_gpu_memory_allocated_bytes gauge"), std::string::npos) << t;
+    // The values are the allocator's own (zero in a build or on a machine without CUDA;
+    // tests/cuda checks them against a live allocation).
+    const forge::cuda::MemoryStats s = forge::cuda::memory_stats(0);
+    EXPECT_EQ(reg.value("forge_gpu_memory_allocated_bytes", {{"device", "0"}}), double(s.allocated));
+    EXPECT_EQ(reg.value("forge_gpu_memory_reserved_bytes", {{"device", "0"}}), double(s.reserved));
+    EXPECT_EQ(reg.value("forge_gpu_memory_peak_bytes", {{"device", "0"}}), double(s.peak));
 }
 
 TEST(Json, ViewAndTypedErrors) {

@@ -36,12 +36,19 @@ class Metrics {
     void observe(const std::string& name, const Labels& labels, double v);
     /// The current value of a counter or gauge series (0 if absent): for tests and /health.
     double value(const std::string& name, const Labels& labels = {}) const;
+    /// Runs `refresh` at the start of every render(), for gauges read from elsewhere when
+    /// scraped (GPU memory). The hook may call set() on this registry.
+    void on_render(std::function<void()> refresh);
     std::string render() const;
 
   private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+/// Gauges of the CUDA caching allocator of `device`, read at each scrape:
+/// forge_gpu_memory_{allocated,reserved,peak}_bytes{device="N"} (core/device.h's MemoryStats).
+void add_gpu_memory_metrics(Metrics& m, int device);
 
 namespace mw {
 
