@@ -1,24 +1,29 @@
-// Flash attention on bf16 tensor cores (FlashAttention-2 layout, Dao 2023,
+// Flash attention on bf16 tensor cores (FlashAttention-2, Dao 2023,
 // https://arxiv.org/abs/2307.08691): mma.sync m16n8k16 (bf16 x bf16 -> f32) for every product,
 // the online softmax and all accumulators in f32. Head dims 64 and 128, causal or full, GQA,
-// any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu).
+// any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu). Not the
+// exact kernel: attention.cu is, and picks this one only under reduced precision or autocast.
 //
-// Inputs are f32 in global memory (stage_tile also takes bf16; only f32 is instantiated) and
-// are rounded to bf16 as tiles are staged in shared memory, so results carry bf16 input rounding: about 1e-2 relative error against the
-// f32 reference (tests/cuda/ops_test.cpp checks that bound). Outputs, lse and gradients are f32.
+// The op's tensors are f32. Inputs are rounded to bf16 on their way into shared memory, so
+// results carry bf16 input rounding: about 1e-2 relative error against the f32 reference
+// (tests/cuda/ops_test.cpp checks that bound). Outputs, lse and gradients are f32.
 //
-// Blocks of W = 4 or 8 warps; a warp owns 16 rows of the block's 16 W (query rows in the
-// forward and dq kernels, key rows in the dk/dv kernel) and the block loops over 64-row tiles of
-// the other side.
+// Forward: a block owns 128 query rows (4 warps of 32 rows, or 8 warps of 16) and streams
+// 64-key K/V tiles. The f32 tiles come in with cp.async into a staging area while the previous
+// tile is multiplied, and are converted to bf16 in shared memory (F32Stage).
+// Backward (5 matmuls, FlashAttention-2's Algorithm 2): a block owns 16 W keys (W warps of 16)
+// and streams 64-query tiles of Q, dO (rounded to bf16 once by fa_bwd_prep, then cp.async double
+// buffered), computing P once per tile: dV and dK stay in registers, dQ goes to global memory
+// with f32 atomics (so dQ's summation order, and its last bits, vary from run to run).
+//
 // Shared rows are padded by 8 bf16 (16 bytes), so the fragment loads and ldmatrix rows of a warp
 // fall in distinct banks. Fragment layouts (PTX ISA, "mma.m16n8k16"), g = lane / 4, c = lane % 4:
 //   A (16x16, row): a0 (g, 2c..2c+1) a1 (g+8, 2c..) a2 (g, 2c+8..) a3 (g+8, 2c+8..)
 //   B (16x8, col):  b0 (k 2c..2c+1, n g) b1 (k 2c+8.., n g)
 //   C (16x8, f32):  c0,c1 (g, 2c..2c+1) c2,c3 (g+8, 2c..)
-// so a C tile pair packs straight into an A fragment (P and dS never leave registers), and the B
-// fragments of two n-tiles come from one ldmatrix.x4 (.trans for operands stored [k][n]).
-// The backward is two kernels: dq (query-major, like the forward) and dk/dv (key-major); each
-// recomputes the probabilities from the saved log-sum-exp, so no atomics and deterministic.
+// so a C tile pair packs straight into an A fragment (P and dS never leave registers on the way
+// to the next product), and the B fragments of two n-tiles come from one ldmatrix.x4 (.trans for
+// operands stored [k][n]).
 #include <atomic>
 
 #include "backends/cuda/common.cuh"
@@ -27,23 +32,21 @@ namespace forge::cuda {
 
 namespace {
 
-// W warps per block, 16 rows each: a block owns 16 W rows (queries, or keys for dk/dv) and
-// streams tiles of kRows rows of the other side. W = 4 for head dim 64 and 8 for 128 (on an H200,
-// docs/PERF.md: the faster shape at T = 1024..8192, except D = 128 forward+backward at T = 1024
-// where 4 warps won by 1%) unless set_attention_tc_warps forces one (0 = that default).
-constexpr int kRows = 64;
+constexpr int kKeys = 64;  // forward: keys per streamed K/V tile
+constexpr int kQRows = 64; // backward: queries per streamed Q/dO tile
+// Warps per block: set_attention_tc_warps forces 4 or 8 for both passes; 0 takes these defaults,
+// per head dim and pass the faster shape on an H200 at T = 1024..8192 (every size in that run).
 std::atomic<int> g_tc_warps{0};
+constexpr int kFwdWarps64 = 4, kFwdWarps128 = 8, kBwdWarps64 = 8, kBwdWarps128 = 8;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+
+using bf16 = __nv_bfloat16;
 
 struct TcGeo {
     int64_t B, Hq, Hkv, Tq, Tk;
     float scale_log2; // softmax scale * log2(e): scores live in the log2 domain
-    bool causal;
-    // Key j is visible to query i.
-    __device__ __forceinline__ bool visible(int64_t i, int64_t j) const {
-        return j < Tk && (!causal || j <= Tk - Tq + i);
-    }
+    bool causal; // key j visible to query i iff j < Tk and, causal, j <= Tk - Tq + i
 };
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -57,21 +60,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (low half) = lo
     return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-__device__ __forceinline__ uint32_t lds32(const __nv_bfloat16* p) {
-    return *reinterpret_cast<const uint32_t*>(p);
-}
-
-// A fragment of rows [r0, r0+16), k [k0, k0+16) of a row-major [row][k] tile (ld elements).
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const __nv_bfloat16* s, int ld, int r0,
-                                       int k0, int lane) {
-    const int g = lane >> 2, c = lane & 3;
-    const __nv_bfloat16* p = s + (r0 + g) * ld + k0 + 2 * c;
-    a[0] = lds32(p);
-    a[1] = lds32(p + 8 * ld);
-    a[2] = lds32(p + 8);
-    a[3] = lds32(p + 8 * ld + 8);
 }
 
 // Four 8x8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8.
@@ -88,19 +76,33 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
                  : "r"(addr));
 }
 
+// A fragment of rows [m0, m0+16), k [k0, k0+16). Tile stored [m][k]: matrix i = lane / 8 covers
+// rows m0 + 8 (i % 2), cols k0 + 8 (i / 2), in a0..a3 order.
+__device__ __forceinline__ void load_a_mk(uint32_t (&a)[4], const bf16* s, int ld, int m0, int k0,
+                                          int lane) {
+    const int i = lane >> 3, r = lane & 7;
+    ldsm_x4(a, s + (m0 + (i & 1) * 8 + r) * ld + k0 + (i >> 1) * 8);
+}
+// Tile stored [k][m], transposed: matrix i covers rows k0 + 8 (i / 2), cols m0 + 8 (i % 2).
+__device__ __forceinline__ void load_a_km(uint32_t (&a)[4], const bf16* s, int ld, int k0, int m0,
+                                          int lane) {
+    const int i = lane >> 3, r = lane & 7;
+    ldsm_x4_trans(a, s + (k0 + (i >> 1) * 8 + r) * ld + m0 + (i & 1) * 8);
+}
+
 // B fragments of two n-tiles at once, one ldmatrix: b[0], b[1] for n [n0, n0+8) and b[2], b[3]
 // for n [n0+8, n0+16), k [k0, k0+16).
-// Tile stored [n][k]: matrix m = lane / 8 covers rows n0 + 8 (m / 2), cols k0 + 8 (m % 2).
-__device__ __forceinline__ void load_b2_nk(uint32_t (&b)[4], const __nv_bfloat16* s, int ld,
-                                           int n0, int k0, int lane) {
-    const int m = lane >> 3, r = lane & 7;
-    ldsm_x4(b, s + (n0 + (m >> 1) * 8 + r) * ld + k0 + (m & 1) * 8);
+// Tile stored [n][k]: matrix i = lane / 8 covers rows n0 + 8 (i / 2), cols k0 + 8 (i % 2).
+__device__ __forceinline__ void load_b2_nk(uint32_t (&b)[4], const bf16* s, int ld, int n0, int k0,
+                                           int lane) {
+    const int i = lane >> 3, r = lane & 7;
+    ldsm_x4(b, s + (n0 + (i >> 1) * 8 + r) * ld + k0 + (i & 1) * 8);
 }
-// Tile stored [k][n], transposed: matrix m covers rows k0 + 8 (m % 2), cols n0 + 8 (m / 2).
-__device__ __forceinline__ void load_b2_kn(uint32_t (&b)[4], const __nv_bfloat16* s, int ld,
-                                           int k0, int n0, int lane) {
-    const int m = lane >> 3, r = lane & 7;
-    ldsm_x4_trans(b, s + (k0 + (m & 1) * 8 + r) * ld + n0 + (m >> 1) * 8);
+// Tile stored [k][n], transposed: matrix i covers rows k0 + 8 (i % 2), cols n0 + 8 (i / 2).
+__device__ __forceinline__ void load_b2_kn(uint32_t (&b)[4], const bf16* s, int ld, int k0, int n0,
+                                           int lane) {
+    const int i = lane >> 3, r = lane & 7;
+    ldsm_x4_trans(b, s + (k0 + (i & 1) * 8 + r) * ld + n0 + (i >> 1) * 8);
 }
 
 // A C tile pair (n-tiles 2kk, 2kk+1 of 16x8) as the A fragment of k-chunk kk.
@@ -112,17 +114,36 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
     a[3] = pack_bf16(c1[2], c1[3]);
 }
 
-template <typename T> __device__ __forceinline__ float to_f(T v) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-    else return float(v);
+// cp.async of 16 (or 4) bytes global -> shared; when !valid nothing is read and the bytes are
+// zeroed (src-size 0), so `src` need only be some valid address. "memory": the compiler must not
+// move shared-memory accesses across these.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    const uint32_t d = uint32_t(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+    const uint32_t d = uint32_t(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src),
+                 "r"(valid ? 4 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Rows [r0, r0 + ROWS) of src (n_rows, D) into a bf16 tile [ROWS][D + 8], zero past n_rows,
-// by NT threads: 8 elements per thread per step (one 16-byte shared store). The trip count is a
-// constant so the loop unrolls and the global loads of all steps are in flight together.
-template <typename T, int D, int ROWS, int NT>
-__device__ __forceinline__ void stage_tile(__nv_bfloat16* tile, const T* __restrict__ src,
-                                           int64_t r0, int64_t n_rows) {
+// Rows [r0, r0 + ROWS) of f32 src (n_rows, D) into a bf16 tile [ROWS][D + 8], zero past n_rows,
+// by NT threads, synchronously: 8 elements per thread per step (one 16-byte shared store). The
+// trip count is a constant so the loop unrolls and the global loads of all steps are in flight
+// together. For tiles read once per block (forward Q, backward K and V).
+template <int D, int ROWS, int NT>
+__device__ __forceinline__ void stage_tile(bf16* tile, const float* __restrict__ src, int64_t r0,
+                                           int64_t n_rows) {
     constexpr int kLd = D + 8, kChunks = D / 8, kSteps = ROWS * kChunks / NT;
     static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
 #pragma unroll
@@ -131,17 +152,68 @@ __device__ __forceinline__ void stage_tile(__nv_bfloat16* tile, const T* __restr
         const int r = e / kChunks, d = (e - r * kChunks) * 8;
         uint4 packed = make_uint4(0, 0, 0, 0);
         if (r0 + r < n_rows) {
-            const T* p = src + (r0 + r) * D + d;
-            if constexpr (std::is_same_v<T, float>) {
-                const float4 x0 = *reinterpret_cast<const float4*>(p);
-                const float4 x1 = *reinterpret_cast<const float4*>(p + 4);
-                packed = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x0.z, x0.w),
-                                    pack_bf16(x1.x, x1.y), pack_bf16(x1.z, x1.w));
-            } else {
-                packed = *reinterpret_cast<const uint4*>(p);
-            }
+            const float* p = src + (r0 + r) * D + d;
+            const float4 x0 = *reinterpret_cast<const float4*>(p);
+            const float4 x1 = *reinterpret_cast<const float4*>(p + 4);
+            packed = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x0.z, x0.w),
+                                pack_bf16(x1.x, x1.y), pack_bf16(x1.z, x1.w));
         }
         *reinterpret_cast<uint4*>(tile + r * kLd + d) = packed;
+    }
+}
+
+// An f32 tile of ROWS rows of (n_rows, D) staged asynchronously, then rounded to a bf16 tile
+// [ROWS][D + 8], by NT threads. fetch() issues cp.async into `stage` (ROWS * D floats) without
+// passing through registers; after cp_async_wait the same thread converts the same chunks, so
+// neither step needs a barrier of its own and `stage` is free again as soon as a thread has
+// converted its chunks. Chunk e = step * NT + tid is row e / (D / 8), cols 8 (e % (D / 8)) + 0..7;
+// its two float4 sit in slots (2 step) NT + tid and (2 step + 1) NT + tid, so a warp's shared
+// accesses are 512 contiguous bytes and its global reads 1 KiB of whole rows.
+template <int D, int ROWS, int NT> struct F32Stage {
+    static constexpr int kChunks = D / 8, kSteps = ROWS * kChunks / NT;
+    static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
+
+    __device__ __forceinline__ static void fetch(float* stage, const float* __restrict__ src,
+                                                 int64_t r0, int64_t n_rows) {
+#pragma unroll
+        for (int step = 0; step < kSteps; ++step) {
+            const int e = step * NT + int(threadIdx.x);
+            const int r = e / kChunks, d = (e - r * kChunks) * 8;
+            const bool ok = r0 + r < n_rows;
+            const float* p = src + (ok ? (r0 + r) * D + d : 0);
+            cp_async16(stage + ((2 * step) * NT + threadIdx.x) * 4, p, ok);
+            cp_async16(stage + ((2 * step + 1) * NT + threadIdx.x) * 4, p + 4, ok);
+        }
+    }
+    __device__ __forceinline__ static void to_bf16(bf16* tile, const float* stage) {
+#pragma unroll
+        for (int step = 0; step < kSteps; ++step) {
+            const int e = step * NT + int(threadIdx.x);
+            const int r = e / kChunks, d = (e - r * kChunks) * 8;
+            const float4 x0 =
+                *reinterpret_cast<const float4*>(stage + ((2 * step) * NT + threadIdx.x) * 4);
+            const float4 x1 =
+                *reinterpret_cast<const float4*>(stage + ((2 * step + 1) * NT + threadIdx.x) * 4);
+            *reinterpret_cast<uint4*>(tile + r * (D + 8) + d) =
+                make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x0.z, x0.w), pack_bf16(x1.x, x1.y),
+                           pack_bf16(x1.z, x1.w));
+        }
+    }
+};
+
+// Rows [r0, r0 + ROWS) of bf16 src (n_rows, D) into a tile [ROWS][D + 8] with cp.async (zero
+// past n_rows), by NT threads; the caller commits and waits.
+template <int D, int ROWS, int NT>
+__device__ __forceinline__ void fetch_bf16_tile(bf16* tile, const bf16* __restrict__ src,
+                                                int64_t r0, int64_t n_rows) {
+    constexpr int kChunks = D / 8, kSteps = ROWS * kChunks / NT;
+    static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
+#pragma unroll
+    for (int step = 0; step < kSteps; ++step) {
+        const int e = step * NT + int(threadIdx.x);
+        const int r = e / kChunks, d = (e - r * kChunks) * 8;
+        const bool ok = r0 + r < n_rows;
+        cp_async16(tile + r * (D + 8) + d, src + (ok ? (r0 + r) * D + d : 0), ok);
     }
 }
 
@@ -155,307 +227,357 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// The q tile this block takes: the last tiles (most keys under causal masking) start first.
-__device__ __forceinline__ int64_t tile_index() { return int64_t(gridDim.x) - 1 - blockIdx.x; }
-
 // ---------------------------------------------------------------- forward
 
-// grid (ceil(Tq / 64), B * Hq); smem Q, K, V tiles [64][D + 8] bf16.
-template <typename T, int D, int W>
+// grid (ceil(Tq / 128), B * Hq), 32 W threads; a warp owns M = 8 / W m-tiles (16 M query rows),
+// the block 128. smem: f32 staging [64 * D], Q [128][D + 8], K, V [64][D + 8] bf16.
+// Per 64-key tile: K's copy landed -> bf16, V's copy starts; S = Q K^T and the online softmax;
+// V's copy landed -> bf16, the next K's copy starts; O += P V. So each copy has half a tile's
+// work to land in, and the staging area holds one tile.
+template <int D, int W>
 __global__ void __launch_bounds__(32 * W)
-    fa_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    fa_fwd(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
            float* __restrict__ out, float* __restrict__ lse, TcGeo g) {
-    constexpr int kLd = D + 8, kNt = kRows / 8, kDt = D / 8, kOwn = 16 * W;
+    constexpr int M = 8 / W, kLd = D + 8, kNt = kKeys / 8, kDt = D / 8, kBm = 16 * M * W;
+    constexpr int NT = 32 * W;
+    using KV = F32Stage<D, kKeys, NT>;
     extern __shared__ __align__(16) unsigned char smem_tc[];
-    auto* Qs = reinterpret_cast<__nv_bfloat16*>(smem_tc);
-    __nv_bfloat16* Ks = Qs + kOwn * kLd;
-    __nv_bfloat16* Vs = Ks + kRows * kLd;
+    auto* Fs = reinterpret_cast<float*>(smem_tc);
+    auto* Qs = reinterpret_cast<bf16*>(Fs + kKeys * D);
+    bf16* Ks = Qs + kBm * kLd;
+    bf16* Vs = Ks + kKeys * kLd;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
     const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq;
     const int64_t kvh = b * g.Hkv + h / (g.Hq / g.Hkv);
-    const int64_t q0 = tile_index() * kOwn;
-    const T* K = k + kvh * g.Tk * D;
-    const T* V = v + kvh * g.Tk * D;
-    stage_tile<T, D, kOwn, 32 * W>(Qs, q + bh * g.Tq * D, q0, g.Tq);
-    // Rows of this thread: i0 (c0, c1) and i0 + 8 (c2, c3).
-    const int64_t i0 = q0 + warp * 16 + g4;
-    const int64_t last_q = min64(g.Tq, q0 + kOwn) - 1;
+    // The last query tiles (most keys under causal masking) start first.
+    const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kBm;
+    const float* K = k + kvh * g.Tk * D;
+    const float* V = v + kvh * g.Tk * D;
+    const int64_t last_q = min64(g.Tq, q0 + kBm) - 1;
     const int64_t k_end = g.causal ? min64(g.Tk, g.Tk - g.Tq + last_q + 1) : g.Tk;
-    float o[kDt][4] = {};
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    uint32_t qf[D / 16][4]; // this warp's Q rows stay in registers
-    __syncthreads();
+    KV::fetch(Fs, K, 0, g.Tk);
+    cp_async_commit();
+    stage_tile<D, kBm, NT>(Qs, q + bh * g.Tq * D, q0, g.Tq);
+    // This warp's rows: r_w + 16 mi + g4 (c0, c1) and + 8 (c2, c3) of m-tile mi.
+    const int64_t r_w = q0 + warp * 16 * M;
+    float o[M][kDt][4] = {};
+    float m[M][2], l[M][2] = {};
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-        load_a(qf[kk], Qs, kLd, warp * 16, kk * 16, lane);
-    for (int64_t k0 = 0; k0 < k_end; k0 += kRows) {
-        __syncthreads(); // the previous tiles are read
-        stage_tile<T, D, kRows, 32 * W>(Ks, K, k0, g.Tk);
-        stage_tile<T, D, kRows, 32 * W>(Vs, V, k0, g.Tk);
-        __syncthreads();
-        float s[kNt][4] = {};
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-            for (int nt = 0; nt < kNt; nt += 2) {
-                uint32_t b[4];
-                load_b2_nk(b, Ks, kLd, nt * 8, kk * 16, lane);
-                mma_bf16(s[nt], qf[kk], b[0], b[1]);
-                mma_bf16(s[nt + 1], qf[kk], b[2], b[3]);
-            }
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int64_t i = i0 + (e >> 1) * 8, j = k0 + nt * 8 + 2 * c4 + (e & 1);
-                s[nt][e] = g.visible(i, j) ? s[nt][e] * g.scale_log2 : -INFINITY;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-            }
-        float base[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float m_new = fmaxf(m[r], quad_max(mx[r]));
-            base[r] = m_new == -INFINITY ? 0.f : m_new; // a row with nothing visible yet
-            const float corr = exp2f(m[r] - base[r]);
-            m[r] = m_new;
-            l[r] *= corr;
-#pragma unroll
-            for (int dt = 0; dt < kDt; ++dt) {
-                o[dt][2 * r] *= corr;
-                o[dt][2 * r + 1] *= corr;
-            }
-        }
-#pragma unroll
-        for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
-                l[e >> 1] += s[nt][e];
-            }
-        // O += P V: P from registers, V stored [key][d] = [k][n].
-#pragma unroll
-        for (int kk = 0; kk < kNt / 2; ++kk) {
-            uint32_t a[4];
-            c_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int dt = 0; dt < kDt; dt += 2) {
-                uint32_t b[4];
-                load_b2_kn(b, Vs, kLd, kk * 16, dt * 8, lane);
-                mma_bf16(o[dt], a, b[0], b[1]);
-                mma_bf16(o[dt + 1], a, b[2], b[3]);
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int64_t i = i0 + 8 * r;
-        const float lsum = quad_sum(l[r]);
-        if (i >= g.Tq) continue;
-        const float inv = 1.f / lsum;
-        float* orow = out + (bh * g.Tq + i) * D;
-#pragma unroll
-        for (int dt = 0; dt < kDt; ++dt)
-            *reinterpret_cast<float2*>(orow + dt * 8 + 2 * c4) =
-                make_float2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-        if (c4 == 0) lse[bh * g.Tq + i] = (m[r] + log2f(lsum)) * kLn2;
-    }
-}
-
-// ---------------------------------------------------------------- backward
-
-// delta[row] = dO[row] . O[row] (f32), one warp per row.
-__global__ void fa_delta(const float* __restrict__ dout, const float* __restrict__ out,
-                         float* __restrict__ delta, int64_t rows, int D) {
-    const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-    const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    float s = 0;
-    for (int d = lane; d < D; d += 32)
-        s += dout[row * D + d] * out[row * D + d];
-    for (int o = 16; o > 0; o >>= 1)
-        s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) delta[row] = s;
-}
-
-// dq, query-major: per key tile S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - delta),
-// dQ += dS K. grid (ceil(Tq / 64), B * Hq); smem Q, dO, K, V tiles.
-template <typename T, int D, int W>
-__global__ void __launch_bounds__(32 * W)
-    fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-              const float* __restrict__ dout, const float* __restrict__ lse,
-              const float* __restrict__ delta, float* __restrict__ dq, TcGeo g, float scale) {
-    constexpr int kLd = D + 8, kNt = kRows / 8, kDt = D / 8, kOwn = 16 * W;
-    extern __shared__ __align__(16) unsigned char smem_tc[];
-    auto* Qs = reinterpret_cast<__nv_bfloat16*>(smem_tc);
-    __nv_bfloat16* Gs = Qs + kOwn * kLd;
-    __nv_bfloat16* Ks = Gs + kOwn * kLd;
-    __nv_bfloat16* Vs = Ks + kRows * kLd;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
-    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq;
-    const int64_t kvh = b * g.Hkv + h / (g.Hq / g.Hkv);
-    const int64_t q0 = tile_index() * kOwn;
-    const T* K = k + kvh * g.Tk * D;
-    const T* V = v + kvh * g.Tk * D;
-    stage_tile<T, D, kOwn, 32 * W>(Qs, q + bh * g.Tq * D, q0, g.Tq);
-    stage_tile<float, D, kOwn, 32 * W>(Gs, dout + bh * g.Tq * D, q0, g.Tq);
-    const int64_t i0 = q0 + warp * 16 + g4;
-    float L[2], Dl[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int64_t i = i0 + 8 * r;
-        L[r] = i < g.Tq ? lse[bh * g.Tq + i] * kLog2e : 0.f;
-        Dl[r] = i < g.Tq ? delta[bh * g.Tq + i] : 0.f;
-    }
-    const int64_t last_q = min64(g.Tq, q0 + kOwn) - 1;
-    const int64_t k_end = g.causal ? min64(g.Tk, g.Tk - g.Tq + last_q + 1) : g.Tk;
-    float acc[kDt][4] = {};
-    for (int64_t k0 = 0; k0 < k_end; k0 += kRows) {
-        __syncthreads();
-        stage_tile<T, D, kRows, 32 * W>(Ks, K, k0, g.Tk);
-        stage_tile<T, D, kRows, 32 * W>(Vs, V, k0, g.Tk);
-        __syncthreads();
-        float s[kNt][4] = {}, dp[kNt][4] = {};
+    for (int mi = 0; mi < M; ++mi)
+        m[mi][0] = m[mi][1] = -INFINITY;
+    for (int64_t k0 = 0; k0 < k_end; k0 += kKeys) {
+        cp_async_wait<0>();
+        KV::to_bf16(Ks, Fs);
+        KV::fetch(Fs, V, k0, g.Tk);
+        cp_async_commit();
+        __syncthreads(); // Ks (and Qs, on the first tile) complete
+        float s[M][kNt][4] = {};
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t a[4], ag[4];
-            load_a(a, Qs, kLd, warp * 16, kk * 16, lane);
-            load_a(ag, Gs, kLd, warp * 16, kk * 16, lane);
+            uint32_t a[M][4];
+#pragma unroll
+            for (int mi = 0; mi < M; ++mi)
+                load_a_mk(a[mi], Qs, kLd, warp * 16 * M + 16 * mi, kk * 16, lane);
 #pragma unroll
             for (int nt = 0; nt < kNt; nt += 2) {
-                uint32_t b[4];
-                load_b2_nk(b, Ks, kLd, nt * 8, kk * 16, lane);
-                mma_bf16(s[nt], a, b[0], b[1]);
-                mma_bf16(s[nt + 1], a, b[2], b[3]);
-                load_b2_nk(b, Vs, kLd, nt * 8, kk * 16, lane);
-                mma_bf16(dp[nt], ag, b[0], b[1]);
-                mma_bf16(dp[nt + 1], ag, b[2], b[3]);
+                uint32_t bk[4];
+                load_b2_nk(bk, Ks, kLd, nt * 8, kk * 16, lane);
+#pragma unroll
+                for (int mi = 0; mi < M; ++mi) {
+                    mma_bf16(s[mi][nt], a[mi], bk[0], bk[1]);
+                    mma_bf16(s[mi][nt + 1], a[mi], bk[2], bk[3]);
+                }
             }
         }
+        // The mask in tile coordinates (32-bit): key k0 + kj is visible to row r_w + ri iff
+        // kj < n_keys and, causal, kj - ri <= diag (clamped: kj - ri lies in [1 - 16 M, 63]).
+        // `full`: every key of the tile visible to every row of this warp, no per-element mask.
+        const int n_keys = int(min64(g.Tk - k0, kKeys));
+        const int diag = int(max64(min64(g.Tk - g.Tq + r_w - k0, kKeys), -kBm));
+        const bool full = n_keys == kKeys && (!g.causal || diag >= kKeys - 1);
+        float base[M][2];
 #pragma unroll
-        for (int nt = 0; nt < kNt; ++nt)
+        for (int mi = 0; mi < M; ++mi) {
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int r = e >> 1;
-                const int64_t i = i0 + 8 * r, j = k0 + nt * 8 + 2 * c4 + (e & 1);
-                const float p = g.visible(i, j) ? exp2f(s[nt][e] * g.scale_log2 - L[r]) : 0.f;
-                s[nt][e] = p * (dp[nt][e] - Dl[r]); // dS
-            }
-        // dQ += dS K: K stored [key][d] = [k][n].
+            for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
-        for (int kk = 0; kk < kNt / 2; ++kk) {
-            uint32_t a[4];
-            c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[mi][nt][e] * g.scale_log2;
+                    if (!full) {
+                        const int ri = 16 * mi + g4 + (e >> 1) * 8, kj = nt * 8 + 2 * c4 + (e & 1);
+                        if (kj >= n_keys || (g.causal && kj - ri > diag)) x = -INFINITY;
+                    }
+                    s[mi][nt][e] = x;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                }
 #pragma unroll
-            for (int dt = 0; dt < kDt; dt += 2) {
-                uint32_t b[4];
-                load_b2_kn(b, Ks, kLd, kk * 16, dt * 8, lane);
-                mma_bf16(acc[dt], a, b[0], b[1]);
-                mma_bf16(acc[dt + 1], a, b[2], b[3]);
-            }
-        }
-    }
+            for (int r = 0; r < 2; ++r) {
+                const float m_new = fmaxf(m[mi][r], quad_max(mx[r]));
+                base[mi][r] = m_new == -INFINITY ? 0.f : m_new; // nothing visible yet
+                const float corr = exp2f(m[mi][r] - base[mi][r]);
+                m[mi][r] = m_new;
+                l[mi][r] *= corr;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int64_t i = i0 + 8 * r;
-        if (i >= g.Tq) continue;
-        float* row = dq + (bh * g.Tq + i) * D;
-#pragma unroll
-        for (int dt = 0; dt < kDt; ++dt)
-            *reinterpret_cast<float2*>(row + dt * 8 + 2 * c4) =
-                make_float2(acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale);
-    }
-}
-
-// dk, dv, key-major: a warp owns 16 keys; per query tile (of every query head of the group)
-// S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta),
-// dV += P^T dO, dK += dS^T Q. grid (ceil(Tk / 64), B * Hkv); smem K, V, Q, dO tiles, lse, delta.
-template <typename T, int D, int W>
-__global__ void __launch_bounds__(32 * W)
-    fa_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-               const float* __restrict__ dout, const float* __restrict__ lse,
-               const float* __restrict__ delta, float* __restrict__ dk, float* __restrict__ dv,
-               TcGeo g, float scale) {
-    constexpr int kLd = D + 8, kNt = kRows / 8, kDt = D / 8, kOwn = 16 * W;
-    extern __shared__ __align__(16) unsigned char smem_tc[];
-    auto* Ks = reinterpret_cast<__nv_bfloat16*>(smem_tc);
-    __nv_bfloat16* Vs = Ks + kOwn * kLd;
-    __nv_bfloat16* Qs = Vs + kOwn * kLd;
-    __nv_bfloat16* Gs = Qs + kRows * kLd;
-    float* Ls = reinterpret_cast<float*>(Gs + kRows * kLd);
-    float* Ds = Ls + kRows;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
-    const int64_t bk = blockIdx.y, b = bk / g.Hkv, hk = bk % g.Hkv, group = g.Hq / g.Hkv;
-    const int64_t j_first = int64_t(blockIdx.x) * kOwn; // causal: low keys (most work) first
-    stage_tile<T, D, kOwn, 32 * W>(Ks, k + bk * g.Tk * D, j_first, g.Tk);
-    stage_tile<T, D, kOwn, 32 * W>(Vs, v + bk * g.Tk * D, j_first, g.Tk);
-    // Keys of this thread's C rows: j0 and j0 + 8.
-    const int64_t j0 = j_first + warp * 16 + g4;
-    // The first query that sees key j_first, rounded down to a tile.
-    const int64_t i_start = g.causal ? max64(0, j_first - (g.Tk - g.Tq)) / kRows * kRows : 0;
-    float ak[kDt][4] = {}, av[kDt][4] = {};
-    for (int64_t hh = 0; hh < group; ++hh) {
-        const int64_t qh = b * g.Hq + hk * group + hh;
-        for (int64_t i0 = i_start; i0 < g.Tq; i0 += kRows) {
-            __syncthreads();
-            stage_tile<T, D, kRows, 32 * W>(Qs, q + qh * g.Tq * D, i0, g.Tq);
-            stage_tile<float, D, kRows, 32 * W>(Gs, dout + qh * g.Tq * D, i0, g.Tq);
-            if (threadIdx.x < kRows) {
-                const int64_t i = i0 + threadIdx.x;
-                Ls[threadIdx.x] = i < g.Tq ? lse[qh * g.Tq + i] * kLog2e : 0.f;
-                Ds[threadIdx.x] = i < g.Tq ? delta[qh * g.Tq + i] : 0.f;
-            }
-            __syncthreads();
-            float s[kNt][4] = {}, dp[kNt][4] = {};
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                uint32_t a[4], av4[4];
-                load_a(a, Ks, kLd, warp * 16, kk * 16, lane);
-                load_a(av4, Vs, kLd, warp * 16, kk * 16, lane);
-#pragma unroll
-                for (int nt = 0; nt < kNt; nt += 2) {
-                    uint32_t b[4];
-                    load_b2_nk(b, Qs, kLd, nt * 8, kk * 16, lane);
-                    mma_bf16(s[nt], a, b[0], b[1]);
-                    mma_bf16(s[nt + 1], a, b[2], b[3]);
-                    load_b2_nk(b, Gs, kLd, nt * 8, kk * 16, lane);
-                    mma_bf16(dp[nt], av4, b[0], b[1]);
-                    mma_bf16(dp[nt + 1], av4, b[2], b[3]);
+                for (int dt = 0; dt < kDt; ++dt) {
+                    o[mi][dt][2 * r] *= corr;
+                    o[mi][dt][2 * r + 1] *= corr;
                 }
             }
 #pragma unroll
             for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int col = nt * 8 + 2 * c4 + (e & 1);
-                    const int64_t j = j0 + 8 * (e >> 1), i = i0 + col;
-                    const bool vis = i < g.Tq && g.visible(i, j);
-                    const float p = vis ? exp2f(s[nt][e] * g.scale_log2 - Ls[col]) : 0.f;
-                    s[nt][e] = p;                       // P^T
-                    dp[nt][e] = p * (dp[nt][e] - Ds[col]); // dS^T
+                    s[mi][nt][e] = exp2f(s[mi][nt][e] - base[mi][e >> 1]);
+                    l[mi][e >> 1] += s[mi][nt][e];
                 }
-            // dV += P^T dO, dK += dS^T Q: dO and Q stored [query][d] = [k][n].
+        }
+        cp_async_wait<0>();
+        KV::to_bf16(Vs, Fs);
+        if (k0 + kKeys < k_end) KV::fetch(Fs, K, k0 + kKeys, g.Tk);
+        cp_async_commit();
+        __syncthreads(); // Vs complete; every warp is done with Ks
+        // O += P V: P from registers, V stored [key][d] = [k][n].
 #pragma unroll
-            for (int kk = 0; kk < kNt / 2; ++kk) {
-                uint32_t ap[4], ad[4];
-                c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
-                c_to_a(ad, dp[2 * kk], dp[2 * kk + 1]);
+        for (int kk = 0; kk < kNt / 2; ++kk) {
+            uint32_t a[M][4];
 #pragma unroll
-                for (int dt = 0; dt < kDt; dt += 2) {
-                    uint32_t b[4];
-                    load_b2_kn(b, Gs, kLd, kk * 16, dt * 8, lane);
-                    mma_bf16(av[dt], ap, b[0], b[1]);
-                    mma_bf16(av[dt + 1], ap, b[2], b[3]);
-                    load_b2_kn(b, Qs, kLd, kk * 16, dt * 8, lane);
-                    mma_bf16(ak[dt], ad, b[0], b[1]);
-                    mma_bf16(ak[dt + 1], ad, b[2], b[3]);
+            for (int mi = 0; mi < M; ++mi)
+                c_to_a(a[mi], s[mi][2 * kk], s[mi][2 * kk + 1]);
+#pragma unroll
+            for (int dt = 0; dt < kDt; dt += 2) {
+                uint32_t bv[4];
+                load_b2_kn(bv, Vs, kLd, kk * 16, dt * 8, lane);
+#pragma unroll
+                for (int mi = 0; mi < M; ++mi) {
+                    mma_bf16(o[mi][dt], a[mi], bv[0], bv[1]);
+                    mma_bf16(o[mi][dt + 1], a[mi], bv[2], bv[3]);
                 }
             }
         }
     }
 #pragma unroll
+    for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int64_t i = r_w + 16 * mi + g4 + 8 * r;
+            const float lsum = quad_sum(l[mi][r]);
+            if (i >= g.Tq) continue;
+            const float inv = 1.f / lsum;
+            float* orow = out + (bh * g.Tq + i) * D;
+#pragma unroll
+            for (int dt = 0; dt < kDt; ++dt)
+                *reinterpret_cast<float2*>(orow + dt * 8 + 2 * c4) =
+                    make_float2(o[mi][dt][2 * r] * inv, o[mi][dt][2 * r + 1] * inv);
+            if (c4 == 0) lse[bh * g.Tq + i] = (m[mi][r] + log2f(lsum)) * kLn2;
+        }
+}
+
+// ---------------------------------------------------------------- backward
+
+// Per query row (B Hq Tq rows of D, one warp each, grid-stride): delta = dO . O in f32,
+// lse2 = lse * log2(e) (the log2-domain statistic fa_bwd subtracts), and Q and dO rounded to bf16
+// once, since fa_bwd reads every query tile once per key block.
+template <int D>
+__global__ void fa_bwd_prep(const float* __restrict__ q, const float* __restrict__ dout,
+                            const float* __restrict__ out, const float* __restrict__ lse,
+                            bf16* __restrict__ qb, bf16* __restrict__ gb, float* __restrict__ lse2,
+                            float* __restrict__ delta, int64_t rows) {
+    const int lane = threadIdx.x & 31;
+    const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
+    for (int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; row < rows;
+         row += n_warps) {
+        float s = 0;
+#pragma unroll
+        for (int p = 0; p < D / 64; ++p) {
+            const int64_t at = row * D + 2 * (p * 32 + lane);
+            const float2 go = *reinterpret_cast<const float2*>(dout + at);
+            const float2 o = *reinterpret_cast<const float2*>(out + at);
+            const float2 x = *reinterpret_cast<const float2*>(q + at);
+            s += go.x * o.x + go.y * o.y;
+            *reinterpret_cast<uint32_t*>(gb + at) = pack_bf16(go.x, go.y);
+            *reinterpret_cast<uint32_t*>(qb + at) = pack_bf16(x.x, x.y);
+        }
+        s = warp_sum(s);
+        if (lane == 0) {
+            delta[row] = s;
+            lse2[row] = lse[row] * kLog2e;
+        }
+    }
+}
+
+// dK, dV and dQ, key-major: grid (ceil(Tk / 16 W), B * Hkv), 32 W threads; a warp owns 16 keys.
+// The block loops over the 64-query tiles of every query head of its group that see its keys;
+// per tile (Q, dO, lse2, delta in shared memory, the next tile's copy in flight):
+//   S^T = K Q^T, dP^T = V dO^T            (16 keys x 64 queries per warp)
+//   P^T = exp2(S^T scale_log2 - lse2), dS^T = P^T (dP^T - delta)
+//   dV += P^T dO, dK += dS^T Q              (registers)
+//   dS^T -> shared, then dQ (64 x D) += dS K, split over the warps, added to dq atomically.
+// smem: K, V [16 W][D + 8]; Q, dO [2][64][D + 8] bf16; dS^T [16 W][64 + 8] bf16; lse2, delta
+// [2][64] f32. dq must be zero on entry; dk, dv are written whole.
+template <int D, int W>
+__global__ void __launch_bounds__(32 * W)
+    fa_bwd(const float* __restrict__ k, const float* __restrict__ v, const bf16* __restrict__ qb,
+           const bf16* __restrict__ gb, const float* __restrict__ lse2,
+           const float* __restrict__ delta, float* __restrict__ dq, float* __restrict__ dk,
+           float* __restrict__ dv, TcGeo g, float scale) {
+    constexpr int kLd = D + 8, kNt = kQRows / 8, kDt = D / 8, kBn = 16 * W, kLdS = kQRows + 8;
+    constexpr int NT = 32 * W;
+    // dQ's split: warp w takes query m-tile w % 4 and d n-tiles [(w / 4) kDq, + kDq).
+    constexpr int kDq = kDt / (W / 4), kDc = kDq < 8 ? kDq : 8;
+    static_assert(NT >= 2 * kQRows && kDq % kDc == 0 && kDc % 2 == 0, "4 or 8 warps");
+    extern __shared__ __align__(16) unsigned char smem_tc[];
+    auto* Ks = reinterpret_cast<bf16*>(smem_tc);
+    bf16* Vs = Ks + kBn * kLd;
+    bf16* Qs = Vs + kBn * kLd;                            // [2][kQRows][kLd]
+    bf16* Gs = Qs + 2 * kQRows * kLd;                     // [2][kQRows][kLd]
+    bf16* Ss = Gs + 2 * kQRows * kLd;                     // [kBn][kLdS]
+    auto* Ls = reinterpret_cast<float*>(Ss + kBn * kLdS); // [2][kQRows]
+    float* Ds = Ls + 2 * kQRows;                          // [2][kQRows]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
+    const int64_t bk = blockIdx.y, b = bk / g.Hkv, hk = bk % g.Hkv, group = g.Hq / g.Hkv;
+    const int64_t j_first = int64_t(blockIdx.x) * kBn; // causal: low keys (most work) first
+    // The first query that sees key j_first, rounded down to a tile; every tile from there on.
+    const int64_t i_start = g.causal ? max64(0, j_first - (g.Tk - g.Tq)) / kQRows * kQRows : 0;
+    const int64_t n_tiles = (g.Tq - i_start + kQRows - 1) / kQRows;
+    const int64_t n_iter = group * n_tiles;
+    // Iteration it: query head qh, first query i0.
+    auto tile_of = [&](int64_t it, int64_t& qh, int64_t& i0) {
+        qh = b * g.Hq + hk * group + it / n_tiles;
+        i0 = i_start + (it % n_tiles) * kQRows;
+    };
+    auto fetch = [&](int64_t it, int buf) {
+        int64_t qh, i0;
+        tile_of(it, qh, i0);
+        fetch_bf16_tile<D, kQRows, NT>(Qs + buf * kQRows * kLd, qb + qh * g.Tq * D, i0, g.Tq);
+        fetch_bf16_tile<D, kQRows, NT>(Gs + buf * kQRows * kLd, gb + qh * g.Tq * D, i0, g.Tq);
+        if (threadIdx.x < 2 * kQRows) { // lse2 by threads 0..63, delta by 64..127
+            const int t = threadIdx.x % kQRows;
+            const bool is_delta = threadIdx.x >= kQRows, ok = i0 + t < g.Tq;
+            const float* src = (is_delta ? delta : lse2) + qh * g.Tq + (ok ? i0 + t : 0);
+            cp_async4((is_delta ? Ds : Ls) + buf * kQRows + t, src, ok);
+        }
+    };
+    fetch(0, 0);
+    cp_async_commit();
+    stage_tile<D, kBn, NT>(Ks, k + bk * g.Tk * D, j_first, g.Tk);
+    stage_tile<D, kBn, NT>(Vs, v + bk * g.Tk * D, j_first, g.Tk);
+    // Keys of this thread's C rows: j_w + g4 and j_w + g4 + 8.
+    const int64_t j_w = j_first + warp * 16;
+    float ak[kDt][4] = {}, av[kDt][4] = {};
+    for (int64_t it = 0; it < n_iter; ++it) {
+        const int buf = int(it & 1);
+        // Buffer buf ^ 1 was last read before the previous iteration's second barrier.
+        if (it + 1 < n_iter) fetch(it + 1, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>(); // this thread's copies of tile `it` landed
+        __syncthreads();    // everyone's (and K, V on the first pass)
+        int64_t qh, i0;
+        tile_of(it, qh, i0);
+        const bf16* Qt = Qs + buf * kQRows * kLd;
+        const bf16* Gt = Gs + buf * kQRows * kLd;
+        const float* Lt = Ls + buf * kQRows;
+        const float* Dt = Ds + buf * kQRows;
+        float s[kNt][4] = {}, dp[kNt][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t ka[4], va[4];
+            load_a_mk(ka, Ks, kLd, warp * 16, kk * 16, lane);
+            load_a_mk(va, Vs, kLd, warp * 16, kk * 16, lane);
+#pragma unroll
+            for (int nt = 0; nt < kNt; nt += 2) {
+                uint32_t bq[4];
+                load_b2_nk(bq, Qt, kLd, nt * 8, kk * 16, lane);
+                mma_bf16(s[nt], ka, bq[0], bq[1]);
+                mma_bf16(s[nt + 1], ka, bq[2], bq[3]);
+                load_b2_nk(bq, Gt, kLd, nt * 8, kk * 16, lane);
+                mma_bf16(dp[nt], va, bq[0], bq[1]);
+                mma_bf16(dp[nt + 1], va, bq[2], bq[3]);
+            }
+        }
+        // The mask in tile coordinates (32-bit): query i0 + qi sees key j_w + kj iff qi < n_q,
+        // kj < n_k and, causal, kj - qi <= diag (clamped: kj - qi lies in [-63, 15]). `full`:
+        // every pair of this warp's 16 x 64 block is a real, visible one.
+        const int n_q = int(min64(g.Tq - i0, kQRows)), n_k = int(min64(g.Tk - j_w, 16));
+        const int diag = int(max64(min64(g.Tk - g.Tq + i0 - j_w, 16), -kQRows - 1));
+        const bool full = n_q == kQRows && n_k == 16 && (!g.causal || diag >= 15);
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt) {
+            const int col = nt * 8 + 2 * c4; // queries i0 + col, i0 + col + 1
+            const float2 L = *reinterpret_cast<const float2*>(Lt + col);
+            const float2 Dl = *reinterpret_cast<const float2*>(Dt + col);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float p = exp2f(s[nt][e] * g.scale_log2 - (e & 1 ? L.y : L.x));
+                if (!full) {
+                    const int qi = col + (e & 1), kj = g4 + 8 * (e >> 1);
+                    if (qi >= n_q || kj >= n_k || (g.causal && kj - qi > diag)) p = 0.f;
+                }
+                s[nt][e] = p;                                        // P^T
+                dp[nt][e] = p * (dp[nt][e] - (e & 1 ? Dl.y : Dl.x)); // dS^T
+            }
+        }
+        // dV += P^T dO, dK += dS^T Q (dO, Q stored [query][d] = [k][n]); dS^T's A fragments go to
+        // shared memory as they are, rows = keys, for dQ.
+#pragma unroll
+        for (int kk = 0; kk < kNt / 2; ++kk) {
+            uint32_t ap[4], ad[4];
+            c_to_a(ap, s[2 * kk], s[2 * kk + 1]);
+            c_to_a(ad, dp[2 * kk], dp[2 * kk + 1]);
+            bf16* srow = Ss + (warp * 16 + g4) * kLdS + kk * 16 + 2 * c4;
+            *reinterpret_cast<uint32_t*>(srow) = ad[0];
+            *reinterpret_cast<uint32_t*>(srow + 8 * kLdS) = ad[1];
+            *reinterpret_cast<uint32_t*>(srow + 8) = ad[2];
+            *reinterpret_cast<uint32_t*>(srow + 8 * kLdS + 8) = ad[3];
+#pragma unroll
+            for (int dt = 0; dt < kDt; dt += 2) {
+                uint32_t bb[4];
+                load_b2_kn(bb, Gt, kLd, kk * 16, dt * 8, lane);
+                mma_bf16(av[dt], ap, bb[0], bb[1]);
+                mma_bf16(av[dt + 1], ap, bb[2], bb[3]);
+                load_b2_kn(bb, Qt, kLd, kk * 16, dt * 8, lane);
+                mma_bf16(ak[dt], ad, bb[0], bb[1]);
+                mma_bf16(ak[dt + 1], ad, bb[2], bb[3]);
+            }
+        }
+        __syncthreads(); // dS^T complete; every warp is done with Qt, Gt
+        // dQ rows i0 + 16 (warp % 4) + 0..15, d n-tiles [dn0, dn0 + kDq) in chunks of kDc (at
+        // most 8: dK and dV hold 8 kDt registers meanwhile): A = dS (stored [key][query] =
+        // [k][m]), B = K (stored [key][d] = [k][n]), k = the block's 16 W keys.
+        const int mt = warp % 4;
+        const int64_t i_r = i0 + mt * 16 + g4; // rows i_r, i_r + 8 of the C tiles
+#pragma unroll
+        for (int dn0 = (warp / 4) * kDq; dn0 < (warp / 4 + 1) * kDq; dn0 += kDc) {
+            float aq[kDc][4] = {};
+#pragma unroll
+            for (int kk = 0; kk < W; ++kk) {
+                uint32_t a[4];
+                load_a_km(a, Ss, kLdS, kk * 16, mt * 16, lane);
+#pragma unroll
+                for (int dt = 0; dt < kDc; dt += 2) {
+                    uint32_t bb[4];
+                    load_b2_kn(bb, Ks, kLd, kk * 16, (dn0 + dt) * 8, lane);
+                    mma_bf16(aq[dt], a, bb[0], bb[1]);
+                    mma_bf16(aq[dt + 1], a, bb[2], bb[3]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                if (i_r + 8 * r >= g.Tq) continue;
+                float* row = dq + (qh * g.Tq + i_r + 8 * r) * D + dn0 * 8 + 2 * c4;
+#pragma unroll
+                for (int dt = 0; dt < kDc; ++dt)
+                    atomicAdd(reinterpret_cast<float2*>(row + dt * 8),
+                              make_float2(aq[dt][2 * r] * scale, aq[dt][2 * r + 1] * scale));
+            }
+        }
+        // Ss is rewritten only after the next iteration's first barrier, which every warp
+        // reaches after its dQ product.
+    }
+    cp_async_wait<0>(); // the last (empty) group
+#pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const int64_t j = j0 + 8 * r;
+        const int64_t j = j_w + g4 + 8 * r;
         if (j >= g.Tk) continue;
         float* krow = dk + (bk * g.Tk + j) * D;
         float* vrow = dv + (bk * g.Tk + j) * D;
@@ -472,21 +594,25 @@ __global__ void __launch_bounds__(32 * W)
 template <typename K> void set_smem_tc(K kernel, size_t bytes) {
     FORGE_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    // All of the unified L1 as shared memory: these kernels copy past L1 (cp.async.cg), and two
+    // blocks per SM need up to 2 x 115 KB.
+    FORGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          int(cudaSharedmemCarveoutMaxShared)));
 }
 
 bool aligned16(const Tensor& t) { return (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15) == 0; }
 
-// f.template operator()<D, W>() for head dim D (64 or 128) and the current warps per block.
-template <typename F> void visit_shape(int64_t D, F&& f) {
+// f.template operator()<D, W>() for head dim D (64 or 128) and the warps per block of the pass.
+template <typename F> void visit_shape(int64_t D, bool backward, F&& f) {
     const int forced = g_tc_warps.load();
-    const bool eight = forced ? forced == 8 : D == 128;
+    const int dflt = D == 64 ? (backward ? kBwdWarps64 : kFwdWarps64)
+                             : (backward ? kBwdWarps128 : kFwdWarps128);
+    const bool eight = (forced ? forced : dflt) == 8;
     if (D == 64) eight ? f.template operator()<64, 8>() : f.template operator()<64, 4>();
     else eight ? f.template operator()<128, 8>() : f.template operator()<128, 4>();
 }
 
-constexpr size_t tile_bytes(int D, int rows) {
-    return size_t(rows) * (D + 8) * sizeof(__nv_bfloat16);
-}
+constexpr size_t tile_bytes(int D, int rows) { return size_t(rows) * (D + 8) * sizeof(bf16); }
 
 } // namespace
 
@@ -507,14 +633,15 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
                           bool causal, const Tensor& out, const Tensor& lse) {
     const TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
     cudaStream_t s = stream_of(q);
-    visit_shape(q.size(3), [&]<int D, int W>() {
-        constexpr int kOwn = 16 * W;
-        const dim3 grid(unsigned((g.Tq + kOwn - 1) / kOwn), unsigned(g.B * g.Hq));
-        const size_t smem = tile_bytes(D, kOwn) + 2 * tile_bytes(D, kRows);
-        set_smem_tc(fa_fwd<float, D, W>, smem);
-        fa_fwd<float, D, W><<<grid, 32 * W, smem, s>>>(q.data<float>(), k.data<float>(),
-                                                       v.data<float>(), out.data<float>(),
-                                                       lse.data<float>(), g);
+    visit_shape(q.size(3), false, [&]<int D, int W>() {
+        constexpr int kBm = 128; // 16 rows x 8 / W m-tiles x W warps
+        const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
+        const size_t smem = size_t(kKeys) * D * sizeof(float) + tile_bytes(D, kBm) +
+                            2 * tile_bytes(D, kKeys);
+        set_smem_tc(fa_fwd<D, W>, smem);
+        fa_fwd<D, W><<<grid, 32 * W, smem, s>>>(q.data<float>(), k.data<float>(),
+                                                v.data<float>(), out.data<float>(),
+                                                lse.data<float>(), g);
     });
     check_launch("attention (tensor cores)");
 }
@@ -525,26 +652,34 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
     const TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
     const int D = int(q.size(3));
     cudaStream_t s = stream_of(q);
+    // Scratch: Q and dO in bf16 (rows x D each), lse2 and delta (rows each).
     const int64_t rows = g.B * g.Hq * g.Tq;
-    auto delta_buf = backend().allocate(size_t(rows) * sizeof(float), q.device());
-    auto* delta = static_cast<float*>(delta_buf->data);
-    fa_delta<<<blocks_for(rows * 32), kBlock, 0, s>>>(dout.data<float>(), out.data<float>(), delta,
-                                                      rows, D);
-    visit_shape(D, [&]<int HD, int W>() {
-        constexpr int kOwn = 16 * W;
-        const size_t smem_q = 2 * tile_bytes(HD, kOwn) + 2 * tile_bytes(HD, kRows);
-        set_smem_tc(fa_bwd_dq<float, HD, W>, smem_q);
-        const dim3 grid_q(unsigned((g.Tq + kOwn - 1) / kOwn), unsigned(g.B * g.Hq));
-        fa_bwd_dq<float, HD, W><<<grid_q, 32 * W, smem_q, s>>>(
-            q.data<float>(), k.data<float>(), v.data<float>(), dout.data<float>(),
-            lse.data<float>(), delta, dq.data<float>(), g, scale);
-        const size_t smem_kv =
-            2 * tile_bytes(HD, kOwn) + 2 * tile_bytes(HD, kRows) + 2 * kRows * sizeof(float);
-        set_smem_tc(fa_bwd_dkv<float, HD, W>, smem_kv);
-        const dim3 grid_kv(unsigned((g.Tk + kOwn - 1) / kOwn), unsigned(g.B * g.Hkv));
-        fa_bwd_dkv<float, HD, W><<<grid_kv, 32 * W, smem_kv, s>>>(
-            q.data<float>(), k.data<float>(), v.data<float>(), dout.data<float>(),
-            lse.data<float>(), delta, dk.data<float>(), dv.data<float>(), g, scale);
+    auto scratch = backend().allocate(size_t(rows) * (2 * D * sizeof(bf16) + 2 * sizeof(float)),
+                                      q.device());
+    auto* qb = static_cast<bf16*>(scratch->data);
+    bf16* gb = qb + rows * D;
+    auto* lse2 = reinterpret_cast<float*>(gb + rows * D);
+    float* delta = lse2 + rows;
+    FORGE_CUDA_CHECK(cudaMemsetAsync(dq.data<float>(), 0, size_t(rows) * D * sizeof(float), s));
+    const unsigned prep_blocks = blocks_for(rows * 32);
+    if (D == 64)
+        fa_bwd_prep<64><<<prep_blocks, kBlock, 0, s>>>(q.data<float>(), dout.data<float>(),
+                                                       out.data<float>(), lse.data<float>(), qb,
+                                                       gb, lse2, delta, rows);
+    else
+        fa_bwd_prep<128><<<prep_blocks, kBlock, 0, s>>>(q.data<float>(), dout.data<float>(),
+                                                        out.data<float>(), lse.data<float>(), qb,
+                                                        gb, lse2, delta, rows);
+    visit_shape(D, true, [&]<int HD, int W>() {
+        constexpr int kBn = 16 * W;
+        const size_t smem = 2 * tile_bytes(HD, kBn) + 4 * tile_bytes(HD, kQRows) +
+                            size_t(kBn) * (kQRows + 8) * sizeof(bf16) +
+                            4 * kQRows * sizeof(float);
+        set_smem_tc(fa_bwd<HD, W>, smem);
+        const dim3 grid(unsigned((g.Tk + kBn - 1) / kBn), unsigned(g.B * g.Hkv));
+        fa_bwd<HD, W><<<grid, 32 * W, smem, s>>>(k.data<float>(), v.data<float>(), qb, gb, lse2,
+                                                 delta, dq.data<float>(), dk.data<float>(),
+                                                 dv.data<float>(), g, scale);
     });
     check_launch("attention_backward (tensor cores)");
 }

@@ -86,8 +86,8 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
 void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                            const Tensor& lse, const Tensor& dout, float scale, bool causal,
                            const Tensor& dq, const Tensor& dk, const Tensor& dv);
-/// Warps per block of those kernels: 4 or 8, or 0 for the default (4 for head dim 64, 8 for
-/// 128); for tests and benchmarks.
+/// Warps per block of those kernels, forced for forward and backward alike: 4 or 8, or 0 for
+/// the defaults (8, but 4 for the forward at head dim 64); for tests and benchmarks.
 void set_attention_tc_warps(int warps);
 
 /// dst[i] = bf16(src[i]) for i < n (device pointers) on `stream` (a cudaStream_t).
