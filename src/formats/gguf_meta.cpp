@@ -330,8 +330,10 @@ using namespace gguf_detail;
 
 // ---------------------------------------------------------------------------- public
 
-quant::GgmlType gguf_tensor_type(int64_t ne0, size_t n_dims, GgmlType requested) {
-    if (n_dims < 2) return GgmlType::f32;
+quant::GgmlType gguf_tensor_type(std::string_view name, int64_t ne0, size_t n_dims,
+                                 GgmlType requested) {
+    // Position rows are added to every token's embedding: llama.cpp never quantizes them.
+    if (n_dims < 2 || name == "position_embd.weight") return GgmlType::f32;
     const int64_t bs = quant::type_info(requested).block_size;
     if (ne0 % bs == 0) return requested;
     if (requested == GgmlType::q4_k && ne0 % 32 == 0) return GgmlType::q8_0;

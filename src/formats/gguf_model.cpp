@@ -243,7 +243,7 @@ GgufWriter gguf_writer(const Transformer& model, const Tokenizer* tok, GgmlType 
             rows = to_gguf_layout(m, t.data<float>(), R, C);
             ne = m.layout == Layout::transpose ? std::vector<int64_t>{R, C} : std::vector<int64_t>{C, R};
         }
-        const GgmlType tt = gguf_tensor_type(ne[0], ne.size(), type);
+        const GgmlType tt = gguf_tensor_type(m.gguf, ne[0], ne.size(), type);
         w.add_tensor(m.gguf, ne, tt, quantize(rows, ne[0], tt));
     }
     if (c.family == ModelFamily::llama && c.rope_scaling_factor > 0) {
@@ -271,7 +271,7 @@ void requantize_gguf(const fs::path& in, const fs::path& out, GgmlType type) {
     if (!f.find("general.file_type")) w.set("general.file_type", GgufValue::u32(gguf_file_type(type)));
     for (const auto& t : f.tensors()) {
         const bool matrix = t.ne.size() >= 2 && t.name != "rope_freqs.weight";
-        const GgmlType tt = matrix ? gguf_tensor_type(t.ne[0], t.ne.size(), type) : t.type;
+        const GgmlType tt = matrix ? gguf_tensor_type(t.name, t.ne[0], t.ne.size(), type) : t.type;
         if (tt == t.type) {
             w.add_tensor(t.name, t.ne, t.type, {t.data, size_t(t.nbytes)});
             continue;

@@ -15,6 +15,7 @@
 
 #include <forge/core/error.h>
 #include <forge/core/tensor.h>
+#include <forge/formats/gguf_model.h>
 #include <forge/models/transformer.h>
 
 #include "backends/cpu/quant/packed_rows.h"
@@ -585,7 +586,7 @@ std::unique_ptr<QuantLM> QuantLM::random(const ModelConfig& c, GgmlType type, ui
     };
     uint64_t k = seed;
     auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-        const GgmlType t = cols % quant::type_info(type).block_size ? GgmlType::f32 : type;
+        const GgmlType t = formats::gguf_tensor_type(name, cols, 2, type); // as save_gguf would
         const int64_t rb = quant::row_bytes(t, cols);
         auto& e = (*store)[name];
         e.second.resize(size_t(rows * rb));

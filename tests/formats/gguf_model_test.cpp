@@ -174,15 +174,15 @@ TEST(GgufModel, BlockTypesLoadTheQuantizedWeights) {
             GgufFile f = GgufFile::parse(gguf_writer(m, nullptr, type).bytes());
             EXPECT_EQ(f.at("general.file_type").as_uint(), gguf_file_type(type));
             for (const auto& t : f.tensors())
-                EXPECT_EQ(t.type, gguf_tensor_type(t.ne[0], t.ne.size(), type)) << t.name;
+                EXPECT_EQ(t.type, gguf_tensor_type(t.name, t.ne[0], t.ne.size(), type)) << t.name;
             LoadedModel l = gguf_to_model(f);
             map_weights(m, [&](const std::string& name, const Tensor& w) {
-                if (w.dim() == 1) return w;
+                if (w.dim() == 1 || name == "transformer.wpe.weight") return w; // kept F32
                 const bool conv1d = cfg.family == ModelFamily::gpt2 && name.find(".h.") != std::string::npos &&
                                     name.find("weight") != std::string::npos && name.find("ln_") == std::string::npos;
                 Tensor rows = (conv1d ? w.transpose(0, 1) : w).contiguous();
                 const int64_t n = rows.size(1);
-                const GgmlType tt = gguf_tensor_type(n, 2, type);
+                const GgmlType tt = gguf_tensor_type(name, n, 2, type);
                 std::vector<uint8_t> q(size_t(quant::row_bytes(tt, n)));
                 Tensor out = Tensor::empty(rows.shape());
                 for (int64_t r = 0; r < rows.size(0); ++r) {
@@ -196,10 +196,11 @@ TEST(GgufModel, BlockTypesLoadTheQuantizedWeights) {
             EXPECT_EQ(max_abs_diff(logits(m, {3, 1, 4, 1, 5}), logits(*l.model, {3, 1, 4, 1, 5})), 0.f);
         }
     }
-    EXPECT_EQ(gguf_tensor_type(48, 2, GgmlType::q4_k), GgmlType::f16);
-    EXPECT_EQ(gguf_tensor_type(96, 2, GgmlType::q4_k), GgmlType::q8_0);
-    EXPECT_EQ(gguf_tensor_type(256, 2, GgmlType::q4_k), GgmlType::q4_k);
-    EXPECT_EQ(gguf_tensor_type(256, 1, GgmlType::q4_k), GgmlType::f32);
+    EXPECT_EQ(gguf_tensor_type("blk.0.ffn_up.weight", 48, 2, GgmlType::q4_k), GgmlType::f16);
+    EXPECT_EQ(gguf_tensor_type("blk.0.ffn_up.weight", 96, 2, GgmlType::q4_k), GgmlType::q8_0);
+    EXPECT_EQ(gguf_tensor_type("blk.0.ffn_up.weight", 256, 2, GgmlType::q4_k), GgmlType::q4_k);
+    EXPECT_EQ(gguf_tensor_type("blk.0.ffn_norm.weight", 256, 1, GgmlType::q4_k), GgmlType::f32);
+    EXPECT_EQ(gguf_tensor_type("position_embd.weight", 256, 2, GgmlType::q4_k), GgmlType::f32);
     Transformer m(gpt2_cfg());
     EXPECT_THROW(gguf_writer(m, nullptr, GgmlType::q6_k), InvalidArgument);
 }

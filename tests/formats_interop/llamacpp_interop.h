@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -117,6 +118,40 @@ inline std::vector<int64_t> forge_expected(const LoadedModel& back,
             if (auto it = std::find(want.begin(), want.end(), int64_t(*eos)); it != want.end())
                 want.erase(it, want.end());
     return want;
+}
+
+// Logits of a llama.cpp-like computation differ from Forge's f32 reference by rounding that
+// the reference does not do: llama.cpp quantizes activations to Q8_0 (Q8_1, Q8_K) for quantized
+// weights and rounds them to F16/BF16 for F16/BF16 weights, keeps its KV cache in F16 and
+// takes GELU from an F16 table. On these models (logits of about 2), Forge's engine, which
+// rounds activations the same way, is measured within 0.03-0.05 of the reference per logit, so
+// within about 0.1 on the difference of two. Two greedy runs may therefore part where the
+// reference's logits for the two tokens differ by less than that, and nowhere else.
+inline constexpr float kRoundingTie = 0.1f;
+
+// The first token where `theirs` parts from `ours` (an ended run reads as `eos`), and how much
+// the reference's logits prefer ours there: nullopt when the runs are equal.
+struct Parting {
+    size_t at;
+    int64_t ours, theirs;
+    float margin;
+};
+inline std::optional<Parting> parting(Transformer& ref, const std::vector<int64_t>& prompt,
+                               const std::vector<int64_t>& ours, const std::vector<int64_t>& theirs,
+                               int64_t eos) {
+    if (ours == theirs)
+        return std::nullopt;
+    size_t i = 0;
+    while (i < ours.size() && i < theirs.size() && ours[i] == theirs[i])
+        ++i;
+    std::vector<int64_t> ids = prompt;
+    ids.insert(ids.end(), ours.begin(), ours.begin() + int64_t(i));
+    NoGradGuard g;
+    Tensor logits = ref.forward(Tensor::from_vector(ids, {1, int64_t(ids.size())}, DType::i64));
+    Tensor last = logits.select(1, int64_t(ids.size()) - 1).contiguous();
+    const float* l = last.data<float>();
+    const int64_t a = i < ours.size() ? ours[i] : eos, b = i < theirs.size() ? theirs[i] : eos;
+    return Parting{i, a, b, l[a] - l[b]};
 }
 
 /// Random weights are nearly uniform; scaling the embeddings and the head makes the next token

@@ -63,7 +63,8 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
 void round_trip_weights(Transformer& m, GgmlType type) {
     const bool gpt2 = m.config().family == ModelFamily::gpt2;
     for (auto& [name, t] : m.named_parameters()) {
-        if (t.dim() != 2) continue;
+        // GPT-2's position table stays F32 in a GGUF, as in llama.cpp (gguf_tensor_type).
+        if (t.dim() != 2 || name == "transformer.wpe.weight") continue;
         const bool conv1d = gpt2 && name.find(".h.") != std::string::npos;
         const int64_t rows = conv1d ? t.size(1) : t.size(0), cols = conv1d ? t.size(0) : t.size(1);
         if (cols % quant::type_info(type).block_size) continue;

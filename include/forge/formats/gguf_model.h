@@ -54,10 +54,13 @@ GgufWriter gguf_writer(const Transformer& model, const Tokenizer* tok, quant::Gg
 void requantize_gguf(const std::filesystem::path& in, const std::filesystem::path& out,
                      quant::GgmlType type);
 
-/// The type a tensor of `n_dims` dimensions with rows of `ne0` values is stored as when
-/// `requested` is asked for: 1-D tensors are F32; a row length that is not a multiple of the
-/// block size falls back to Q8_0 for Q4_K (if it is a multiple of 32), else to F16.
-quant::GgmlType gguf_tensor_type(int64_t ne0, size_t n_dims, quant::GgmlType requested);
+/// The type the GGUF tensor `name` of `n_dims` dimensions with rows of `ne0` values is stored as
+/// when `requested` is asked for, by llama.cpp's rules (convert_hf_to_gguf.py, llama-quantize):
+/// 1-D tensors and GPT-2's position table (position_embd.weight) are F32; a row length that is
+/// not a multiple of the block size falls back to Q8_0 for Q4_K (if it is a multiple of 32),
+/// else to F16.
+quant::GgmlType gguf_tensor_type(std::string_view name, int64_t ne0, size_t n_dims,
+                                 quant::GgmlType requested);
 /// llama.cpp's general.file_type (llama_ftype) for a file whose weights are `type`.
 uint32_t gguf_file_type(quant::GgmlType type);
 
