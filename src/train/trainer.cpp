@@ -98,7 +98,7 @@ class Progress {
         ++session_steps_;
         if (!opts_.progress)
             return;
-        const bool plain_due = opts_.log_every > 0 && s.step % opts_.log_every == 0;
+        const bool plain_due = (opts_.log_every > 0 && s.step % opts_.log_every == 0) || s.skipped;
         if (tty_) {
             if (seconds_since(last_print_) < 0.1 && s.step != opts_.steps)
                 return;
@@ -114,11 +114,15 @@ class Progress {
                       s.lr,
                       fmt_rate(per_step > 0 ? double(tokens_per_step_) / per_step : 0).c_str(),
                       per_step * 1e3, fmt_duration(eta).c_str());
+        std::string text = line;
+        if (s.skipped)
+            text +=
+                " | overflow at loss scale " + detail::str_cat(s.loss_scale) + ": update skipped";
         if (tty_) {
-            std::printf("\r%s\x1b[K", line);
+            std::printf("\r%s\x1b[K", text.c_str());
             live_ = true;
         } else {
-            std::printf("%s\n", line);
+            std::printf("%s\n", text.c_str());
         }
         std::fflush(stdout);
         last_print_ = Clock::now();
