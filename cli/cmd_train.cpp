@@ -71,8 +71,13 @@ const std::vector<FlagSpec> kFlags = {
     {"threads", Kind::integer, "CPU threads (default: all cores)"},
     {"device", Kind::str, "where the model trains: cpu | cuda | cuda:N (default cpu)"},
     {"dtype", Kind::str,
-     "compute precision: f32 | bf16 | tf32 (CUDA only). bf16 is autocast: bf16 matmuls (and "
-     "attention on CUDA) with f32 sums, f32 master weights and optimizer state; default f32"},
+     "compute precision: f32 | bf16 | tf32 (CUDA only) | f16 (CUDA only). bf16 and f16 are "
+     "autocast: bf16/f16 matmuls (and bf16 attention on CUDA) with f32 sums, f32 master weights "
+     "and optimizer state; default f32"},
+    {"loss-scale", Kind::str,
+     "auto | dynamic | none | N: multiply the loss by a scale before backward and skip steps "
+     "whose gradients overflow; dynamic starts at 65536, halves on overflow, doubles after 2000 "
+     "good steps (default auto: dynamic with --dtype f16, none otherwise)"},
     {"log-every", Kind::integer, "progress line every N steps when not a terminal (default 10)"},
     {"save-every", Kind::integer, "also save a checkpoint every N steps (default: at the end)"},
     {"out", Kind::path, "checkpoint folder (default out)"},
@@ -225,6 +230,7 @@ TrainOptions options_from(const Settings& st, TrainOptions o, int64_t n_ctx) {
     o.decay_embeddings = st.boolean("decay-embeddings", o.decay_embeddings);
     o.grad_clip = st.real("grad-clip", o.grad_clip);
     o.dtype = st.str("dtype", o.dtype);
+    o.loss_scale = st.str("loss-scale", o.loss_scale);
     o.eval_every = st.integer("eval-every", o.eval_every);
     o.eval_iters = st.integer("eval-iters", o.eval_iters);
     o.val_fraction = st.real("val-fraction", o.val_fraction);

@@ -74,15 +74,18 @@ void check_device(Device device) {
 }
 
 PrecisionScope::PrecisionScope(const std::string& precision)
-    : tf32_(allow_tf32()), bf16_(autocast_bf16()) {
-    FORGE_CHECK(precision == "f32" || precision == "tf32" || precision == "bf16",
-                "unknown precision '", precision, "' (expected f32, tf32 or bf16)");
+    : tf32_(allow_tf32()), bf16_(autocast_bf16()), f16_(autocast_f16()) {
+    FORGE_CHECK(precision == "f32" || precision == "tf32" || precision == "bf16" ||
+                    precision == "f16",
+                "unknown precision '", precision, "' (expected f32, tf32, bf16 or f16)");
     set_allow_tf32(precision == "tf32");
     set_autocast_bf16(precision == "bf16");
+    set_autocast_f16(precision == "f16");
 }
 PrecisionScope::~PrecisionScope() {
     set_allow_tf32(tf32_);
     set_autocast_bf16(bf16_);
+    set_autocast_f16(f16_);
 }
 } // namespace cuda
 
@@ -109,7 +112,7 @@ DevicePrecisionScope::DevicePrecisionScope(const std::string& precision, Device 
         return;
     }
     FORGE_CHECK(precision == "f32" || precision == "bf16", "precision '", precision,
-                "' is not available on the CPU (expected f32 or bf16; tf32 is CUDA's)");
+                "' is not available on the CPU (expected f32 or bf16; tf32 and f16 are CUDA's)");
     set_cpu_autocast_bf16(precision == "bf16");
 }
 DevicePrecisionScope::~DevicePrecisionScope() {
@@ -129,6 +132,10 @@ void set_allow_tf32(bool) {}
 bool allow_tf32() { return false; }
 void set_autocast_bf16(bool) {}
 bool autocast_bf16() { return false; }
+void set_autocast_f16(bool) {}
+bool autocast_f16() {
+    return false;
+}
 void set_allow_reduced_precision_attention(bool) {}
 bool allow_reduced_precision_attention() { return false; }
 DeviceProperties device_properties(int) { return {}; }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 
 #include <omp.h>
 #include <unistd.h>
@@ -97,7 +98,7 @@ class Progress {
         ++session_steps_;
         if (!opts_.progress)
             return;
-        const bool plain_due = opts_.log_every > 0 && s.step % opts_.log_every == 0;
+        const bool plain_due = (opts_.log_every > 0 && s.step % opts_.log_every == 0) || s.skipped;
         if (tty_) {
             if (seconds_since(last_print_) < 0.1 && s.step != opts_.steps)
                 return;
@@ -113,11 +114,15 @@ class Progress {
                       s.lr,
                       fmt_rate(per_step > 0 ? double(tokens_per_step_) / per_step : 0).c_str(),
                       per_step * 1e3, fmt_duration(eta).c_str());
+        std::string text = line;
+        if (s.skipped)
+            text +=
+                " | overflow at loss scale " + detail::str_cat(s.loss_scale) + ": update skipped";
         if (tty_) {
-            std::printf("\r%s\x1b[K", line);
+            std::printf("\r%s\x1b[K", text.c_str());
             live_ = true;
         } else {
-            std::printf("%s\n", line);
+            std::printf("%s\n", text.c_str());
         }
         std::fflush(stdout);
         last_print_ = Clock::now();
@@ -154,6 +159,17 @@ class Progress {
     int64_t window_steps_ = 0, session_steps_ = 0;
 };
 
+// A --loss-scale number ("1024", "65536.0"); NaN if the text is not one number.
+double parse_fixed_loss_scale(const std::string& text) {
+    try {
+        size_t used = 0;
+        const double v = std::stod(text, &used);
+        return used == text.size() ? v : std::nan("");
+    } catch (const std::exception&) {
+        return std::nan("");
+    }
+}
+
 } // namespace
 
 void set_num_threads(int n) {
@@ -182,8 +198,23 @@ void TrainOptions::validate() const {
     FORGE_CHECK(eps > 0, "[train] --eps must be > 0, got ", eps);
     FORGE_CHECK(momentum >= 0, "[train] --momentum must be >= 0, got ", momentum);
     FORGE_CHECK(grad_clip >= 0, "[train] --grad-clip must be >= 0 (0 = off), got ", grad_clip);
-    FORGE_CHECK(dtype == "f32" || dtype == "tf32" || dtype == "bf16",
-                "[train] --dtype must be f32, tf32 or bf16, got '", dtype, "'");
+    FORGE_CHECK(dtype == "f32" || dtype == "tf32" || dtype == "bf16" || dtype == "f16",
+                "[train] --dtype must be f32, tf32, bf16 or f16, got '", dtype, "'");
+    if (loss_scale != "auto" && loss_scale != "dynamic" && loss_scale != "none") {
+        const double v = parse_fixed_loss_scale(loss_scale);
+        FORGE_CHECK(std::isfinite(v) && v > 0,
+                    "[train] --loss-scale must be auto, dynamic, none "
+                    "or a positive number, got '",
+                    loss_scale, "'");
+    }
+    FORGE_CHECK(std::isfinite(loss_scale_init) && loss_scale_init > 0,
+                "[train] loss_scale_init must be > 0, got ", loss_scale_init);
+    FORGE_CHECK(std::isfinite(loss_scale_growth) && loss_scale_growth >= 1,
+                "[train] loss_scale_growth must be >= 1, got ", loss_scale_growth);
+    FORGE_CHECK(loss_scale_backoff > 0 && loss_scale_backoff < 1,
+                "[train] loss_scale_backoff must be in (0, 1), got ", loss_scale_backoff);
+    FORGE_CHECK(loss_scale_growth_interval > 0,
+                "[train] loss_scale_growth_interval must be > 0, got ", loss_scale_growth_interval);
     FORGE_CHECK(eval_every >= 0, "[train] --eval-every must be >= 0, got ", eval_every);
     FORGE_CHECK(eval_iters > 0, "[train] --eval-iters must be > 0, got ", eval_iters);
     FORGE_CHECK(val_fraction > 0 && val_fraction < 1,
@@ -212,6 +243,11 @@ std::string TrainOptions::to_json() const {
               {"decay_embeddings", decay_embeddings},
               {"grad_clip", grad_clip},
               {"dtype", dtype},
+              {"loss_scale", loss_scale},
+              {"loss_scale_init", loss_scale_init},
+              {"loss_scale_growth", loss_scale_growth},
+              {"loss_scale_backoff", loss_scale_backoff},
+              {"loss_scale_growth_interval", loss_scale_growth_interval},
               {"eval_every", eval_every},
               {"eval_iters", eval_iters},
               {"val_fraction", val_fraction},
@@ -255,6 +291,11 @@ TrainOptions TrainOptions::from_json(const std::string& text) {
     get("decay_embeddings", o.decay_embeddings);
     get("grad_clip", o.grad_clip);
     get("dtype", o.dtype);
+    get("loss_scale", o.loss_scale);
+    get("loss_scale_init", o.loss_scale_init);
+    get("loss_scale_growth", o.loss_scale_growth);
+    get("loss_scale_backoff", o.loss_scale_backoff);
+    get("loss_scale_growth_interval", o.loss_scale_growth_interval);
     get("eval_every", o.eval_every);
     get("eval_iters", o.eval_iters);
     get("val_fraction", o.val_fraction);
@@ -279,6 +320,16 @@ Trainer::Trainer(Transformer& model, TrainOptions opts) : model_(model), opts_(s
         FORGE_CHECK(opts_.dtype != "bf16" || !cpu_bf16_matmul_path().empty(),
                     "[train] --dtype bf16 on the CPU needs AVX512_BF16 or AMX-BF16, which this "
                     "CPU lacks (use --dtype f32)");
+        FORGE_CHECK(opts_.dtype != "f16",
+                    "[train] --dtype f16 runs on CUDA only: the CPU has no "
+                    "f16 compute (add --device cuda, or use --dtype f32 or bf16)");
+    }
+    if (opts_.loss_scale == "dynamic" || (opts_.loss_scale == "auto" && opts_.dtype == "f16")) {
+        scaling_ = Scaling::dynamic;
+        scale_ = opts_.loss_scale_init;
+    } else if (opts_.loss_scale != "none" && opts_.loss_scale != "auto") {
+        scaling_ = Scaling::fixed;
+        scale_ = parse_fixed_loss_scale(opts_.loss_scale);
     }
     schedule_.kind = LrSchedule::parse_kind(opts_.schedule);
     schedule_.lr = opts_.lr;
@@ -332,12 +383,14 @@ StepStats Trainer::train_step() {
     const int64_t this_step = step_ + 1; // 1-based in messages, as the progress line counts
     const auto& params = opt_->params();
     const DevicePrecisionScope precision(opts_.dtype, model_.device()); // f32 outside the step
+    const bool scaling = scaling_ != Scaling::none;
+    const double scale = scale_;
     double loss_sum = 0;
     for (int64_t micro = 0; micro < opts_.grad_accum; ++micro) {
         auto [x, y] = sampler_->next(); // (B, T) each, on the host
         const Device dev = model_.device();
         Tensor loss = model_.loss(x.to(dev), y.to(dev));
-        const double l = loss.item();
+        const double l = loss.item(); // unscaled: a non-finite loss is divergence, not overflow
         if (!std::isfinite(l)) {
             opt_->zero_grad();
             throw Error(detail::str_cat("[train] step ", this_step, ": the loss is ", l,
@@ -347,23 +400,50 @@ StepStats Trainer::train_step() {
         loss_sum += l;
         if (opts_.grad_accum > 1)
             loss = mul_scalar(loss, 1.0 / double(opts_.grad_accum));
+        // A separate multiply: by a power of two it only moves exponents, so without overflow
+        // the unscaled gradients below equal the unscaled run's bit for bit.
+        if (scaling)
+            loss = mul_scalar(loss, scale);
         loss.backward();
     }
+    if (scaling)
+        scale_grads(params, 1.0 / scale); // before the norm, clipping and the optimizer
     GradNorm gn = grad_norm(params);
+    const double lr = schedule_.at(step_);
+    if (gn.nonfinite_index >= 0 && scaling) {
+        // Overflow (torch.amp.GradScaler): no update, the scale backs off; the step counts.
+        opt_->zero_grad();
+        ++skipped_;
+        good_steps_ = 0;
+        if (scaling_ == Scaling::dynamic)
+            scale_ *= opts_.loss_scale_backoff;
+        ++step_;
+        StepStats s{step_, loss_sum / double(opts_.grad_accum),
+                    lr,    std::numeric_limits<double>::infinity(),
+                    scale, true};
+        if (on_step)
+            on_step(s);
+        return s;
+    }
     if (gn.nonfinite_index >= 0) {
         const std::string name = params[size_t(gn.nonfinite_index)].name;
         opt_->zero_grad();
         throw Error(detail::str_cat("[train] step ", this_step, ": the gradient of '", name,
                                     "' is not finite (nan or inf)"),
-                    "the run diverged: lower --lr, raise --warmup or set --grad-clip");
+                    "the run diverged: lower --lr, raise --warmup, set --grad-clip, or turn on "
+                    "--loss-scale dynamic if the gradients overflow");
     }
     if (opts_.grad_clip > 0 && gn.norm > opts_.grad_clip)
         scale_grads(params, opts_.grad_clip / (gn.norm + 1e-6));
-    const double lr = schedule_.at(step_);
     opt_->step(lr);
     opt_->zero_grad();
     ++step_;
-    StepStats s{step_, loss_sum / double(opts_.grad_accum), lr, gn.norm};
+    if (scaling_ == Scaling::dynamic && ++good_steps_ >= opts_.loss_scale_growth_interval) {
+        scale_ *= opts_.loss_scale_growth;
+        good_steps_ = 0;
+    }
+    StepStats s{step_, loss_sum / double(opts_.grad_accum), lr, gn.norm, scaling ? scale : 1.0,
+                false};
     if (on_step)
         on_step(s);
     return s;
@@ -484,6 +564,9 @@ void Trainer::save(const fs::path& dir) const {
               {"data_cursor", st.cursor},
               {"dropout_state", std::to_string(model_.dropout_state())},
               {"elapsed_s", elapsed_before_},
+              {"loss_scale", scale_},
+              {"loss_scale_good_steps", good_steps_},
+              {"skipped_steps", skipped_},
               {"options", json::parse(opts_.to_json())},
               {"data",
                {{"inputs", data_spec_.inputs},
@@ -513,8 +596,19 @@ void Trainer::resume(const fs::path& dir) {
             if (name != "step") t = t.to(dev);
         opt_->load_state_tensors(state);
         step_ = j.at("step").get<int64_t>();
-        FORGE_CHECK(step_ == opt_->steps_taken(), "[checkpoint] ", dir.string(), ": step ", step_,
-                    " but the optimizer state has ", opt_->steps_taken(), " steps");
+        // Older checkpoints have no loss-scaler fields: no skipped steps, the initial scale.
+        skipped_ = j.value("skipped_steps", int64_t(0));
+        good_steps_ = j.value("loss_scale_good_steps", int64_t(0));
+        if (scaling_ != Scaling::none && j.contains("loss_scale")) {
+            const double saved = j.at("loss_scale").get<double>();
+            FORGE_CHECK(std::isfinite(saved) && saved > 0, "[checkpoint] ", dir.string(),
+                        ": loss_scale ", saved, " is not a positive number");
+            if (scaling_ == Scaling::dynamic)
+                scale_ = saved; // a fixed scale comes from the options
+        }
+        FORGE_CHECK(step_ == opt_->steps_taken() + skipped_, "[checkpoint] ", dir.string(),
+                    ": step ", step_, " but the optimizer state has ", opt_->steps_taken(),
+                    " steps and ", skipped_, " were skipped for overflow");
         BatchSampler::State st;
         st.rng = std::stoull(j.at("rng").get<std::string>());
         st.cursor = j.at("data_cursor").get<int64_t>();

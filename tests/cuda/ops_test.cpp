@@ -1,6 +1,7 @@
 // Every CUDA kernel against the CPU reference kernel on seeded random inputs: f32 within 1e-5
 // (matmul with TF32 off), f64 to rounding, bf16 within 1e-2; plus gradients through autograd
 // on CUDA tensors compared with the same graph on the CPU.
+#include <algorithm>
 #include <limits>
 
 #include "cuda/cuda_test_util.h"
@@ -219,7 +220,46 @@ TEST(CudaMatmul, Bf16AutocastIsScopedAndClose) {
     EXPECT_FALSE(cuda::autocast_bf16());
     EXPECT_LE(bf16, 1e-2);
     EXPECT_GT(bf16, tf32); // bf16 really ran: 3 fewer mantissa bits than TF32
-    EXPECT_THROW(cuda::PrecisionScope("f16"), InvalidArgument);
+    EXPECT_THROW(cuda::PrecisionScope("fp8"), InvalidArgument);
+}
+
+// f16 autocast: operands rounded to f16 (11 significant bits, as TF32), f32 accumulation, so
+// closer than bf16; past f16's 65504 an operand becomes inf (what loss scaling watches for).
+// Attention stays exact f32 under it (the tensor-core kernel is bf16-only).
+TEST(CudaMatmul, F16AutocastIsScopedAndClose) {
+    Tensor a = randn_on({256, 512}, 1, Device::cpu()), b = randn_on({512, 128}, 2, Device::cpu());
+    Tensor ref;
+    {
+        cpu::ReferenceKernelsScope scope(true);
+        ref = matmul(a, b);
+    }
+    double f16 = 0, bf16 = 0;
+    Tensor att_f32, att_f16;
+    Tensor q = randn_on({1, 2, 64, 64}, 3, kCuda), k = randn_on({1, 2, 64, 64}, 4, kCuda),
+           v = randn_on({1, 2, 64, 64}, 5, kCuda);
+    att_f32 = attention(q, k, v);
+    {
+        const cuda::PrecisionScope p("f16");
+        EXPECT_TRUE(cuda::autocast_f16());
+        EXPECT_FALSE(cuda::autocast_bf16());
+        EXPECT_FALSE(cuda::allow_tf32());
+        f16 = norm_rel_diff(matmul(a.to(kCuda), b.to(kCuda)), ref);
+        {
+            const cuda::PrecisionScope inner("bf16");
+            EXPECT_FALSE(cuda::autocast_f16());
+            bf16 = norm_rel_diff(matmul(a.to(kCuda), b.to(kCuda)), ref);
+        }
+        EXPECT_TRUE(cuda::autocast_f16()); // restored
+        att_f16 = attention(q, k, v);
+        Tensor big = mul_scalar(a, 1e5).to(kCuda); // every |x| >= 0.66 is past 65504
+        auto out = matmul(big, b.to(kCuda)).to_vector<float>();
+        EXPECT_TRUE(std::any_of(out.begin(), out.end(), [](float x) { return !std::isfinite(x); }));
+    }
+    EXPECT_FALSE(cuda::autocast_f16());
+    EXPECT_GT(f16, 0.0); // f16 really ran
+    EXPECT_LE(f16, 2e-3);
+    EXPECT_LT(f16, bf16); // 3 more mantissa bits than bf16
+    EXPECT_EQ(att_f16.to_vector<float>(), att_f32.to_vector<float>());
 }
 
 // ---------------------------------------------------------------- nn kernels

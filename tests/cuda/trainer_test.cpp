@@ -123,6 +123,50 @@ TEST(CudaTrainer, Bf16AutocastTracksF32Losses) {
     EXPECT_THROW(Trainer(cpu_m, o), InvalidArgument);
 }
 
+// f16 autocast (--dtype f16) turns dynamic loss scaling on by default and follows the f32 run's
+// loss curve; the scale stays finite and the weights f32.
+TEST(CudaTrainer, F16AutocastWithLossScalingTracksF32Losses) {
+    auto d = make_data("cuda_f16");
+    const ModelConfig cfg = tiny_config(int64_t(d.tok.tokenizer.vocab_size()));
+    TrainOptions o = small_options();
+    o.steps = 20;
+    Transformer f32_m(cfg, 3), f16_m(cfg, 3);
+    f32_m.to(kCuda);
+    f16_m.to(kCuda);
+    const auto lf = run_losses(f32_m, o, d.tokens);
+    o.dtype = "f16";
+    Trainer t(f16_m, o);
+    EXPECT_TRUE(t.loss_scaling()); // auto: dynamic under f16
+    t.set_data(d.tokens);
+    std::vector<double> lh;
+    int64_t skipped = 0;
+    for (int64_t i = 0; i < o.steps; ++i) {
+        const StepStats s = t.train_step();
+        lh.push_back(s.loss);
+        skipped += s.skipped ? 1 : 0;
+        EXPECT_TRUE(std::isfinite(s.loss_scale) && s.loss_scale >= 1) << s.loss_scale;
+    }
+    EXPECT_EQ(skipped, t.skipped_steps());
+    EXPECT_LE(skipped, 2); // a tiny model's gradients fit f16 at 2^16 or one backoff below
+    ASSERT_EQ(lf.size(), lh.size());
+    double max_diff = 0;
+    for (size_t i = 0; i < lf.size(); ++i) {
+        if (skipped == 0) {
+            EXPECT_NEAR(lh[i], lf[i], 1e-2 * lf[i]) << "step " << i + 1;
+        }
+        max_diff = std::max(max_diff, std::abs(lh[i] - lf[i]));
+    }
+    EXPECT_GT(max_diff, 0.0);         // f16 really ran
+    EXPECT_LT(lh.back(), lh.front()); // and it learns
+    EXPECT_NEAR(lh.back(), lf.back(), 3e-2 * lf.back());
+    for (auto& [n, p] : f16_m.named_parameters())
+        EXPECT_EQ(dtype_name(p.dtype()), dtype_name(DType::f32)) << n;
+    EXPECT_FALSE(cuda::autocast_f16()); // the trainer's scope ended with the step
+    // The CPU has no f16 compute: a clear error.
+    Transformer cpu_m(cfg, 3);
+    EXPECT_THROW(Trainer(cpu_m, o), InvalidArgument);
+}
+
 // 3 steps, save from the device, a fresh CUDA model resumes, 3 more: the losses of 6 straight.
 TEST(CudaTrainer, SaveFromDeviceAndResumeOnDevice) {
     auto d = make_data("cuda_resume");

@@ -64,6 +64,8 @@ TEST_F(Cli, TrainErrors) {
     expect_error("train --seq-len 100000" + data, "exceeds the model's context");
     expect_error("train --resume '" + (dir / "nockpt").string() + "'", "no such checkpoint folder");
     expect_error("train --bogus-flag 1" + data, "bogus");
+    expect_error("train --dtype f16" + data, "--dtype f16 runs on CUDA only");
+    expect_error("train --loss-scale lots" + data, "--loss-scale must be auto, dynamic, none");
     // No data at all, in a folder without forge.toml.
     expect_error("train", "no training data", dir);
 }

@@ -115,13 +115,16 @@ TEST(Trainer, GradAccumulationGradientsMatch) {
 // N steps straight vs N/2, save, a fresh process-like restart (new model, trainer, data
 // mapping), resume, N/2: every loss and every weight bit-identical.
 // With dropout on, so the resumed run must also continue the dropout stream.
-TEST(Trainer, ResumeIsBitIdentical) {
-    auto fx = make_data("resume");
+namespace {
+void check_resume_is_bit_identical(const std::string& loss_scale) {
+    auto fx = make_data("resume_" + loss_scale);
     ModelConfig cfg = test::tiny_config(int64_t(fx.tok.tokenizer.vocab_size()));
     cfg.dropout = 0.1f;
     TrainOptions o = small_options();
     o.steps = 10;
     o.eval_every = 5; // evals in between must not disturb the trajectory
+    o.loss_scale = loss_scale;
+    o.loss_scale_growth_interval = 3;
     std::vector<double> straight, resumed;
 
     Transformer a(cfg, 11);
@@ -165,6 +168,17 @@ TEST(Trainer, ResumeIsBitIdentical) {
     for (size_t i = 0; i < 10; ++i)
         EXPECT_EQ(straight[i], resumed[i]) << "loss of step " << i + 1;
     EXPECT_EQ(flat_weights(a), flat_weights(c));
+    EXPECT_EQ(t.loss_scale(), loss_scale == "none" ? 1.0 : 65536.0 * 8); // grew at 3, 6, 9
+}
+} // namespace
+
+TEST(Trainer, ResumeIsBitIdentical) {
+    // Also with dynamic loss scaling (growth every 3 steps, so the scale changes before the
+    // save): its state is part of the checkpoint (more in loss_scale_test.cpp).
+    for (const std::string loss_scale : {"none", "dynamic"}) {
+        SCOPED_TRACE("loss_scale " + loss_scale);
+        check_resume_is_bit_identical(loss_scale);
+    }
 }
 
 TEST(Trainer, SameSeedSameLossesAndLearns) {

@@ -57,8 +57,14 @@ bool allow_reduced_precision_attention();
 /// master copy), gradients and optimizer state. Off by default.
 void set_autocast_bf16(bool on);
 bool autocast_bf16();
-/// The numerics of f32 work on CUDA, by name: "f32" (exact), "tf32" (TF32 matmuls), "bf16"
-/// (autocast above). RAII: applies one for a scope and restores the previous switches.
+/// f16 autocast for f32 tensors on CUDA, as bf16's above for the matmuls (operands rounded to
+/// f16, a copy of each; f16 tensor cores with f32 accumulation and f32 output). Attention stays
+/// exact f32: the tensor-core attention kernel is bf16-only. f16's range ends at 65504, so
+/// training needs loss scaling (TrainOptions::loss_scale). Off by default.
+void set_autocast_f16(bool on);
+bool autocast_f16();
+/// The numerics of f32 work on CUDA, by name: "f32" (exact), "tf32" (TF32 matmuls), "bf16" or
+/// "f16" (autocasts above). RAII: applies one for a scope and restores the previous switches.
 class PrecisionScope {
   public:
     explicit PrecisionScope(const std::string& precision);
@@ -67,7 +73,7 @@ class PrecisionScope {
     PrecisionScope& operator=(const PrecisionScope&) = delete;
 
   private:
-    bool tf32_, bf16_;
+    bool tf32_, bf16_, f16_;
 };
 } // namespace cuda
 
@@ -83,7 +89,8 @@ bool cpu_autocast_bf16();
 std::string cpu_bf16_matmul_path();
 
 /// The numerics of f32 work, by name, on the device that does it: on CUDA "f32" (exact),
-/// "tf32" (TF32 matmuls) or "bf16" (cuda::set_autocast_bf16); on the CPU "f32" or "bf16"
+/// "tf32" (TF32 matmuls), "bf16" (cuda::set_autocast_bf16) or "f16" (cuda::set_autocast_f16);
+/// on the CPU "f32" or "bf16"
 /// (set_cpu_autocast_bf16). RAII: applies one for a scope and restores the previous switches.
 class DevicePrecisionScope {
   public:

@@ -45,8 +45,18 @@ struct TrainOptions {
     /// Compute precision (weights, gradients and optimizer state stay f32): "f32" exact;
     /// on CUDA "tf32" TF32 matmuls and "bf16" autocast (bf16 matmuls and attention, f32
     /// accumulation; cuda::set_autocast_bf16); on the CPU "bf16" autocast of the matmuls
-    /// (set_cpu_autocast_bf16; needs AVX512_BF16 or AMX).
+    /// (set_cpu_autocast_bf16; needs AVX512_BF16 or AMX). "f16" (CUDA only) autocasts the
+    /// matmuls to f16 and is meant to run with loss scaling (loss_scale).
     std::string dtype = "f32";
+    /// Loss scaling, as torch.amp.GradScaler: "auto" (dynamic under dtype f16, none
+    /// otherwise), "dynamic", "none", or a fixed positive number. The loss is multiplied by
+    /// the scale before backward and the gradients by 1/scale after it (exact for powers of
+    /// two); a step whose gradients overflow is skipped (see Trainer::train_step).
+    std::string loss_scale = "auto";
+    double loss_scale_init = 65536.0;          ///< dynamic: the starting scale (2^16)
+    double loss_scale_growth = 2.0;            ///< dynamic: factor after growth_interval good steps
+    double loss_scale_backoff = 0.5;           ///< dynamic: factor after an overflow
+    int64_t loss_scale_growth_interval = 2000; ///< dynamic: consecutive good steps before growing
 
     int64_t eval_every = 500;        ///< 0 = only at the end
     int64_t eval_iters = 20;         ///< batches per split per eval
@@ -71,7 +81,9 @@ struct StepStats {
     int64_t step = 0; ///< updates done, including this one
     double loss = 0;  ///< mean training loss over the step's micro-batches
     double lr = 0;
-    double grad_norm = 0; ///< before clipping
+    double grad_norm = 0;  ///< before clipping (of the unscaled gradients; inf/nan if skipped)
+    double loss_scale = 1; ///< the scale this step's backward used (1: no loss scaling)
+    bool skipped = false;  ///< the gradients overflowed: no optimizer update this step
 };
 
 struct EvalStats {
@@ -105,7 +117,11 @@ class Trainer {
     /// last eval.
     EvalStats fit();
     /// One optimizer update (grad_accum micro-batches). Throws forge::Error naming the step and
-    /// the tensor if the loss or a gradient is NaN/inf.
+    /// the tensor if the loss or a gradient is NaN/inf. With loss scaling on, a non-finite
+    /// gradient is an overflow instead: the update is skipped (weights and optimizer state
+    /// untouched), the scale backs off, and the step still counts (step() and the LR schedule
+    /// advance, as PyTorch's loop calls scheduler.step() after a skipped optimizer.step()).
+    /// A non-finite loss (before scaling) still throws.
     StepStats train_step();
     /// Mean loss over eval_iters batches of each split, with dropout off. The batches depend
     /// only on (seed, step), so evaluating never changes the training trajectory.
@@ -120,6 +136,12 @@ class Trainer {
     void resume(const std::filesystem::path& dir);
 
     int64_t step() const { return step_; }
+    /// The current loss scale (1 when loss scaling is off).
+    double loss_scale() const { return scale_; }
+    /// Steps skipped for overflowing gradients, over the whole run (resumes included).
+    int64_t skipped_steps() const { return skipped_; }
+    /// Whether loss scaling is on (options().loss_scale resolved against dtype).
+    bool loss_scaling() const { return scaling_ != Scaling::none; }
     const TrainOptions& options() const { return opts_; }
     Optimizer& optimizer() { return *opt_; }
     const LrSchedule& schedule() const { return schedule_; }
@@ -139,6 +161,11 @@ class Trainer {
     std::unique_ptr<BatchSampler> sampler_;
     int64_t step_ = 0;
     double elapsed_before_ = 0; // seconds spent in earlier sessions of a resumed run
+    enum class Scaling { none, fixed, dynamic };
+    Scaling scaling_ = Scaling::none;
+    double scale_ = 1;       // the loss scale
+    int64_t good_steps_ = 0; // consecutive non-overflow steps since the scale last changed
+    int64_t skipped_ = 0;    // overflow steps (step_ counts them, the optimizer does not)
     std::optional<TrainingTokenizer> tokenizer_;
     DataSpec data_spec_;
 };

@@ -16,6 +16,7 @@ constexpr int kMaxDevices = 16;
 std::atomic<bool> g_allow_tf32{false};
 std::atomic<bool> g_allow_rp_attention{false};
 std::atomic<bool> g_autocast_bf16{false};
+std::atomic<bool> g_autocast_f16{false};
 thread_local int t_current = -1;
 } // namespace
 
@@ -88,6 +89,12 @@ bool allow_tf32() { return g_allow_tf32.load(); }
 void set_allow_reduced_precision_attention(bool on) { g_allow_rp_attention.store(on); }
 void set_autocast_bf16(bool on) { g_autocast_bf16.store(on); }
 bool autocast_bf16() { return g_autocast_bf16.load(); }
+void set_autocast_f16(bool on) {
+    g_autocast_f16.store(on);
+}
+bool autocast_f16() {
+    return g_autocast_f16.load();
+}
 bool allow_reduced_precision_attention() { return g_allow_rp_attention.load(); }
 
 DeviceProperties device_properties(int device) {

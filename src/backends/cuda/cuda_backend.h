@@ -92,6 +92,8 @@ void set_attention_tc_warps(int warps);
 
 /// dst[i] = bf16(src[i]) for i < n (device pointers) on `stream` (a cudaStream_t).
 void convert_f32_to_bf16(const float* src, void* dst, int64_t n, void* stream);
+/// dst[i] = f16(src[i]) (round to nearest even; beyond 65504 inf) for i < n, as above.
+void convert_f32_to_f16(const float* src, void* dst, int64_t n, void* stream);
 
 /// Fused AdamW over many f32 tensors of one device in one launch per chunk of tensors:
 /// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w = w * decay_i - step_size * m / (sqrt(v) /

@@ -4,8 +4,9 @@
 // cuBLAS is column-major; a row-major (M, N) output is the column-major (N, M) matrix
 // C^T = B^T A^T, so the call computes that with B as the first operand.
 // f32 runs in full f32 (CUBLAS_COMPUTE_32F) unless forge::cuda::set_allow_tf32(true) (TF32
-// tensor cores) or set_autocast_bf16(true): then both operands are copied to bf16 (one pass
-// each) and cuBLAS multiplies bf16 x bf16 on tensor cores with f32 accumulation and f32 output.
+// tensor cores) or set_autocast_bf16(true) / set_autocast_f16(true): then both operands are
+// copied to bf16 / f16 (one pass each) and cuBLAS multiplies bf16 x bf16 (CUDA_R_16BF) or
+// f16 x f16 (CUDA_R_16F) on tensor cores with f32 accumulation and f32 output.
 // (COMPUTE_32F_FAST_16BF on f32 operands gave TF32's results and speed on an H200, so the copies
 // are explicit.)
 #include <cublas_v2.h>
@@ -31,15 +32,18 @@ Operand transpose_operand(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
     return {CUBLAS_OP_T, std::max<int64_t>(cs, std::max<int64_t>(rows, 1))};
 }
 
-// The bf16 copy of every element x's view can reach (its span from data_ptr, strides kept), so
-// the GEMM reads it with x's own leading dimension and batch stride. Freed (to the allocator's
-// cache, stream-ordered) when the caller drops it.
-std::shared_ptr<Storage> bf16_copy(const Tensor& x, void* stream) {
+// The bf16 (or f16) copy of every element x's view can reach (its span from data_ptr, strides
+// kept), so the GEMM reads it with x's own leading dimension and batch stride. Freed (to the
+// allocator's cache, stream-ordered) when the caller drops it.
+std::shared_ptr<Storage> half_copy(const Tensor& x, bool f16, void* stream) {
     int64_t span = 1;
     for (int64_t d = 0; d < x.dim(); ++d)
         span += (x.size(d) - 1) * x.strides()[size_t(d)];
     auto buf = backend().allocate(size_t(span) * 2, x.device());
-    convert_f32_to_bf16(x.data<float>(), buf->data, span, stream);
+    if (f16)
+        convert_f32_to_f16(x.data<float>(), buf->data, span, stream);
+    else
+        convert_f32_to_bf16(x.data<float>(), buf->data, span, stream);
     return buf;
 }
 
@@ -57,14 +61,17 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     const Operand ob = transpose_operand(K, N, b.strides()[1], b.strides()[2]); // gives B^T
     const Operand oa = transpose_operand(M, K, a.strides()[1], a.strides()[2]); // gives A^T
     const long long sb = b.strides()[0], sa = a.strides()[0], so = M * N;
-    if (out.dtype() == DType::f32 && autocast_bf16() && K > 0) {
-        // bf16 copies of both operands' memory spans (same strides), bf16 x bf16 -> f32.
+    if (out.dtype() == DType::f32 && (autocast_bf16() || autocast_f16()) && K > 0) {
+        // Half copies of both operands' memory spans (same strides), half x half -> f32. bf16
+        // wins if both switches are on (PrecisionScope sets at most one).
+        const bool f16 = !autocast_bf16();
+        const cudaDataType_t ht = f16 ? CUDA_R_16F : CUDA_R_16BF;
         const float one = 1.0f, zero = 0.0f;
-        auto ab = bf16_copy(a, c.stream), bb = bf16_copy(b, c.stream);
+        auto ab = half_copy(a, f16, c.stream), bb = half_copy(b, f16, c.stream);
         FORGE_CUDA_CHECK(cublasGemmStridedBatchedEx(
-            h, ob.op, oa.op, int(N), int(M), int(K), &one, bb->data, CUDA_R_16BF, int(ob.ld), sb,
-            ab->data, CUDA_R_16BF, int(oa.ld), sa, &zero, out.data_ptr(), CUDA_R_32F, int(N), so,
-            int(Bt), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            h, ob.op, oa.op, int(N), int(M), int(K), &one, bb->data, ht, int(ob.ld), sb, ab->data,
+            ht, int(oa.ld), sa, &zero, out.data_ptr(), CUDA_R_32F, int(N), so, int(Bt),
+            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     } else if (out.dtype() == DType::f32) {
         const float one = 1.0f, zero = 0.0f;
         const cublasComputeType_t ct =
