@@ -18,43 +18,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Fixture {
-    fs::path dir;
-    TrainingTokenizer tok;
-    TokenFile tokens;
-};
-
-Fixture make_data(const std::string& name, size_t bytes = 40000) {
-    auto dir = test::scratch(name);
-    test::write_file(dir / "a.txt", test::shakespeare(bytes));
-    auto tok = make_training_tokenizer("char", {dir / "a.txt"}, dir / "cache");
-    auto cache = tokenize_cached({dir / "a.txt"}, tok.tokenizer, tok.hash, dir / "cache");
-    return {dir, tok, cache.tokens};
-}
-
-TrainOptions small_options() {
-    TrainOptions o;
-    o.steps = 8;
-    o.batch = 4;
-    o.seq_len = 16;
-    o.lr = 3e-3;
-    o.min_lr = 3e-4;
-    o.warmup = 2;
-    o.beta2 = 0.99;
-    o.eval_every = 0;
-    o.eval_iters = 2;
-    o.progress = false;
-    return o;
-}
-
-std::vector<float> flat_weights(const Transformer& m) {
-    std::vector<float> out;
-    for (auto& [name, t] : m.named_parameters()) {
-        auto v = t.to_vector<float>();
-        out.insert(out.end(), v.begin(), v.end());
-    }
-    return out;
-}
+using test::Fixture;
+using test::flat_weights;
+using test::make_data;
+using test::small_options;
 
 // backward() accumulates into existing gradients: an inf planted in one gradient before a step
 // makes that step's gradients overflow while its loss stays finite.

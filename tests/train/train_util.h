@@ -4,9 +4,12 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <forge/models/config.h>
+#include <forge/models/transformer.h>
 #include <forge/train/data.h>
+#include <forge/train/trainer.h>
 
 namespace forge::test {
 
@@ -41,6 +44,47 @@ inline ModelConfig tiny_config(int64_t vocab) {
     c.head_dim = 0;
     c.dropout = 0;
     return c;
+}
+
+/// Tokenized char-level text of `bytes` bytes in a scratch folder (trainer tests).
+struct Fixture {
+    std::filesystem::path dir;
+    TrainingTokenizer tok;
+    TokenFile tokens;
+};
+
+inline Fixture make_data(const std::string& name, size_t bytes = 40000) {
+    auto dir = scratch(name);
+    write_file(dir / "a.txt", shakespeare(bytes));
+    auto tok = make_training_tokenizer("char", {dir / "a.txt"}, dir / "cache");
+    auto cache = tokenize_cached({dir / "a.txt"}, tok.tokenizer, tok.hash, dir / "cache");
+    return {dir, tok, cache.tokens};
+}
+
+/// A few quick steps of a tiny run, no progress output.
+inline TrainOptions small_options() {
+    TrainOptions o;
+    o.steps = 8;
+    o.batch = 4;
+    o.seq_len = 16;
+    o.lr = 3e-3;
+    o.min_lr = 3e-4;
+    o.warmup = 2;
+    o.beta2 = 0.99;
+    o.eval_every = 0;
+    o.eval_iters = 2;
+    o.progress = false;
+    return o;
+}
+
+/// Every parameter's values, in named_parameters() order.
+inline std::vector<float> flat_weights(const Transformer& m) {
+    std::vector<float> out;
+    for (auto& [name, t] : m.named_parameters()) {
+        auto v = t.to_vector<float>();
+        out.insert(out.end(), v.begin(), v.end());
+    }
+    return out;
 }
 
 } // namespace forge::test
