@@ -36,12 +36,14 @@ class ProfilingBackend final : public Backend {
     };
 
     template <typename F> auto timed(const std::string& key, F&& f) {
+        if (sync_) sync_();
         const auto t0 = std::chrono::steady_clock::now();
         struct Record { // records on scope exit, also when f returns a value
             ProfilingBackend* self;
             const std::string& key;
             std::chrono::steady_clock::time_point t0;
             ~Record() {
+                if (self->sync_) self->sync_();
                 const double ms = std::chrono::duration<double, std::milli>(
                                       std::chrono::steady_clock::now() - t0)
                                       .count();
@@ -56,7 +58,8 @@ class ProfilingBackend final : public Backend {
 
 
   public:
-    explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
+    explicit ProfilingBackend(Backend& inner, void (*sync)() = nullptr)
+        : inner_(inner), sync_(sync) {}
     ~ProfilingBackend() override { report(); }
 
     const char* name() const override { return inner_.name(); }
@@ -165,19 +168,32 @@ class ProfilingBackend final : public Backend {
     }
 
     Backend& inner_;
+    void (*sync_)(); // waits for the device after each call; null on the CPU
     std::mutex mu_;
     std::map<std::string, Stat> stats_;
 };
 
 } // namespace
 
-Backend& maybe_profiled(Backend& inner) {
+namespace {
+bool profile_requested() {
     static const bool on = [] {
         const char* v = std::getenv("FORGE_PROFILE");
         return v && *v && std::string(v) != "0";
     }();
-    if (!on) return inner;
-    static ProfilingBackend wrapper(inner); // the CPU backend, the one profiled
+    return on;
+}
+} // namespace
+
+Backend& maybe_profiled(Backend& inner) {
+    if (!profile_requested()) return inner;
+    static ProfilingBackend wrapper(inner); // the CPU backend
+    return wrapper;
+}
+
+Backend& maybe_profiled_cuda(Backend& inner, void (*synchronize)()) {
+    if (!profile_requested()) return inner;
+    static ProfilingBackend wrapper(inner, synchronize); // the CUDA backend (waits on device 0)
     return wrapper;
 }
 

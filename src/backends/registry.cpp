@@ -34,7 +34,8 @@ Backend& backend_for(Device device) {
                                    : detail::maybe_profiled(fast_cpu());
     Backend* b = g_backends[int(device.type)];
 #ifdef FORGE_HAS_CUDA
-    if (!b && device.type == DeviceType::cuda) b = &cuda::backend();
+    if (!b && device.type == DeviceType::cuda)
+        b = &detail::maybe_profiled_cuda(cuda::backend(), [] { cuda::synchronize(0); });
 #endif
     if (!b)
         throw DeviceError("no backend for device " + device.str() +

@@ -118,8 +118,10 @@ TEST(CudaTrainer, Bf16AutocastTracksF32Losses) {
     for (auto& [n, t] : bf16_m.named_parameters())
         EXPECT_EQ(dtype_name(t.dtype()), dtype_name(DType::f32)) << n;
     EXPECT_FALSE(cuda::autocast_bf16()); // the trainer's scope ended with the step
-    // The CPU has no autocast: a clear error, not silent f32.
+    // The CPU has no f16 autocast: a clear error, not silent f32. (Its bf16 autocast exists
+    // where the CPU has AVX512_BF16 or AMX, as on the GPU machine's Xeon.)
     Transformer cpu_m(cfg, 3);
+    o.dtype = "f16";
     EXPECT_THROW(Trainer(cpu_m, o), InvalidArgument);
 }
 
