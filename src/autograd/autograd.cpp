@@ -34,11 +34,33 @@ bool needs_grad(const std::vector<Tensor>& inputs) {
     return false;
 }
 
+namespace {
+
+// What a node keeps of one input: its autograd identity, not its data. A leaf that requires grad
+// (a parameter, a marked input) stays itself, since backward sets .grad() on that tensor; any
+// other input becomes a handle with its shape, dtype and grad_fn but no storage, or nothing when
+// it needs no gradient. So an activation's memory goes back as soon as no backward function
+// saved it, instead of living in the tape until backward() (PyTorch's nodes keep edges, not
+// tensors, for the same reason).
+Tensor graph_handle(const Tensor& t) {
+    if (!t.requires_grad()) return Tensor();
+    if (t.is_leaf()) return t;
+    auto impl = std::make_shared<TensorImpl>();
+    impl->shape = t.shape();
+    impl->dtype = t.dtype();
+    impl->requires_grad = true;
+    impl->grad_fn = t.grad_fn();
+    return Tensor(std::move(impl));
+}
+
+} // namespace
+
 void record(const char* name, const Tensor& output, std::vector<Tensor> inputs,
             BackwardFn backward) {
     if (!needs_grad(inputs)) return;
     auto node = std::make_shared<Node>();
     node->name = name;
+    for (Tensor& in : inputs) in = graph_handle(in);
     node->inputs = std::move(inputs);
     node->backward = std::move(backward);
     node->output_shape = output.shape();

@@ -41,7 +41,7 @@ using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>
 
 struct Node {
     std::string name;
-    std::vector<Tensor> inputs; // the op's inputs (their grad_fn / leaf state at record time)
+    std::vector<Tensor> inputs; // per op input: the leaf, a storage-less handle, or undefined
     BackwardFn backward;        // null once released
     Shape output_shape;
     DType output_dtype = DType::f32;

@@ -9,6 +9,7 @@
 
 #include "core/op_helpers.h"
 #include <forge/autograd/autograd.h>
+#include <forge/core/device.h>
 #include <forge/core/ops.h>
 #include <forge/core/tensor.h>
 
@@ -245,6 +246,76 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     return out;
 }
 
+namespace {
+
+// The half type CUDA's autocast rounds f32 matmul operands to (bf16 or f16), or f32 when x is
+// not an f32 CUDA tensor or no autocast is on.
+DType cuda_autocast_half(const Tensor& x) {
+    if (x.device().type != DeviceType::cuda || x.dtype() != DType::f32) return x.dtype();
+    if (cuda::autocast_bf16()) return DType::bf16;
+    return cuda::autocast_f16() ? DType::f16 : DType::f32;
+}
+
+// (M, N) f32 = a (M, K) x b (K, N), a and b of one half type with BLAS-valid strides: the
+// backend's GEMM on them as they are (no rounding pass of its own).
+Tensor half_matmul(const Tensor& a, const Tensor& b) {
+    Tensor out = detail::empty_on(a, {a.size(0), b.size(1)}, DType::f32);
+    if (out.numel() > 0)
+        detail::backend_of(a).matmul(a.unsqueeze(0), b.unsqueeze(0), out.unsqueeze(0));
+    return out;
+}
+
+// linear() under CUDA's bf16/f16 autocast. The same arithmetic as the plain path's autocast
+// matmuls (operands rounded to nearest even, f32 accumulation and output), but each operand is
+// rounded once: x and w in the forward, x kept in half for dW (half the saved bytes), and the
+// gradient dZ once for both dX and dW (the plain path rounds x twice and dZ twice per layer).
+Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act,
+                       DType hd) {
+    const int64_t N = w.size(1), K = w.size(0), R = x.numel() / std::max<int64_t>(K, 1);
+    FORGE_CHECK(x.dim() >= 1 && x.size(-1) == K, "[linear] input ", shape_str(x.shape()),
+                " does not match weight ", shape_str(w.shape()));
+    Shape out_shape = x.shape();
+    out_shape.back() = N;
+    Tensor xh, wh, z, out;
+    {
+        NoGradGuard no_grad;
+        xh = x.detach().contiguous().to(hd).view({R, K});
+        wh = w.detach().to(hd);
+        z = half_matmul(xh, wh).view(out_shape);
+        out = gelu_act ? detail::empty_on(z, out_shape, DType::f32) : z;
+        if (R > 0 && N > 0)
+            detail::backend_of(z).bias_act(z.view({R, N}), b.detach().contiguous(), gelu_act,
+                                           out.view({R, N}));
+    }
+    if (autograd::needs_grad({x, w, b})) {
+        const bool need_x = x.requires_grad(), need_w = w.requires_grad(),
+                   need_b = b.requires_grad();
+        autograd::record(
+            "linear", out, {x, w, b},
+            [xh = need_w ? xh : Tensor(), wh = need_x ? wh : Tensor(),
+             z_saved = gelu_act ? z : Tensor(), b_saved = b.detach().contiguous(), need_x, need_w,
+             need_b, gelu_act, R, N, K, hd, x_shape = x.shape()](const Tensor& g_in)
+                -> std::vector<Tensor> {
+                const Tensor g = g_in.contiguous().view({R, N});
+                Tensor gz = gelu_act ? detail::empty_on(g, g.shape(), g.dtype()) : g;
+                Tensor gb = detail::empty_on(g, {N}, g.dtype());
+                if (R > 0 && N > 0)
+                    detail::backend_of(g).bias_act_backward(
+                        g, gelu_act ? z_saved.view({R, N}) : g, b_saved, gelu_act, gz, gb);
+                else
+                    gb.fill_(0.0);
+                const Tensor gzh = gz.to(hd); // (R, N), rounded once for both products
+                Tensor gx, gw;
+                if (need_x) gx = half_matmul(gzh, wh.t()).view(x_shape); // (R, N) x (N, K)
+                if (need_w) gw = half_matmul(xh.t(), gzh);                 // (K, R) x (R, N)
+                return {gx, gw, need_b ? gb : Tensor()};
+            });
+    }
+    return out;
+}
+
+} // namespace
+
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act) {
     FORGE_CHECK(w.defined() && w.dim() == 2, "[linear] weight must be (K, N), got ",
                 w.defined() ? shape_str(w.shape()) : "undefined");
@@ -258,6 +329,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act) 
         return gelu_act ? gelu(z, GeluApprox::tanh) : z;
     }
     const int64_t N = w.size(1), K = w.size(0);
+    if (const DType hd = cuda_autocast_half(x); hd != dt) return linear_autocast(x, w, b, gelu_act, hd);
     Tensor z;
     {
         NoGradGuard no_grad;

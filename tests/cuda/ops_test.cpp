@@ -430,6 +430,46 @@ TEST(CudaAttention, TensorCoreKernelWithinBf16Tolerance) {
     }
 }
 
+// linear() under CUDA autocast rounds x and w once for the forward and dZ once for both dX and
+// dW. Oracle: the same products in f64 on the CPU over operands rounded to the half type by
+// hand (bias and GELU slope unrounded). The gap to the unrounded dZ shows the rounding ran.
+TEST(CudaMatmul, AutocastLinearRoundsEachOperandOnce) {
+    for (const char* precision : {"bf16", "f16"}) {
+        const DType hd = std::string(precision) == "bf16" ? DType::bf16 : DType::f16;
+        for (const bool act : {false, true}) {
+            const std::string what = std::string(precision) + (act ? " gelu" : " plain");
+            const Shape xs{3, 37, 96}; // 111 rows, K = 96, N = 72
+            Tensor x = leaf_on(xs, 1, kCuda), w = leaf_on({96, 72}, 2, kCuda, DType::f32, 0.1);
+            Tensor b = leaf_on({72}, 3, kCuda), gy = randn_on({3, 37, 72}, 4, Device::cpu());
+            Tensor y;
+            {
+                const cuda::PrecisionScope p(precision);
+                y = linear(x, w, b, act);
+                sum(mul(y, gy.to(kCuda))).backward();
+            }
+            cpu::ReferenceKernelsScope scope(true);
+            auto rounded = [&](const Tensor& t) {
+                return t.detach().to(Device::cpu()).to(hd).to(DType::f64);
+            };
+            const Tensor xr = rounded(x), wr = rounded(w);
+            Tensor z = add(matmul(xr, wr), b.detach().to(Device::cpu()).to(DType::f64)).detach();
+            z.set_requires_grad(true);
+            Tensor y_ref = act ? gelu(z, GeluApprox::tanh) : mul_scalar(z, 1.0);
+            sum(mul(y_ref, gy.to(DType::f64))).backward();
+            const Tensor dz = z.grad().reshape({111, 72});
+            const Tensor dzr = dz.to(DType::f32).to(hd).to(DType::f64);
+            EXPECT_LE(norm_rel_diff(y, y_ref), 1e-5) << what;
+            const Tensor gx = matmul(dzr, wr.t()).reshape(xs);
+            const Tensor gw = matmul(xr.reshape({111, 96}).t(), dzr);
+            EXPECT_LE(norm_rel_diff(x.grad(), gx), 1e-5) << what;
+            EXPECT_LE(norm_rel_diff(w.grad(), gw), 1e-5) << what;
+            EXPECT_LE(norm_rel_diff(b.grad(), sum(dz, {0})), 1e-5) << what;
+            // dZ really was rounded: the unrounded product is farther off.
+            EXPECT_GT(norm_rel_diff(x.grad(), matmul(dz, wr.t()).reshape(xs)), 5e-5) << what;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- autograd, memory, optimizer
 
 TEST(CudaAutograd, MlpGradientsMatchCpu) {

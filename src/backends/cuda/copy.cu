@@ -85,6 +85,14 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
                                              cudaMemcpyDeviceToDevice, s));
         return;
     }
+    if (src.dtype() == DType::f32 && src.is_contiguous() && dst.is_contiguous() &&
+        (dst.dtype() == DType::bf16 || dst.dtype() == DType::f16)) { // autocast's rounding
+        if (dst.dtype() == DType::bf16)
+            convert_f32_to_bf16(src.data<float>(), dst.data_ptr(), n, s);
+        else
+            convert_f32_to_f16(src.data<float>(), dst.data_ptr(), n, s);
+        return;
+    }
     const auto ix = make_index<2>(dst.shape(), {&src.strides(), &dst.strides()});
     visit_dtype(src.dtype(), [&]<typename S>() {
         visit_dtype(dst.dtype(), [&]<typename D>() {

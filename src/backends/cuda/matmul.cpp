@@ -8,7 +8,8 @@
 // copied to bf16 / f16 (one pass each) and cuBLAS multiplies bf16 x bf16 (CUDA_R_16BF) or
 // f16 x f16 (CUDA_R_16F) on tensor cores with f32 accumulation and f32 output.
 // (COMPUTE_32F_FAST_16BF on f32 operands gave TF32's results and speed on an H200, so the copies
-// are explicit.)
+// are explicit.) Operands that are bf16 or f16 already (both of one type; linear() rounds each
+// operand once under autocast and hands them here) go to the GEMM as they are, f32 output.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -61,7 +62,19 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     const Operand ob = transpose_operand(K, N, b.strides()[1], b.strides()[2]); // gives B^T
     const Operand oa = transpose_operand(M, K, a.strides()[1], a.strides()[2]); // gives A^T
     const long long sb = b.strides()[0], sa = a.strides()[0], so = M * N;
-    if (out.dtype() == DType::f32 && (autocast_bf16() || autocast_f16()) && K > 0) {
+    const bool half_in = a.dtype() == DType::bf16 || a.dtype() == DType::f16;
+    if (half_in) {
+        FORGE_CHECK(b.dtype() == a.dtype() && out.dtype() == DType::f32, "[matmul] CUDA takes ",
+                    dtype_name(a.dtype()), " operands only in pairs with an f32 output, got ",
+                    dtype_name(a.dtype()), " x ", dtype_name(b.dtype()), " -> ",
+                    dtype_name(out.dtype()));
+        const cudaDataType_t ht = a.dtype() == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
+        const float one = 1.0f, zero = 0.0f;
+        FORGE_CUDA_CHECK(cublasGemmStridedBatchedEx(
+            h, ob.op, oa.op, int(N), int(M), int(K), &one, b.data_ptr(), ht, int(ob.ld), sb,
+            a.data_ptr(), ht, int(oa.ld), sa, &zero, out.data_ptr(), CUDA_R_32F, int(N), so,
+            int(Bt), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    } else if (out.dtype() == DType::f32 && (autocast_bf16() || autocast_f16()) && K > 0) {
         // Half copies of both operands' memory spans (same strides), half x half -> f32. bf16
         // wins if both switches are on (PrecisionScope sets at most one).
         const bool f16 = !autocast_bf16();
