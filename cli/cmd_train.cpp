@@ -22,6 +22,8 @@
 #include <forge/train/tokenizer_spec.h>
 #include <forge/train/trainer.h>
 
+extern "C" char* openblas_get_corename(void); // the kernel set OpenBLAS runs
+
 namespace {
 
 using namespace forge;
@@ -402,6 +404,12 @@ int run_train(Settings st) {
         std::printf("device: %s (%s, sm_%d%d, %.1f GiB), compute %s\n", device.str().c_str(),
                     p.name.c_str(), p.major, p.minor,
                     double(p.total_memory) / (1024.0 * 1024 * 1024), opts.dtype.c_str());
+    } else {
+        // What the CLI chose at start (cli/main.cpp): it sets the pace on a CPU.
+        const char* wait = std::getenv("OMP_WAIT_POLICY");
+        std::printf("device: cpu, OpenMP workers %s, OpenBLAS kernels %s, compute %s\n",
+                    wait && std::string(wait) == "passive" ? "sleep" : "spin",
+                    openblas_get_corename(), opts.dtype.c_str());
     }
     std::printf("train: %lld steps x %lld x %lld tokens%s, %s lr %.3g -> %.3g (%s, warmup %lld), "
                 "%d thread%s, seed %llu\n",
