@@ -2,7 +2,16 @@
 // kernels so a backend without a fused version (CUDA today) still runs the op.
 #include "backends/backend.h"
 
+#include <algorithm>
+
 namespace forge {
+
+void Backend::matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
+                          const Tensor& out) {
+    matmul(a, b, out);
+    const int64_t N = out.size(2), R = out.numel() / std::max<int64_t>(N, 1);
+    if (R > 0 && N > 0) bias_act(out.view({R, N}), bias, false, out.view({R, N}));
+}
 
 void Backend::bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) {
     binary(BinaryOp::add, x, b.reshape({1, b.numel()}).expand(x.shape()), out);

@@ -56,6 +56,10 @@ class Backend {
     /// has a unit stride in one of its two inner dims (row- or column-major matrices) and any
     /// batch stride (0 when broadcast). out is contiguous.
     virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+    /// out (Bt, M, N) = a b + bias (N, contiguous) on every row, a and b as for matmul. The
+    /// default is matmul then bias_act; a backend may add the bias inside its GEMM.
+    virtual void matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
+                             const Tensor& out);
 
     /// Row-wise over the last dim of x (R, C) -> out (R, C).
     virtual void softmax(const Tensor& x, const Tensor& out, bool log) = 0;

@@ -95,6 +95,12 @@ class ProfilingBackend final : public Backend {
         if (a.size(0) > 1) key += " (batch " + std::to_string(a.size(0)) + ")";
         timed(key, [&] { inner_.matmul(a, b, o); });
     }
+    void matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
+                     const Tensor& o) override {
+        timed("matmul_bias " + std::to_string(a.size(1)) + "x" + std::to_string(a.size(2)) + "x" +
+                  std::to_string(b.size(2)),
+              [&] { inner_.matmul_bias(a, b, bias, o); });
+    }
     void softmax(const Tensor& x, const Tensor& o, bool log) override {
         timed("softmax", [&] { inner_.softmax(x, o, log); });
     }

@@ -281,11 +281,17 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
         NoGradGuard no_grad;
         xh = x.detach().contiguous().to(hd).view({R, K});
         wh = w.detach().to(hd);
-        z = half_matmul(xh, wh).view(out_shape);
-        out = gelu_act ? detail::empty_on(z, out_shape, DType::f32) : z;
-        if (R > 0 && N > 0)
-            detail::backend_of(z).bias_act(z.view({R, N}), b.detach().contiguous(), gelu_act,
-                                           out.view({R, N}));
+        const Tensor bc = b.detach().contiguous();
+        Backend& be = detail::backend_of(x);
+        if (gelu_act) { // z kept for the backward's slope
+            z = half_matmul(xh, wh).view(out_shape);
+            out = detail::empty_on(z, out_shape, DType::f32);
+            if (R > 0 && N > 0) be.bias_act(z.view({R, N}), bc, true, out.view({R, N}));
+        } else { // the bias inside the GEMM where the backend can
+            out = z = detail::empty_on(x, out_shape, DType::f32);
+            if (R > 0 && N > 0)
+                be.matmul_bias(xh.unsqueeze(0), wh.unsqueeze(0), bc, z.view({1, R, N}));
+        }
     }
     if (autograd::needs_grad({x, w, b})) {
         const bool need_x = x.requires_grad(), need_w = w.requires_grad(),

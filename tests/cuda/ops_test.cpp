@@ -430,6 +430,36 @@ TEST(CudaAttention, TensorCoreKernelWithinBf16Tolerance) {
     }
 }
 
+// Autocast GEMMs go through cuBLASLt with a timed algorithm per problem: batched, broadcast
+// (batch stride 0) and transposed operands, each checked against the CPU's product of the
+// bf16-rounded operands in f64; a second call (the cached algorithm) gives the same bits.
+TEST(CudaMatmul, AutocastBatchedBroadcastTransposedOperands) {
+    struct Case {
+        Shape a, b;
+        bool ta, tb;
+    };
+    const Case cases[] = {{{4, 33, 40}, {4, 40, 24}, false, false},
+                          {{1, 33, 40}, {4, 40, 24}, false, false},
+                          {{4, 40, 33}, {4, 24, 40}, true, true},
+                          {{4, 33, 40}, {40, 24}, false, false}};
+    uint64_t seed = 10;
+    for (const Case& c : cases) {
+        Tensor a = randn_on(c.a, seed++, Device::cpu()), b = randn_on(c.b, seed++, Device::cpu());
+        auto op = [](const Tensor& t, bool tr) { return tr ? t.transpose(-2, -1) : t; };
+        Tensor got, again;
+        {
+            const cuda::PrecisionScope p("bf16");
+            got = matmul(op(a.to(kCuda), c.ta), op(b.to(kCuda), c.tb));
+            again = matmul(op(a.to(kCuda), c.ta), op(b.to(kCuda), c.tb));
+        }
+        cpu::ReferenceKernelsScope scope(true);
+        const Tensor ref = matmul(op(a.to(DType::bf16).to(DType::f64), c.ta),
+                                  op(b.to(DType::bf16).to(DType::f64), c.tb));
+        EXPECT_LE(norm_rel_diff(got, ref), 1e-5) << shape_str(c.a) << " x " << shape_str(c.b);
+        EXPECT_EQ(max_rel_diff(again, got), 0.0) << shape_str(c.a) << " x " << shape_str(c.b);
+    }
+}
+
 // linear() under CUDA autocast rounds x and w once for the forward and dZ once for both dX and
 // dW. Oracle: the same products in f64 on the CPU over operands rounded to the half type by
 // hand (bias and GELU slope unrounded). The gap to the unrounded dZ shows the rounding ran.

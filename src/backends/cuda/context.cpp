@@ -4,6 +4,7 @@
 #include <memory>
 #include <mutex>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -74,10 +75,15 @@ Context& context(int device) {
         FORGE_CUDA_CHECK(cudaMalloc(&c->workspace, c->workspace_bytes));
         FORGE_CUDA_CHECK(cublasSetWorkspace(h, c->workspace, c->workspace_bytes));
         c->cublas = h;
+        cublasLtHandle_t lt;
+        FORGE_CUDA_CHECK(cublasLtCreate(&lt));
+        c->cublaslt = lt;
         contexts[device] = c;
     }
     return *contexts[device];
 }
+
+void* lt_handle(int device) { return context(device).cublaslt; }
 
 void synchronize(int device) {
     if (!is_available()) return;

@@ -27,6 +27,8 @@ class CudaBackend : public Backend {
     void reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims,
                 const Tensor& out) override;
     void matmul(const Tensor& a, const Tensor& b, const Tensor& out) override;
+    void matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
+                     const Tensor& out) override;
     void softmax(const Tensor& x, const Tensor& out, bool log) override;
     void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
                     const Tensor& out, const Tensor& mean, const Tensor& rstd) override;
@@ -61,6 +63,7 @@ struct Context {
     int device = 0;
     void* stream = nullptr;       // cudaStream_t
     void* cublas = nullptr;       // cublasHandle_t
+    void* cublaslt = nullptr;     // cublasLtHandle_t (gemm_lt.cpp)
     void* workspace = nullptr;    // cuBLAS workspace on this device
     size_t workspace_bytes = 0;
 };
@@ -89,6 +92,25 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
 /// Warps per block of those kernels, forced for forward and backward alike: 4 or 8, or 0 for
 /// the defaults (8, but 4 for the forward at head dim 64); for tests and benchmarks.
 void set_attention_tc_warps(int warps);
+
+/// One half-operand GEMM in cuBLAS's column-major terms (matmul.cpp derives them from row-major
+/// tensors): C (m x n, f32, ldc) = op_a(A) op_b(B) [+ bias (m) in the epilogue], A and B bf16
+/// (or f16), f32 accumulation; `batch` problems at the given element strides.
+struct HalfGemm {
+    int device = 0;
+    bool f16 = false;
+    int op_a = 0, op_b = 0; // cublasOperation_t
+    int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldc = 0;
+    const void* a = nullptr;
+    const void* b = nullptr;
+    float* c = nullptr;
+    const float* bias = nullptr;
+    int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+};
+/// Runs it through cuBLASLt with the algorithm timed fastest for that problem (gemm_lt.cpp).
+void gemm_half_lt(const HalfGemm& g);
+/// The cuBLASLt handle of `device`'s context.
+void* lt_handle(int device);
 
 /// dst[i] = bf16(src[i]) for i < n (device pointers) on `stream` (a cudaStream_t).
 void convert_f32_to_bf16(const float* src, void* dst, int64_t n, void* stream);

@@ -6,7 +6,8 @@
 // f32 runs in full f32 (CUBLAS_COMPUTE_32F) unless forge::cuda::set_allow_tf32(true) (TF32
 // tensor cores) or set_autocast_bf16(true) / set_autocast_f16(true): then both operands are
 // copied to bf16 / f16 (one pass each) and cuBLAS multiplies bf16 x bf16 (CUDA_R_16BF) or
-// f16 x f16 (CUDA_R_16F) on tensor cores with f32 accumulation and f32 output.
+// f16 x f16 (CUDA_R_16F) on tensor cores with f32 accumulation and f32 output, through
+// cuBLASLt with a timed choice of algorithm per problem (gemm_lt.cpp).
 // (COMPUTE_32F_FAST_16BF on f32 operands gave TF32's results and speed on an H200, so the copies
 // are explicit.) Operands that are bf16 or f16 already (both of one type; linear() rounds each
 // operand once under autocast and hands them here) go to the GEMM as they are, f32 output.
@@ -50,6 +51,28 @@ std::shared_ptr<Storage> half_copy(const Tensor& x, bool f16, void* stream) {
 
 } // namespace
 
+namespace {
+
+// The column-major problem for out (Bt, M, N) = a (Bt, M, K) b (Bt, K, N), half operands at
+// a_data / b_data with a's and b's strides: C^T = B^T A^T, so cuBLAS's "A" is our b.
+HalfGemm half_problem(const Tensor& a, const Tensor& b, const Tensor& out, const void* a_data,
+                      const void* b_data, bool f16) {
+    const int64_t M = a.size(1), K = a.size(2), N = b.size(2);
+    const Operand ob = transpose_operand(K, N, b.strides()[1], b.strides()[2]); // gives B^T
+    const Operand oa = transpose_operand(M, K, a.strides()[1], a.strides()[2]); // gives A^T
+    HalfGemm g;
+    g.device = out.device().index;
+    g.f16 = f16;
+    g.op_a = int(ob.op), g.op_b = int(oa.op);
+    g.m = N, g.n = M, g.k = K, g.lda = ob.ld, g.ldb = oa.ld, g.ldc = N;
+    g.a = b_data, g.b = a_data, g.c = static_cast<float*>(out.data_ptr());
+    g.batch = a.size(0), g.stride_a = b.strides()[0], g.stride_b = a.strides()[0],
+    g.stride_c = M * N;
+    return g;
+}
+
+} // namespace
+
 // a: (Bt, M, K), b: (Bt, K, N), out: (Bt, M, N) contiguous.
 void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     const int64_t Bt = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);
@@ -59,33 +82,25 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
                 " exceeds cuBLAS's 32-bit sizes");
     Context& c = context(out);
     auto h = cublasHandle_t(c.cublas);
-    const Operand ob = transpose_operand(K, N, b.strides()[1], b.strides()[2]); // gives B^T
-    const Operand oa = transpose_operand(M, K, a.strides()[1], a.strides()[2]); // gives A^T
-    const long long sb = b.strides()[0], sa = a.strides()[0], so = M * N;
     const bool half_in = a.dtype() == DType::bf16 || a.dtype() == DType::f16;
     if (half_in) {
         FORGE_CHECK(b.dtype() == a.dtype() && out.dtype() == DType::f32, "[matmul] CUDA takes ",
                     dtype_name(a.dtype()), " operands only in pairs with an f32 output, got ",
                     dtype_name(a.dtype()), " x ", dtype_name(b.dtype()), " -> ",
                     dtype_name(out.dtype()));
-        const cudaDataType_t ht = a.dtype() == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
-        const float one = 1.0f, zero = 0.0f;
-        FORGE_CUDA_CHECK(cublasGemmStridedBatchedEx(
-            h, ob.op, oa.op, int(N), int(M), int(K), &one, b.data_ptr(), ht, int(ob.ld), sb,
-            a.data_ptr(), ht, int(oa.ld), sa, &zero, out.data_ptr(), CUDA_R_32F, int(N), so,
-            int(Bt), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        if (K == 0) return fill(out, 0.0);
+        gemm_half_lt(half_problem(a, b, out, a.data_ptr(), b.data_ptr(),
+                                  a.dtype() == DType::f16));
     } else if (out.dtype() == DType::f32 && (autocast_bf16() || autocast_f16()) && K > 0) {
         // Half copies of both operands' memory spans (same strides), half x half -> f32. bf16
         // wins if both switches are on (PrecisionScope sets at most one).
         const bool f16 = !autocast_bf16();
-        const cudaDataType_t ht = f16 ? CUDA_R_16F : CUDA_R_16BF;
-        const float one = 1.0f, zero = 0.0f;
         auto ab = half_copy(a, f16, c.stream), bb = half_copy(b, f16, c.stream);
-        FORGE_CUDA_CHECK(cublasGemmStridedBatchedEx(
-            h, ob.op, oa.op, int(N), int(M), int(K), &one, bb->data, ht, int(ob.ld), sb, ab->data,
-            ht, int(oa.ld), sa, &zero, out.data_ptr(), CUDA_R_32F, int(N), so, int(Bt),
-            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        gemm_half_lt(half_problem(a, b, out, ab->data, bb->data, f16));
     } else if (out.dtype() == DType::f32) {
+        const Operand ob = transpose_operand(K, N, b.strides()[1], b.strides()[2]); // gives B^T
+        const Operand oa = transpose_operand(M, K, a.strides()[1], a.strides()[2]); // gives A^T
+        const long long sb = b.strides()[0], sa = a.strides()[0], so = M * N;
         const float one = 1.0f, zero = 0.0f;
         const cublasComputeType_t ct =
             allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
@@ -95,11 +110,29 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
             int(N), so, int(Bt), ct, CUBLAS_GEMM_DEFAULT));
     } else {
         FORGE_ASSERT(out.dtype() == DType::f64);
+        const Operand ob = transpose_operand(K, N, b.strides()[1], b.strides()[2]);
+        const Operand oa = transpose_operand(M, K, a.strides()[1], a.strides()[2]);
+        const long long sb = b.strides()[0], sa = a.strides()[0], so = M * N;
         const double one = 1.0, zero = 0.0;
         FORGE_CUDA_CHECK(cublasDgemmStridedBatched(
             h, ob.op, oa.op, int(N), int(M), int(K), &one, b.data<double>(), int(ob.ld), sb,
             a.data<double>(), int(oa.ld), sa, &zero, out.data<double>(), int(N), so, int(Bt)));
     }
+}
+
+// Half operands: the bias rides in cuBLASLt's epilogue (one pass over out fewer). Otherwise the
+// default: the GEMM, then bias_act.
+void CudaBackend::matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
+                              const Tensor& out) {
+    const bool half_in = a.dtype() == DType::bf16 || a.dtype() == DType::f16;
+    if (!half_in || out.numel() == 0 || a.size(2) == 0 || bias.dtype() != DType::f32 ||
+        !bias.is_contiguous() || reinterpret_cast<uintptr_t>(bias.data_ptr()) % 16 != 0)
+        return Backend::matmul_bias(a, b, bias, out);
+    FORGE_CHECK(b.dtype() == a.dtype() && out.dtype() == DType::f32, "[matmul_bias] CUDA takes ",
+                dtype_name(a.dtype()), " operands only in pairs with an f32 output");
+    HalfGemm g = half_problem(a, b, out, a.data_ptr(), b.data_ptr(), a.dtype() == DType::f16);
+    g.bias = bias.data<float>();
+    gemm_half_lt(g);
 }
 
 } // namespace forge::cuda

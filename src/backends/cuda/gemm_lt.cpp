@@ -1,0 +1,156 @@
+// Half-operand GEMMs through cuBLASLt: bf16 x bf16 or f16 x f16 with f32 accumulation and f32
+// output, optionally with the bias added in the GEMM's epilogue (no separate pass over the
+// output). The algorithm is picked per problem by timing the candidates cuBLASLt's heuristic
+// offers (up to kCandidates) on the first call, then cached for the process: cuBLAS's default
+// choice ran GPT-2's qkv projection (16384 x 768 x 2304) at 203 TFLOP/s on an H200 where the
+// same GEMM with N = 3072 ran at 468 (docs/PERF.md). The pick can differ between processes, so
+// half-precision results are reproducible within a process, not across runs (as with PyTorch's
+// cudnn.benchmark); exact f32 keeps cuBLAS's fixed default (matmul.cpp).
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <map>
+#include <mutex>
+
+#include "backends/cuda/cuda_backend.h"
+
+namespace forge::cuda {
+
+namespace {
+
+constexpr int kCandidates = 8;
+
+#define FORGE_LT_CHECK(call) FORGE_CUDA_CHECK(call)
+
+// The largest power of two (<= 256) dividing the address: cuBLASLt's heuristic assumes 256-byte
+// aligned operands unless told otherwise, and an algorithm chosen for more would fault.
+uint32_t alignment_of(const void* p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    uint32_t al = 256;
+    while (al > 1 && a % al != 0) al /= 2;
+    return al;
+}
+
+using Key = std::array<long long, 18>;
+
+struct LtProblem {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    ~LtProblem() {
+        if (pref) cublasLtMatmulPreferenceDestroy(pref);
+        if (c) cublasLtMatrixLayoutDestroy(c);
+        if (b) cublasLtMatrixLayoutDestroy(b);
+        if (a) cublasLtMatrixLayoutDestroy(a);
+        if (desc) cublasLtMatmulDescDestroy(desc);
+    }
+};
+
+void set_batch(cublasLtMatrixLayout_t l, int batch, long long stride) {
+    FORGE_LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch,
+                                                    sizeof batch));
+    FORGE_LT_CHECK(cublasLtMatrixLayoutSetAttribute(
+        l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+}
+
+} // namespace
+
+void gemm_half_lt(const HalfGemm& g) {
+    Context& ctx = context(g.device);
+    auto lt = cublasLtHandle_t(lt_handle(g.device));
+    const cudaDataType_t ht = g.f16 ? CUDA_R_16F : CUDA_R_16BF;
+    const auto opa = cublasOperation_t(g.op_a), opb = cublasOperation_t(g.op_b);
+
+    LtProblem p;
+    FORGE_LT_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    FORGE_LT_CHECK(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    FORGE_LT_CHECK(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    if (g.bias) {
+        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                                      sizeof epi));
+        FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
+            p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
+        const cudaDataType_t bt = CUDA_R_32F;
+        FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
+            p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    }
+    // Column-major: A is m x k (op N) or k x m stored (op T); B likewise k x n or n x k.
+    FORGE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.a, ht, opa == CUBLAS_OP_N ? g.m : g.k,
+                                              opa == CUBLAS_OP_N ? g.k : g.m, g.lda));
+    FORGE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.b, ht, opb == CUBLAS_OP_N ? g.k : g.n,
+                                              opb == CUBLAS_OP_N ? g.n : g.k, g.ldb));
+    FORGE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, g.m, g.n, g.ldc));
+    if (g.batch > 1) {
+        set_batch(p.a, g.batch, g.stride_a);
+        set_batch(p.b, g.batch, g.stride_b);
+        set_batch(p.c, g.batch, g.stride_c);
+    }
+    FORGE_LT_CHECK(cublasLtMatmulPreferenceCreate(&p.pref));
+    const size_t ws = ctx.workspace_bytes;
+    FORGE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        p.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    const uint32_t al_a = alignment_of(g.a), al_b = alignment_of(g.b), al_c = alignment_of(g.c);
+    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_a},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_b},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_c},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_c}};
+    for (const auto& [attr, v] : aligns)
+        FORGE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(p.pref, attr, &v, sizeof v));
+
+    const float one = 1.0f, zero = 0.0f;
+    auto stream = cudaStream_t(ctx.stream);
+    auto run = [&](const cublasLtMatmulAlgo_t& algo) {
+        return cublasLtMatmul(lt, p.desc, &one, g.a, p.a, g.b, p.b, &zero, g.c, p.c, g.c, p.c,
+                              &algo, ctx.workspace, ws, stream);
+    };
+
+    const Key key{g.device, g.f16,   g.op_a,    g.op_b,    g.bias != nullptr, g.m,
+                  g.n,      g.k,     g.lda,     g.ldb,     g.ldc,             g.batch,
+                  al_a,     al_b,    al_c,      g.stride_a, g.stride_b,       g.stride_c};
+    static std::mutex mu;
+    static std::map<Key, cublasLtMatmulAlgo_t> chosen;
+    {
+        std::lock_guard lock(mu);
+        if (auto it = chosen.find(key); it != chosen.end()) {
+            FORGE_LT_CHECK(run(it->second));
+            return;
+        }
+    }
+    cublasLtMatmulHeuristicResult_t found[kCandidates];
+    int n_found = 0;
+    FORGE_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, p.pref,
+                                                  kCandidates, found, &n_found));
+    FORGE_CHECK(n_found > 0, "[matmul] cuBLASLt has no algorithm for a ",
+                g.f16 ? "f16" : "bf16", " GEMM of ", g.m, " x ", g.n, " x ", g.k);
+    // Time each candidate (one warm-up, then 3 runs) on the real operands; the output is
+    // overwritten by every run, the last one by the winner.
+    int best = 0;
+    if (n_found > 1) {
+        cudaEvent_t e0, e1;
+        FORGE_CUDA_CHECK(cudaEventCreate(&e0));
+        FORGE_CUDA_CHECK(cudaEventCreate(&e1));
+        float best_ms = -1;
+        for (int i = 0; i < n_found; ++i) {
+            if (run(found[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+            FORGE_CUDA_CHECK(cudaEventRecord(e0, stream));
+            for (int r = 0; r < 3; ++r) FORGE_LT_CHECK(run(found[i].algo));
+            FORGE_CUDA_CHECK(cudaEventRecord(e1, stream));
+            FORGE_CUDA_CHECK(cudaEventSynchronize(e1));
+            float ms = 0;
+            FORGE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+            if (best_ms < 0 || ms < best_ms) best_ms = ms, best = i;
+        }
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+    }
+    FORGE_LT_CHECK(run(found[best].algo));
+    std::lock_guard lock(mu);
+    chosen.emplace(key, found[best].algo);
+}
+
+} // namespace forge::cuda
