@@ -1,7 +1,7 @@
 // CUDA kernel and training-step figures, one line each: time per call, then GB/s or TFLOP/s.
 // Shapes are GPT-2 124M's (C = 768, V = 50257, T = 1024, 12 heads of 64). The ceilings (device
 // copy GB/s, cuBLAS TF32 TFLOP/s) are measured in the same run. Run on the GPU machine through
-// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|attn|train B T f32|tf32|bf16]...
+// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|attn|gemm|train B T f32|tf32|bf16]...
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -195,6 +195,43 @@ void attn() {
         }
 }
 
+// The GEMMs of a GPT-2 124M training step at B x T = 16384 rows on bf16 operands (the path of
+// linear() under autocast: cuBLASLt, timed algorithm, f32 output), against a large square GEMM
+// as the ceiling. "x^T" rows are the weight gradients (the activation operand transposed).
+void gemm() {
+    NoGradGuard ng;
+    auto bf16 = [](const Shape& s, uint64_t seed) { return randn(s, seed).to(DType::bf16); };
+    Backend& be = cuda::backend();
+    auto run = [&](const std::string& name, int64_t M, int64_t K, int64_t N, bool at, bool bias) {
+        Tensor a = at ? bf16({1, K, M}, 1).transpose(1, 2) : bf16({1, M, K}, 1);
+        Tensor b = bf16({1, K, N}, 2), out = Tensor::empty({1, M, N}, DType::f32, kCuda);
+        Tensor bv = randn({N}, 3);
+        const double ms = time_ms([&] {
+            if (bias)
+                be.matmul_bias(a, b, bv, out);
+            else
+                be.matmul(a, b, out);
+        });
+        report("gemm bf16 " + name + " " + std::to_string(M) + "x" + std::to_string(K) + "x" +
+                   std::to_string(N) + (bias ? " +bias" : ""),
+               ms, 0, 2.0 * double(M) * double(K) * double(N));
+    };
+    run("ceiling", 8192, 8192, 8192, false, false);
+    const int64_t R = 16384, C = 768;
+    run("qkv", R, C, 3 * C, false, true);
+    run("qkv", R, C, 3 * C, false, false);
+    run("proj", R, C, C, false, true);
+    run("fc", R, C, 4 * C, false, false);
+    run("fc2", R, 4 * C, C, false, true);
+    run("dx qkv", R, 3 * C, C, false, false);
+    run("dx fc", R, 4 * C, C, false, false);
+    run("dx fc2", R, C, 4 * C, false, false);
+    run("dw qkv x^T", C, R, 3 * C, true, false);
+    run("dw fc x^T", C, R, 4 * C, true, false);
+    run("dw fc2 x^T", 4 * C, R, C, true, false);
+    run("head", R, C, 50257, false, false);
+}
+
 // One GPT-2 124M training step in f32 (forward, backward, AdamW) at batch B x T.
 // precision: f32 | tf32 | tf32-bf16attn (TF32 matmuls, bf16 tensor-core attention) | bf16
 // (autocast: bf16 matmuls and attention, f32 weights and AdamW state).
@@ -249,6 +286,7 @@ int main(int argc, char** argv) {
         const std::string what = argv[i];
         if (what == "kernels") kernels();
         else if (what == "attn") attn();
+        else if (what == "gemm") gemm();
         else if (what == "train" && i + 3 < argc) { // train B T f32|tf32|tf32-bf16attn|bf16
             train(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]), argv[i + 3]);
             i += 3;
