@@ -11,6 +11,7 @@
 
 #include <array>
 #include <map>
+#include <memory>
 #include <mutex>
 
 #include "backends/cuda/cuda_backend.h"
@@ -34,12 +35,15 @@ uint32_t alignment_of(const void* p) {
 
 using Key = std::array<long long, 18>;
 
-struct LtProblem {
+// A problem's descriptors and the algorithm chosen for it.
+struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-    cublasLtMatmulPreference_t pref = nullptr;
-    ~LtProblem() {
-        if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatmulAlgo_t algo{};
+    Plan() = default;
+    Plan(const Plan&) = delete;
+    Plan& operator=(const Plan&) = delete;
+    ~Plan() {
         if (c) cublasLtMatrixLayoutDestroy(c);
         if (b) cublasLtMatrixLayoutDestroy(b);
         if (a) cublasLtMatrixLayoutDestroy(a);
@@ -59,10 +63,34 @@ void set_batch(cublasLtMatrixLayout_t l, int batch, long long stride) {
 void gemm_half_lt(const HalfGemm& g) {
     Context& ctx = context(g.device);
     auto lt = cublasLtHandle_t(lt_handle(g.device));
+    const uint32_t al_a = alignment_of(g.a), al_b = alignment_of(g.b), al_c = alignment_of(g.c);
+    const Key key{g.device, g.f16,   g.op_a,    g.op_b,     g.bias != nullptr, g.m,
+                  g.n,      g.k,     g.lda,     g.ldb,      g.ldc,             g.batch,
+                  al_a,     al_b,    al_c,      g.stride_a, g.stride_b,        g.stride_c};
+    const float one = 1.0f, zero = 0.0f;
+    const size_t ws = ctx.workspace_bytes;
+    auto stream = cudaStream_t(ctx.stream);
+    auto run = [&](const Plan& p, const cublasLtMatmulAlgo_t& algo) {
+        if (g.bias)
+            FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
+                p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
+        return cublasLtMatmul(lt, p.desc, &one, g.a, p.a, g.b, p.b, &zero, g.c, p.c, g.c, p.c,
+                              &algo, ctx.workspace, ws, stream);
+    };
+    // Plans (descriptors and the chosen algorithm) live for the process, one per problem; the
+    // lock also covers setting a plan's bias pointer and enqueueing the GEMM with it.
+    static std::mutex mu;
+    static std::map<Key, std::unique_ptr<Plan>> plans;
+    std::lock_guard lock(mu);
+    if (auto it = plans.find(key); it != plans.end()) {
+        FORGE_LT_CHECK(run(*it->second, it->second->algo));
+        return;
+    }
+
+    auto plan = std::make_unique<Plan>();
+    Plan& p = *plan;
     const cudaDataType_t ht = g.f16 ? CUDA_R_16F : CUDA_R_16BF;
     const auto opa = cublasOperation_t(g.op_a), opb = cublasOperation_t(g.op_b);
-
-    LtProblem p;
     FORGE_LT_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     FORGE_LT_CHECK(
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
@@ -72,8 +100,6 @@ void gemm_half_lt(const HalfGemm& g) {
         const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                       sizeof epi));
-        FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
-            p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
         const cudaDataType_t bt = CUDA_R_32F;
         FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
             p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
@@ -89,41 +115,25 @@ void gemm_half_lt(const HalfGemm& g) {
         set_batch(p.b, g.batch, g.stride_b);
         set_batch(p.c, g.batch, g.stride_c);
     }
-    FORGE_LT_CHECK(cublasLtMatmulPreferenceCreate(&p.pref));
-    const size_t ws = ctx.workspace_bytes;
+    cublasLtMatmulPreference_t pref = nullptr;
+    FORGE_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    struct PrefGuard {
+        cublasLtMatmulPreference_t p;
+        ~PrefGuard() { cublasLtMatmulPreferenceDestroy(p); }
+    } pref_guard{pref};
     FORGE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        p.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    const uint32_t al_a = alignment_of(g.a), al_b = alignment_of(g.b), al_c = alignment_of(g.c);
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_a},
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_b},
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_c},
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_c}};
     for (const auto& [attr, v] : aligns)
-        FORGE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(p.pref, attr, &v, sizeof v));
+        FORGE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof v));
 
-    const float one = 1.0f, zero = 0.0f;
-    auto stream = cudaStream_t(ctx.stream);
-    auto run = [&](const cublasLtMatmulAlgo_t& algo) {
-        return cublasLtMatmul(lt, p.desc, &one, g.a, p.a, g.b, p.b, &zero, g.c, p.c, g.c, p.c,
-                              &algo, ctx.workspace, ws, stream);
-    };
-
-    const Key key{g.device, g.f16,   g.op_a,    g.op_b,    g.bias != nullptr, g.m,
-                  g.n,      g.k,     g.lda,     g.ldb,     g.ldc,             g.batch,
-                  al_a,     al_b,    al_c,      g.stride_a, g.stride_b,       g.stride_c};
-    static std::mutex mu;
-    static std::map<Key, cublasLtMatmulAlgo_t> chosen;
-    {
-        std::lock_guard lock(mu);
-        if (auto it = chosen.find(key); it != chosen.end()) {
-            FORGE_LT_CHECK(run(it->second));
-            return;
-        }
-    }
     cublasLtMatmulHeuristicResult_t found[kCandidates];
     int n_found = 0;
-    FORGE_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, p.pref,
+    FORGE_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref,
                                                   kCandidates, found, &n_found));
     FORGE_CHECK(n_found > 0, "[matmul] cuBLASLt has no algorithm for a ",
                 g.f16 ? "f16" : "bf16", " GEMM of ", g.m, " x ", g.n, " x ", g.k);
@@ -136,9 +146,9 @@ void gemm_half_lt(const HalfGemm& g) {
         FORGE_CUDA_CHECK(cudaEventCreate(&e1));
         float best_ms = -1;
         for (int i = 0; i < n_found; ++i) {
-            if (run(found[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+            if (run(p, found[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
             FORGE_CUDA_CHECK(cudaEventRecord(e0, stream));
-            for (int r = 0; r < 3; ++r) FORGE_LT_CHECK(run(found[i].algo));
+            for (int r = 0; r < 3; ++r) FORGE_LT_CHECK(run(p, found[i].algo));
             FORGE_CUDA_CHECK(cudaEventRecord(e1, stream));
             FORGE_CUDA_CHECK(cudaEventSynchronize(e1));
             float ms = 0;
@@ -148,9 +158,9 @@ void gemm_half_lt(const HalfGemm& g) {
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
     }
-    FORGE_LT_CHECK(run(found[best].algo));
-    std::lock_guard lock(mu);
-    chosen.emplace(key, found[best].algo);
+    p.algo = found[best].algo;
+    FORGE_LT_CHECK(run(p, p.algo));
+    plans.emplace(key, std::move(plan));
 }
 
 } // namespace forge::cuda
