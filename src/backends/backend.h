@@ -84,6 +84,18 @@ class Backend {
                                         const Tensor& lse, int64_t ignore_index,
                                         const Tensor& dloss, double inv_count,
                                         const Tensor& dlogits) = 0;
+    /// The LM head and its loss over row chunks, so the (N, V) logits never exist whole:
+    /// x (N, C) and w (V, C) contiguous of one float dtype, targets (N) i64 (validated) ->
+    /// losses (N) (0 on ignored rows) and, when dx is defined, the gradients of
+    /// grad_scale * sum(losses): dx (N, C) and dw (V, C), both overwritten. The default runs
+    /// matmul, cross_entropy and cross_entropy_backward per chunk.
+    virtual void linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targets,
+                                      int64_t ignore_index, double grad_scale,
+                                      const Tensor& losses, const Tensor& dx, const Tensor& dw);
+    /// Logits per chunk of linear_cross_entropy (rows x V): 2^26 by default (256 MiB in f32;
+    /// CUDA's path takes 4x that). Tests set small values to cross chunk boundaries; 0 restores.
+    static void set_linear_ce_chunk_elements(int64_t n);
+    static int64_t linear_ce_chunk_elements();
     /// weight (V, C), ids (N) i64 (validated in range) -> out (N, C).
     virtual void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) = 0;
     /// dweight (V, C) is zero on entry; dweight[ids[n]] += dout[n].

@@ -352,6 +352,66 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
     return out;
 }
 
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targets,
+                            int64_t ignore_index) {
+    const char* op = "linear_cross_entropy";
+    detail::check_float(op, x);
+    detail::check_float(op, w);
+    check_int_ids(op, targets, "targets");
+    detail::check_same_device(op, {x, w, targets});
+    FORGE_CHECK(w.dim() == 2, "[", op, "] w must be (V, C), got ", shape_str(w.shape()));
+    FORGE_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "[", op, "] x ", shape_str(x.shape()),
+                " does not match w ", shape_str(w.shape()), " (x's last dim must be C)");
+    FORGE_CHECK(x.dtype() == w.dtype(), "[", op, "] x is ", dtype_name(x.dtype()), " but w is ",
+                dtype_name(w.dtype()));
+    Shape lead(x.shape().begin(), x.shape().end() - 1);
+    FORGE_CHECK(targets.shape() == lead, "[", op, "] x ", shape_str(x.shape()),
+                " needs targets of shape ", shape_str(lead), ", got ",
+                shape_str(targets.shape()));
+    const int64_t V = w.size(0), C = w.size(1), n = targets.numel();
+    Shape logits_shape = lead;
+    logits_shape.push_back(V);
+    const int64_t count = check_targets(op, targets, V, ignore_index, logits_shape);
+    const double inv_count = count > 0 ? 1.0 / double(count) : 0.0;
+    // The gradients are taken at scale 2^10 and scaled down in the backward (exactly, a power of
+    // two): (softmax - onehot) / count would fall below f16's range where the products round
+    // their operands to f16, before a loss scale could lift them.
+    constexpr double kGradScale = 1024.0;
+    const DType dt = x.dtype(), cdt = compute_dtype(dt);
+    const bool grads = autograd::needs_grad({x, w});
+
+    Tensor y, dx, dw;
+    {
+        NoGradGuard no_grad;
+        const Tensor xc = widen(x, cdt).contiguous().view({n, C}), wc = widen(w, cdt).contiguous();
+        const Tensor t64 = targets.to(DType::i64).contiguous().view({n});
+        Tensor losses = detail::empty_on(xc, {n}, cdt);
+        if (grads) {
+            dx = detail::empty_on(xc, {n, C}, cdt);
+            dw = detail::empty_on(xc, {V, C}, cdt);
+        }
+        Tensor loss;
+        if (n > 0) {
+            backend_of(xc).linear_cross_entropy(xc, wc, t64, ignore_index, kGradScale, losses,
+                                                dx, dw);
+            loss = mul_scalar(sum(losses), inv_count);
+        } else {
+            loss = Tensor::zeros({}, cdt, x.device());
+            if (grads) dw.zero_();
+        }
+        y = loss.to(dt);
+    }
+    if (grads)
+        autograd::record(op, y, {x, w, targets},
+                         [dx, dw, x_shape = x.shape(), dt,
+                          factor = inv_count / kGradScale](const Tensor& g) {
+                             const Tensor gs = mul_scalar(g.to(dx.dtype()), factor);
+                             return std::vector<Tensor>{mul(dx, gs).view(x_shape).to(dt),
+                                                        mul(dw, gs).to(dt), Tensor()};
+                         });
+    return y;
+}
+
 // ------------------------------------------------------------------ embedding
 
 // The gather copies rows as bytes, so half weights are looked up without widening the whole

@@ -372,10 +372,12 @@ Tensor Transformer::loss(const Tensor& ids, const Tensor& targets, int64_t ignor
     FORGE_CHECK(targets.defined() && targets.shape() == ids.shape(), "[transformer] targets ",
                 targets.defined() ? shape_str(targets.shape()) : "undefined",
                 " must match ids ", shape_str(ids.shape()));
-    Tensor logits = forward(ids, nullptr);
+    // The head and the loss in one op: the (B T, V) logits are never materialized whole.
+    Tensor h = hidden(ids, nullptr);
+    const Tensor& head = impl_->head.defined() ? impl_->head : impl_->wte; // (V, C)
     const int64_t N = ids.numel();
-    return cross_entropy(logits.reshape({N, cfg_.vocab_size}), targets.reshape({N}),
-                         ignore_index);
+    return linear_cross_entropy(h.reshape({N, h.size(-1)}), head, targets.reshape({N}),
+                                ignore_index);
 }
 
 } // namespace forge

@@ -82,6 +82,11 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps = 1e-6f);
 /// Mean cross-entropy of logits (N, V) against targets (N) (i32/i64); rows whose target is
 /// ignore_index are skipped (and count nowhere). Fused: never materialises softmax (N, V).
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+/// cross_entropy(matmul(x, w.t()), targets): x (..., C), w (V, C) (an LM head as stored),
+/// targets (...). Computed over row chunks, with the gradients taken in the same pass when they
+/// are needed, so the (N, V) logits never exist whole (the LM head's memory and traffic).
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targets,
+                            int64_t ignore_index = -100);
 
 // ---------------------------------------------------------------- embedding, RoPE, dropout
 /// weight: (V, C), ids: any shape (i32/i64) -> (*ids.shape, C). Backward scatter-adds.

@@ -29,6 +29,11 @@ class CudaBackend : public Backend {
     void matmul(const Tensor& a, const Tensor& b, const Tensor& out) override;
     void matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
                      const Tensor& out) override;
+    /// Under bf16/f16 autocast: half operands, vocabulary padded to 64 for aligned rows, one
+    /// fused softmax/loss/gradient pass per chunk (linear_ce.cu); otherwise the default.
+    void linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targets,
+                              int64_t ignore_index, double grad_scale, const Tensor& losses,
+                              const Tensor& dx, const Tensor& dw) override;
     void softmax(const Tensor& x, const Tensor& out, bool log) override;
     void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
                     const Tensor& out, const Tensor& mean, const Tensor& rstd) override;
@@ -106,9 +111,13 @@ struct HalfGemm {
     float* c = nullptr;
     const float* bias = nullptr;
     int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+    bool accumulate = false; // C += product (beta = 1) instead of C = product
 };
 /// Runs it through cuBLASLt with the algorithm timed fastest for that problem (gemm_lt.cpp).
 void gemm_half_lt(const HalfGemm& g);
+/// out (Bt, M, N) f32 += a (Bt, M, K) b (Bt, K, N), a and b bf16 (or both f16) with matmul's
+/// layout rules: a weight gradient summed over row chunks without a temporary (linear_ce.cu).
+void matmul_half_accumulate(const Tensor& a, const Tensor& b, const Tensor& out);
 /// The cuBLASLt handle of `device`'s context.
 void* lt_handle(int device);
 

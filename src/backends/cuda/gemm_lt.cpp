@@ -33,7 +33,7 @@ uint32_t alignment_of(const void* p) {
     return al;
 }
 
-using Key = std::array<long long, 18>;
+using Key = std::array<long long, 19>;
 
 // A problem's descriptors and the algorithm chosen for it.
 struct Plan {
@@ -66,15 +66,16 @@ void gemm_half_lt(const HalfGemm& g) {
     const uint32_t al_a = alignment_of(g.a), al_b = alignment_of(g.b), al_c = alignment_of(g.c);
     const Key key{g.device, g.f16,   g.op_a,    g.op_b,     g.bias != nullptr, g.m,
                   g.n,      g.k,     g.lda,     g.ldb,      g.ldc,             g.batch,
-                  al_a,     al_b,    al_c,      g.stride_a, g.stride_b,        g.stride_c};
-    const float one = 1.0f, zero = 0.0f;
+                  al_a,     al_b,    al_c,      g.stride_a, g.stride_b,        g.stride_c,
+                  g.accumulate};
+    const float one = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
     const size_t ws = ctx.workspace_bytes;
     auto stream = cudaStream_t(ctx.stream);
     auto run = [&](const Plan& p, const cublasLtMatmulAlgo_t& algo) {
         if (g.bias)
             FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
                 p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
-        return cublasLtMatmul(lt, p.desc, &one, g.a, p.a, g.b, p.b, &zero, g.c, p.c, g.c, p.c,
+        return cublasLtMatmul(lt, p.desc, &one, g.a, p.a, g.b, p.b, &beta, g.c, p.c, g.c, p.c,
                               &algo, ctx.workspace, ws, stream);
     };
     // Plans (descriptors and the chosen algorithm) live for the process, one per problem; the
@@ -139,8 +140,9 @@ void gemm_half_lt(const HalfGemm& g) {
                 g.f16 ? "f16" : "bf16", " GEMM of ", g.m, " x ", g.n, " x ", g.k);
     // Time each candidate (one warm-up, then 3 runs) on the real operands; the output is
     // overwritten by every run, the last one by the winner.
+    // (An accumulating GEMM is not timed: the runs would add into its output.)
     int best = 0;
-    if (n_found > 1) {
+    if (n_found > 1 && !g.accumulate) {
         cudaEvent_t e0, e1;
         FORGE_CUDA_CHECK(cudaEventCreate(&e0));
         FORGE_CUDA_CHECK(cudaEventCreate(&e1));

@@ -120,6 +120,16 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     }
 }
 
+void matmul_half_accumulate(const Tensor& a, const Tensor& b, const Tensor& out) {
+    FORGE_CHECK((a.dtype() == DType::bf16 || a.dtype() == DType::f16) &&
+                    b.dtype() == a.dtype() && out.dtype() == DType::f32,
+                "[matmul] accumulation takes bf16 or f16 operands and an f32 output");
+    if (out.numel() == 0 || a.size(2) == 0) return;
+    HalfGemm g = half_problem(a, b, out, a.data_ptr(), b.data_ptr(), a.dtype() == DType::f16);
+    g.accumulate = true;
+    gemm_half_lt(g);
+}
+
 // Half operands: the bias rides in cuBLASLt's epilogue (one pass over out fewer). Otherwise the
 // default: the GEMM, then bias_act.
 void CudaBackend::matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
