@@ -30,23 +30,46 @@ Tensor rows_on(int64_t R, int64_t N, uint64_t seed, Device d, bool misaligned, d
     return randn_on({R * N + 1}, seed, d, DType::f32, scale).narrow(0, 1, R * N).view({R, N});
 }
 
-// CPU reference kernels on the CPU side, the CUDA kernels on the other.
+// The column sums of x (R, N) in f64 on the host, as f64 (N): db's oracle. (The CPU reference's
+// db is an f32 running sum over the rows, itself off by more than 1e-5 once R is ~1000.)
+Tensor column_sums_f64(const Tensor& x) {
+    const int64_t R = x.size(0), N = x.size(1);
+    const std::vector<double> v = x.to(Device::cpu()).to(DType::f64).to_vector<double>();
+    std::vector<double> s(size_t(N), 0.0);
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t n = 0; n < N; ++n)
+            s[size_t(n)] += v[size_t(r * N + n)];
+    return Tensor::from_vector(s, {N});
+}
+
+// out and dx against the CPU reference kernels (element-wise, 1e-5). db: the reduction against
+// the f64 column sums of CUDA's own dx (1e-5 element-wise), and against the reference dx's sums
+// in norm (1e-5): element-wise, a column whose sum cancels to near 0 carries the 1e-7 relative
+// differences of its ~1000 GELU slopes (the CPU's tanh form against the sigmoid form) as a
+// larger relative error of the sum, whichever side is the more accurate.
 void check_bias_act(const BiasCase& c, bool gelu, bool misaligned) {
     const std::string what = case_name("bias_act", c, gelu) + (misaligned ? " misaligned" : "");
-    expect_cuda_matches_cpu(
-        what,
-        [&](Device d) {
-            Tensor x = rows_on(c.R, c.N, 1, d, misaligned, 2.0), b = randn_on({c.N}, 2, d);
-            Tensor dy = rows_on(c.R, c.N, 3, d, misaligned);
-            Tensor out = Tensor::empty({c.R, c.N}, DType::f32, d);
-            Tensor dx = Tensor::empty({c.R, c.N}, DType::f32, d);
-            Tensor db = Tensor::full({c.N}, 123.0, DType::f32, d); // overwritten
-            Backend& be = backend_for(d);
-            be.bias_act(x, b, gelu, out);
-            be.bias_act_backward(dy, x, b, gelu, dx, db);
-            return std::vector<Tensor>{out, dx, db};
-        },
-        1e-5);
+    auto run = [&](Device d) {
+        Tensor x = rows_on(c.R, c.N, 1, d, misaligned, 2.0), b = randn_on({c.N}, 2, d);
+        Tensor dy = rows_on(c.R, c.N, 3, d, misaligned);
+        Tensor out = Tensor::empty({c.R, c.N}, DType::f32, d);
+        Tensor dx = Tensor::empty({c.R, c.N}, DType::f32, d);
+        Tensor db = Tensor::full({c.N}, 123.0, DType::f32, d); // overwritten
+        Backend& be = backend_for(d);
+        be.bias_act(x, b, gelu, out);
+        be.bias_act_backward(dy, x, b, gelu, dx, db);
+        return std::vector<Tensor>{out, dx, db};
+    };
+    std::vector<Tensor> ref;
+    {
+        cpu::ReferenceKernelsScope scope(true);
+        ref = run(Device::cpu());
+    }
+    const std::vector<Tensor> got = run(kCuda);
+    EXPECT_LE(max_rel_diff(got[0], ref[0]), 1e-5) << what << " out";
+    EXPECT_LE(max_rel_diff(got[1], ref[1]), 1e-5) << what << " dx";
+    EXPECT_LE(max_rel_diff(got[2], column_sums_f64(got[1])), 1e-5) << what << " db (sum)";
+    EXPECT_LE(norm_rel_diff(got[2], column_sums_f64(ref[1])), 1e-5) << what << " db";
 }
 
 TEST(CudaBiasAct, ForwardBackwardMatchCpuReference) {
