@@ -14,10 +14,6 @@ struct HeadRows {
     __host__ __device__ __forceinline__ int64_t at(int64_t bi, int64_t hi, int64_t ti) const {
         return bi * b + hi * h + ti * t;
     }
-    /// Offset of the first row of head `bh` = bi H + hi (H heads per batch).
-    __host__ __device__ __forceinline__ int64_t head(int64_t bh, int64_t H) const {
-        return (bh / H) * b + (bh % H) * h;
-    }
 };
 
 /// t's strides; t must be 4-d with a unit stride in its last dim (or a last dim of 1).

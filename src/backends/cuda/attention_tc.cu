@@ -179,16 +179,22 @@ template <int D, int ROWS, int NT> struct F32Stage {
     static constexpr int kChunks = D / 8, kSteps = ROWS * kChunks / NT;
     static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
 
+    // A thread's chunks share their columns and lie kRowStep rows apart: one 64-bit multiply by
+    // the (runtime) row stride per tile, then a pointer bump per step.
+    static constexpr int kRowStep = NT / kChunks;
+    static_assert(NT % kChunks == 0, "a thread's chunks must share their columns");
     __device__ __forceinline__ static void fetch(float* stage, const float* __restrict__ src,
                                                  int64_t ld, int64_t r0, int64_t n_rows) {
+        const int r_first = int(threadIdx.x) / kChunks;
+        const int d = (int(threadIdx.x) - r_first * kChunks) * 8;
+        const float* p = src + (r0 + r_first) * ld + d;
 #pragma unroll
         for (int step = 0; step < kSteps; ++step) {
-            const int e = step * NT + int(threadIdx.x);
-            const int r = e / kChunks, d = (e - r * kChunks) * 8;
-            const bool ok = r0 + r < n_rows;
-            const float* p = src + (ok ? (r0 + r) * ld + d : 0);
-            cp_async16(stage + ((2 * step) * NT + threadIdx.x) * 4, p, ok);
-            cp_async16(stage + ((2 * step + 1) * NT + threadIdx.x) * 4, p + 4, ok);
+            const bool ok = r0 + r_first + step * kRowStep < n_rows;
+            const float* q = ok ? p : src; // nothing is read when !ok
+            cp_async16(stage + ((2 * step) * NT + threadIdx.x) * 4, q, ok);
+            cp_async16(stage + ((2 * step + 1) * NT + threadIdx.x) * 4, q + 4, ok);
+            p += kRowStep * ld;
         }
     }
     __device__ __forceinline__ static void to_bf16(bf16* tile, const float* stage) {
@@ -488,6 +494,7 @@ __global__ void __launch_bounds__(32 * W)
         __syncthreads();    // everyone's (and K, V on the first pass)
         int64_t qh, i0;
         tile_of(it, qh, i0);
+        float* dq_head = dq + g.dq.at(b, qh - b * g.Hq, 0); // no division in the loop below
         const bf16* Qt = Qs + buf * kQRows * kLd;
         const bf16* Gt = Gs + buf * kQRows * kLd;
         const float* Lt = Ls + buf * kQRows;
@@ -578,7 +585,7 @@ __global__ void __launch_bounds__(32 * W)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 if (i_r + 8 * r >= g.Tq) continue;
-                float* row = dq + g.dq.head(qh, g.Hq) + (i_r + 8 * r) * g.dq.t + dn0 * 8 + 2 * c4;
+                float* row = dq_head + (i_r + 8 * r) * g.dq.t + dn0 * 8 + 2 * c4;
 #pragma unroll
                 for (int dt = 0; dt < kDc; ++dt)
                     atomicAdd(reinterpret_cast<float2*>(row + dt * 8),
