@@ -89,6 +89,19 @@ void kernels() {
         report("rms_norm fwd 16384x768", time_ms([&] { (void)rms_norm(x, w); }), 2 * rc, 0);
         Tensor h = randn({R, 3072}, 4);
         report("gelu fwd 16384x3072", time_ms([&] { (void)gelu(h); }), 2.0 * 4 * rc, 0);
+        // linear()'s fused epilogue at the MLP's width: reads x (and b), writes out; the
+        // backward reads dy and z, writes dx (db's partial sums are noise next to that).
+        Backend& be = cuda::backend();
+        Tensor hb = randn({3072}, 6), hout = Tensor::empty({R, 3072}, DType::f32, kCuda);
+        Tensor hdy = randn({R, 3072}, 7), hdb = Tensor::empty({3072}, DType::f32, kCuda);
+        report("bias_act gelu fwd 16384x3072", time_ms([&] { be.bias_act(h, hb, true, hout); }),
+               2.0 * 4 * rc, 0);
+        report("bias_act_backward gelu 16384x3072",
+               time_ms([&] { be.bias_act_backward(hdy, h, hb, true, hout, hdb); }), 3.0 * 4 * rc,
+               0);
+        Tensor xdy = randn({R, C}, 8), xdb = Tensor::empty({C}, DType::f32, kCuda);
+        report("bias_act_backward 16384x768 (db only)",
+               time_ms([&] { be.bias_act_backward(xdy, xdy, b, false, xdy, xdb); }), rc, 0);
         report("add 16384x768 + 16384x768", time_ms([&] { (void)add(x, x); }), 3 * rc, 0);
         report("add 16384x768 + (768) broadcast", time_ms([&] { (void)add(x, b); }), 2 * rc, 0);
         report("sum over rows 16384x768 -> 768", time_ms([&] { (void)sum(x, {0}); }), rc, 0);

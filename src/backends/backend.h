@@ -105,13 +105,19 @@ class Backend {
     virtual void rope(const Tensor& x, const RopeOptions& opts, const Tensor& out) = 0;
     /// q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D) -> out (B, Hq, Tq, D), lse (B, Hq, Tq)
     /// (log-sum-exp of the scaled scores per query row, kept for the backward pass).
+    /// q, k, v, out (and the backward's dout, dq, dk, dv) are contiguous, or, where
+    /// attention_strided(), any views whose last dim is contiguous (any strides for B, H, T:
+    /// e.g. heads read straight out of a packed (B, T, 3C) qkv). lse is always contiguous.
     virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                            bool causal, const Tensor& out, const Tensor& lse) = 0;
-    /// dq, dk, dv overwritten.
+    /// dq, dk, dv overwritten (only their own elements: they may be views into one buffer).
     virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const Tensor& out, const Tensor& lse, const Tensor& dout,
                                     float scale, bool causal, const Tensor& dq, const Tensor& dk,
                                     const Tensor& dv) = 0;
+    /// Whether attention / attention_backward take strided views (see attention). Ops hand
+    /// the others contiguous copies.
+    virtual bool attention_strided() const { return false; }
 
     /// A linear layer's epilogue: out (R, N) = act(x (R, N) + b (N)), act GELU-tanh when
     /// `gelu`, else identity; out may be x. The default runs binary add, then unary GELU;

@@ -158,6 +158,7 @@ class ProfilingBackend final : public Backend {
         timed("attention_backward",
               [&] { inner_.attention_backward(q, k, v, o, lse, d, s, c, dq, dk, dv); });
     }
+    bool attention_strided() const override { return inner_.attention_strided(); }
 
   private:
     void report() {

@@ -3,10 +3,12 @@
 // oracle, differentiable through those ops). Shape/dtype/device validation is shared.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "backends/backend.h"
 #include "core/op_helpers.h"
 #include <forge/autograd/autograd.h>
 #include <forge/core/ops.h>
@@ -51,19 +53,42 @@ AttentionDims check_attention(const char* op, const Tensor& q, const Tensor& k, 
     return s;
 }
 
+// Whether the rows of t (B, H, T, D) can go to a strided attention kernel as they are: last dim
+// contiguous, and the base and the B, H, T strides 16-byte aligned (the CUDA tensor-core kernel
+// loads rows 16 bytes at a time; a misaligned view would fall back to the slower exact kernel, so
+// it gets a contiguous copy instead).
+bool rows_aligned16(const Tensor& t) {
+    if (t.dim() != 4 || (t.strides()[3] != 1 && t.size(3) != 1))
+        return false;
+    if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0)
+        return false;
+    const int64_t item = int64_t(dtype_size(t.dtype()));
+    for (int d = 0; d < 3; ++d)
+        if (t.size(d) > 1 && t.strides()[size_t(d)] * item % 16 != 0)
+            return false;
+    return true;
+}
+
+// t (B, H, T, D) as the kernel takes it: in the compute dtype (half widened once), the view itself
+// where the backend takes strided rows and they are aligned, else a contiguous copy.
+Tensor kernel_layout(const Tensor& t, DType cdt, bool strided) {
+    Tensor c = t.detach().to(cdt);
+    return strided && rows_aligned16(c) ? c : c.contiguous();
+}
+
 } // namespace
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) {
     const AttentionDims s = check_attention("attention", q, k, v, opts);
     const DType dt = q.dtype(), cdt = compute_dtype(dt);
     const bool causal = opts.causal;
+    const bool strided = detail::backend_of(q).attention_strided();
     Tensor qc, kc, vc, out_c, lse;
     {
         NoGradGuard no_grad;
-        // The fused kernel takes contiguous tensors of the compute dtype (half widened once).
-        qc = q.detach().to(cdt).contiguous();
-        kc = k.detach().to(cdt).contiguous();
-        vc = v.detach().to(cdt).contiguous();
+        qc = kernel_layout(q, cdt, strided);
+        kc = kernel_layout(k, cdt, strided);
+        vc = kernel_layout(v, cdt, strided);
         out_c = detail::empty_on(q, {s.B, s.Hq, s.Tq, s.D}, cdt);
         lse = detail::empty_on(q, {s.B, s.Hq, s.Tq}, cdt);
         if (out_c.numel() > 0)
@@ -74,8 +99,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
         // The backward recomputes the probabilities from q, k and the saved lse (B, Hq, Tq):
         // O(T * D) saved state, never the (Tq, Tk) matrix.
         autograd::record("attention", out, {q, k, v},
-                         [qc, kc, vc, o = out_c.detach(), lse, s, causal, dt,
-                          cdt](const Tensor& g) -> std::vector<Tensor> {
+                         [qc, kc, vc, o = out_c.detach(), lse, s, causal, dt, cdt,
+                          strided](const Tensor& g) -> std::vector<Tensor> {
                              // The kernel overwrites dq, dk, dv; with no queries (Tq = 0) they stay
                              // zero.
                              const bool run = o.numel() > 0;
@@ -85,7 +110,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
                              };
                              Tensor dq = grad_like(qc), dk = grad_like(kc), dv = grad_like(vc);
                              if (run) {
-                                 Tensor gc = g.to(cdt).contiguous();
+                                 const Tensor gc = kernel_layout(g, cdt, strided);
                                  detail::backend_of(qc).attention_backward(
                                      qc, kc, vc, o, lse, gc, s.scale, causal, dq, dk, dv);
                              }
@@ -109,35 +134,64 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
             .permute({0, 2, 1, 3})
             .reshape({B, T, C});
     }
-    Tensor packed, q, k, v, out_c, lse, out;
+    // Part i of a contiguous (B, T, n C) buffer as heads (B, H, T, D): a view, rows n C apart.
+    auto heads_of = [B, T, H, D](const Tensor& buf, int64_t n, int64_t i) {
+        return buf.view({B, T, n, H, D}).select(2, i).permute({0, 2, 1, 3});
+    };
+    Backend& be = detail::backend_of(qkv);
+    Tensor qkv_c, out, out_h, lse;
     AttentionDims s{};
+    bool in_place = false;
     {
         NoGradGuard no_grad;
-        // (B, T, 3, H, D) -> (3, B, H, T, D): q, k and v each contiguous (B, H, T, D).
-        packed = qkv.detach().view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4}).contiguous();
-        q = packed.select(0, 0), k = packed.select(0, 1), v = packed.select(0, 2);
+        qkv_c = qkv.detach().contiguous();
+        // A backend that takes strided rows reads q, k, v in the packed buffer and writes out in
+        // (B, T, H, D) order, where the rows stay 16-byte aligned for its fast kernel (C and D
+        // multiples of 4 floats); otherwise q, k, v and out are copied to and from its layout.
+        in_place = be.attention_strided() && rows_aligned16(heads_of(qkv_c, 3, 0));
+        Tensor q, k, v;
+        if (in_place) {
+            q = heads_of(qkv_c, 3, 0), k = heads_of(qkv_c, 3, 1), v = heads_of(qkv_c, 3, 2);
+            out = detail::empty_on(qkv, {B, T, C}, dt);
+            out_h = heads_of(out, 1, 0);
+        } else { // (B, T, 3, H, D) -> (3, B, H, T, D): q, k and v each contiguous (B, H, T, D).
+            qkv_c = qkv_c.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4}).contiguous();
+            q = qkv_c.select(0, 0), k = qkv_c.select(0, 1), v = qkv_c.select(0, 2);
+            out_h = detail::empty_on(qkv, {B, H, T, D}, dt);
+        }
         s = check_attention("attention_packed", q, k, v, opts);
-        out_c = detail::empty_on(qkv, {B, H, T, D}, dt);
         lse = detail::empty_on(qkv, {B, H, T}, dt);
-        if (out_c.numel() > 0)
-            detail::backend_of(qkv).attention(q, k, v, s.scale, opts.causal, out_c, lse);
-        out = out_c.permute({0, 2, 1, 3}).contiguous().view({B, T, C});
+        if (out_h.numel() > 0)
+            be.attention(q, k, v, s.scale, opts.causal, out_h, lse);
+        if (!in_place)
+            out = out_h.permute({0, 2, 1, 3}).contiguous().view({B, T, C});
     }
     if (autograd::needs_grad({qkv})) {
+        // Saved: the packed (or split) q, k, v, the output in the kernel's layout, lse (B, H, T).
         autograd::record(
             "attention_packed", out, {qkv},
-            [packed, out_c, lse, s, causal = opts.causal, B, T, C, H,
+            [qkv_c, out_h, lse, s, causal = opts.causal, in_place, heads_of, B, T, C, H,
              D](const Tensor& g) -> std::vector<Tensor> {
-                Tensor dpacked = out_c.numel() > 0
-                                     ? Tensor::empty(packed.shape(), packed.dtype(), packed.device())
-                                     : Tensor::zeros(packed.shape(), packed.dtype(), packed.device());
-                if (out_c.numel() > 0) {
+                Backend& be = detail::backend_of(g);
+                if (in_place) { // dq, dk, dv written straight into the (B, T, 3C) gradient
+                    Tensor dqkv = detail::empty_on(g, {B, T, 3 * C}, g.dtype());
+                    if (out_h.numel() > 0)
+                        be.attention_backward(
+                            heads_of(qkv_c, 3, 0), heads_of(qkv_c, 3, 1), heads_of(qkv_c, 3, 2),
+                            out_h, lse, heads_of(g.contiguous(), 1, 0), s.scale, causal,
+                            heads_of(dqkv, 3, 0), heads_of(dqkv, 3, 1), heads_of(dqkv, 3, 2));
+                    return {dqkv};
+                }
+                Tensor dpacked = out_h.numel() > 0
+                                     ? Tensor::empty(qkv_c.shape(), qkv_c.dtype(), qkv_c.device())
+                                     : Tensor::zeros(qkv_c.shape(), qkv_c.dtype(), qkv_c.device());
+                if (out_h.numel() > 0) {
                     // (B, T, C) -> (B, H, T, D), the kernel's layout of dO.
-                    Tensor dout = g.contiguous().view({B, T, H, D}).permute({0, 2, 1, 3}).contiguous();
-                    detail::backend_of(g).attention_backward(
-                        packed.select(0, 0), packed.select(0, 1), packed.select(0, 2), out_c, lse,
-                        dout, s.scale, causal, dpacked.select(0, 0), dpacked.select(0, 1),
-                        dpacked.select(0, 2));
+                    Tensor dout = heads_of(g.contiguous(), 1, 0).contiguous();
+                    be.attention_backward(qkv_c.select(0, 0), qkv_c.select(0, 1),
+                                          qkv_c.select(0, 2), out_h, lse, dout, s.scale, causal,
+                                          dpacked.select(0, 0), dpacked.select(0, 1),
+                                          dpacked.select(0, 2));
                 }
                 // (3, B, H, T, D) -> (B, T, 3, H, D) = (B, T, 3C)
                 return {dpacked.permute({1, 3, 0, 2, 4}).contiguous().view({B, T, 3 * C})};

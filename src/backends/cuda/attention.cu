@@ -7,7 +7,8 @@
 // of head dim 64 or 128 runs the bf16 tensor-core kernel of attention_tc.cu instead.
 // Layout: a warp owns one query row (forward, dq) or one key row (dk, dv). Scores: lane j
 // takes key (query) j of the tile; outputs: lane l owns features l, l + 32, ... (DPL of them).
-#include "backends/cuda/common.cuh"
+// Tensors: rows at any B, H, T strides (attention.cuh), lse and delta contiguous (B, Hq, Tq).
+#include "backends/cuda/attention.cuh"
 
 namespace forge::cuda {
 
@@ -20,19 +21,23 @@ struct Geo {
     int64_t B, Hq, Hkv, Tq, Tk, D;
     float scale;
     bool causal;
+    // Row strides of each tensor (o: out, g: dout).
+    HeadRows q{}, k{}, v{}, o{}, g{}, dq{}, dk{}, dv{};
     // Last key row i may see (inclusive).
     __device__ __forceinline__ int64_t last_key(int64_t i) const {
         return causal ? Tk - Tq + i : Tk - 1;
     }
 };
 
-// Copies rows [r0, r0 + kTile) of src (n_rows, D) into tile (kTile, D + 1), zero past the end.
+// Copies rows [r0, r0 + kTile) of src (n_rows, D; rows `stride` apart) into tile (kTile, D + 1),
+// zero past the end.
 template <typename T>
-__device__ void load_tile(T* tile, const T* src, int64_t r0, int64_t n_rows, int64_t D) {
+__device__ void load_tile(T* tile, const T* src, int64_t stride, int64_t r0, int64_t n_rows,
+                          int64_t D) {
     const int64_t ld = D + 1;
     for (int64_t e = threadIdx.x; e < kTile * D; e += blockDim.x) {
         const int64_t r = e / D, d = e - r * D;
-        tile[r * ld + d] = r0 + r < n_rows ? src[(r0 + r) * D + d] : T(0);
+        tile[r * ld + d] = r0 + r < n_rows ? src[(r0 + r) * stride + d] : T(0);
     }
 }
 
@@ -53,17 +58,16 @@ __global__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k,
     T* Vs = Ks + kTile * (g.D + 1);
     T* Qs = Vs + kTile * (g.D + 1);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq;
-    const int64_t kvh = b * g.Hkv + h / (g.Hq / g.Hkv);
-    const T* K = k + kvh * g.Tk * g.D;
-    const T* V = v + kvh * g.Tk * g.D;
+    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / (g.Hq / g.Hkv);
+    const T* K = k + g.k.at(b, hk, 0);
+    const T* V = v + g.v.at(b, hk, 0);
     const int64_t i = int64_t(blockIdx.x) * kWarps + warp;
     const bool active = i < g.Tq;
-    const int64_t row = bh * g.Tq + i;
+    const int64_t row = bh * g.Tq + i; // of lse
     T* qs = Qs + warp * g.D;
     if (active)
         for (int64_t d = lane; d < g.D; d += 32)
-            qs[d] = q[row * g.D + d];
+            qs[d] = q[g.q.at(b, h, i) + d];
     const int64_t i_last = min64(g.Tq - 1, int64_t(blockIdx.x) * kWarps + kWarps - 1);
     const int64_t k_end = g.last_key(i_last) + 1; // keys any row of the block sees
     const int64_t my_last = active ? g.last_key(i) : -1;
@@ -74,8 +78,8 @@ __global__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k,
     const int64_t ld = g.D + 1;
     for (int64_t k0 = 0; k0 < k_end; k0 += kTile) {
         __syncthreads(); // previous tile fully read
-        load_tile(Ks, K, k0, g.Tk, g.D);
-        load_tile(Vs, V, k0, g.Tk, g.D);
+        load_tile(Ks, K, g.k.t, k0, g.Tk, g.D);
+        load_tile(Vs, V, g.v.t, k0, g.Tk, g.D);
         __syncthreads();
         if (!active) continue;
         const int64_t j = k0 + lane;
@@ -104,21 +108,24 @@ __global__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k,
 #pragma unroll
     for (int t = 0; t < DPL; ++t) {
         const int64_t d = lane + 32 * t;
-        if (d < g.D) out[row * g.D + d] = o[t] * inv;
+        if (d < g.D) out[g.o.at(b, h, i) + d] = o[t] * inv;
     }
     if (lane == 0) lse[row] = m + ::log(l);
 }
 
-// delta[row] = dO[row] . O[row]; a warp per row.
+// delta[row] = dO[row] . O[row]; a warp per row (b, h, i) of B Hq Tq.
 template <typename T>
 __global__ void attn_delta(const T* __restrict__ dout, const T* __restrict__ out,
-                           T* __restrict__ delta, int64_t rows, int64_t D) {
+                           T* __restrict__ delta, int64_t rows, Geo g) {
     const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
+    const int64_t bh = row / g.Tq, i = row % g.Tq, b = bh / g.Hq, h = bh % g.Hq;
+    const T* go = dout + g.g.at(b, h, i);
+    const T* o = out + g.o.at(b, h, i);
     T s = 0;
-    for (int64_t d = lane; d < D; d += 32)
-        s += dout[row * D + d] * out[row * D + d];
+    for (int64_t d = lane; d < g.D; d += 32)
+        s += go[d] * o[d];
     s = warp_sum(s);
     if (lane == 0) delta[row] = s;
 }
@@ -135,19 +142,18 @@ __global__ void attn_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
     T* Qs = Vs + kTile * (g.D + 1);
     T* Gs = Qs + kWarps * g.D;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq;
-    const int64_t kvh = b * g.Hkv + h / (g.Hq / g.Hkv);
-    const T* K = k + kvh * g.Tk * g.D;
-    const T* V = v + kvh * g.Tk * g.D;
+    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / (g.Hq / g.Hkv);
+    const T* K = k + g.k.at(b, hk, 0);
+    const T* V = v + g.v.at(b, hk, 0);
     const int64_t i = int64_t(blockIdx.x) * kWarps + warp;
     const bool active = i < g.Tq;
-    const int64_t row = bh * g.Tq + i;
+    const int64_t row = bh * g.Tq + i; // of lse, delta
     T* qs = Qs + warp * g.D;
     T* gs = Gs + warp * g.D;
     if (active)
         for (int64_t d = lane; d < g.D; d += 32) {
-            qs[d] = q[row * g.D + d];
-            gs[d] = dout[row * g.D + d];
+            qs[d] = q[g.q.at(b, h, i) + d];
+            gs[d] = dout[g.g.at(b, h, i) + d];
         }
     const T L = active ? lse[row] : T(0), Di = active ? delta[row] : T(0);
     const int64_t i_last = min64(g.Tq - 1, int64_t(blockIdx.x) * kWarps + kWarps - 1);
@@ -160,8 +166,8 @@ __global__ void attn_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
         acc[t] = 0;
     for (int64_t k0 = 0; k0 < k_end; k0 += kTile) {
         __syncthreads();
-        load_tile(Ks, K, k0, g.Tk, g.D);
-        load_tile(Vs, V, k0, g.Tk, g.D);
+        load_tile(Ks, K, g.k.t, k0, g.Tk, g.D);
+        load_tile(Vs, V, g.v.t, k0, g.Tk, g.D);
         __syncthreads();
         if (!active || k0 > my_last) continue;
         const int64_t j = k0 + lane;
@@ -184,7 +190,7 @@ __global__ void attn_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
 #pragma unroll
     for (int t = 0; t < DPL; ++t) {
         const int64_t d = lane + 32 * t;
-        if (d < g.D) dq[row * g.D + d] = acc[t] * T(g.scale);
+        if (d < g.D) dq[g.dq.at(b, h, i) + d] = acc[t] * T(g.scale);
     }
 }
 
@@ -207,13 +213,12 @@ __global__ void attn_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k,
     const int64_t bk = blockIdx.y, b = bk / g.Hkv, hk = bk % g.Hkv, group = g.Hq / g.Hkv;
     const int64_t j = int64_t(blockIdx.x) * kWarps + warp;
     const bool active = j < g.Tk;
-    const int64_t krow = bk * g.Tk + j;
     T* ks = Kr + warp * g.D;
     T* vs = Vr + warp * g.D;
     if (active)
         for (int64_t d = lane; d < g.D; d += 32) {
-            ks[d] = k[krow * g.D + d];
-            vs[d] = v[krow * g.D + d];
+            ks[d] = k[g.k.at(b, hk, j) + d];
+            vs[d] = v[g.v.at(b, hk, j) + d];
         }
     // Query i sees key j iff j <= Tk - Tq + i: the block's first key bounds the first query.
     const int64_t j_first = int64_t(blockIdx.x) * kWarps;
@@ -225,13 +230,13 @@ __global__ void attn_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k,
     for (int t = 0; t < DPL; ++t)
         ak[t] = av[t] = 0;
     for (int64_t hh = 0; hh < group; ++hh) {
-        const int64_t qh = b * g.Hq + hk * group + hh; // (b, query head)
-        const T* Q = q + qh * g.Tq * g.D;
-        const T* G = dout + qh * g.Tq * g.D;
+        const int64_t h = hk * group + hh, qh = b * g.Hq + h; // query head, (b, h) of lse
+        const T* Q = q + g.q.at(b, h, 0);
+        const T* G = dout + g.g.at(b, h, 0);
         for (int64_t i0 = i_start; i0 < g.Tq; i0 += kTile) {
             __syncthreads();
-            load_tile(Qs, Q, i0, g.Tq, g.D);
-            load_tile(Gs, G, i0, g.Tq, g.D);
+            load_tile(Qs, Q, g.q.t, i0, g.Tq, g.D);
+            load_tile(Gs, G, g.g.t, i0, g.Tq, g.D);
             if (threadIdx.x < kTile) {
                 const int64_t ii = i0 + threadIdx.x;
                 Ls[threadIdx.x] = ii < g.Tq ? lse[qh * g.Tq + ii] : T(0);
@@ -266,14 +271,20 @@ __global__ void attn_bwd_dkv(const T* __restrict__ q, const T* __restrict__ k,
     for (int t = 0; t < DPL; ++t) {
         const int64_t d = lane + 32 * t;
         if (d < g.D) {
-            dk[krow * g.D + d] = ak[t] * T(g.scale);
-            dv[krow * g.D + d] = av[t];
+            dk[g.dk.at(b, hk, j) + d] = ak[t] * T(g.scale);
+            dv[g.dv.at(b, hk, j) + d] = av[t];
         }
     }
 }
 
-Geo make_geo(const Tensor& q, const Tensor& k, float scale, bool causal) {
+// `rows`: q, k, v, out, then (backward) dout, dq, dk, dv; undefined ones get no strides.
+Geo make_geo(const Tensor& q, const Tensor& k, float scale, bool causal,
+             std::initializer_list<const Tensor*> rows) {
     Geo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), scale, causal};
+    HeadRows* dst[] = {&g.q, &g.k, &g.v, &g.o, &g.g, &g.dq, &g.dk, &g.dv};
+    int n = 0;
+    for (const Tensor* t : rows)
+        *dst[n++] = t ? head_rows(*t) : HeadRows{0, 0, 0};
     FORGE_CHECK(g.D <= 256, "[attention] the CUDA kernel takes head dims up to 256, got ", g.D,
                 " (q ", shape_str(q.shape()), ")");
     FORGE_CHECK(g.B * g.Hq < 65536 && g.B * g.Hkv < 65536, "[attention] B * H = ", g.B * g.Hq,
@@ -298,10 +309,10 @@ template <typename K> void set_smem(K kernel, size_t bytes) {
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                             bool causal, const Tensor& out, const Tensor& lse) {
-    const Geo g = make_geo(q, k, scale, causal);
+    const Geo g = make_geo(q, k, scale, causal, {&q, &k, &v, &out});
     if (g.Tq == 0) return;
     if ((allow_reduced_precision_attention() || autocast_bf16()) &&
-        attention_tc_supported(q, k, v, causal)) {
+        attention_tc_supported(q, k, v, causal, {&out})) {
         attention_tc_forward(q, k, v, scale, causal, out, lse);
         return;
     }
@@ -323,10 +334,9 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                      const Tensor& out, const Tensor& lse, const Tensor& dout,
                                      float scale, bool causal, const Tensor& dq, const Tensor& dk,
                                      const Tensor& dv) {
-    const Geo g = make_geo(q, k, scale, causal);
+    const Geo g = make_geo(q, k, scale, causal, {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
     if ((allow_reduced_precision_attention() || autocast_bf16()) &&
-        attention_tc_supported(q, k, v, causal) &&
-        (reinterpret_cast<uintptr_t>(dout.data_ptr()) & 15) == 0) {
+        attention_tc_supported(q, k, v, causal, {&out, &dout, &dq, &dk, &dv})) {
         attention_tc_backward(q, k, v, out, lse, dout, scale, causal, dq, dk, dv);
         return;
     }
@@ -337,7 +347,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
         T* delta = static_cast<T*>(delta_buf->data);
         if (rows > 0)
             attn_delta<T><<<blocks_for(rows * 32), kBlock, 0, s>>>(dout.data<T>(), out.data<T>(),
-                                                                   delta, rows, g.D);
+                                                                   delta, rows, g);
         visit_dpl(g.D, [&]<int DPL>() {
             const size_t smem_q = (2 * kTile * (g.D + 1) + 2 * kWarps * g.D) * sizeof(T);
             set_smem(attn_bwd_dq<T, DPL>, smem_q);

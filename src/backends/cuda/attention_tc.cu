@@ -6,7 +6,9 @@
 //
 // The op's tensors are f32. Inputs are rounded to bf16 on their way into shared memory, so
 // results carry bf16 input rounding: about 1e-2 relative error against the f32 reference
-// (tests/cuda/ops_test.cpp checks that bound). Outputs, lse and gradients are f32.
+// (tests/cuda/ops_test.cpp checks that bound). Outputs, lse and gradients are f32. q, k, v, out,
+// dout, dq, dk, dv are rows at any B, H, T strides (attention.cuh) whose starts are 16-byte
+// aligned (attention_tc_supported checks); lse is contiguous.
 //
 // Forward: a block owns 128 query rows (4 warps of 32 rows, or 8 warps of 16) and streams
 // 64-key K/V tiles. The f32 tiles come in with cp.async into a staging area while the previous
@@ -26,7 +28,7 @@
 // operands stored [k][n]).
 #include <atomic>
 
-#include "backends/cuda/common.cuh"
+#include "backends/cuda/attention.cuh"
 
 namespace forge::cuda {
 
@@ -47,6 +49,8 @@ struct TcGeo {
     int64_t B, Hq, Hkv, Tq, Tk;
     float scale_log2; // softmax scale * log2(e): scores live in the log2 domain
     bool causal; // key j visible to query i iff j < Tk and, causal, j <= Tk - Tq + i
+    // Row strides of each tensor (o: out, g: dout).
+    HeadRows q{}, k{}, v{}, o{}, g{}, dq{}, dk{}, dv{};
 };
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -137,13 +141,14 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Rows [r0, r0 + ROWS) of f32 src (n_rows, D) into a bf16 tile [ROWS][D + 8], zero past n_rows,
+// Rows [r0, r0 + ROWS) of f32 src (n_rows, D; rows `ld` floats apart, ld % 4 == 0) into a bf16
+// tile [ROWS][D + 8], zero past n_rows,
 // by NT threads, synchronously: 8 elements per thread per step (one 16-byte shared store). The
 // trip count is a constant so the loop unrolls and the global loads of all steps are in flight
 // together. For tiles read once per block (forward Q, backward K and V).
 template <int D, int ROWS, int NT>
-__device__ __forceinline__ void stage_tile(bf16* tile, const float* __restrict__ src, int64_t r0,
-                                           int64_t n_rows) {
+__device__ __forceinline__ void stage_tile(bf16* tile, const float* __restrict__ src, int64_t ld,
+                                           int64_t r0, int64_t n_rows) {
     constexpr int kLd = D + 8, kChunks = D / 8, kSteps = ROWS * kChunks / NT;
     static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
 #pragma unroll
@@ -152,7 +157,7 @@ __device__ __forceinline__ void stage_tile(bf16* tile, const float* __restrict__
         const int r = e / kChunks, d = (e - r * kChunks) * 8;
         uint4 packed = make_uint4(0, 0, 0, 0);
         if (r0 + r < n_rows) {
-            const float* p = src + (r0 + r) * D + d;
+            const float* p = src + (r0 + r) * ld + d;
             const float4 x0 = *reinterpret_cast<const float4*>(p);
             const float4 x1 = *reinterpret_cast<const float4*>(p + 4);
             packed = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x0.z, x0.w),
@@ -162,27 +167,34 @@ __device__ __forceinline__ void stage_tile(bf16* tile, const float* __restrict__
     }
 }
 
-// An f32 tile of ROWS rows of (n_rows, D) staged asynchronously, then rounded to a bf16 tile
-// [ROWS][D + 8], by NT threads. fetch() issues cp.async into `stage` (ROWS * D floats) without
-// passing through registers; after cp_async_wait the same thread converts the same chunks, so
-// neither step needs a barrier of its own and `stage` is free again as soon as a thread has
-// converted its chunks. Chunk e = step * NT + tid is row e / (D / 8), cols 8 (e % (D / 8)) + 0..7;
-// its two float4 sit in slots (2 step) NT + tid and (2 step + 1) NT + tid, so a warp's shared
-// accesses are 512 contiguous bytes and its global reads 1 KiB of whole rows.
+// An f32 tile of ROWS rows of (n_rows, D; rows `ld` floats apart) staged asynchronously, then
+// rounded to a bf16 tile [ROWS][D + 8], by NT threads. fetch() issues cp.async into `stage`
+// (ROWS * D floats) without passing through registers; after cp_async_wait the same thread
+// converts the same chunks, so neither step needs a barrier of its own and `stage` is free again
+// as soon as a thread has converted its chunks. Chunk e = step * NT + tid is row e / (D / 8),
+// cols 8 (e % (D / 8)) + 0..7; its two float4 sit in slots (2 step) NT + tid and (2 step + 1)
+// NT + tid, so a warp's shared accesses are 512 contiguous bytes and its global reads 1 KiB of
+// whole rows.
 template <int D, int ROWS, int NT> struct F32Stage {
     static constexpr int kChunks = D / 8, kSteps = ROWS * kChunks / NT;
     static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
 
+    // A thread's chunks share their columns and lie kRowStep rows apart: one 64-bit multiply by
+    // the (runtime) row stride per tile, then a pointer bump per step.
+    static constexpr int kRowStep = NT / kChunks;
+    static_assert(NT % kChunks == 0, "a thread's chunks must share their columns");
     __device__ __forceinline__ static void fetch(float* stage, const float* __restrict__ src,
-                                                 int64_t r0, int64_t n_rows) {
+                                                 int64_t ld, int64_t r0, int64_t n_rows) {
+        const int r_first = int(threadIdx.x) / kChunks;
+        const int d = (int(threadIdx.x) - r_first * kChunks) * 8;
+        const float* p = src + (r0 + r_first) * ld + d;
 #pragma unroll
         for (int step = 0; step < kSteps; ++step) {
-            const int e = step * NT + int(threadIdx.x);
-            const int r = e / kChunks, d = (e - r * kChunks) * 8;
-            const bool ok = r0 + r < n_rows;
-            const float* p = src + (ok ? (r0 + r) * D + d : 0);
-            cp_async16(stage + ((2 * step) * NT + threadIdx.x) * 4, p, ok);
-            cp_async16(stage + ((2 * step + 1) * NT + threadIdx.x) * 4, p + 4, ok);
+            const bool ok = r0 + r_first + step * kRowStep < n_rows;
+            const float* q = ok ? p : src; // nothing is read when !ok
+            cp_async16(stage + ((2 * step) * NT + threadIdx.x) * 4, q, ok);
+            cp_async16(stage + ((2 * step + 1) * NT + threadIdx.x) * 4, q + 4, ok);
+            p += kRowStep * ld;
         }
     }
     __device__ __forceinline__ static void to_bf16(bf16* tile, const float* stage) {
@@ -247,17 +259,16 @@ __global__ void __launch_bounds__(32 * W)
     bf16* Ks = Qs + kBm * kLd;
     bf16* Vs = Ks + kKeys * kLd;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
-    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq;
-    const int64_t kvh = b * g.Hkv + h / (g.Hq / g.Hkv);
+    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / (g.Hq / g.Hkv);
     // The last query tiles (most keys under causal masking) start first.
     const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kBm;
-    const float* K = k + kvh * g.Tk * D;
-    const float* V = v + kvh * g.Tk * D;
+    const float* K = k + g.k.at(b, hk, 0);
+    const float* V = v + g.v.at(b, hk, 0);
     const int64_t last_q = min64(g.Tq, q0 + kBm) - 1;
     const int64_t k_end = g.causal ? min64(g.Tk, g.Tk - g.Tq + last_q + 1) : g.Tk;
-    KV::fetch(Fs, K, 0, g.Tk);
+    KV::fetch(Fs, K, g.k.t, 0, g.Tk);
     cp_async_commit();
-    stage_tile<D, kBm, NT>(Qs, q + bh * g.Tq * D, q0, g.Tq);
+    stage_tile<D, kBm, NT>(Qs, q + g.q.at(b, h, 0), g.q.t, q0, g.Tq);
     // This warp's rows: r_w + 16 mi + g4 (c0, c1) and + 8 (c2, c3) of m-tile mi.
     const int64_t r_w = q0 + warp * 16 * M;
     float o[M][kDt][4] = {};
@@ -268,7 +279,7 @@ __global__ void __launch_bounds__(32 * W)
     for (int64_t k0 = 0; k0 < k_end; k0 += kKeys) {
         cp_async_wait<0>();
         KV::to_bf16(Ks, Fs);
-        KV::fetch(Fs, V, k0, g.Tk);
+        KV::fetch(Fs, V, g.v.t, k0, g.Tk);
         cp_async_commit();
         __syncthreads(); // Ks (and Qs, on the first tile) complete
         float s[M][kNt][4] = {};
@@ -334,7 +345,7 @@ __global__ void __launch_bounds__(32 * W)
         }
         cp_async_wait<0>();
         KV::to_bf16(Vs, Fs);
-        if (k0 + kKeys < k_end) KV::fetch(Fs, K, k0 + kKeys, g.Tk);
+        if (k0 + kKeys < k_end) KV::fetch(Fs, K, g.k.t, k0 + kKeys, g.Tk);
         cp_async_commit();
         __syncthreads(); // Vs complete; every warp is done with Ks
         // O += P V: P from registers, V stored [key][d] = [k][n].
@@ -364,7 +375,7 @@ __global__ void __launch_bounds__(32 * W)
             const float lsum = quad_sum(l[mi][r]);
             if (i >= g.Tq) continue;
             const float inv = 1.f / lsum;
-            float* orow = out + (bh * g.Tq + i) * D;
+            float* orow = out + g.o.at(b, h, i);
 #pragma unroll
             for (int dt = 0; dt < kDt; ++dt)
                 *reinterpret_cast<float2*>(orow + dt * 8 + 2 * c4) =
@@ -377,26 +388,35 @@ __global__ void __launch_bounds__(32 * W)
 
 // Per query row (B Hq Tq rows of D, one warp each, grid-stride): delta = dO . O in f32,
 // lse2 = lse * log2(e) (the log2-domain statistic fa_bwd subtracts), and Q and dO rounded to bf16
-// once, since fa_bwd reads every query tile once per key block.
+// once, since fa_bwd reads every query tile once per key block; qb, gb, lse2 and delta are
+// contiguous (B, Hq, Tq, ...). Also zeroes the row of dq, which fa_bwd adds to atomically (a
+// memset could not skip the other rows of a strided dq).
 template <int D>
 __global__ void fa_bwd_prep(const float* __restrict__ q, const float* __restrict__ dout,
                             const float* __restrict__ out, const float* __restrict__ lse,
-                            bf16* __restrict__ qb, bf16* __restrict__ gb, float* __restrict__ lse2,
-                            float* __restrict__ delta, int64_t rows) {
+                            float* __restrict__ dq, bf16* __restrict__ qb, bf16* __restrict__ gb,
+                            float* __restrict__ lse2, float* __restrict__ delta, int64_t rows,
+                            TcGeo g) {
     const int lane = threadIdx.x & 31;
     const int64_t n_warps = int64_t(gridDim.x) * blockDim.x / 32;
     for (int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; row < rows;
          row += n_warps) {
+        const int64_t bh = row / g.Tq, i = row % g.Tq, b = bh / g.Hq, h = bh % g.Hq;
+        const float* qr = q + g.q.at(b, h, i);
+        const float* gr = dout + g.g.at(b, h, i);
+        const float* orow = out + g.o.at(b, h, i);
+        float* dqr = dq + g.dq.at(b, h, i);
         float s = 0;
 #pragma unroll
         for (int p = 0; p < D / 64; ++p) {
-            const int64_t at = row * D + 2 * (p * 32 + lane);
-            const float2 go = *reinterpret_cast<const float2*>(dout + at);
-            const float2 o = *reinterpret_cast<const float2*>(out + at);
-            const float2 x = *reinterpret_cast<const float2*>(q + at);
+            const int64_t d = 2 * (p * 32 + lane), at = row * D + d;
+            const float2 go = *reinterpret_cast<const float2*>(gr + d);
+            const float2 o = *reinterpret_cast<const float2*>(orow + d);
+            const float2 x = *reinterpret_cast<const float2*>(qr + d);
             s += go.x * o.x + go.y * o.y;
             *reinterpret_cast<uint32_t*>(gb + at) = pack_bf16(go.x, go.y);
             *reinterpret_cast<uint32_t*>(qb + at) = pack_bf16(x.x, x.y);
+            *reinterpret_cast<float2*>(dqr + d) = make_float2(0.f, 0.f);
         }
         s = warp_sum(s);
         if (lane == 0) {
@@ -460,8 +480,8 @@ __global__ void __launch_bounds__(32 * W)
     };
     fetch(0, 0);
     cp_async_commit();
-    stage_tile<D, kBn, NT>(Ks, k + bk * g.Tk * D, j_first, g.Tk);
-    stage_tile<D, kBn, NT>(Vs, v + bk * g.Tk * D, j_first, g.Tk);
+    stage_tile<D, kBn, NT>(Ks, k + g.k.at(b, hk, 0), g.k.t, j_first, g.Tk);
+    stage_tile<D, kBn, NT>(Vs, v + g.v.at(b, hk, 0), g.v.t, j_first, g.Tk);
     // Keys of this thread's C rows: j_w + g4 and j_w + g4 + 8.
     const int64_t j_w = j_first + warp * 16;
     float ak[kDt][4] = {}, av[kDt][4] = {};
@@ -474,6 +494,7 @@ __global__ void __launch_bounds__(32 * W)
         __syncthreads();    // everyone's (and K, V on the first pass)
         int64_t qh, i0;
         tile_of(it, qh, i0);
+        float* dq_head = dq + g.dq.at(b, qh - b * g.Hq, 0); // no division in the loop below
         const bf16* Qt = Qs + buf * kQRows * kLd;
         const bf16* Gt = Gs + buf * kQRows * kLd;
         const float* Lt = Ls + buf * kQRows;
@@ -564,7 +585,7 @@ __global__ void __launch_bounds__(32 * W)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 if (i_r + 8 * r >= g.Tq) continue;
-                float* row = dq + (qh * g.Tq + i_r + 8 * r) * D + dn0 * 8 + 2 * c4;
+                float* row = dq_head + (i_r + 8 * r) * g.dq.t + dn0 * 8 + 2 * c4;
 #pragma unroll
                 for (int dt = 0; dt < kDc; ++dt)
                     atomicAdd(reinterpret_cast<float2*>(row + dt * 8),
@@ -579,8 +600,8 @@ __global__ void __launch_bounds__(32 * W)
     for (int r = 0; r < 2; ++r) {
         const int64_t j = j_w + g4 + 8 * r;
         if (j >= g.Tk) continue;
-        float* krow = dk + (bk * g.Tk + j) * D;
-        float* vrow = dv + (bk * g.Tk + j) * D;
+        float* krow = dk + g.dk.at(b, hk, j);
+        float* vrow = dv + g.dv.at(b, hk, j);
 #pragma unroll
         for (int dt = 0; dt < kDt; ++dt) {
             *reinterpret_cast<float2*>(krow + dt * 8 + 2 * c4) =
@@ -600,7 +621,15 @@ template <typename K> void set_smem_tc(K kernel, size_t bytes) {
                                           int(cudaSharedmemCarveoutMaxShared)));
 }
 
-bool aligned16(const Tensor& t) { return (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15) == 0; }
+// Every row start 16-byte aligned (cp.async and float4 loads): the base and the B, H, T strides;
+// and the last dim contiguous.
+bool rows_aligned16(const Tensor& t) {
+    if (t.dim() != 4 || t.strides()[3] != 1 || (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15))
+        return false;
+    for (int d = 0; d < 3; ++d)
+        if (t.size(d) > 1 && t.strides()[size_t(d)] % 4 != 0) return false;
+    return true;
+}
 
 // f.template operator()<D, W>() for head dim D (64 or 128) and the warps per block of the pass.
 template <typename F> void visit_shape(int64_t D, bool backward, F&& f) {
@@ -622,16 +651,22 @@ void set_attention_tc_warps(int warps) {
     g_tc_warps.store(warps);
 }
 
-bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
+bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                            std::initializer_list<const Tensor*> others) {
     const int64_t D = q.size(3), Tq = q.size(2), Tk = k.size(2);
-    return q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32 &&
-           (D == 64 || D == 128) && !(causal && Tq > Tk) && Tq > 0 && Tk > 0 &&
-           q.size(0) * q.size(1) < 65536 && aligned16(q) && aligned16(k) && aligned16(v);
+    bool ok = q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32 &&
+              (D == 64 || D == 128) && !(causal && Tq > Tk) && Tq > 0 && Tk > 0 &&
+              q.size(0) * q.size(1) < 65536 && rows_aligned16(q) && rows_aligned16(k) &&
+              rows_aligned16(v);
+    for (const Tensor* t : others)
+        ok = ok && rows_aligned16(*t);
+    return ok;
 }
 
 void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                           bool causal, const Tensor& out, const Tensor& lse) {
-    const TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
+    TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
+    g.q = head_rows(q), g.k = head_rows(k), g.v = head_rows(v), g.o = head_rows(out);
     cudaStream_t s = stream_of(q);
     visit_shape(q.size(3), false, [&]<int D, int W>() {
         constexpr int kBm = 128; // 16 rows x 8 / W m-tiles x W warps
@@ -649,7 +684,9 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
 void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                            const Tensor& lse, const Tensor& dout, float scale, bool causal,
                            const Tensor& dq, const Tensor& dk, const Tensor& dv) {
-    const TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
+    TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
+    g.q = head_rows(q), g.k = head_rows(k), g.v = head_rows(v), g.o = head_rows(out);
+    g.g = head_rows(dout), g.dq = head_rows(dq), g.dk = head_rows(dk), g.dv = head_rows(dv);
     const int D = int(q.size(3));
     cudaStream_t s = stream_of(q);
     // Scratch: Q and dO in bf16 (rows x D each), lse2 and delta (rows each).
@@ -660,16 +697,15 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
     bf16* gb = qb + rows * D;
     auto* lse2 = reinterpret_cast<float*>(gb + rows * D);
     float* delta = lse2 + rows;
-    FORGE_CUDA_CHECK(cudaMemsetAsync(dq.data<float>(), 0, size_t(rows) * D * sizeof(float), s));
     const unsigned prep_blocks = blocks_for(rows * 32);
     if (D == 64)
-        fa_bwd_prep<64><<<prep_blocks, kBlock, 0, s>>>(q.data<float>(), dout.data<float>(),
-                                                       out.data<float>(), lse.data<float>(), qb,
-                                                       gb, lse2, delta, rows);
+        fa_bwd_prep<64><<<prep_blocks, kBlock, 0, s>>>(
+            q.data<float>(), dout.data<float>(), out.data<float>(), lse.data<float>(),
+            dq.data<float>(), qb, gb, lse2, delta, rows, g);
     else
-        fa_bwd_prep<128><<<prep_blocks, kBlock, 0, s>>>(q.data<float>(), dout.data<float>(),
-                                                        out.data<float>(), lse.data<float>(), qb,
-                                                        gb, lse2, delta, rows);
+        fa_bwd_prep<128><<<prep_blocks, kBlock, 0, s>>>(
+            q.data<float>(), dout.data<float>(), out.data<float>(), lse.data<float>(),
+            dq.data<float>(), qb, gb, lse2, delta, rows, g);
     visit_shape(D, true, [&]<int HD, int W>() {
         constexpr int kBn = 16 * W;
         const size_t smem = 2 * tile_bytes(HD, kBn) + 4 * tile_bytes(HD, kQRows) +

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "backends/backend.h"
@@ -58,6 +59,12 @@ class CudaBackend : public Backend {
     void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                             const Tensor& lse, const Tensor& dout, float scale, bool causal,
                             const Tensor& dq, const Tensor& dk, const Tensor& dv) override;
+    /// Both attention kernels read and write rows at any B, H, T strides (attention.cuh).
+    bool attention_strided() const override { return true; }
+    /// One pass each, f32 (bias_act.cu); other dtypes take Backend's default.
+    void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) override;
+    void bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b, bool gelu,
+                           const Tensor& dx, const Tensor& db) override;
 };
 
 /// The process-wide CUDA backend (registry.cpp hands it out for cuda devices).
@@ -86,9 +93,12 @@ void copy_host_device(const Tensor& src, const Tensor& dst);
 void check_launch(const char* op);
 
 /// The bf16 tensor-core flash attention (attention_tc.cu): f32 q/k/v, head dim 64 or 128, not
-/// causal with Tq > Tk, 16-byte aligned. attention() takes it for f32 tensors when
-/// allow_reduced_precision_attention() is on; otherwise the exact f32 kernel runs.
-bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal);
+/// causal with Tq > Tk, rows 16-byte aligned (every tensor's base and B, H, T strides).
+/// attention() takes it for f32 tensors when allow_reduced_precision_attention() is on;
+/// otherwise the exact f32 kernel runs. `others`: the outputs (and dout) the pass also touches,
+/// held to the same alignment.
+bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                            std::initializer_list<const Tensor*> others = {});
 void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                           bool causal, const Tensor& out, const Tensor& lse);
 void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
