@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "backends/backend.h"
 #include "backends/cpu/simd/nn_kernels.h"
 #include "core/op_test_util.h"
 #include <forge/core/ops_backward.h>
@@ -699,6 +700,73 @@ TEST(NnOps, LinearMatchesMatmulAddGelu) {
             for (size_t i = 0; i < got_ref.size(); ++i)
                 EXPECT_LE(max_rel_diff(got_ref[i], want[i]), 1e-4) << "reference, output " << i;
         }
+}
+
+// linear_cross_entropy against its definition, cross_entropy(matmul(x, w^T)): loss and both
+// gradients, with chunk boundaries that do not divide the rows (a chunk budget of 3 x V logits
+// gives chunks of 3, 3, 3, 2 rows), ignored rows, f64 and f32, fast and reference kernels.
+TEST(NnOps, LinearCrossEntropyMatchesUnfused) {
+    struct ChunkScope {
+        explicit ChunkScope(int64_t n) { Backend::set_linear_ce_chunk_elements(n); }
+        ~ChunkScope() { Backend::set_linear_ce_chunk_elements(0); }
+    };
+    const int64_t V = 37, C = 12;
+    for (const DType dt : {DType::f64, DType::f32})
+        for (const int64_t budget : {int64_t(0), 3 * V})
+            for (const bool ref_kernels : {false, true}) {
+                SCOPED_TRACE(std::string(dtype_name(dt)) + " budget " + std::to_string(budget) +
+                             (ref_kernels ? " reference" : " fast"));
+                cpu::ReferenceKernelsScope ref(ref_kernels);
+                ChunkScope chunks(budget);
+                Tensor t = make_targets(11, V).view({11});
+                auto run = [&](bool fused) {
+                    Tensor x = Tensor::randn({11, C}, 7, dt), w = Tensor::randn({V, C}, 8, dt);
+                    x.set_requires_grad(true);
+                    w.set_requires_grad(true);
+                    Tensor loss = fused ? linear_cross_entropy(x, w, t)
+                                        : cross_entropy(matmul(x, w.t()), t);
+                    mul_scalar(loss, 3.0).backward(); // a gradient other than 1 flows in
+                    return std::vector<Tensor>{loss, x.grad(), w.grad()};
+                };
+                const auto got = run(true), want = run(false);
+                const double tol = dt == DType::f64 ? 1e-12 : 1e-5;
+                for (size_t i = 0; i < got.size(); ++i)
+                    EXPECT_LE(max_rel_diff(got[i], want[i]), tol) << "output " << i;
+            }
+}
+
+TEST(NnOps, LinearCrossEntropyGradcheckAndEdges) {
+    Tensor t = ids_tensor({1, -100, 4, 0, 2, 2}, {2, 3});
+    expect_gradcheck("linear_cross_entropy 3-D x",
+                     [&](auto& in) { return linear_cross_entropy(in[0], in[1], t); },
+                     {rand_leaf({2, 3, 4}, 130), rand_leaf({5, 4}, 131)});
+    // Every row ignored: loss 0 and zero gradients, as cross_entropy.
+    Tensor x = rand_leaf({3, 4}, 132), w = rand_leaf({5, 4}, 133);
+    Tensor loss = linear_cross_entropy(x, w, ids_tensor({-100, -100, -100}, {3}));
+    EXPECT_EQ(loss.item(), 0.0);
+    loss.backward();
+    for (double g : x.grad().to_vector<double>()) EXPECT_EQ(g, 0.0);
+    for (double g : w.grad().to_vector<double>()) EXPECT_EQ(g, 0.0);
+    // Without gradients (eval) only the loss.
+    {
+        NoGradGuard ng;
+        EXPECT_NEAR(linear_cross_entropy(x, w, make_targets(3, 5)).item(),
+                    cross_entropy(matmul(x, w.t()), make_targets(3, 5)).item(), 1e-12);
+    }
+    // Bad input: one clear error each.
+    const Tensor t3 = make_targets(3, 5);
+    EXPECT_THROW(linear_cross_entropy(x, w.t(), t3), InvalidArgument);          // w (C, V)
+    EXPECT_THROW(linear_cross_entropy(x, w, make_targets(4, 5)), InvalidArgument); // rows
+    EXPECT_THROW(linear_cross_entropy(x, w, ids_tensor({0, 5, 1}, {3})), InvalidArgument);
+    EXPECT_THROW(linear_cross_entropy(x, w.to(DType::f32), t3), InvalidArgument);
+    try {
+        linear_cross_entropy(x, w, ids_tensor({0, 7, 1}, {3}));
+        ADD_FAILURE() << "no error for a target out of range";
+    } catch (const InvalidArgument& e) {
+        EXPECT_NE(std::string(e.what()).find("target 7 at row 1 is out of range"),
+                  std::string::npos)
+            << e.what();
+    }
 }
 
 TEST(NnOps, LinearRejectsMismatchedBias) {

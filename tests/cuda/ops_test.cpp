@@ -500,6 +500,50 @@ TEST(CudaMatmul, AutocastLinearRoundsEachOperandOnce) {
     }
 }
 
+// The fused LM head + loss on the GPU: exact f32 (the default chunked path) within 1e-5 of the
+// CPU; under bf16 / f16 autocast (padded vocabulary, fused row kernel, gradients in the half
+// type) within the half type's bound of the f64 definition on half-rounded x and w. Chunks of 32
+// rows over 100 (the last one 4), V = 1000 padded to 1024, every third row ignored.
+TEST(CudaNN, LinearCrossEntropyMatchesDefinition) {
+    struct ChunkScope {
+        ChunkScope() { Backend::set_linear_ce_chunk_elements(8 * 1000); }
+        ~ChunkScope() { Backend::set_linear_ce_chunk_elements(0); }
+    } chunks;
+    const int64_t N = 100, C = 64, V = 1000;
+    std::vector<int64_t> tv(N);
+    for (int64_t i = 0; i < N; ++i) tv[size_t(i)] = i % 3 == 2 ? -100 : (i * 7919 + 3) % V;
+    const Tensor t = Tensor::from_vector(tv, {N});
+    auto run = [&](Device d, const char* precision, DType round_to) {
+        Tensor x = randn_on({N, C}, 1, Device::cpu()), w = randn_on({V, C}, 2, Device::cpu());
+        if (round_to != DType::f32) { // the CPU oracle: the definition on half-rounded operands
+            x = x.to(round_to).to(DType::f64), w = w.to(round_to).to(DType::f64);
+        }
+        x = x.to(d).detach(), w = w.to(d).detach();
+        x.set_requires_grad(true);
+        w.set_requires_grad(true);
+        Tensor loss;
+        {
+            const cuda::PrecisionScope p(precision);
+            loss = d == kCuda ? linear_cross_entropy(x, w, t.to(d))
+                              : cross_entropy(matmul(x, w.t()), t);
+            mul_scalar(loss, 2.0).backward();
+        }
+        return std::vector<Tensor>{loss, x.grad(), w.grad()};
+    };
+    const char* names[] = {"loss", "dx", "dw"};
+    {
+        const auto got = run(kCuda, "f32", DType::f32), want = run(Device::cpu(), "f32", DType::f32);
+        for (size_t i = 0; i < 3; ++i)
+            EXPECT_LE(max_rel_diff(got[i], want[i]), 1e-5) << "f32 " << names[i];
+    }
+    for (const auto& [precision, hd] : {std::pair{"bf16", DType::bf16}, {"f16", DType::f16}}) {
+        const auto got = run(kCuda, precision, DType::f32), want = run(Device::cpu(), "f32", hd);
+        EXPECT_LE(norm_rel_diff(got[0], want[0]), 1e-5) << precision << " loss";
+        for (size_t i = 1; i < 3; ++i)
+            EXPECT_LE(norm_rel_diff(got[i], want[i]), tol_of(hd)) << precision << " " << names[i];
+    }
+}
+
 // ---------------------------------------------------------------- autograd, memory, optimizer
 
 TEST(CudaAutograd, MlpGradientsMatchCpu) {
