@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/quant_gemv.cuh"
 
 namespace forge::cuda::decode {
 
@@ -158,28 +159,43 @@ __device__ __forceinline__ void wait_previous() {
 // + gridDim.x, ... as one stream of iterations, loading iteration i + 1's weights before
 // computing iteration i. The first weights are requested before prepare(xs, busy), which waits
 // for the input (the previous kernel, or a grid barrier) and, if busy (the block has a tile),
-// writes the raw input into xs (K floats of shared memory).
-template <class Prepare>
+// writes the raw input into xs (K floats of shared memory). A lane's unit is a chunk of a row:
+// 16 bytes of bf16, or 8 bytes of Q8_0 / Q4_0 values and their scale (quant_gemv.cuh); with
+// I8 the normalised input is also rounded to int8 into the shared memory after xs (K bytes,
+// then K / 32 float scales).
+template <WeightFormat F = WeightFormat::bf16, bool I8 = false, class Prepare>
 __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& prepare) {
     const float4* x4 = reinterpret_cast<const float4*>(xs);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = kWarps / ksplit, g = warp / ksplit, kp = warp % ksplit;
-    const int nchunk = a.k >> 3, stride = 32 * ksplit, step = kUnroll * stride;
+    // Chunks in flight per row per lane: the quantized ones carry 8 bytes, so twice as many.
+    constexpr int kInFlight = F == WeightFormat::bf16 ? kUnroll : 2 * kUnroll;
+    const int nchunk = a.k / quant::chunk_values(F), stride = 32 * ksplit,
+              step = kInFlight * stride;
     const int iters = (nchunk + step - 1) / step; // per tile, the same for every warp
     const int ntile = (a.n + kRows * groups - 1) / (kRows * groups);
     const uint4* W = static_cast<const uint4*>(a.w);
+    const int64_t row_bytes =
+        F == WeightFormat::bf16 ? 0 : int64_t(a.k / 32) * quant::block_bytes(F);
+    int8_t* xq = reinterpret_cast<int8_t*>(xs + a.k);
+    float* xd = reinterpret_cast<float*>(xq + a.k);
 
-    uint4 buf[kRows][kUnroll];
+    uint4 buf[kRows][kInFlight];
     auto load = [&](int t, int i) {
         const int row0 = (t * groups + g) * kRows;
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u)
+        for (int u = 0; u < kInFlight; ++u)
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
                 const int c = i * step + kp * 32 + lane + u * stride;
-                buf[r][u] = t < ntile && c < nchunk && row0 + r < a.n
-                                ? load_stream(W + int64_t(row0 + r) * nchunk + c)
-                                : make_uint4(0, 0, 0, 0);
+                if (t < ntile && c < nchunk && row0 + r < a.n) {
+                    if constexpr (F == WeightFormat::bf16)
+                        buf[r][u] = load_stream(W + int64_t(row0 + r) * nchunk + c);
+                    else
+                        buf[r][u] = quant::load_chunk<F>(a.w, row_bytes, row0 + r, c);
+                } else {
+                    buf[r][u] = make_uint4(0, 0, 0, 0);
+                }
             }
     };
     int t = blockIdx.x, i = 0;
@@ -188,14 +204,16 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
     if (t >= ntile)
         return;
     normalize(a, xs);
+    if constexpr (I8)
+        quant::quantize_input(xs, a.k, xq, xd);
 
     __shared__ float red[kWarps][kRows];
     float acc[kRows] = {};
     unsigned long long best = 0; // argmax over this lane's rows
     while (t < ntile) {
-        uint4 cur[kRows][kUnroll];
+        uint4 cur[kRows][kInFlight];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u)
+        for (int u = 0; u < kInFlight; ++u)
 #pragma unroll
             for (int r = 0; r < kRows; ++r)
                 cur[r][u] = buf[r][u];
@@ -204,13 +222,20 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
             ni = 0, nt += gridDim.x;
         load(nt, ni);
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < kInFlight; ++u) {
             const int c = i * step + kp * 32 + lane + u * stride;
             if (c < nchunk) {
-                const float4 x0 = x4[2 * c], x1 = x4[2 * c + 1];
+                if constexpr (F == WeightFormat::bf16) {
+                    const float4 x0 = x4[2 * c], x1 = x4[2 * c + 1];
 #pragma unroll
-                for (int r = 0; r < kRows; ++r)
-                    acc[r] += dot8(cur[r][u], x0, x1);
+                    for (int r = 0; r < kRows; ++r)
+                        acc[r] += dot8(cur[r][u], x0, x1);
+                } else {
+#pragma unroll
+                    for (int r = 0; r < kRows; ++r)
+                        acc[r] += I8 ? quant::dot_i8<F>(cur[r][u], c, xq, xd)
+                                     : quant::dot_f32<F>(cur[r][u], c, xs);
+                }
             }
         }
         if (ni == 0) { // tile t done: reduce over lanes, then over the ksplit warps
@@ -261,10 +286,11 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
     }
 }
 
-__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvArgs a, int ksplit) {
+template <WeightFormat F, bool I8>
+__global__ void __launch_bounds__(kThreads, 2) gemv_kernel(GemvArgs a, int ksplit) {
     extern __shared__ float4 smem4[];
     launch_dependents();
-    gemv_tiles(a, ksplit, reinterpret_cast<float*>(smem4), [&](float* xs, bool) {
+    gemv_tiles<F, I8>(a, ksplit, reinterpret_cast<float*>(smem4), [&](float* xs, bool) {
         wait_previous();
         for (int i = threadIdx.x; i < a.k; i += blockDim.x)
             xs[i] = a.x[i];
@@ -437,13 +463,21 @@ template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) 
         a.counters[kvh] = 0;
 }
 
-__global__ void embed_kernel(const __nv_bfloat16* __restrict__ wte, const float* __restrict__ wpe,
-                             int C, const StepArgs* args, float* x) {
+template <WeightFormat F>
+__global__ void embed_kernel(const void* __restrict__ wte, const float* __restrict__ wpe, int C,
+                             const StepArgs* args, float* x) {
     launch_dependents();
     wait_previous();
     const int64_t t = args->token, p = args->pos;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        x[c] = __bfloat162float(wte[t * C + c]) + (wpe ? wpe[p * C + c] : 0.f);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float v;
+        if constexpr (F == WeightFormat::bf16)
+            v = __bfloat162float(static_cast<const __nv_bfloat16*>(wte)[t * C + c]);
+        else
+            v = quant::dequantize<F>(
+                static_cast<const uint8_t*>(wte) + t * (C / 32) * quant::block_bytes(F), c);
+        x[c] = v + (wpe ? wpe[p * C + c] : 0.f);
+    }
 }
 
 __global__ void finish_kernel(StepArgs* args) {
@@ -750,19 +784,32 @@ StepGeometry step_geometry(const PersistentStepArgs& a) {
 
 } // namespace
 
+int64_t weight_bytes(WeightFormat f, int64_t n, int64_t k) {
+    return f == WeightFormat::bf16 ? n * k * 2 : n * (k / 32) * quant::block_bytes(f);
+}
+
 void gemv(const GemvArgs& a, void* stream) {
-    FORGE_ASSERT(a.k % 8 == 0 && a.n > 0);
+    const bool blocks = a.format != WeightFormat::bf16;
+    FORGE_ASSERT(a.k % (blocks ? 32 : 8) == 0 && a.n > 0);
     FORGE_ASSERT((a.epi != Epilogue::swiglu && a.epi != Epilogue::qkv) || a.n % 2 == 0);
-    static int smem_set = 0;
-    const int smem = a.k * int(sizeof(float));
-    if (smem > 48 * 1024 && smem > smem_set) {
+    const bool i8 = blocks && a.int8_dot;
+    // The variants, each with its own shared memory limit: xs (K floats), with i8 xq and xd.
+    static void (*const kernels[5])(GemvArgs, int) = {
+        gemv_kernel<WeightFormat::bf16, false>, gemv_kernel<WeightFormat::q8_0, false>,
+        gemv_kernel<WeightFormat::q8_0, true>, gemv_kernel<WeightFormat::q4_0, false>,
+        gemv_kernel<WeightFormat::q4_0, true>};
+    static int smem_set[5] = {};
+    const int v =
+        a.format == WeightFormat::bf16 ? 0 : (a.format == WeightFormat::q8_0 ? 1 : 3) + i8;
+    const int smem = (a.k * int(sizeof(float)) + (i8 ? a.k + a.k / 8 : 0) + 15) / 16 * 16;
+    if (smem > 48 * 1024 && smem > smem_set[v]) {
         FORGE_CUDA_CHECK(
-            cudaFuncSetAttribute(gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        smem_set = smem;
+            cudaFuncSetAttribute(kernels[v], cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        smem_set[v] = smem;
     }
     // Split K across warps until there are tiles for two blocks per multiprocessor, leaving at
-    // most half the warps without a 16-byte chunk per lane.
-    const int nchunk = a.k / 8;
+    // most half the warps without a chunk per lane.
+    const int nchunk = a.k / quant::chunk_values(a.format);
     auto tiles = [&](int ks) {
         return (a.n + kRows * (kWarps / ks) - 1) / (kRows * (kWarps / ks));
     };
@@ -770,8 +817,8 @@ void gemv(const GemvArgs& a, void* stream) {
     while (ksplit < kWarps && tiles(ksplit) < 2 * sm_count() && 32 * 2 * ksplit < 2 * nchunk)
         ksplit *= 2;
     const int grid = std::min(tiles(ksplit), blocks_per_sm() * sm_count());
-    launch(gemv_kernel, dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream,
-           "decode gemv", a, ksplit);
+    launch(kernels[v], dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream, "decode gemv",
+           a, ksplit);
 }
 
 bool attn_supported(int head_dim) {
@@ -796,10 +843,12 @@ void attention(const AttnArgs& a, void* stream) {
     launch(kernel, grid, dim3(128), smem, stream, "decode attention", a);
 }
 
-void embed(const void* wte, const float* wpe, int n_embd, const StepArgs* args, float* x,
-           void* stream) {
-    launch(embed_kernel, dim3(1), dim3(256), 0, stream, "decode embedding",
-           static_cast<const __nv_bfloat16*>(wte), wpe, n_embd, args, x);
+void embed(const void* wte, WeightFormat wte_format, const float* wpe, int n_embd,
+           const StepArgs* args, float* x, void* stream) {
+    auto* kernel = wte_format == WeightFormat::bf16   ? embed_kernel<WeightFormat::bf16>
+                   : wte_format == WeightFormat::q8_0 ? embed_kernel<WeightFormat::q8_0>
+                                                      : embed_kernel<WeightFormat::q4_0>;
+    launch(kernel, dim3(1), dim3(256), 0, stream, "decode embedding", wte, wpe, n_embd, args, x);
 }
 
 void finish(StepArgs* args, void* stream) {

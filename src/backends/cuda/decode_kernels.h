@@ -27,10 +27,22 @@ enum class Epilogue {
     qkv,      ///< rows q | k | v; q -> out, k and v -> the caches at args->pos (RoPE optional)
 };
 
-/// y = epilogue(W norm(x)); W: (N, K) bf16 row-major (nn.Linear layout), K % 8 == 0.
+/// How a GEMV's matrix is stored: (N, K) bf16 row-major (nn.Linear layout), or ggml's Q8_0 /
+/// Q4_0 blocks as a GGUF file stores them: each row K/32 blocks of 34 / 18 bytes (f16 scale, then
+/// 32 int8 / 16 bytes of 4-bit values q - 8), rows back to back (quant_gemv.cuh).
+enum class WeightFormat { bf16, q8_0, q4_0 };
+/// Bytes of an (n, k) matrix in `f`.
+int64_t weight_bytes(WeightFormat f, int64_t n, int64_t k);
+
+/// y = epilogue(W norm(x)); W: (N, K) in `format`, K % 8 == 0 (bf16) or K % 32 == 0 (blocks).
 struct GemvArgs {
     const void* w = nullptr;
     int n = 0, k = 0;
+    WeightFormat format = WeightFormat::bf16;
+    /// Q8_0 / Q4_0: round norm(x) to int8 per 32 values (scale amax / 127, as llama.cpp's MMVQ
+    /// and the CPU engine do) and take integer dot products (dp4a); false: dequantize the
+    /// weights to f32 and multiply by norm(x) in f32.
+    bool int8_dot = true;
     const float* x = nullptr; ///< (K)
     Norm norm = Norm::none;
     const float* norm_w = nullptr; ///< (K)
@@ -71,9 +83,10 @@ int64_t attn_partial_floats(int n_head, int head_dim, int cap, int chunk);
 bool attn_supported(int head_dim);
 void attention(const AttnArgs& a, void* stream);
 
-/// x = f32(wte[args->token]) + (wpe ? wpe[args->pos] : 0); wte bf16 (V, C), wpe f32 (P, C).
-void embed(const void* wte, const float* wpe, int n_embd, const StepArgs* args, float* x,
-           void* stream);
+/// x = f32(wte[args->token]) + (wpe ? wpe[args->pos] : 0); wte (V, C) in `wte_format`, wpe f32
+/// (P, C).
+void embed(const void* wte, WeightFormat wte_format, const float* wpe, int n_embd,
+           const StepArgs* args, float* x, void* stream);
 /// After the head: token = argmax, argmax = 0, pos += 1 (one thread).
 void finish(StepArgs* args, void* stream);
 
