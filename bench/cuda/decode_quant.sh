@@ -20,3 +20,7 @@ for t in q8_0 q4_0; do
     echo "== forge bench, GPT-2 124M shape, $t matrices, f32 dot products"
     "$DIR/forge" bench --device cuda --shape gpt2 --type $t --f32-dot --pp 0 --tg 128 --reps 3
 done
+for t in bf16 q8_0 q4_0; do
+    echo "== forge bench, llama-320m shape (vocab 32000, untied head), $t matrices"
+    "$DIR/forge" bench --device cuda --shape llama-320m --type $t --pp 0 --tg 128 --reps 3
+done

@@ -1,6 +1,8 @@
 // The batch-1 decode GEMVs (src/backends/cuda/decode_kernels.h) over bf16 and GGUF Q8_0 / Q4_0
-// matrices: time per call and GB/s of the matrix bytes it reads, against a device-to-device copy
-// measured in the same run (the ceiling). Copies of each matrix cycle so the working set
+// matrices, as the file's blocks and split into values | scales ("q8_0s", what CudaLM uses),
+// each with f32 and int8 (dp4a) dot products: time per call and GB/s of the matrix bytes it reads,
+// against a device-to-device copy measured in the same run (the ceiling). Copies of each matrix
+// cycle so the working set
 // (>= 1 GiB) stays out of L2: DRAM figures. 100 calls are captured in a CUDA graph and replayed,
 // so host launch cost does not count (each call still pays its kernel's ramp-up and tail).
 // Usage: cuda_gemv_bench (run by bench/cuda/decode_quant.sh).
@@ -79,25 +81,29 @@ int main() {
         CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), size_t(copy_bytes),
                               cudaMemcpyDeviceToDevice, stream));
     });
-    const double ceiling = double(copy_bytes) / copy_ms / 1e6;
-    std::printf("device copy 1 GiB: %.3f ms, %.0f GB/s read (%.0f GB/s read + write)\n", copy_ms,
-                ceiling, 2 * ceiling);
+    const double ceiling = double(copy_bytes) / copy_ms / 1e6; // bytes read per second
+    std::printf("device copy 1 GiB: %.3f ms, %.0f GB/s read + write (%.0f GB/s read); GEMV "
+                "percentages below are of the read + write rate\n",
+                copy_ms, 2 * ceiling, ceiling);
     src = Tensor(), dst = Tensor();
 
     struct Shape {
         const char* name;
         int n, k;
     };
-    const Shape shapes[] = {{"gpt2 qkv", 2304, 768},       {"gpt2 proj", 768, 768},
-                            {"gpt2 fc", 3072, 768},        {"gpt2 fc2", 768, 3072},
-                            {"gpt2 head", 50257, 768},     {"4096x4096", 4096, 4096},
-                            {"llama8b up", 14336, 4096},   {"llama8b down", 4096, 14336},
-                            {"llama8b head", 128256, 4096}};
+    const Shape shapes[] = {
+        {"gpt2 qkv", 2304, 768},     {"gpt2 proj", 768, 768},       {"gpt2 fc", 3072, 768},
+        {"gpt2 fc2", 768, 3072},     {"gpt2 head", 50257, 768},     {"4096x4096", 4096, 4096},
+        {"llama8b up", 14336, 4096}, {"llama8b down", 4096, 14336}, {"llama8b head", 128256, 4096}};
     const Variant variants[] = {{"bf16", dk::WeightFormat::bf16, false},
                                 {"q8_0 f32", dk::WeightFormat::q8_0, false},
                                 {"q8_0 dp4a", dk::WeightFormat::q8_0, true},
                                 {"q4_0 f32", dk::WeightFormat::q4_0, false},
-                                {"q4_0 dp4a", dk::WeightFormat::q4_0, true}};
+                                {"q4_0 dp4a", dk::WeightFormat::q4_0, true},
+                                {"q8_0s f32", dk::WeightFormat::q8_0_split, false},
+                                {"q8_0s dp4a", dk::WeightFormat::q8_0_split, true},
+                                {"q4_0s f32", dk::WeightFormat::q4_0_split, false},
+                                {"q4_0s dp4a", dk::WeightFormat::q4_0_split, true}};
     for (const Shape& s : shapes) {
         Tensor x = Tensor::randn({s.k}, 1, DType::f32).to(kCuda);
         Tensor y = Tensor::zeros({s.n}, DType::f32, kCuda);
@@ -118,9 +124,9 @@ int main() {
                          stream);
             });
             const double gbs = double(bytes) / ms / 1e6;
-            std::printf("gemv %-13s %6d x %-6d %-9s %8.2f us %7.0f GB/s (%3.0f%% of copy), %.2f "
+            std::printf("gemv %-13s %6d x %-6d %-10s %8.2f us %7.0f GB/s (%3.0f%% of copy), %.2f "
                         "MB\n",
-                        s.name, s.n, s.k, v.name, ms * 1e3, gbs, 100 * gbs / ceiling,
+                        s.name, s.n, s.k, v.name, ms * 1e3, gbs, 100 * gbs / (2 * ceiling),
                         double(bytes) / 1e6);
             std::fflush(stdout);
         }

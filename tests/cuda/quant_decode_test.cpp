@@ -112,34 +112,44 @@ TEST_P(CudaQuantGemv, MatchesCpuDequantizedAndInt8Emulation) {
         ref_i8[size_t(r)] = s, mag_i8[size_t(r)] = m;
     }
 
+    // The file's blocks, and the same bytes split into values | scales (what CudaLM uploads).
+    const bool q8 = type == GgmlType::q8_0;
+    const dk::WeightFormat split = q8 ? dk::WeightFormat::q8_0_split : dk::WeightFormat::q4_0_split;
+    std::vector<uint8_t> ws(w.size());
+    dk::split_blocks(split, w.data(), N, K, ws.data());
     Tensor wd = Tensor::from_blob(w.data(), {int64_t(w.size())}, DType::u8, nullptr).to(kCuda);
+    Tensor wsd = Tensor::from_blob(ws.data(), {int64_t(ws.size())}, DType::u8, nullptr).to(kCuda);
     Tensor xdev = Tensor::from_vector(x, {K}).to(kCuda);
-    for (bool i8 : {false, true}) {
-        Tensor y = Tensor::full({N}, NAN, DType::f32, kCuda); // poisoned: every row written
-        dk::gemv(
-            {.w = wd.data_ptr(),
-             .n = int(N),
-             .k = int(K),
-             .format = type == GgmlType::q8_0 ? dk::WeightFormat::q8_0 : dk::WeightFormat::q4_0,
-             .int8_dot = i8,
-             .x = xdev.data<float>(),
-             .out = y.data<float>()},
-            cuda::context(0).stream);
-        cuda::synchronize(0);
-        const std::vector<float> got = y.to(Device::cpu()).to_vector<float>();
-        const auto& ref = i8 ? ref_i8 : ref_f32;
-        const auto& mag = i8 ? mag_i8 : mag_f32;
-        double worst = 0;
-        for (int64_t r = 0; r < N; ++r) {
-            ASSERT_TRUE(std::isfinite(got[size_t(r)])) << "row " << r;
-            worst = std::max(worst, std::abs(got[size_t(r)] - ref[size_t(r)]) /
-                                        std::max(mag[size_t(r)], 1e-30));
+    for (bool is_split : {false, true})
+        for (bool i8 : {false, true}) {
+            Tensor y = Tensor::full({N}, NAN, DType::f32, kCuda); // poisoned: every row written
+            dk::gemv({.w = is_split ? wsd.data_ptr() : wd.data_ptr(),
+                      .n = int(N),
+                      .k = int(K),
+                      .format = is_split ? split
+                                : q8     ? dk::WeightFormat::q8_0
+                                         : dk::WeightFormat::q4_0,
+                      .int8_dot = i8,
+                      .x = xdev.data<float>(),
+                      .out = y.data<float>()},
+                     cuda::context(0).stream);
+            cuda::synchronize(0);
+            const std::vector<float> got = y.to(Device::cpu()).to_vector<float>();
+            const auto& ref = i8 ? ref_i8 : ref_f32;
+            const auto& mag = i8 ? mag_i8 : mag_f32;
+            double worst = 0;
+            for (int64_t r = 0; r < N; ++r) {
+                ASSERT_TRUE(std::isfinite(got[size_t(r)])) << "row " << r;
+                worst = std::max(worst, std::abs(got[size_t(r)] - ref[size_t(r)]) /
+                                            std::max(mag[size_t(r)], 1e-30));
+            }
+            const std::string what =
+                std::string(is_split ? "split " : "blocks ") + (i8 ? "int8 (dp4a)" : "f32");
+            // f32 sums of K products: ~sqrt(K) * 2^-24 of the magnitudes; 1e-5 leaves 10x room.
+            EXPECT_LE(worst, 1e-5) << what;
+            std::printf("[gemv %s %lldx%lld %s] max err / sum|wx| = %.3g\n",
+                        type_name(type).c_str(), (long long)N, (long long)K, what.c_str(), worst);
         }
-        // f32 sums of K products: ~sqrt(K) * 2^-24 of the magnitudes; 1e-5 leaves 10x room.
-        EXPECT_LE(worst, 1e-5) << (i8 ? "int8 (dp4a) path" : "f32 path");
-        std::printf("[gemv %s %lldx%lld %s] max err / sum|wx| = %.3g\n", type_name(type).c_str(),
-                    (long long)N, (long long)K, i8 ? "dp4a" : "f32", worst);
-    }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "backends/cuda/common.cuh"
@@ -168,19 +169,17 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
     const float4* x4 = reinterpret_cast<const float4*>(xs);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = kWarps / ksplit, g = warp / ksplit, kp = warp % ksplit;
-    // Chunks in flight per row per lane: the quantized ones carry 8 bytes, so twice as many.
-    constexpr int kInFlight = F == WeightFormat::bf16 ? kUnroll : 2 * kUnroll;
+    // Chunks in flight per row per lane: file blocks' chunks carry 8 bytes, so twice as many.
+    constexpr int kInFlight = F == WeightFormat::bf16 || quant::is_split(F) ? kUnroll : 2 * kUnroll;
     const int nchunk = a.k / quant::chunk_values(F), stride = 32 * ksplit,
               step = kInFlight * stride;
     const int iters = (nchunk + step - 1) / step; // per tile, the same for every warp
     const int ntile = (a.n + kRows * groups - 1) / (kRows * groups);
     const uint4* W = static_cast<const uint4*>(a.w);
-    const int64_t row_bytes =
-        F == WeightFormat::bf16 ? 0 : int64_t(a.k / 32) * quant::block_bytes(F);
     int8_t* xq = reinterpret_cast<int8_t*>(xs + a.k);
     float* xd = reinterpret_cast<float*>(xq + a.k);
 
-    uint4 buf[kRows][kInFlight];
+    quant::Chunk<F> buf[kRows][kInFlight];
     auto load = [&](int t, int i) {
         const int row0 = (t * groups + g) * kRows;
 #pragma unroll
@@ -192,9 +191,9 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
                     if constexpr (F == WeightFormat::bf16)
                         buf[r][u] = load_stream(W + int64_t(row0 + r) * nchunk + c);
                     else
-                        buf[r][u] = quant::load_chunk<F>(a.w, row_bytes, row0 + r, c);
+                        buf[r][u] = quant::load_chunk<F>(a.w, a.n, a.k, row0 + r, c);
                 } else {
-                    buf[r][u] = make_uint4(0, 0, 0, 0);
+                    buf[r][u] = quant::Chunk<F>{};
                 }
             }
     };
@@ -211,7 +210,7 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
     float acc[kRows] = {};
     unsigned long long best = 0; // argmax over this lane's rows
     while (t < ntile) {
-        uint4 cur[kRows][kInFlight];
+        quant::Chunk<F> cur[kRows][kInFlight];
 #pragma unroll
         for (int u = 0; u < kInFlight; ++u)
 #pragma unroll
@@ -464,8 +463,8 @@ template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) 
 }
 
 template <WeightFormat F>
-__global__ void embed_kernel(const void* __restrict__ wte, const float* __restrict__ wpe, int C,
-                             const StepArgs* args, float* x) {
+__global__ void embed_kernel(const void* __restrict__ wte, int V, const float* __restrict__ wpe,
+                             int C, const StepArgs* args, float* x) {
     launch_dependents();
     wait_previous();
     const int64_t t = args->token, p = args->pos;
@@ -474,8 +473,7 @@ __global__ void embed_kernel(const void* __restrict__ wte, const float* __restri
         if constexpr (F == WeightFormat::bf16)
             v = __bfloat162float(static_cast<const __nv_bfloat16*>(wte)[t * C + c]);
         else
-            v = quant::dequantize<F>(
-                static_cast<const uint8_t*>(wte) + t * (C / 32) * quant::block_bytes(F), c);
+            v = quant::dequantize<F>(wte, V, C, t, c);
         x[c] = v + (wpe ? wpe[p * C + c] : 0.f);
     }
 }
@@ -788,19 +786,33 @@ int64_t weight_bytes(WeightFormat f, int64_t n, int64_t k) {
     return f == WeightFormat::bf16 ? n * k * 2 : n * (k / 32) * quant::block_bytes(f);
 }
 
+void split_blocks(WeightFormat split, const void* blocks, int64_t n, int64_t k, void* out) {
+    FORGE_ASSERT(quant::is_split(split) && k % 32 == 0);
+    const int bb = quant::block_bytes(split), qb = bb - 2; // scale, then values
+    const auto* src = static_cast<const uint8_t*>(blocks);
+    auto* values = static_cast<uint8_t*>(out);
+    uint8_t* scales = values + n * quant::split_row_bytes(split, k);
+    for (int64_t b = 0; b < n * (k / 32); ++b) { // blocks in row order either way
+        std::memcpy(scales + 2 * b, src + b * bb, 2);
+        std::memcpy(values + b * qb, src + b * bb + 2, size_t(qb));
+    }
+}
+
 void gemv(const GemvArgs& a, void* stream) {
     const bool blocks = a.format != WeightFormat::bf16;
     FORGE_ASSERT(a.k % (blocks ? 32 : 8) == 0 && a.n > 0);
     FORGE_ASSERT((a.epi != Epilogue::swiglu && a.epi != Epilogue::qkv) || a.n % 2 == 0);
     const bool i8 = blocks && a.int8_dot;
     // The variants, each with its own shared memory limit: xs (K floats), with i8 xq and xd.
-    static void (*const kernels[5])(GemvArgs, int) = {
-        gemv_kernel<WeightFormat::bf16, false>, gemv_kernel<WeightFormat::q8_0, false>,
-        gemv_kernel<WeightFormat::q8_0, true>, gemv_kernel<WeightFormat::q4_0, false>,
-        gemv_kernel<WeightFormat::q4_0, true>};
-    static int smem_set[5] = {};
-    const int v =
-        a.format == WeightFormat::bf16 ? 0 : (a.format == WeightFormat::q8_0 ? 1 : 3) + i8;
+    using W = WeightFormat;
+    static void (*const kernels[9])(GemvArgs, int) = {
+        gemv_kernel<W::bf16, false>,      gemv_kernel<W::q8_0, false>,
+        gemv_kernel<W::q8_0, true>,       gemv_kernel<W::q4_0, false>,
+        gemv_kernel<W::q4_0, true>,       gemv_kernel<W::q8_0_split, false>,
+        gemv_kernel<W::q8_0_split, true>, gemv_kernel<W::q4_0_split, false>,
+        gemv_kernel<W::q4_0_split, true>};
+    static int smem_set[9] = {};
+    const int v = a.format == W::bf16 ? 0 : 1 + 2 * (int(a.format) - 1) + int(i8);
     const int smem = (a.k * int(sizeof(float)) + (i8 ? a.k + a.k / 8 : 0) + 15) / 16 * 16;
     if (smem > 48 * 1024 && smem > smem_set[v]) {
         FORGE_CUDA_CHECK(
@@ -843,12 +855,15 @@ void attention(const AttnArgs& a, void* stream) {
     launch(kernel, grid, dim3(128), smem, stream, "decode attention", a);
 }
 
-void embed(const void* wte, WeightFormat wte_format, const float* wpe, int n_embd,
+void embed(const void* wte, WeightFormat wte_format, int n_vocab, const float* wpe, int n_embd,
            const StepArgs* args, float* x, void* stream) {
-    auto* kernel = wte_format == WeightFormat::bf16   ? embed_kernel<WeightFormat::bf16>
-                   : wte_format == WeightFormat::q8_0 ? embed_kernel<WeightFormat::q8_0>
-                                                      : embed_kernel<WeightFormat::q4_0>;
-    launch(kernel, dim3(1), dim3(256), 0, stream, "decode embedding", wte, wpe, n_embd, args, x);
+    using W = WeightFormat;
+    static void (*const kernels[5])(const void*, int, const float*, int, const StepArgs*,
+                                    float*) = {embed_kernel<W::bf16>, embed_kernel<W::q8_0>,
+                                               embed_kernel<W::q4_0>, embed_kernel<W::q8_0_split>,
+                                               embed_kernel<W::q4_0_split>};
+    launch(kernels[int(wte_format)], dim3(1), dim3(256), 0, stream, "decode embedding", wte,
+           n_vocab, wpe, n_embd, args, x);
 }
 
 void finish(StepArgs* args, void* stream) {

@@ -27,12 +27,19 @@ enum class Epilogue {
     qkv,      ///< rows q | k | v; q -> out, k and v -> the caches at args->pos (RoPE optional)
 };
 
-/// How a GEMV's matrix is stored: (N, K) bf16 row-major (nn.Linear layout), or ggml's Q8_0 /
-/// Q4_0 blocks as a GGUF file stores them: each row K/32 blocks of 34 / 18 bytes (f16 scale, then
-/// 32 int8 / 16 bytes of 4-bit values q - 8), rows back to back (quant_gemv.cuh).
-enum class WeightFormat { bf16, q8_0, q4_0 };
+/// How a GEMV's matrix is stored (quant_gemv.cuh): (N, K) bf16 row-major (nn.Linear layout);
+/// ggml's Q8_0 / Q4_0 blocks as a GGUF file stores them, each row K/32 blocks of 34 / 18 bytes
+/// (f16 scale, then 32 int8 / 16 bytes of 4-bit values q - 8, value j in byte j's low nibble,
+/// j + 16 in its high one), rows back to back; or those blocks split (split_blocks): the N rows
+/// of quantized bytes (K or K/2 each), then the N x K/32 f16 scales. The split form holds the
+/// same bytes, 16-byte aligned, so a lane loads 16 of them at once where the 34 / 18-byte blocks
+/// allow only 2 (decode_quant.sh measures both).
+enum class WeightFormat { bf16, q8_0, q4_0, q8_0_split, q4_0_split };
 /// Bytes of an (n, k) matrix in `f`.
 int64_t weight_bytes(WeightFormat f, int64_t n, int64_t k);
+/// Q8_0 / Q4_0 blocks (n rows of k/32 blocks, host memory) -> `split` (q8_0_split of Q8_0
+/// blocks or q4_0_split of Q4_0 ones) in `out` (weight_bytes(split, n, k) bytes, host memory).
+void split_blocks(WeightFormat split, const void* blocks, int64_t n, int64_t k, void* out);
 
 /// y = epilogue(W norm(x)); W: (N, K) in `format`, K % 8 == 0 (bf16) or K % 32 == 0 (blocks).
 struct GemvArgs {
@@ -85,7 +92,7 @@ void attention(const AttnArgs& a, void* stream);
 
 /// x = f32(wte[args->token]) + (wpe ? wpe[args->pos] : 0); wte (V, C) in `wte_format`, wpe f32
 /// (P, C).
-void embed(const void* wte, WeightFormat wte_format, const float* wpe, int n_embd,
+void embed(const void* wte, WeightFormat wte_format, int n_vocab, const float* wpe, int n_embd,
            const StepArgs* args, float* x, void* stream);
 /// After the head: token = argmax, argmax = 0, pos += 1 (one thread).
 void finish(StepArgs* args, void* stream);

@@ -168,7 +168,8 @@ struct CudaLM::Impl {
             return;
         }
         const int64_t C = cfg.n_embd, D = cfg.dim_head(), H = cfg.n_head, Hkv = cfg.n_head_kv;
-        dk::embed(wte.data_ptr(), wte.format, ptr<float>(wpe), int(C), s.args, ptr<float>(s.x), st);
+        dk::embed(wte.data_ptr(), wte.format, int(cfg.vocab_size), ptr<float>(wpe), int(C), s.args,
+                  ptr<float>(s.x), st);
         const dk::Norm norm = gpt2 ? dk::Norm::layer : dk::Norm::rms;
         for (size_t l = 0; l < layers.size(); ++l) {
             const Layer& w = layers[l];
@@ -317,27 +318,26 @@ Tensor rope_frequencies(const ModelConfig& c, const std::vector<float>& factors)
 
 using quant::GgmlType;
 
-// The GEMV format of a GGUF matrix type: Q8_0 / Q4_0 as stored, the float types as bf16 (as
-// from a Transformer), other block types requantized to Q8_0 (QuantLM does the same for the
-// types its kernels lack).
+// The GEMV format of a GGUF matrix type: Q8_0 / Q4_0 blocks split into values and scales (the
+// same bytes, in 16-byte aligned rows: decode_kernels.h), the float types as bf16 (as from a
+// Transformer), other block types requantized to Q8_0 (QuantLM does the same for the types its
+// kernels lack).
 dk::WeightFormat gpu_format(GgmlType t) {
     switch (t) {
-    case GgmlType::q8_0:
-        return dk::WeightFormat::q8_0;
     case GgmlType::q4_0:
-        return dk::WeightFormat::q4_0;
+        return dk::WeightFormat::q4_0_split;
     case GgmlType::f32:
     case GgmlType::f16:
     case GgmlType::bf16:
         return dk::WeightFormat::bf16;
     default:
-        return dk::WeightFormat::q8_0;
+        return dk::WeightFormat::q8_0_split;
     }
 }
 // The wider of two formats (for matrices concatenated into one GEMV).
 dk::WeightFormat wider(dk::WeightFormat a, dk::WeightFormat b) {
     auto rank = [](dk::WeightFormat f) {
-        return f == dk::WeightFormat::bf16 ? 2 : f == dk::WeightFormat::q8_0 ? 1 : 0;
+        return f == dk::WeightFormat::bf16 ? 2 : f == dk::WeightFormat::q8_0_split ? 1 : 0;
     };
     return rank(a) >= rank(b) ? a : b;
 }
@@ -355,10 +355,10 @@ struct FileMat {
 // the blocks (quant::quantize_row, llama.cpp's rounding).
 Mat upload(const std::vector<std::pair<const FileMat*, int64_t>>& order, dk::WeightFormat f) {
     const int64_t cols = order.front().first->cols, n = int64_t(order.size());
-    const int64_t rb = f == dk::WeightFormat::bf16 ? cols * 2 : dk::weight_bytes(f, 1, cols);
-    const GgmlType ft = f == dk::WeightFormat::bf16   ? GgmlType::bf16
-                        : f == dk::WeightFormat::q8_0 ? GgmlType::q8_0
-                                                      : GgmlType::q4_0;
+    const int64_t rb = dk::weight_bytes(f, 1, cols);
+    const GgmlType ft = f == dk::WeightFormat::bf16         ? GgmlType::bf16
+                        : f == dk::WeightFormat::q8_0_split ? GgmlType::q8_0
+                                                            : GgmlType::q4_0;
     std::vector<uint8_t> bytes(size_t(n * rb));
     std::vector<float> row(static_cast<size_t>(cols));
     for (int64_t i = 0; i < n; ++i) {
@@ -371,6 +371,11 @@ Mat upload(const std::vector<std::pair<const FileMat*, int64_t>>& order, dk::Wei
             quant::dequantize_row(m->type, src, row.data(), cols);
             quant::quantize_row(ft, row.data(), dst, cols);
         }
+    }
+    if (f != dk::WeightFormat::bf16) { // blocks -> values | scales
+        std::vector<uint8_t> split(bytes.size());
+        dk::split_blocks(f, bytes.data(), n, cols, split.data());
+        bytes.swap(split);
     }
     Mat out;
     out.format = f, out.rows = n;
@@ -618,9 +623,9 @@ int64_t CudaLM::weight_bytes_per_token() const {
 std::string CudaLM::weight_format() const {
     std::string out;
     for (const Mat* w : impl_->matrices()) {
-        const std::string f = w->format == dk::WeightFormat::bf16   ? "bf16"
-                              : w->format == dk::WeightFormat::q8_0 ? "q8_0"
-                                                                    : "q4_0";
+        const std::string f = w->format == dk::WeightFormat::bf16         ? "bf16"
+                              : w->format == dk::WeightFormat::q8_0_split ? "q8_0"
+                                                                          : "q4_0";
         if (out.empty())
             out = f;
         else if (out != f)
