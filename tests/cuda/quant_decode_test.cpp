@@ -1,8 +1,10 @@
 // GGUF Q8_0 / Q4_0 weights on the GPU (decode_kernels' quantized GEMVs, quant_gemv.cuh, and
-// CudaLM over GGUF tensors): the GEMV on random blocks against the CPU's dequantizer (f32 path)
-// and against a CPU emulation of the int8 input rounding (dp4a path), for K not a multiple of 256
-// and odd row counts; whole-model logits and greedy tokens of random GPT-2 and Llama models
-// against QuantLM on the CPU over the same GGUF bytes; clear errors for bad files and tensors.
+// CudaLM over GGUF tensors): the GEMV on random blocks, as the file's blocks and split, against
+// the CPU's dequantizer (f32 path) and against a CPU emulation of the int8 input rounding (dp4a
+// path), for K not a multiple of 256 and odd row counts; whole-model logits and greedy tokens of
+// random GPT-2 and Llama models against QuantLM on the CPU over the same GGUF bytes, per-op and
+// persistent; the persistent step against the per-op one over 150 positions; clear errors for
+// bad files and tensors.
 #include "cuda/cuda_test_util.h"
 
 #include <algorithm>
@@ -212,11 +214,21 @@ struct QuantModelCase {
     ModelFamily family;
     GgmlType type;
     bool int8_dot;
+    bool persistent; // CudaLM::Options::persistent (the step as one kernel)
 };
 
 std::string case_name(const QuantModelCase& c) {
     return std::string(c.family == ModelFamily::gpt2 ? "gpt2" : "llama") + "_" + type_name(c.type) +
-           (c.int8_dot ? "_dp4a" : "_f32dot");
+           (c.int8_dot ? "_dp4a" : "_f32dot") + (c.persistent ? "_persistent" : "_per_op");
+}
+
+// The persistent step takes one format for every matrix: its Llama cases use n_ff = 704 (whole
+// blocks), the per-op ones keep 688 (ffn_down F16 in the file, bf16 on the GPU: mixed formats).
+ModelConfig model_of(const QuantModelCase& c) {
+    ModelConfig cfg = small(c.family);
+    if (c.family == ModelFamily::llama && c.persistent)
+        cfg.n_ff = 704;
+    return cfg;
 }
 
 class CudaQuantModel : public ::testing::TestWithParam<QuantModelCase> {};
@@ -230,14 +242,15 @@ class CudaQuantModel : public ::testing::TestWithParam<QuantModelCase> {};
 // 1/254 of its block's range). The f32-dot path skips the activation rounding, so it differs by
 // the whole int8 error of QuantLM's activations (~0.5% per value): a wider bound.
 TEST_P(CudaQuantModel, LogitsAndArgmaxMatchQuantLmOnCpu) {
-    const auto [family, type, i8] = GetParam();
-    const ModelConfig cfg = small(family);
+    const auto [family, type, i8, persistent] = GetParam();
+    const ModelConfig cfg = model_of(GetParam());
     Transformer m(cfg, 31);
     auto ref = infer::QuantLM::from_transformer(m, type, {.n_threads = 2});
-    auto lm = CudaLM::from_transformer(m, type, {.int8_dot = i8});
+    auto lm = CudaLM::from_transformer(m, type, {.persistent = persistent, .int8_dot = i8});
     EXPECT_TRUE(lm->graph_active());
-    EXPECT_FALSE(lm->persistent_active()); // bf16-only
-    EXPECT_EQ(lm->weight_format(), family == ModelFamily::llama ? "mixed" : type_name(type));
+    EXPECT_EQ(lm->persistent_active(), persistent);
+    const bool mixed = family == ModelFamily::llama && !persistent;
+    EXPECT_EQ(lm->weight_format(), mixed ? "mixed" : type_name(type));
     auto rs = ref->new_state(150), gs = lm->new_state(150);
     std::vector<float> lr, lg;
     int decided = 0, agreed = 0;
@@ -274,11 +287,12 @@ TEST_P(CudaQuantModel, LogitsAndArgmaxMatchQuantLmOnCpu) {
 // token may differ from QuantLM's argmax only where QuantLM's top two logits are within twice
 // the logits' max difference (the tie margin; tests/formats_interop's `parting` rule).
 TEST_P(CudaQuantModel, GreedyOnDeviceMatchesQuantLm) {
-    const auto [family, type, i8] = GetParam();
-    const ModelConfig cfg = small(family);
+    const auto [family, type, i8, persistent] = GetParam();
+    const ModelConfig cfg = model_of(GetParam());
     Transformer m(cfg, 32);
     auto ref = infer::QuantLM::from_transformer(m, type, {.n_threads = 2});
-    auto lm = CudaLM::from_transformer(m, type, {.int8_dot = i8});
+    auto lm = CudaLM::from_transformer(m, type, {.persistent = persistent, .int8_dot = i8});
+    EXPECT_EQ(lm->persistent_active(), persistent);
     const std::vector<TokenId> prompt = {1, 2, 3, 4, 5, 6};
     auto gs = lm->new_state(64), rs = ref->new_state(64);
     std::vector<float> lg, lr;
@@ -306,15 +320,68 @@ TEST_P(CudaQuantModel, GreedyOnDeviceMatchesQuantLm) {
     EXPECT_GE(decided, 16);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaQuantModel,
-                         ::testing::Values(QuantModelCase{ModelFamily::gpt2, GgmlType::q8_0, true},
-                                           QuantModelCase{ModelFamily::gpt2, GgmlType::q4_0, true},
-                                           QuantModelCase{ModelFamily::llama, GgmlType::q8_0, true},
-                                           QuantModelCase{ModelFamily::llama, GgmlType::q4_0, true},
-                                           QuantModelCase{ModelFamily::gpt2, GgmlType::q8_0, false},
-                                           QuantModelCase{ModelFamily::llama, GgmlType::q4_0,
-                                                          false}),
-                         [](const auto& info) { return case_name(info.param); });
+INSTANTIATE_TEST_SUITE_P(
+    Models, CudaQuantModel,
+    ::testing::Values(QuantModelCase{ModelFamily::gpt2, GgmlType::q8_0, true, false},
+                      QuantModelCase{ModelFamily::gpt2, GgmlType::q4_0, true, false},
+                      QuantModelCase{ModelFamily::llama, GgmlType::q8_0, true, false},
+                      QuantModelCase{ModelFamily::llama, GgmlType::q4_0, true, false},
+                      QuantModelCase{ModelFamily::gpt2, GgmlType::q8_0, true, true},
+                      QuantModelCase{ModelFamily::gpt2, GgmlType::q4_0, true, true},
+                      QuantModelCase{ModelFamily::llama, GgmlType::q8_0, true, true},
+                      QuantModelCase{ModelFamily::llama, GgmlType::q4_0, true, true},
+                      QuantModelCase{ModelFamily::gpt2, GgmlType::q8_0, false, false},
+                      QuantModelCase{ModelFamily::llama, GgmlType::q4_0, false, false}),
+    [](const auto& info) { return case_name(info.param); });
+
+class CudaQuantSteps : public ::testing::TestWithParam<QuantModelCase> {};
+
+// The persistent step against the kernels per op over the same quantized weights, teacher-forced
+// over 150 positions (attention over up to three 64-position chunks, a prompt between decode
+// steps). The same GEMV code with different K splits: f32 sums in another order, now and then
+// an activation rounded to the neighbouring int8 value, a K/V value to the neighbouring bf16.
+TEST_P(CudaQuantSteps, PersistentMatchesPerOpKernels) {
+    const QuantModelCase c = GetParam();
+    const ModelConfig cfg = model_of(c);
+    Transformer m(cfg, 35);
+    auto fused = CudaLM::from_transformer(m, c.type);
+    auto per_op = CudaLM::from_transformer(m, c.type, {.persistent = false});
+    ASSERT_TRUE(fused->persistent_active());
+    ASSERT_FALSE(per_op->persistent_active());
+    auto fs = fused->new_state(cfg.n_ctx), ps = per_op->new_state(cfg.n_ctx);
+    std::vector<float> lf, lp;
+    int decided = 0;
+    double worst = 0;
+    auto step = [&](std::span<const TokenId> ids, const std::string& what) {
+        fused->eval(*fs, ids, lf);
+        per_op->eval(*ps, ids, lp);
+        worst = std::max(worst, rel_diff(lf, lp));
+        EXPECT_LE(rel_diff(lf, lp), 1e-2) << what;
+        if (margin(lp) > 2 * max_abs_diff(lf, lp)) {
+            ++decided;
+            EXPECT_EQ(argmax(lf), argmax(lp)) << what;
+        }
+        return TokenId(argmax(lp));
+    };
+    std::vector<TokenId> prompt = {3, 141, 59, 26, 5};
+    TokenId t = step(prompt, "prompt");
+    for (int i = 0; i < 100; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    std::vector<TokenId> more = {t, 35, 89, 79};
+    t = step(more, "second prompt");
+    for (int i = 100; i < 140; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    EXPECT_EQ(fs->length(), 149);
+    std::printf("[%s] persistent vs per-op: max rel logit diff %.3g, %d of 142 decided\n",
+                case_name(c).c_str(), worst, decided);
+    EXPECT_GE(decided, 60);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, CudaQuantSteps,
+    ::testing::Values(QuantModelCase{ModelFamily::gpt2, GgmlType::q8_0, true, true},
+                      QuantModelCase{ModelFamily::llama, GgmlType::q4_0, true, true}),
+    [](const auto& info) { return case_name(info.param); });
 
 // A GGUF file on disk, as `forge convert` writes it, through from_gguf: the same logits as
 // from_transformer's in-memory bytes; then the file truncated, and one that is not there.

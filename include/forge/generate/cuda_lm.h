@@ -10,9 +10,11 @@
 //
 // Built from a GGUF file (from_gguf, or a ModelConfig and QuantLM's tensor Lookup), the matrices
 // stay Q8_0 / Q4_0 on the device (F32 / F16 / BF16 ones become bf16; other types are requantized
-// to Q8_0 at load, as QuantLM does); norms, biases and GPT-2's position table are f32. Those
-// decode with the per-op kernels in a CUDA graph (the persistent kernel is bf16-only; a file
-// whose matrices all became bf16 uses it too), and prefill a prompt one decode step per token.
+// to Q8_0 at load, as QuantLM does; Q8_0 / Q4_0 blocks are split into values and scales on the
+// device, the same bytes in 16-byte aligned rows); norms, biases and GPT-2's position table are
+// f32. The decode step runs as the persistent kernel when every matrix and the embedding share
+// one format (bf16, Q8_0 or Q4_0, the latter two with int8_dot), else as kernels per op, in a
+// CUDA graph either way; a prompt prefills one decode step per token.
 #pragma once
 
 #include <cstdint>
@@ -80,8 +82,8 @@ class CudaLM : public CausalLM {
     std::vector<TokenId> greedy(State& state, TokenId first, int64_t n);
     /// Whether decode steps replay a CUDA graph (false after a failed capture: eager launches).
     bool graph_active() const;
-    /// Whether decode steps run as one persistent kernel (Options::persistent, and the GPU
-    /// takes a cooperative launch of its grid).
+    /// Whether decode steps run as one persistent kernel (Options::persistent, the GPU takes a
+    /// cooperative launch of its grid, and, from GGUF, one weight format as above).
     bool persistent_active() const;
     /// Bytes of weights one decode step reads (the matrices as stored, the head included).
     int64_t weight_bytes_per_token() const;

@@ -545,9 +545,11 @@ __device__ void load_vec(const float* v, int n, float* xs) {
 // The decode step (PersistentStepArgs): embedding, layers, head, finish in one grid of
 // kThreads-thread blocks; shared memory holds the phase's input vector or attention task, then
 // the layer table. Every phase is followed by bar.arrive() and preceded by bar.wait(), inside
-// prepare/wait callbacks after the phase has requested its first weights or K/V rows.
-template <int D>
+// prepare/wait callbacks after the phase has requested its first weights or K/V rows. Matrices
+// in F: bf16, or split Q8_0 / Q4_0 with int8 dot products (I8).
+template <int D, WeightFormat F>
 __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s, StepPlan p) {
+    constexpr bool I8 = F != WeightFormat::bf16;
     extern __shared__ float4 smem4[];
     float* smem = reinterpret_cast<float*>(smem4);
     auto* layers = reinterpret_cast<StepLayer*>(smem + p.table_offset);
@@ -572,7 +574,6 @@ __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s,
                         .scale = float(1.0 / ::sqrt(double(D))),
                         .args = s.args,
                         .partial = s.partial};
-    const auto* wte = static_cast<const __nv_bfloat16*>(s.wte);
 
     for (int l = 0; l < s.n_layer; ++l) {
         const StepLayer& w = layers[l];
@@ -588,7 +589,7 @@ __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s,
                      .out = s.q};
         qkv.n_q = H, qkv.n_kv = s.n_kv, qkv.head_dim = D, qkv.rope_inv_freq = s.rope_inv_freq;
         qkv.k_cache = w.k_cache, qkv.v_cache = w.v_cache, qkv.cache_cap = s.cap, qkv.args = s.args;
-        gemv_tiles(qkv, p.ksplit_qkv, smem, [&](float* xs, bool busy) {
+        gemv_tiles<F, I8>(qkv, p.ksplit_qkv, smem, [&](float* xs, bool busy) {
             if (l > 0)
                 bar.wait();
             if (!busy)
@@ -596,8 +597,13 @@ __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s,
             if (l > 0)
                 return load_vec(s.x, C, xs);
             for (int c = threadIdx.x; c < C; c += blockDim.x) { // the embedding
-                const float v = __bfloat162float(wte[int64_t(token) * C + c]) +
-                                (s.wpe ? s.wpe[int64_t(pos) * C + c] : 0.f);
+                float v;
+                if constexpr (F == WeightFormat::bf16)
+                    v = __bfloat162float(
+                        static_cast<const __nv_bfloat16*>(s.wte)[int64_t(token) * C + c]);
+                else
+                    v = quant::dequantize<F>(s.wte, s.vocab, C, token, c);
+                v += s.wpe ? s.wpe[int64_t(pos) * C + c] : 0.f;
                 xs[c] = v;
                 if (blockIdx.x == 0) // the residual stream
                     s.x[c] = v;
@@ -621,63 +627,63 @@ __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s,
             bar.wait();
         bar.arrive();
 
-        gemv_tiles(GemvArgs{.w = w.proj,
-                            .n = C,
-                            .k = H * D,
-                            .epi = Epilogue::residual,
-                            .bias = w.proj_b,
-                            .out = s.x},
-                   p.ksplit_proj, smem, [&](float* xs, bool busy) {
-                       bar.wait();
-                       if (busy)
-                           attn_combine<D>(at, n_active, max_splits, 0, H, xs);
-                   });
+        gemv_tiles<F, I8>(GemvArgs{.w = w.proj,
+                                   .n = C,
+                                   .k = H * D,
+                                   .epi = Epilogue::residual,
+                                   .bias = w.proj_b,
+                                   .out = s.x},
+                          p.ksplit_proj, smem, [&](float* xs, bool busy) {
+                              bar.wait();
+                              if (busy)
+                                  attn_combine<D>(at, n_active, max_splits, 0, H, xs);
+                          });
         bar.arrive();
-        gemv_tiles(GemvArgs{.w = w.fc,
-                            .n = s.ffn == Epilogue::swiglu ? 2 * s.n_ff : s.n_ff,
-                            .k = C,
-                            .norm = s.norm,
-                            .norm_w = w.norm2_w,
-                            .norm_b = w.norm2_b,
-                            .eps = s.eps,
-                            .epi = s.ffn,
-                            .bias = w.fc_b,
-                            .out = s.hid},
-                   p.ksplit_fc, smem, [&](float* xs, bool busy) {
-                       bar.wait();
-                       if (busy)
-                           load_vec(s.x, C, xs);
-                   });
+        gemv_tiles<F, I8>(GemvArgs{.w = w.fc,
+                                   .n = s.ffn == Epilogue::swiglu ? 2 * s.n_ff : s.n_ff,
+                                   .k = C,
+                                   .norm = s.norm,
+                                   .norm_w = w.norm2_w,
+                                   .norm_b = w.norm2_b,
+                                   .eps = s.eps,
+                                   .epi = s.ffn,
+                                   .bias = w.fc_b,
+                                   .out = s.hid},
+                          p.ksplit_fc, smem, [&](float* xs, bool busy) {
+                              bar.wait();
+                              if (busy)
+                                  load_vec(s.x, C, xs);
+                          });
         bar.arrive();
-        gemv_tiles(GemvArgs{.w = w.fc2,
-                            .n = C,
-                            .k = s.n_ff,
-                            .epi = Epilogue::residual,
-                            .bias = w.fc2_b,
-                            .out = s.x},
-                   p.ksplit_fc2, smem, [&](float* xs, bool busy) {
-                       bar.wait();
-                       if (busy)
-                           load_vec(s.hid, s.n_ff, xs);
-                   });
+        gemv_tiles<F, I8>(GemvArgs{.w = w.fc2,
+                                   .n = C,
+                                   .k = s.n_ff,
+                                   .epi = Epilogue::residual,
+                                   .bias = w.fc2_b,
+                                   .out = s.x},
+                          p.ksplit_fc2, smem, [&](float* xs, bool busy) {
+                              bar.wait();
+                              if (busy)
+                                  load_vec(s.hid, s.n_ff, xs);
+                          });
         bar.arrive();
     }
-    gemv_tiles(GemvArgs{.w = s.head,
-                        .n = s.vocab,
-                        .k = C,
-                        .norm = s.norm,
-                        .norm_w = s.lnf_w,
-                        .norm_b = s.lnf_b,
-                        .eps = s.eps,
-                        .epi = Epilogue::store,
-                        .out = s.logits,
-                        .argmax = true,
-                        .args = s.args},
-               p.ksplit_head, smem, [&](float* xs, bool busy) {
-                   bar.wait();
-                   if (busy)
-                       load_vec(s.x, C, xs);
-               });
+    gemv_tiles<F, I8>(GemvArgs{.w = s.head,
+                               .n = s.vocab,
+                               .k = C,
+                               .norm = s.norm,
+                               .norm_w = s.lnf_w,
+                               .norm_b = s.lnf_b,
+                               .eps = s.eps,
+                               .epi = Epilogue::store,
+                               .out = s.logits,
+                               .argmax = true,
+                               .args = s.args},
+                      p.ksplit_head, smem, [&](float* xs, bool busy) {
+                          bar.wait();
+                          if (busy)
+                              load_vec(s.x, C, xs);
+                      });
     bar.arrive();
     bar.wait();
     if (blockIdx.x == 0 && threadIdx.x == 0) { // finish_kernel's work: every block is done
@@ -731,14 +737,14 @@ int blocks_per_sm() {
     return n;
 }
 
-// ksplit of a persistent-step phase: the most warps per row (each lane with a 16-byte chunk at
-// least) that leaves no block more than one tile, so the phase is one round of weight loads,
-// requested before its barrier; a matrix with more tiles than blocks (the head) streams with 1.
-int phase_ksplit(int n, int k, int grid) {
+// ksplit of a persistent-step phase: the most warps per row (each lane with a chunk at least)
+// that leaves no block more than one tile, so the phase is one round of weight loads, requested
+// before its barrier; a matrix with more tiles than blocks (the head) streams with 1.
+int phase_ksplit(int n, int k, int grid, WeightFormat f) {
     int best = 1;
     for (int ks = 2; ks <= kWarps; ks *= 2) {
         const int rows = kRows * (kWarps / ks), tiles = (n + rows - 1) / rows;
-        if (tiles <= grid && 32 * ks <= k / 8)
+        if (tiles <= grid && 32 * ks <= k / quant::chunk_values(f))
             best = ks;
     }
     return best;
@@ -756,12 +762,26 @@ StepGeometry step_geometry(const PersistentStepArgs& a) {
     static const int smem_max = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
     const int D = a.head_dim, G = a.n_head / a.n_kv;
     StepGeometry g;
-    // Shared memory: the largest phase input (floats) or attention task, then the layer table.
-    const int xs = std::max({a.n_embd, a.n_ff, a.n_head * D});
+    // Shared memory: the largest phase input (floats; with int8 dot products its int8 copy and
+    // scales after it) or attention task, then the layer table.
+    const bool i8 = a.format != WeightFormat::bf16;
+    const int k_max = std::max({a.n_embd, a.n_ff, a.n_head * D});
+    const int xs = k_max + (i8 ? (k_max + k_max / 8 + 3) / 4 : 0);
     const int attn = a.chunk * (D + 8) + G * (D + a.chunk); // K, V rows as bf16; q, p
     g.plan.table_offset = (std::max(xs, attn) + 3) / 4 * 4;
     g.smem = size_t(g.plan.table_offset) * sizeof(float) + size_t(a.n_layer) * sizeof(StepLayer);
-    g.kernel = D == 32 ? step_kernel<32> : D == 64 ? step_kernel<64> : step_kernel<128>;
+    using W = WeightFormat;
+    static void (*const kernels[3][3])(PersistentStepArgs, StepPlan) = {
+        {step_kernel<32, W::bf16>, step_kernel<32, W::q8_0_split>, step_kernel<32, W::q4_0_split>},
+        {step_kernel<64, W::bf16>, step_kernel<64, W::q8_0_split>, step_kernel<64, W::q4_0_split>},
+        {step_kernel<128, W::bf16>, step_kernel<128, W::q8_0_split>,
+         step_kernel<128, W::q4_0_split>}};
+    FORGE_ASSERT(a.format == W::bf16 || quant::is_split(a.format));
+    g.kernel = kernels[D == 32   ? 0
+                       : D == 64 ? 1
+                                 : 2][a.format == W::bf16         ? 0
+                                      : a.format == W::q8_0_split ? 1
+                                                                  : 2];
     if (!coop || g.smem > size_t(smem_max))
         return g;
     if (g.smem > 48 * 1024)
@@ -772,11 +792,11 @@ StepGeometry step_geometry(const PersistentStepArgs& a) {
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, g.kernel, kThreads, g.smem));
     g.grid = sm_count() * std::min(occupancy, blocks_per_sm());
     const int fc_rows = a.ffn == Epilogue::swiglu ? 2 * a.n_ff : a.n_ff;
-    g.plan.ksplit_qkv = phase_ksplit((a.n_head + 2 * a.n_kv) * D, a.n_embd, g.grid);
-    g.plan.ksplit_proj = phase_ksplit(a.n_embd, a.n_head * D, g.grid);
-    g.plan.ksplit_fc = phase_ksplit(fc_rows, a.n_embd, g.grid);
-    g.plan.ksplit_fc2 = phase_ksplit(a.n_embd, a.n_ff, g.grid);
-    g.plan.ksplit_head = phase_ksplit(a.vocab, a.n_embd, g.grid);
+    g.plan.ksplit_qkv = phase_ksplit((a.n_head + 2 * a.n_kv) * D, a.n_embd, g.grid, a.format);
+    g.plan.ksplit_proj = phase_ksplit(a.n_embd, a.n_head * D, g.grid, a.format);
+    g.plan.ksplit_fc = phase_ksplit(fc_rows, a.n_embd, g.grid, a.format);
+    g.plan.ksplit_fc2 = phase_ksplit(a.n_embd, a.n_ff, g.grid, a.format);
+    g.plan.ksplit_head = phase_ksplit(a.vocab, a.n_embd, g.grid, a.format);
     return g;
 }
 

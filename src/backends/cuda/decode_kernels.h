@@ -99,7 +99,7 @@ void finish(StepArgs* args, void* stream);
 
 /// One layer's weights and KV cache, as the per-op path passes them to gemv() and attention().
 struct StepLayer {
-    const void *qkv, *proj, *fc, *fc2;                  ///< bf16 (N, K), see PersistentStepArgs
+    const void *qkv, *proj, *fc, *fc2;                  ///< (N, K), see PersistentStepArgs
     const float *norm1_w, *norm1_b, *norm2_w, *norm2_b; ///< (C); the b's LayerNorm only, or null
     const float *qkv_b, *proj_b, *fc_b, *fc2_b;         ///< (N) or null
     void *k_cache, *v_cache;                            ///< (n_kv, cap, D) bf16
@@ -111,7 +111,8 @@ struct StepLayer {
 /// every block resident). A block requests its next phase's first weights before it waits at
 /// the barrier, so their latency overlaps the other blocks' work. Matrices: qkv
 /// ((n_head + 2 n_kv) D, C) as for Epilogue::qkv, proj (C, n_head D), fc (n_ff, C) with GELU or
-/// (2 n_ff, C) rows (gate_i, up_i) with SwiGLU, fc2 (C, n_ff), head (vocab, C).
+/// (2 n_ff, C) rows (gate_i, up_i) with SwiGLU, fc2 (C, n_ff), head (vocab, C), all of them and
+/// wte in `format`: bf16, or Q8_0 / Q4_0 split (q8_0_split, q4_0_split) with int8 dot products.
 struct PersistentStepArgs {
     const StepLayer* layers = nullptr; ///< (n_layer) in device memory
     int n_layer = 0, n_embd = 0, n_ff = 0, n_head = 0, n_kv = 0, head_dim = 0, vocab = 0;
@@ -120,9 +121,10 @@ struct PersistentStepArgs {
     Norm norm = Norm::layer;
     float eps = 1e-5f;
     Epilogue ffn = Epilogue::gelu; ///< fc's epilogue: gelu or swiglu
-    const void* wte = nullptr;     ///< (vocab, C) bf16
-    const float* wpe = nullptr;    ///< (n_ctx, C) or null
-    const void* head = nullptr;    ///< (vocab, C) bf16
+    WeightFormat format = WeightFormat::bf16;
+    const void* wte = nullptr;  ///< (vocab, C)
+    const float* wpe = nullptr; ///< (n_ctx, C) or null
+    const void* head = nullptr; ///< (vocab, C) bf16
     const float *lnf_w = nullptr, *lnf_b = nullptr;
     const double* rope_inv_freq = nullptr; ///< as GemvArgs::rope_inv_freq
     float* x = nullptr;                    ///< (C) the residual stream

@@ -122,16 +122,18 @@ struct CudaLM::Impl {
         return out;
     }
 
-    // After the weights: the persistent step if every matrix (and the embedding) is bf16 and the
-    // GPU holds its grid; the bytes a step reads.
+    // After the weights: the persistent step if every matrix and the embedding share a format
+    // it takes (bf16, or Q8_0 / Q4_0 with int8 dot products) and the GPU holds its grid; the
+    // bytes a step reads.
     void finish_setup() {
-        bool all_bf16 = wte.format == dk::WeightFormat::bf16;
+        bool uniform = true;
         weight_bytes = 0;
         for (const Mat* w : matrices()) {
-            all_bf16 = all_bf16 && w->format == dk::WeightFormat::bf16;
+            uniform = uniform && w->format == wte.format;
             weight_bytes += w->nbytes();
         }
-        persistent = opts.persistent && all_bf16 && dk::persistent_grid(step_shapes()) > 0;
+        const bool takes = wte.format == dk::WeightFormat::bf16 || opts.int8_dot;
+        persistent = opts.persistent && uniform && takes && dk::persistent_grid(step_shapes()) > 0;
         FORGE_CUDA_CHECK(cudaStreamSynchronize(stream));
     }
 
@@ -147,7 +149,8 @@ struct CudaLM::Impl {
                 .chunk = attn_chunk,
                 .norm = gpt2 ? dk::Norm::layer : dk::Norm::rms,
                 .eps = cfg.norm_eps,
-                .ffn = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu};
+                .ffn = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu,
+                .format = wte.format};
     }
 
     // The decode step for the token and position in s.args: the launches the graph holds.
