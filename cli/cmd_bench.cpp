@@ -3,9 +3,11 @@
 // generates N tokens one at a time from an empty cache; each is the median over --reps runs
 // after one warm-up. The model is a GGUF file, or a named shape with random weights of --type.
 // With --device cuda: a Forge model folder or a named shape (random weights) on CudaLM (bf16
-// weights, the decode step as one persistent kernel in a CUDA graph), prefill under --dtype; tg
-// is reported with the logits copied to the host each step (what `forge generate` does) and with
-// greedy argmax on the device.
+// weights, the decode step as one persistent kernel in a CUDA graph), prefill under --dtype; or
+// a GGUF file, or a shape with --type q8_0 / q4_0 (random weights converted as `forge convert`
+// would), with those matrices on the GPU (kernels per op in a CUDA graph; the prompt as decode
+// steps). tg is reported with the logits copied to the host each step (what `forge generate`
+// does) and with greedy argmax on the device.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -30,11 +32,11 @@ namespace forge::cli {
 namespace {
 
 struct BenchOptions {
-    std::string model, shape, type = "q8_0";
+    std::string model, shape, type; // type: q8_0 on the CPU, bf16 on the GPU if not given
     int threads = 0, reps = 5;
     std::vector<int64_t> pp = {512};
     int64_t tg = 128;
-    bool json = false, eager = false, per_op = false;
+    bool json = false, eager = false, per_op = false, f32_dot = false;
     std::string device = "cpu", dtype = "bf16";
 };
 
@@ -54,22 +56,37 @@ std::vector<TokenId> bench_ids(int64_t n, int64_t vocab) {
 }
 
 void run_bench_cuda(const BenchOptions& o) {
-    FORGE_CHECK(o.model.empty() || std::filesystem::is_directory(o.model),
-                "--device cuda takes a Forge model folder or --shape, not a .gguf file");
+    const bool gguf = !o.model.empty() && !std::filesystem::is_directory(o.model);
+    FORGE_CHECK(!gguf || std::filesystem::path(o.model).extension() == ".gguf",
+                "--device cuda takes a Forge model folder, a .gguf file or --shape; got ", o.model);
+    const std::string type = o.type.empty() ? "bf16" : o.type;
     const Device dev = Device::parse(o.device);
     FORGE_CHECK(dev.type == DeviceType::cuda && dev.index == 0, "--device must be cpu or cuda");
     cuda::check_device(dev);
     cuda::PrecisionScope precision(o.dtype);
+    const CudaLM::Options opts{.graph = !o.eager, .persistent = !o.per_op, .int8_dot = !o.f32_dot};
     std::shared_ptr<Transformer> model;
+    std::unique_ptr<CudaLM> owned;
     std::string what;
-    if (!o.model.empty()) {
-        model = load_model_dir(o.model).model;
+    if (gguf) {
+        owned = CudaLM::from_gguf(o.model, opts);
         what = o.model;
     } else {
-        model = std::make_shared<Transformer>(bench_shape(o.shape));
-        what = o.shape + " (random weights)";
+        if (!o.model.empty()) {
+            model = load_model_dir(o.model).model;
+            what = o.model;
+        } else {
+            model = std::make_shared<Transformer>(bench_shape(o.shape));
+            what = o.shape + " (random weights)";
+        }
+        if (type == "bf16") {
+            owned = std::make_unique<CudaLM>(*model, opts);
+        } else { // the GGUF tensors `forge convert --type` would write
+            owned = CudaLM::from_transformer(*model, quant::parse_type(type), opts);
+            what += ", " + type;
+        }
     }
-    CudaLM lm(*model, {.graph = !o.eager, .persistent = !o.per_op});
+    CudaLM& lm = *owned;
     const int64_t V = lm.n_vocab(), pp_max = *std::max_element(o.pp.begin(), o.pp.end());
     FORGE_CHECK(std::max(pp_max, o.tg + 1) <= lm.n_ctx(), "pp/tg exceed the model's context of ",
                 lm.n_ctx());
@@ -116,16 +133,21 @@ void run_bench_cuda(const BenchOptions& o) {
             out += "\"" + k + "\":" + std::to_string(median(tg_s)) + ",\"" + k +
                    "_device_argmax\":" + std::to_string(median(tg_dev_s)) + ",";
         }
-        out += "\"weight_gb_per_token\":" + std::to_string(gb) + "}";
+        out += "\"weight_gb_per_token\":" + std::to_string(gb) + ",\"weights\":\"" +
+               lm.weight_format() + "\"}";
         std::printf("%s\n", out.c_str());
         return;
     }
     const cuda::DeviceProperties p = cuda::device_properties(0);
-    std::printf("model: %s on %s, %.1f MiB of bf16 weights read per token, decode %s %s, "
+    const std::string fmt = lm.weight_format();
+    const bool blocks = fmt != "bf16";
+    std::printf("model: %s on %s, %.1f MiB of %s weights read per token, decode %s %s%s, "
                 "prefill %s, median of %d\n",
-                what.c_str(), p.name.c_str(), gb * 1e9 / (1 << 20),
+                what.c_str(), p.name.c_str(), gb * 1e9 / (1 << 20), fmt.c_str(),
                 lm.persistent_active() ? "as one persistent kernel" : "as kernels per op",
-                lm.graph_active() ? "in a CUDA graph" : "launched eagerly", o.dtype.c_str(), o.reps);
+                lm.graph_active() ? "in a CUDA graph" : "launched eagerly",
+                !blocks ? "" : o.f32_dot ? " (f32 dot products)" : " (int8 dot products)",
+                !blocks && !gguf ? o.dtype.c_str() : "as decode steps", o.reps);
     for (size_t i = 0; i < o.pp.size(); ++i)
         if (o.pp[i] > 0)
             std::printf("pp%-5lld %10.2f tokens/s\n", (long long)o.pp[i], median(pp_s[i]));
@@ -147,6 +169,7 @@ void run_bench(const BenchOptions& o) {
     const int64_t pp = o.pp[0];
     FORGE_CHECK(pp + o.tg > 0, "--pp and --tg must not both be 0");
     FORGE_CHECK(o.model.empty() != o.shape.empty(), "give one of --model FILE.gguf or --shape NAME");
+    const std::string type = o.type.empty() ? "q8_0" : o.type;
     infer::EngineOptions eo{.n_threads = o.threads, .prefill_chunk = std::max<int64_t>(pp, 1)};
     std::unique_ptr<infer::QuantLM> lm;
     std::string what;
@@ -154,8 +177,8 @@ void run_bench(const BenchOptions& o) {
         lm = load_engine(o.model, eo);
         what = o.model;
     } else {
-        lm = infer::QuantLM::random(bench_shape(o.shape), quant::parse_type(o.type), 1, eo);
-        what = o.shape + " " + o.type + " (random weights)";
+        lm = infer::QuantLM::random(bench_shape(o.shape), quant::parse_type(type), 1, eo);
+        what = o.shape + " " + type + " (random weights)";
     }
     const int64_t V = lm->n_vocab();
     FORGE_CHECK(std::max(pp, o.tg) <= lm->n_ctx(), "pp/tg exceed the model's context of ", lm->n_ctx());
@@ -200,10 +223,12 @@ void run_bench(const BenchOptions& o) {
 FORGE_CLI_COMMAND([](CLI::App& root) {
     auto o = std::make_shared<BenchOptions>();
     auto* cmd = root.add_subcommand("bench", "Inference speed: prompt processing and generation (llama-bench's pp/tg)");
-    cmd->add_option("--model,-m", o->model, "GGUF file (--device cuda: a Forge model folder)");
+    cmd->add_option("--model,-m", o->model, "GGUF file (--device cuda: or a Forge model folder)");
     cmd->add_option("--shape", o->shape,
                     "instead of --model: random weights of a shape (llama-120m, llama-320m, or a preset)");
-    cmd->add_option("--type", o->type, "with --shape: f32, f16, q8_0, q4_0, q4_k, ...")->capture_default_str();
+    cmd->add_option("--type", o->type,
+                    "with --shape: f32, f16, q8_0, q4_0, q4_k, ... (default q8_0; with --device "
+                    "cuda bf16, or a GGUF type for the weights as `forge convert` writes them)");
     cmd->add_option("--threads,-t", o->threads, "threads (0 = all cores)")->capture_default_str();
     cmd->add_option("--reps,-r", o->reps, "runs per figure (the median is printed)")->capture_default_str();
     cmd->add_option("--pp", o->pp, "prompt tokens (0 = skip; several with --device cuda)")
@@ -214,6 +239,9 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     cmd->add_option("--dtype", o->dtype, "with --device cuda: prefill precision f32 | tf32 | bf16")
         ->capture_default_str();
     cmd->add_flag("--eager", o->eager, "with --device cuda: no CUDA graph for the decode step");
+    cmd->add_flag("--f32-dot", o->f32_dot,
+                  "with --device cuda and Q8_0 / Q4_0 weights: f32 products of the dequantized "
+                  "weights instead of int8 (dp4a) ones");
     cmd->add_flag("--per-op", o->per_op,
                   "with --device cuda: the decode step as kernels per op, not one kernel");
     cmd->callback([o] { run_bench(*o); });

@@ -12,6 +12,8 @@
 #include "infer_cli.h"
 #include <forge/core/device.h>
 #include <forge/core/error.h>
+#include <forge/formats/gguf.h>
+#include <forge/formats/gguf_model.h>
 #include <forge/generate/cuda_lm.h>
 #include <forge/generate/generator.h>
 #include <forge/models/loader.h>
@@ -96,13 +98,20 @@ void run_generate(const GenerateCliOptions& o) {
     const Device device = Device::parse(o.device);
     cuda::check_device(device); // before the load: a missing GPU fails fast
     cuda::PrecisionScope precision(o.dtype); // the prompt's matmuls and attention on CUDA
-    // A .gguf file runs on the CPU quantized-weight engine (its weights used in place); a model
-    // folder on the Transformer, on `device`.
+    // A .gguf file runs on the CPU quantized-weight engine (its weights used in place) or, with
+    // --device cuda, on CudaLM with its Q8_0 / Q4_0 matrices kept as they are; a model folder on
+    // the Transformer, on `device`.
     std::optional<Generator> gen_holder;
     std::shared_ptr<Transformer> keep;
-    if (std::filesystem::path(o.model).extension() == ".gguf") {
+    if (std::filesystem::path(o.model).extension() == ".gguf" && device.type == DeviceType::cuda) {
+        FORGE_CHECK(device.index == 0, "--device ", o.device, ": GPU decoding runs on cuda:0");
+        std::optional<Tokenizer> tok = formats::gguf_tokenizer(formats::GgufFile::open(o.model));
+        if (!tok)
+            throw NotFound(o.model + " has no tokenizer (no tokenizer.ggml.* metadata)");
+        gen_holder.emplace(std::shared_ptr<CausalLM>(CudaLM::from_gguf(o.model)), std::move(*tok));
+    } else if (std::filesystem::path(o.model).extension() == ".gguf") {
         FORGE_CHECK(device.type == DeviceType::cpu, "--device ", o.device,
-                    ": .gguf files run on the CPU engine; convert to a folder for the GPU");
+                    ": .gguf files run on the CPU engine or on cuda:0");
         EngineAndTokenizer e = open_engine(o.model, quant::GgmlType::f32, {.n_threads = o.threads});
         gen_holder.emplace(std::shared_ptr<CausalLM>(std::move(e.lm)), std::move(e.tokenizer));
     } else {

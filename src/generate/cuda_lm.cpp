@@ -19,6 +19,15 @@ struct CudaLM::Impl {};
 CudaLM::CudaLM(Transformer&, Options) {
     no_cuda();
 }
+CudaLM::CudaLM(const ModelConfig&, const infer::QuantLM::Lookup&, Options) {
+    no_cuda();
+}
+std::unique_ptr<CudaLM> CudaLM::from_gguf(const std::filesystem::path&, Options) {
+    no_cuda();
+}
+std::unique_ptr<CudaLM> CudaLM::from_transformer(Transformer&, quant::GgmlType, Options) {
+    no_cuda();
+}
 CudaLM::~CudaLM() = default;
 int64_t CudaLM::n_vocab() const {
     no_cuda();
@@ -46,6 +55,9 @@ bool CudaLM::persistent_active() const {
 }
 int64_t CudaLM::weight_bytes_per_token() const {
     return 0;
+}
+std::string CudaLM::weight_format() const {
+    return "";
 }
 
 } // namespace forge

@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/quant_gemv.cuh"
 
 namespace forge::cuda::decode {
 
@@ -158,28 +160,41 @@ __device__ __forceinline__ void wait_previous() {
 // + gridDim.x, ... as one stream of iterations, loading iteration i + 1's weights before
 // computing iteration i. The first weights are requested before prepare(xs, busy), which waits
 // for the input (the previous kernel, or a grid barrier) and, if busy (the block has a tile),
-// writes the raw input into xs (K floats of shared memory).
-template <class Prepare>
+// writes the raw input into xs (K floats of shared memory). A lane's unit is a chunk of a row:
+// 16 bytes of bf16, or 8 bytes of Q8_0 / Q4_0 values and their scale (quant_gemv.cuh); with
+// I8 the normalised input is also rounded to int8 into the shared memory after xs (K bytes,
+// then K / 32 float scales).
+template <WeightFormat F = WeightFormat::bf16, bool I8 = false, class Prepare>
 __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& prepare) {
     const float4* x4 = reinterpret_cast<const float4*>(xs);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = kWarps / ksplit, g = warp / ksplit, kp = warp % ksplit;
-    const int nchunk = a.k >> 3, stride = 32 * ksplit, step = kUnroll * stride;
+    // Chunks in flight per row per lane: file blocks' chunks carry 8 bytes, so twice as many.
+    constexpr int kInFlight = F == WeightFormat::bf16 || quant::is_split(F) ? kUnroll : 2 * kUnroll;
+    const int nchunk = a.k / quant::chunk_values(F), stride = 32 * ksplit,
+              step = kInFlight * stride;
     const int iters = (nchunk + step - 1) / step; // per tile, the same for every warp
     const int ntile = (a.n + kRows * groups - 1) / (kRows * groups);
     const uint4* W = static_cast<const uint4*>(a.w);
+    int8_t* xq = reinterpret_cast<int8_t*>(xs + a.k);
+    float* xd = reinterpret_cast<float*>(xq + a.k);
 
-    uint4 buf[kRows][kUnroll];
+    quant::Chunk<F> buf[kRows][kInFlight];
     auto load = [&](int t, int i) {
         const int row0 = (t * groups + g) * kRows;
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u)
+        for (int u = 0; u < kInFlight; ++u)
 #pragma unroll
             for (int r = 0; r < kRows; ++r) {
                 const int c = i * step + kp * 32 + lane + u * stride;
-                buf[r][u] = t < ntile && c < nchunk && row0 + r < a.n
-                                ? load_stream(W + int64_t(row0 + r) * nchunk + c)
-                                : make_uint4(0, 0, 0, 0);
+                if (t < ntile && c < nchunk && row0 + r < a.n) {
+                    if constexpr (F == WeightFormat::bf16)
+                        buf[r][u] = load_stream(W + int64_t(row0 + r) * nchunk + c);
+                    else
+                        buf[r][u] = quant::load_chunk<F>(a.w, a.n, a.k, row0 + r, c);
+                } else {
+                    buf[r][u] = quant::Chunk<F>{};
+                }
             }
     };
     int t = blockIdx.x, i = 0;
@@ -188,14 +203,16 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
     if (t >= ntile)
         return;
     normalize(a, xs);
+    if constexpr (I8)
+        quant::quantize_input(xs, a.k, xq, xd);
 
     __shared__ float red[kWarps][kRows];
     float acc[kRows] = {};
     unsigned long long best = 0; // argmax over this lane's rows
     while (t < ntile) {
-        uint4 cur[kRows][kUnroll];
+        quant::Chunk<F> cur[kRows][kInFlight];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u)
+        for (int u = 0; u < kInFlight; ++u)
 #pragma unroll
             for (int r = 0; r < kRows; ++r)
                 cur[r][u] = buf[r][u];
@@ -204,13 +221,20 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
             ni = 0, nt += gridDim.x;
         load(nt, ni);
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < kInFlight; ++u) {
             const int c = i * step + kp * 32 + lane + u * stride;
             if (c < nchunk) {
-                const float4 x0 = x4[2 * c], x1 = x4[2 * c + 1];
+                if constexpr (F == WeightFormat::bf16) {
+                    const float4 x0 = x4[2 * c], x1 = x4[2 * c + 1];
 #pragma unroll
-                for (int r = 0; r < kRows; ++r)
-                    acc[r] += dot8(cur[r][u], x0, x1);
+                    for (int r = 0; r < kRows; ++r)
+                        acc[r] += dot8(cur[r][u], x0, x1);
+                } else {
+#pragma unroll
+                    for (int r = 0; r < kRows; ++r)
+                        acc[r] += I8 ? quant::dot_i8<F>(cur[r][u], c, xq, xd)
+                                     : quant::dot_f32<F>(cur[r][u], c, xs);
+                }
             }
         }
         if (ni == 0) { // tile t done: reduce over lanes, then over the ksplit warps
@@ -261,10 +285,11 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
     }
 }
 
-__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvArgs a, int ksplit) {
+template <WeightFormat F, bool I8>
+__global__ void __launch_bounds__(kThreads, 2) gemv_kernel(GemvArgs a, int ksplit) {
     extern __shared__ float4 smem4[];
     launch_dependents();
-    gemv_tiles(a, ksplit, reinterpret_cast<float*>(smem4), [&](float* xs, bool) {
+    gemv_tiles<F, I8>(a, ksplit, reinterpret_cast<float*>(smem4), [&](float* xs, bool) {
         wait_previous();
         for (int i = threadIdx.x; i < a.k; i += blockDim.x)
             xs[i] = a.x[i];
@@ -437,13 +462,20 @@ template <int D> __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a) 
         a.counters[kvh] = 0;
 }
 
-__global__ void embed_kernel(const __nv_bfloat16* __restrict__ wte, const float* __restrict__ wpe,
+template <WeightFormat F>
+__global__ void embed_kernel(const void* __restrict__ wte, int V, const float* __restrict__ wpe,
                              int C, const StepArgs* args, float* x) {
     launch_dependents();
     wait_previous();
     const int64_t t = args->token, p = args->pos;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        x[c] = __bfloat162float(wte[t * C + c]) + (wpe ? wpe[p * C + c] : 0.f);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float v;
+        if constexpr (F == WeightFormat::bf16)
+            v = __bfloat162float(static_cast<const __nv_bfloat16*>(wte)[t * C + c]);
+        else
+            v = quant::dequantize<F>(wte, V, C, t, c);
+        x[c] = v + (wpe ? wpe[p * C + c] : 0.f);
+    }
 }
 
 __global__ void finish_kernel(StepArgs* args) {
@@ -513,9 +545,11 @@ __device__ void load_vec(const float* v, int n, float* xs) {
 // The decode step (PersistentStepArgs): embedding, layers, head, finish in one grid of
 // kThreads-thread blocks; shared memory holds the phase's input vector or attention task, then
 // the layer table. Every phase is followed by bar.arrive() and preceded by bar.wait(), inside
-// prepare/wait callbacks after the phase has requested its first weights or K/V rows.
-template <int D>
+// prepare/wait callbacks after the phase has requested its first weights or K/V rows. Matrices
+// in F: bf16, or split Q8_0 / Q4_0 with int8 dot products (I8).
+template <int D, WeightFormat F>
 __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s, StepPlan p) {
+    constexpr bool I8 = F != WeightFormat::bf16;
     extern __shared__ float4 smem4[];
     float* smem = reinterpret_cast<float*>(smem4);
     auto* layers = reinterpret_cast<StepLayer*>(smem + p.table_offset);
@@ -540,7 +574,6 @@ __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s,
                         .scale = float(1.0 / ::sqrt(double(D))),
                         .args = s.args,
                         .partial = s.partial};
-    const auto* wte = static_cast<const __nv_bfloat16*>(s.wte);
 
     for (int l = 0; l < s.n_layer; ++l) {
         const StepLayer& w = layers[l];
@@ -556,7 +589,7 @@ __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s,
                      .out = s.q};
         qkv.n_q = H, qkv.n_kv = s.n_kv, qkv.head_dim = D, qkv.rope_inv_freq = s.rope_inv_freq;
         qkv.k_cache = w.k_cache, qkv.v_cache = w.v_cache, qkv.cache_cap = s.cap, qkv.args = s.args;
-        gemv_tiles(qkv, p.ksplit_qkv, smem, [&](float* xs, bool busy) {
+        gemv_tiles<F, I8>(qkv, p.ksplit_qkv, smem, [&](float* xs, bool busy) {
             if (l > 0)
                 bar.wait();
             if (!busy)
@@ -564,8 +597,13 @@ __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s,
             if (l > 0)
                 return load_vec(s.x, C, xs);
             for (int c = threadIdx.x; c < C; c += blockDim.x) { // the embedding
-                const float v = __bfloat162float(wte[int64_t(token) * C + c]) +
-                                (s.wpe ? s.wpe[int64_t(pos) * C + c] : 0.f);
+                float v;
+                if constexpr (F == WeightFormat::bf16)
+                    v = __bfloat162float(
+                        static_cast<const __nv_bfloat16*>(s.wte)[int64_t(token) * C + c]);
+                else
+                    v = quant::dequantize<F>(s.wte, s.vocab, C, token, c);
+                v += s.wpe ? s.wpe[int64_t(pos) * C + c] : 0.f;
                 xs[c] = v;
                 if (blockIdx.x == 0) // the residual stream
                     s.x[c] = v;
@@ -589,63 +627,63 @@ __global__ void __launch_bounds__(kThreads, 2) step_kernel(PersistentStepArgs s,
             bar.wait();
         bar.arrive();
 
-        gemv_tiles(GemvArgs{.w = w.proj,
-                            .n = C,
-                            .k = H * D,
-                            .epi = Epilogue::residual,
-                            .bias = w.proj_b,
-                            .out = s.x},
-                   p.ksplit_proj, smem, [&](float* xs, bool busy) {
-                       bar.wait();
-                       if (busy)
-                           attn_combine<D>(at, n_active, max_splits, 0, H, xs);
-                   });
+        gemv_tiles<F, I8>(GemvArgs{.w = w.proj,
+                                   .n = C,
+                                   .k = H * D,
+                                   .epi = Epilogue::residual,
+                                   .bias = w.proj_b,
+                                   .out = s.x},
+                          p.ksplit_proj, smem, [&](float* xs, bool busy) {
+                              bar.wait();
+                              if (busy)
+                                  attn_combine<D>(at, n_active, max_splits, 0, H, xs);
+                          });
         bar.arrive();
-        gemv_tiles(GemvArgs{.w = w.fc,
-                            .n = s.ffn == Epilogue::swiglu ? 2 * s.n_ff : s.n_ff,
-                            .k = C,
-                            .norm = s.norm,
-                            .norm_w = w.norm2_w,
-                            .norm_b = w.norm2_b,
-                            .eps = s.eps,
-                            .epi = s.ffn,
-                            .bias = w.fc_b,
-                            .out = s.hid},
-                   p.ksplit_fc, smem, [&](float* xs, bool busy) {
-                       bar.wait();
-                       if (busy)
-                           load_vec(s.x, C, xs);
-                   });
+        gemv_tiles<F, I8>(GemvArgs{.w = w.fc,
+                                   .n = s.ffn == Epilogue::swiglu ? 2 * s.n_ff : s.n_ff,
+                                   .k = C,
+                                   .norm = s.norm,
+                                   .norm_w = w.norm2_w,
+                                   .norm_b = w.norm2_b,
+                                   .eps = s.eps,
+                                   .epi = s.ffn,
+                                   .bias = w.fc_b,
+                                   .out = s.hid},
+                          p.ksplit_fc, smem, [&](float* xs, bool busy) {
+                              bar.wait();
+                              if (busy)
+                                  load_vec(s.x, C, xs);
+                          });
         bar.arrive();
-        gemv_tiles(GemvArgs{.w = w.fc2,
-                            .n = C,
-                            .k = s.n_ff,
-                            .epi = Epilogue::residual,
-                            .bias = w.fc2_b,
-                            .out = s.x},
-                   p.ksplit_fc2, smem, [&](float* xs, bool busy) {
-                       bar.wait();
-                       if (busy)
-                           load_vec(s.hid, s.n_ff, xs);
-                   });
+        gemv_tiles<F, I8>(GemvArgs{.w = w.fc2,
+                                   .n = C,
+                                   .k = s.n_ff,
+                                   .epi = Epilogue::residual,
+                                   .bias = w.fc2_b,
+                                   .out = s.x},
+                          p.ksplit_fc2, smem, [&](float* xs, bool busy) {
+                              bar.wait();
+                              if (busy)
+                                  load_vec(s.hid, s.n_ff, xs);
+                          });
         bar.arrive();
     }
-    gemv_tiles(GemvArgs{.w = s.head,
-                        .n = s.vocab,
-                        .k = C,
-                        .norm = s.norm,
-                        .norm_w = s.lnf_w,
-                        .norm_b = s.lnf_b,
-                        .eps = s.eps,
-                        .epi = Epilogue::store,
-                        .out = s.logits,
-                        .argmax = true,
-                        .args = s.args},
-               p.ksplit_head, smem, [&](float* xs, bool busy) {
-                   bar.wait();
-                   if (busy)
-                       load_vec(s.x, C, xs);
-               });
+    gemv_tiles<F, I8>(GemvArgs{.w = s.head,
+                               .n = s.vocab,
+                               .k = C,
+                               .norm = s.norm,
+                               .norm_w = s.lnf_w,
+                               .norm_b = s.lnf_b,
+                               .eps = s.eps,
+                               .epi = Epilogue::store,
+                               .out = s.logits,
+                               .argmax = true,
+                               .args = s.args},
+                      p.ksplit_head, smem, [&](float* xs, bool busy) {
+                          bar.wait();
+                          if (busy)
+                              load_vec(s.x, C, xs);
+                      });
     bar.arrive();
     bar.wait();
     if (blockIdx.x == 0 && threadIdx.x == 0) { // finish_kernel's work: every block is done
@@ -699,14 +737,14 @@ int blocks_per_sm() {
     return n;
 }
 
-// ksplit of a persistent-step phase: the most warps per row (each lane with a 16-byte chunk at
-// least) that leaves no block more than one tile, so the phase is one round of weight loads,
-// requested before its barrier; a matrix with more tiles than blocks (the head) streams with 1.
-int phase_ksplit(int n, int k, int grid) {
+// ksplit of a persistent-step phase: the most warps per row (each lane with a chunk at least)
+// that leaves no block more than one tile, so the phase is one round of weight loads, requested
+// before its barrier; a matrix with more tiles than blocks (the head) streams with 1.
+int phase_ksplit(int n, int k, int grid, WeightFormat f) {
     int best = 1;
     for (int ks = 2; ks <= kWarps; ks *= 2) {
         const int rows = kRows * (kWarps / ks), tiles = (n + rows - 1) / rows;
-        if (tiles <= grid && 32 * ks <= k / 8)
+        if (tiles <= grid && 32 * ks <= k / quant::chunk_values(f))
             best = ks;
     }
     return best;
@@ -724,12 +762,26 @@ StepGeometry step_geometry(const PersistentStepArgs& a) {
     static const int smem_max = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
     const int D = a.head_dim, G = a.n_head / a.n_kv;
     StepGeometry g;
-    // Shared memory: the largest phase input (floats) or attention task, then the layer table.
-    const int xs = std::max({a.n_embd, a.n_ff, a.n_head * D});
+    // Shared memory: the largest phase input (floats; with int8 dot products its int8 copy and
+    // scales after it) or attention task, then the layer table.
+    const bool i8 = a.format != WeightFormat::bf16;
+    const int k_max = std::max({a.n_embd, a.n_ff, a.n_head * D});
+    const int xs = k_max + (i8 ? (k_max + k_max / 8 + 3) / 4 : 0);
     const int attn = a.chunk * (D + 8) + G * (D + a.chunk); // K, V rows as bf16; q, p
     g.plan.table_offset = (std::max(xs, attn) + 3) / 4 * 4;
     g.smem = size_t(g.plan.table_offset) * sizeof(float) + size_t(a.n_layer) * sizeof(StepLayer);
-    g.kernel = D == 32 ? step_kernel<32> : D == 64 ? step_kernel<64> : step_kernel<128>;
+    using W = WeightFormat;
+    static void (*const kernels[3][3])(PersistentStepArgs, StepPlan) = {
+        {step_kernel<32, W::bf16>, step_kernel<32, W::q8_0_split>, step_kernel<32, W::q4_0_split>},
+        {step_kernel<64, W::bf16>, step_kernel<64, W::q8_0_split>, step_kernel<64, W::q4_0_split>},
+        {step_kernel<128, W::bf16>, step_kernel<128, W::q8_0_split>,
+         step_kernel<128, W::q4_0_split>}};
+    FORGE_ASSERT(a.format == W::bf16 || quant::is_split(a.format));
+    g.kernel = kernels[D == 32   ? 0
+                       : D == 64 ? 1
+                                 : 2][a.format == W::bf16         ? 0
+                                      : a.format == W::q8_0_split ? 1
+                                                                  : 2];
     if (!coop || g.smem > size_t(smem_max))
         return g;
     if (g.smem > 48 * 1024)
@@ -740,29 +792,56 @@ StepGeometry step_geometry(const PersistentStepArgs& a) {
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, g.kernel, kThreads, g.smem));
     g.grid = sm_count() * std::min(occupancy, blocks_per_sm());
     const int fc_rows = a.ffn == Epilogue::swiglu ? 2 * a.n_ff : a.n_ff;
-    g.plan.ksplit_qkv = phase_ksplit((a.n_head + 2 * a.n_kv) * D, a.n_embd, g.grid);
-    g.plan.ksplit_proj = phase_ksplit(a.n_embd, a.n_head * D, g.grid);
-    g.plan.ksplit_fc = phase_ksplit(fc_rows, a.n_embd, g.grid);
-    g.plan.ksplit_fc2 = phase_ksplit(a.n_embd, a.n_ff, g.grid);
-    g.plan.ksplit_head = phase_ksplit(a.vocab, a.n_embd, g.grid);
+    g.plan.ksplit_qkv = phase_ksplit((a.n_head + 2 * a.n_kv) * D, a.n_embd, g.grid, a.format);
+    g.plan.ksplit_proj = phase_ksplit(a.n_embd, a.n_head * D, g.grid, a.format);
+    g.plan.ksplit_fc = phase_ksplit(fc_rows, a.n_embd, g.grid, a.format);
+    g.plan.ksplit_fc2 = phase_ksplit(a.n_embd, a.n_ff, g.grid, a.format);
+    g.plan.ksplit_head = phase_ksplit(a.vocab, a.n_embd, g.grid, a.format);
     return g;
 }
 
 } // namespace
 
+int64_t weight_bytes(WeightFormat f, int64_t n, int64_t k) {
+    return f == WeightFormat::bf16 ? n * k * 2 : n * (k / 32) * quant::block_bytes(f);
+}
+
+void split_blocks(WeightFormat split, const void* blocks, int64_t n, int64_t k, void* out) {
+    FORGE_ASSERT(quant::is_split(split) && k % 32 == 0);
+    const int bb = quant::block_bytes(split), qb = bb - 2; // scale, then values
+    const auto* src = static_cast<const uint8_t*>(blocks);
+    auto* values = static_cast<uint8_t*>(out);
+    uint8_t* scales = values + n * quant::split_row_bytes(split, k);
+    for (int64_t b = 0; b < n * (k / 32); ++b) { // blocks in row order either way
+        std::memcpy(scales + 2 * b, src + b * bb, 2);
+        std::memcpy(values + b * qb, src + b * bb + 2, size_t(qb));
+    }
+}
+
 void gemv(const GemvArgs& a, void* stream) {
-    FORGE_ASSERT(a.k % 8 == 0 && a.n > 0);
+    const bool blocks = a.format != WeightFormat::bf16;
+    FORGE_ASSERT(a.k % (blocks ? 32 : 8) == 0 && a.n > 0);
     FORGE_ASSERT((a.epi != Epilogue::swiglu && a.epi != Epilogue::qkv) || a.n % 2 == 0);
-    static int smem_set = 0;
-    const int smem = a.k * int(sizeof(float));
-    if (smem > 48 * 1024 && smem > smem_set) {
+    const bool i8 = blocks && a.int8_dot;
+    // The variants, each with its own shared memory limit: xs (K floats), with i8 xq and xd.
+    using W = WeightFormat;
+    static void (*const kernels[9])(GemvArgs, int) = {
+        gemv_kernel<W::bf16, false>,      gemv_kernel<W::q8_0, false>,
+        gemv_kernel<W::q8_0, true>,       gemv_kernel<W::q4_0, false>,
+        gemv_kernel<W::q4_0, true>,       gemv_kernel<W::q8_0_split, false>,
+        gemv_kernel<W::q8_0_split, true>, gemv_kernel<W::q4_0_split, false>,
+        gemv_kernel<W::q4_0_split, true>};
+    static int smem_set[9] = {};
+    const int v = a.format == W::bf16 ? 0 : 1 + 2 * (int(a.format) - 1) + int(i8);
+    const int smem = (a.k * int(sizeof(float)) + (i8 ? a.k + a.k / 8 : 0) + 15) / 16 * 16;
+    if (smem > 48 * 1024 && smem > smem_set[v]) {
         FORGE_CUDA_CHECK(
-            cudaFuncSetAttribute(gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        smem_set = smem;
+            cudaFuncSetAttribute(kernels[v], cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        smem_set[v] = smem;
     }
     // Split K across warps until there are tiles for two blocks per multiprocessor, leaving at
-    // most half the warps without a 16-byte chunk per lane.
-    const int nchunk = a.k / 8;
+    // most half the warps without a chunk per lane.
+    const int nchunk = a.k / quant::chunk_values(a.format);
     auto tiles = [&](int ks) {
         return (a.n + kRows * (kWarps / ks) - 1) / (kRows * (kWarps / ks));
     };
@@ -770,8 +849,8 @@ void gemv(const GemvArgs& a, void* stream) {
     while (ksplit < kWarps && tiles(ksplit) < 2 * sm_count() && 32 * 2 * ksplit < 2 * nchunk)
         ksplit *= 2;
     const int grid = std::min(tiles(ksplit), blocks_per_sm() * sm_count());
-    launch(gemv_kernel, dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream,
-           "decode gemv", a, ksplit);
+    launch(kernels[v], dim3(unsigned(grid)), dim3(kWarps * 32), size_t(smem), stream, "decode gemv",
+           a, ksplit);
 }
 
 bool attn_supported(int head_dim) {
@@ -796,10 +875,15 @@ void attention(const AttnArgs& a, void* stream) {
     launch(kernel, grid, dim3(128), smem, stream, "decode attention", a);
 }
 
-void embed(const void* wte, const float* wpe, int n_embd, const StepArgs* args, float* x,
-           void* stream) {
-    launch(embed_kernel, dim3(1), dim3(256), 0, stream, "decode embedding",
-           static_cast<const __nv_bfloat16*>(wte), wpe, n_embd, args, x);
+void embed(const void* wte, WeightFormat wte_format, int n_vocab, const float* wpe, int n_embd,
+           const StepArgs* args, float* x, void* stream) {
+    using W = WeightFormat;
+    static void (*const kernels[5])(const void*, int, const float*, int, const StepArgs*,
+                                    float*) = {embed_kernel<W::bf16>, embed_kernel<W::q8_0>,
+                                               embed_kernel<W::q4_0>, embed_kernel<W::q8_0_split>,
+                                               embed_kernel<W::q4_0_split>};
+    launch(kernels[int(wte_format)], dim3(1), dim3(256), 0, stream, "decode embedding", wte,
+           n_vocab, wpe, n_embd, args, x);
 }
 
 void finish(StepArgs* args, void* stream) {

@@ -27,10 +27,29 @@ enum class Epilogue {
     qkv,      ///< rows q | k | v; q -> out, k and v -> the caches at args->pos (RoPE optional)
 };
 
-/// y = epilogue(W norm(x)); W: (N, K) bf16 row-major (nn.Linear layout), K % 8 == 0.
+/// How a GEMV's matrix is stored (quant_gemv.cuh): (N, K) bf16 row-major (nn.Linear layout);
+/// ggml's Q8_0 / Q4_0 blocks as a GGUF file stores them, each row K/32 blocks of 34 / 18 bytes
+/// (f16 scale, then 32 int8 / 16 bytes of 4-bit values q - 8, value j in byte j's low nibble,
+/// j + 16 in its high one), rows back to back; or those blocks split (split_blocks): the N rows
+/// of quantized bytes (K or K/2 each), then the N x K/32 f16 scales. The split form holds the
+/// same bytes, 16-byte aligned, so a lane loads 16 of them at once where the 34 / 18-byte blocks
+/// allow only 2 (decode_quant.sh measures both).
+enum class WeightFormat { bf16, q8_0, q4_0, q8_0_split, q4_0_split };
+/// Bytes of an (n, k) matrix in `f`.
+int64_t weight_bytes(WeightFormat f, int64_t n, int64_t k);
+/// Q8_0 / Q4_0 blocks (n rows of k/32 blocks, host memory) -> `split` (q8_0_split of Q8_0
+/// blocks or q4_0_split of Q4_0 ones) in `out` (weight_bytes(split, n, k) bytes, host memory).
+void split_blocks(WeightFormat split, const void* blocks, int64_t n, int64_t k, void* out);
+
+/// y = epilogue(W norm(x)); W: (N, K) in `format`, K % 8 == 0 (bf16) or K % 32 == 0 (blocks).
 struct GemvArgs {
     const void* w = nullptr;
     int n = 0, k = 0;
+    WeightFormat format = WeightFormat::bf16;
+    /// Q8_0 / Q4_0: round norm(x) to int8 per 32 values (scale amax / 127, as llama.cpp's MMVQ
+    /// and the CPU engine do) and take integer dot products (dp4a); false: dequantize the
+    /// weights to f32 and multiply by norm(x) in f32.
+    bool int8_dot = true;
     const float* x = nullptr; ///< (K)
     Norm norm = Norm::none;
     const float* norm_w = nullptr; ///< (K)
@@ -71,15 +90,16 @@ int64_t attn_partial_floats(int n_head, int head_dim, int cap, int chunk);
 bool attn_supported(int head_dim);
 void attention(const AttnArgs& a, void* stream);
 
-/// x = f32(wte[args->token]) + (wpe ? wpe[args->pos] : 0); wte bf16 (V, C), wpe f32 (P, C).
-void embed(const void* wte, const float* wpe, int n_embd, const StepArgs* args, float* x,
-           void* stream);
+/// x = f32(wte[args->token]) + (wpe ? wpe[args->pos] : 0); wte (V, C) in `wte_format`, wpe f32
+/// (P, C).
+void embed(const void* wte, WeightFormat wte_format, int n_vocab, const float* wpe, int n_embd,
+           const StepArgs* args, float* x, void* stream);
 /// After the head: token = argmax, argmax = 0, pos += 1 (one thread).
 void finish(StepArgs* args, void* stream);
 
 /// One layer's weights and KV cache, as the per-op path passes them to gemv() and attention().
 struct StepLayer {
-    const void *qkv, *proj, *fc, *fc2;                  ///< bf16 (N, K), see PersistentStepArgs
+    const void *qkv, *proj, *fc, *fc2;                  ///< (N, K), see PersistentStepArgs
     const float *norm1_w, *norm1_b, *norm2_w, *norm2_b; ///< (C); the b's LayerNorm only, or null
     const float *qkv_b, *proj_b, *fc_b, *fc2_b;         ///< (N) or null
     void *k_cache, *v_cache;                            ///< (n_kv, cap, D) bf16
@@ -91,7 +111,8 @@ struct StepLayer {
 /// every block resident). A block requests its next phase's first weights before it waits at
 /// the barrier, so their latency overlaps the other blocks' work. Matrices: qkv
 /// ((n_head + 2 n_kv) D, C) as for Epilogue::qkv, proj (C, n_head D), fc (n_ff, C) with GELU or
-/// (2 n_ff, C) rows (gate_i, up_i) with SwiGLU, fc2 (C, n_ff), head (vocab, C).
+/// (2 n_ff, C) rows (gate_i, up_i) with SwiGLU, fc2 (C, n_ff), head (vocab, C), all of them and
+/// wte in `format`: bf16, or Q8_0 / Q4_0 split (q8_0_split, q4_0_split) with int8 dot products.
 struct PersistentStepArgs {
     const StepLayer* layers = nullptr; ///< (n_layer) in device memory
     int n_layer = 0, n_embd = 0, n_ff = 0, n_head = 0, n_kv = 0, head_dim = 0, vocab = 0;
@@ -100,9 +121,10 @@ struct PersistentStepArgs {
     Norm norm = Norm::layer;
     float eps = 1e-5f;
     Epilogue ffn = Epilogue::gelu; ///< fc's epilogue: gelu or swiglu
-    const void* wte = nullptr;     ///< (vocab, C) bf16
-    const float* wpe = nullptr;    ///< (n_ctx, C) or null
-    const void* head = nullptr;    ///< (vocab, C) bf16
+    WeightFormat format = WeightFormat::bf16;
+    const void* wte = nullptr;  ///< (vocab, C)
+    const float* wpe = nullptr; ///< (n_ctx, C) or null
+    const void* head = nullptr; ///< (vocab, C) bf16
     const float *lnf_w = nullptr, *lnf_b = nullptr;
     const double* rope_inv_freq = nullptr; ///< as GemvArgs::rope_inv_freq
     float* x = nullptr;                    ///< (C) the residual stream

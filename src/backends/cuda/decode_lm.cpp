@@ -1,7 +1,9 @@
-// CudaLM (include/forge/generate/cuda_lm.h): the bf16 weight copies, per-state static buffers,
-// the decode step as one persistent kernel or a list of decode_kernels launches, its CUDA graph,
-// and the prefill through the model's ops. The graph bakes in every pointer, so each state captures
-// its own on its first decode step; token and position go through StepArgs in device memory.
+// CudaLM (include/forge/generate/cuda_lm.h): the weight copies (bf16 from a Transformer; Q8_0 /
+// Q4_0 blocks or bf16 from GGUF tensors), per-state static buffers, the decode step as one
+// persistent kernel or a list of decode_kernels launches, its CUDA graph, and the prefill through
+// the model's ops (or step by step for GGUF). The graph bakes in every pointer, so each state
+// captures its own on its first decode step; token and position go through StepArgs in device
+// memory.
 #include <forge/generate/cuda_lm.h>
 
 #include <cmath>
@@ -15,6 +17,8 @@
 #include <forge/autograd/autograd.h>
 #include <forge/core/device.h>
 #include <forge/core/ops.h>
+#include <forge/formats/gguf.h>
+#include <forge/formats/gguf_model.h>
 #include <forge/models/transformer.h>
 
 namespace forge {
@@ -44,8 +48,20 @@ template <typename T> T* ptr(const Tensor& t) {
     return t.defined() ? t.data<T>() : nullptr;
 }
 
+// A matrix as the GEMVs read it: (rows, K) bf16, or rows of Q8_0 / Q4_0 blocks (u8 bytes).
+struct Mat {
+    Tensor t;
+    dk::WeightFormat format = dk::WeightFormat::bf16;
+    int64_t rows = 0;
+    const void* data_ptr() const { return t.data_ptr(); }
+    int64_t nbytes() const { return int64_t(t.nbytes()); }
+};
+Mat bf16_mat(const Tensor& w) {
+    return {bf16(w), dk::WeightFormat::bf16, w.size(0)};
+}
+
 struct Layer {
-    Tensor qkv, proj, fc, fc2;                 // bf16 (N, K); Llama: fc = gate/up interleaved
+    Mat qkv, proj, fc, fc2;                    // (N, K); Llama: fc = gate/up rows interleaved
     Tensor norm1_w, norm1_b, norm2_w, norm2_b; // f32
     Tensor qkv_b, proj_b, fc_b, fc2_b;         // f32 (GPT-2 only)
 };
@@ -56,6 +72,7 @@ struct CudaState : CausalLM::State {
     int64_t prefill_len = 0;  // positions of prefill_cache that agree with k/v
     std::vector<Tensor> k, v; // (1, Hkv, cap, D) bf16 per layer: the decode cache
     Tensor x, q, att, hid, logits, partial, counters, args_dev;
+    Tensor prompt_args;           // StepArgs per prompt token, when the prompt runs as decode steps
     Tensor layer_table, barrier;  // the persistent step's StepLayer per layer, its barrier count
     dk::StepArgs* args = nullptr; // args_dev's memory
     dk::StepArgs* host_args = nullptr; // pinned
@@ -77,16 +94,48 @@ struct CudaState : CausalLM::State {
 } // namespace
 
 struct CudaLM::Impl {
-    Transformer& model;
+    Transformer* model = nullptr; // null for GGUF tensors: prompts run as decode steps
     Options opts;
     ModelConfig cfg;
     bool gpt2 = true, graph_ok = true, persistent = false;
-    Tensor wte, wpe, head, lnf_w, lnf_b, rope_freq; // wte/head bf16; wpe f32; rope f64 (D/2)
+    Mat wte, head;                       // (V, C)
+    Tensor wpe, lnf_w, lnf_b, rope_freq; // wpe f32; rope f64 (D/2)
     std::vector<Layer> layers;
     cudaStream_t stream = nullptr;
     int64_t weight_bytes = 0;
 
-    Impl(Transformer& m, Options o) : model(m), opts(o), cfg(m.config()) {}
+    Impl(Transformer* m, Options o, const ModelConfig& c) : model(m), opts(o), cfg(c) {}
+
+    // One GEMV of the step, the matrix's format filled in.
+    void gemv(const Mat& w, dk::GemvArgs g, void* st) const {
+        g.w = w.data_ptr();
+        g.format = w.format;
+        g.int8_dot = opts.int8_dot;
+        dk::gemv(g, st);
+    }
+
+    // The matrices of a decode step, the head included.
+    std::vector<const Mat*> matrices() const {
+        std::vector<const Mat*> out = {&head};
+        for (const Layer& w : layers)
+            out.insert(out.end(), {&w.qkv, &w.proj, &w.fc, &w.fc2});
+        return out;
+    }
+
+    // After the weights: the persistent step if every matrix and the embedding share a format
+    // it takes (bf16, or Q8_0 / Q4_0 with int8 dot products) and the GPU holds its grid; the
+    // bytes a step reads.
+    void finish_setup() {
+        bool uniform = true;
+        weight_bytes = 0;
+        for (const Mat* w : matrices()) {
+            uniform = uniform && w->format == wte.format;
+            weight_bytes += w->nbytes();
+        }
+        const bool takes = wte.format == dk::WeightFormat::bf16 || opts.int8_dot;
+        persistent = opts.persistent && uniform && takes && dk::persistent_grid(step_shapes()) > 0;
+        FORGE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
 
     // The persistent step's shapes (pointers unset).
     dk::PersistentStepArgs step_shapes() const {
@@ -100,7 +149,8 @@ struct CudaLM::Impl {
                 .chunk = attn_chunk,
                 .norm = gpt2 ? dk::Norm::layer : dk::Norm::rms,
                 .eps = cfg.norm_eps,
-                .ffn = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu};
+                .ffn = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu,
+                .format = wte.format};
     }
 
     // The decode step for the token and position in s.args: the launches the graph holds.
@@ -121,12 +171,12 @@ struct CudaLM::Impl {
             return;
         }
         const int64_t C = cfg.n_embd, D = cfg.dim_head(), H = cfg.n_head, Hkv = cfg.n_head_kv;
-        dk::embed(wte.data_ptr(), ptr<float>(wpe), int(C), s.args, ptr<float>(s.x), st);
+        dk::embed(wte.data_ptr(), wte.format, int(cfg.vocab_size), ptr<float>(wpe), int(C), s.args,
+                  ptr<float>(s.x), st);
         const dk::Norm norm = gpt2 ? dk::Norm::layer : dk::Norm::rms;
         for (size_t l = 0; l < layers.size(); ++l) {
             const Layer& w = layers[l];
-            dk::GemvArgs g{.w = w.qkv.data_ptr(),
-                           .n = int((H + 2 * Hkv) * D),
+            dk::GemvArgs g{.n = int((H + 2 * Hkv) * D),
                            .k = int(C),
                            .x = ptr<float>(s.x),
                            .norm = norm,
@@ -140,7 +190,7 @@ struct CudaLM::Impl {
             g.rope_inv_freq = ptr<double>(rope_freq);
             g.k_cache = s.k[l].data_ptr(), g.v_cache = s.v[l].data_ptr();
             g.cache_cap = int(s.cap), g.args = s.args;
-            dk::gemv(g, st);
+            gemv(w.qkv, g, st);
             dk::attention({.q = ptr<float>(s.q),
                            .k_cache = s.k[l].data_ptr(),
                            .v_cache = s.v[l].data_ptr(),
@@ -155,48 +205,48 @@ struct CudaLM::Impl {
                            .partial = ptr<float>(s.partial),
                            .counters = ptr<unsigned>(s.counters)},
                           st);
-            dk::gemv({.w = w.proj.data_ptr(),
-                      .n = int(C),
-                      .k = int(H * D),
-                      .x = ptr<float>(s.att),
-                      .epi = dk::Epilogue::residual,
-                      .bias = ptr<float>(w.proj_b),
-                      .out = ptr<float>(s.x)},
-                     st);
-            dk::gemv({.w = w.fc.data_ptr(),
-                      .n = int(w.fc.size(0)),
-                      .k = int(C),
-                      .x = ptr<float>(s.x),
-                      .norm = norm,
-                      .norm_w = ptr<float>(w.norm2_w),
-                      .norm_b = ptr<float>(w.norm2_b),
-                      .eps = cfg.norm_eps,
-                      .epi = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu,
-                      .bias = ptr<float>(w.fc_b),
-                      .out = ptr<float>(s.hid)},
-                     st);
-            dk::gemv({.w = w.fc2.data_ptr(),
-                      .n = int(C),
-                      .k = int(cfg.n_ff),
-                      .x = ptr<float>(s.hid),
-                      .epi = dk::Epilogue::residual,
-                      .bias = ptr<float>(w.fc2_b),
-                      .out = ptr<float>(s.x)},
-                     st);
-        }
-        dk::gemv({.w = head.data_ptr(),
-                  .n = int(cfg.vocab_size),
+            gemv(w.proj,
+                 {.n = int(C),
+                  .k = int(H * D),
+                  .x = ptr<float>(s.att),
+                  .epi = dk::Epilogue::residual,
+                  .bias = ptr<float>(w.proj_b),
+                  .out = ptr<float>(s.x)},
+                 st);
+            gemv(w.fc,
+                 {.n = int(w.fc.rows),
                   .k = int(C),
                   .x = ptr<float>(s.x),
                   .norm = norm,
-                  .norm_w = ptr<float>(lnf_w),
-                  .norm_b = ptr<float>(lnf_b),
+                  .norm_w = ptr<float>(w.norm2_w),
+                  .norm_b = ptr<float>(w.norm2_b),
                   .eps = cfg.norm_eps,
-                  .epi = dk::Epilogue::store,
-                  .out = ptr<float>(s.logits),
-                  .argmax = true,
-                  .args = s.args},
+                  .epi = gpt2 ? dk::Epilogue::gelu : dk::Epilogue::swiglu,
+                  .bias = ptr<float>(w.fc_b),
+                  .out = ptr<float>(s.hid)},
                  st);
+            gemv(w.fc2,
+                 {.n = int(C),
+                  .k = int(cfg.n_ff),
+                  .x = ptr<float>(s.hid),
+                  .epi = dk::Epilogue::residual,
+                  .bias = ptr<float>(w.fc2_b),
+                  .out = ptr<float>(s.x)},
+                 st);
+        }
+        gemv(head,
+             {.n = int(cfg.vocab_size),
+              .k = int(C),
+              .x = ptr<float>(s.x),
+              .norm = norm,
+              .norm_w = ptr<float>(lnf_w),
+              .norm_b = ptr<float>(lnf_b),
+              .eps = cfg.norm_eps,
+              .epi = dk::Epilogue::store,
+              .out = ptr<float>(s.logits),
+              .argmax = true,
+              .args = s.args},
+             st);
         dk::finish(s.args, st);
     }
 
@@ -242,10 +292,10 @@ struct CudaLM::Impl {
     static constexpr int attn_chunk = 64;
 };
 
-CudaLM::CudaLM(Transformer& model, Options opts) : impl_(std::make_unique<Impl>(model, opts)) {
-    cuda::check_device(kGpu);
-    Impl& m = *impl_;
-    const ModelConfig& c = m.cfg;
+namespace {
+
+// Shapes the decode kernels take (decode_kernels.h), before any copy.
+void check_shapes(const ModelConfig& c, const CudaLM::Options& opts) {
     const int64_t C = c.n_embd, D = c.dim_head(), H = c.n_head, Hkv = c.n_head_kv, F = c.n_ff;
     FORGE_CHECK(dk::attn_supported(int(D)), "[cuda decode] head dim ", D,
                 " is not supported (32, 64 or 128)");
@@ -254,6 +304,112 @@ CudaLM::CudaLM(Transformer& model, Options opts) : impl_(std::make_unique<Impl>(
     FORGE_CHECK(H % Hkv == 0 && H / Hkv <= 8, "[cuda decode] ", H, " query heads over ", Hkv,
                 " kv heads: at most 8 per kv head");
     FORGE_CHECK(opts.prefill_chunk > 0, "[cuda decode] prefill_chunk must be > 0");
+}
+
+// NeoX RoPE frequencies theta^(-2i/D) (D/2 of them, f64 on the GPU), divided by per-pair
+// factors (Llama 3's scaling), or null for GPT-2.
+Tensor rope_frequencies(const ModelConfig& c, const std::vector<float>& factors) {
+    const int64_t D = c.dim_head();
+    std::vector<double> inv(size_t(D / 2));
+    for (int64_t i = 0; i < D / 2; ++i)
+        inv[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * double(i) / double(D)) /
+                         double(factors[size_t(i)]);
+    return Tensor::from_vector(inv, {D / 2}).to(kGpu);
+}
+
+// ---------------------------------------------------------------- GGUF tensors
+
+using quant::GgmlType;
+
+// The GEMV format of a GGUF matrix type: Q8_0 / Q4_0 blocks split into values and scales (the
+// same bytes, in 16-byte aligned rows: decode_kernels.h), the float types as bf16 (as from a
+// Transformer), other block types requantized to Q8_0 (QuantLM does the same for the types its
+// kernels lack).
+dk::WeightFormat gpu_format(GgmlType t) {
+    switch (t) {
+    case GgmlType::q4_0:
+        return dk::WeightFormat::q4_0_split;
+    case GgmlType::f32:
+    case GgmlType::f16:
+    case GgmlType::bf16:
+        return dk::WeightFormat::bf16;
+    default:
+        return dk::WeightFormat::q8_0_split;
+    }
+}
+// The wider of two formats (for matrices concatenated into one GEMV).
+dk::WeightFormat wider(dk::WeightFormat a, dk::WeightFormat b) {
+    auto rank = [](dk::WeightFormat f) {
+        return f == dk::WeightFormat::bf16 ? 2 : f == dk::WeightFormat::q8_0_split ? 1 : 0;
+    };
+    return rank(a) >= rank(b) ? a : b;
+}
+
+// A GGUF matrix (rows, cols) in the file's bytes.
+struct FileMat {
+    std::string name;
+    GgmlType type;
+    int64_t rows, cols, stride; // stride: bytes per row
+    const uint8_t* data;
+};
+
+// Rows of one or more matrices in one format on the GPU: `order` lists (matrix, row) pairs.
+// Rows already in `f` are copied; others go through f32 (quant::dequantize_row) to bf16 or to
+// the blocks (quant::quantize_row, llama.cpp's rounding).
+Mat upload(const std::vector<std::pair<const FileMat*, int64_t>>& order, dk::WeightFormat f) {
+    const int64_t cols = order.front().first->cols, n = int64_t(order.size());
+    const int64_t rb = dk::weight_bytes(f, 1, cols);
+    const GgmlType ft = f == dk::WeightFormat::bf16         ? GgmlType::bf16
+                        : f == dk::WeightFormat::q8_0_split ? GgmlType::q8_0
+                                                            : GgmlType::q4_0;
+    std::vector<uint8_t> bytes(size_t(n * rb));
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t i = 0; i < n; ++i) {
+        const auto [m, r] = order[size_t(i)];
+        const uint8_t* src = m->data + r * m->stride;
+        uint8_t* dst = bytes.data() + i * rb;
+        if (m->type == ft) {
+            std::memcpy(dst, src, size_t(rb));
+        } else {
+            quant::dequantize_row(m->type, src, row.data(), cols);
+            quant::quantize_row(ft, row.data(), dst, cols);
+        }
+    }
+    if (f != dk::WeightFormat::bf16) { // blocks -> values | scales
+        std::vector<uint8_t> split(bytes.size());
+        dk::split_blocks(f, bytes.data(), n, cols, split.data());
+        bytes.swap(split);
+    }
+    Mat out;
+    out.format = f, out.rows = n;
+    out.t = f == dk::WeightFormat::bf16
+                ? Tensor::from_blob(bytes.data(), {n, cols}, DType::bf16, nullptr).to(kGpu)
+                : Tensor::from_blob(bytes.data(), {n * rb}, DType::u8, nullptr).to(kGpu);
+    FORGE_CUDA_CHECK(cudaStreamSynchronize(cudaStream_t(cuda::context(0).stream)));
+    return out;
+}
+
+// One matrix, or several stacked (rows of a, then b, ...), in their widest format.
+Mat upload_stacked(const std::vector<const FileMat*>& ms) {
+    dk::WeightFormat f = gpu_format(ms.front()->type);
+    std::vector<std::pair<const FileMat*, int64_t>> order;
+    for (const FileMat* m : ms) {
+        f = wider(f, gpu_format(m->type));
+        for (int64_t r = 0; r < m->rows; ++r)
+            order.emplace_back(m, r);
+    }
+    return upload(order, f);
+}
+
+} // namespace
+
+CudaLM::CudaLM(Transformer& model, Options opts)
+    : impl_(std::make_unique<Impl>(&model, opts, model.config())) {
+    cuda::check_device(kGpu);
+    Impl& m = *impl_;
+    const ModelConfig& c = m.cfg;
+    check_shapes(c, opts);
+    const int64_t C = c.n_embd, D = c.dim_head(), H = c.n_head, Hkv = c.n_head_kv, F = c.n_ff;
     if (model.device() != kGpu)
         model.to(kGpu); // the prefill runs the model's ops there
     model.eval();
@@ -267,18 +423,18 @@ CudaLM::CudaLM(Transformer& model, Options opts) : impl_(std::make_unique<Impl>(
         return it->second;
     };
     if (m.gpt2) {
-        m.wte = bf16(get("transformer.wte.weight"));
+        m.wte = bf16_mat(get("transformer.wte.weight"));
         m.wpe = f32(get("transformer.wpe.weight"));
-        m.head = c.tie_embeddings ? m.wte : bf16(get("lm_head.weight"));
+        m.head = c.tie_embeddings ? m.wte : bf16_mat(get("lm_head.weight"));
         m.lnf_w = f32(get("transformer.ln_f.weight"));
         m.lnf_b = f32(get("transformer.ln_f.bias"));
         for (int64_t l = 0; l < c.n_layer; ++l) {
             const std::string p = "transformer.h." + std::to_string(l) + ".";
             Layer w; // HF Conv1D weights are (in, out): transpose to (out, in)
-            w.qkv = bf16(get(p + "attn.c_attn.weight").t());
-            w.proj = bf16(get(p + "attn.c_proj.weight").t());
-            w.fc = bf16(get(p + "mlp.c_fc.weight").t());
-            w.fc2 = bf16(get(p + "mlp.c_proj.weight").t());
+            w.qkv = bf16_mat(get(p + "attn.c_attn.weight").t());
+            w.proj = bf16_mat(get(p + "attn.c_proj.weight").t());
+            w.fc = bf16_mat(get(p + "mlp.c_fc.weight").t());
+            w.fc2 = bf16_mat(get(p + "mlp.c_proj.weight").t());
             w.norm1_w = f32(get(p + "ln_1.weight")), w.norm1_b = f32(get(p + "ln_1.bias"));
             w.norm2_w = f32(get(p + "ln_2.weight")), w.norm2_b = f32(get(p + "ln_2.bias"));
             w.qkv_b = f32(get(p + "attn.c_attn.bias")), w.proj_b = f32(get(p + "attn.c_proj.bias"));
@@ -286,40 +442,168 @@ CudaLM::CudaLM(Transformer& model, Options opts) : impl_(std::make_unique<Impl>(
             m.layers.push_back(std::move(w));
         }
     } else {
-        m.wte = bf16(get("model.embed_tokens.weight"));
-        m.head = c.tie_embeddings ? m.wte : bf16(get("lm_head.weight"));
+        m.wte = bf16_mat(get("model.embed_tokens.weight"));
+        m.head = c.tie_embeddings ? m.wte : bf16_mat(get("lm_head.weight"));
         m.lnf_w = f32(get("model.norm.weight"));
         for (int64_t l = 0; l < c.n_layer; ++l) {
             const std::string p = "model.layers." + std::to_string(l) + ".";
             Layer w;
             const Tensor q = pair_rope_rows(get(p + "self_attn.q_proj.weight"), H, D);
             const Tensor k = pair_rope_rows(get(p + "self_attn.k_proj.weight"), Hkv, D);
-            w.qkv = bf16(concat({q, k, get(p + "self_attn.v_proj.weight")}, 0));
-            w.proj = bf16(get(p + "self_attn.o_proj.weight"));
+            w.qkv = bf16_mat(concat({q, k, get(p + "self_attn.v_proj.weight")}, 0));
+            w.proj = bf16_mat(get(p + "self_attn.o_proj.weight"));
             const Tensor gate = get(p + "mlp.gate_proj.weight"), up = get(p + "mlp.up_proj.weight");
-            w.fc = bf16(concat({gate.reshape({F, 1, C}), up.reshape({F, 1, C})}, 1)
-                            .reshape({2 * F, C})); // rows (gate_i, up_i) for the SwiGLU epilogue
-            w.fc2 = bf16(get(p + "mlp.down_proj.weight"));
+            w.fc =
+                bf16_mat(concat({gate.reshape({F, 1, C}), up.reshape({F, 1, C})}, 1)
+                             .reshape({2 * F, C})); // rows (gate_i, up_i) for the SwiGLU epilogue
+            w.fc2 = bf16_mat(get(p + "mlp.down_proj.weight"));
             w.norm1_w = f32(get(p + "input_layernorm.weight"));
             w.norm2_w = f32(get(p + "post_attention_layernorm.weight"));
             m.layers.push_back(std::move(w));
         }
-        // NeoX RoPE frequencies theta^(-2i/D), divided by Llama 3's scaling factors if any.
-        const std::vector<float> factors = c.rope_scaling_factor > 0
-                                               ? llama3_rope_factors(c)
-                                               : std::vector<float>(size_t(D / 2), 1.f);
-        std::vector<double> inv(size_t(D / 2));
-        for (int64_t i = 0; i < D / 2; ++i)
-            inv[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * double(i) / double(D)) /
-                             double(factors[size_t(i)]);
-        m.rope_freq = Tensor::from_vector(inv, {D / 2}).to(kGpu);
+        // Divided by Llama 3's scaling factors if any.
+        m.rope_freq =
+            rope_frequencies(c, c.rope_scaling_factor > 0 ? llama3_rope_factors(c)
+                                                          : std::vector<float>(size_t(D / 2), 1.f));
     }
-    m.persistent = opts.persistent && dk::persistent_grid(m.step_shapes()) > 0;
-    m.weight_bytes = int64_t(m.head.nbytes());
-    for (const Layer& w : m.layers)
-        m.weight_bytes +=
-            int64_t(w.qkv.nbytes() + w.proj.nbytes() + w.fc.nbytes() + w.fc2.nbytes());
-    FORGE_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    m.finish_setup();
+}
+
+// GGUF tensors (llama.cpp's names and layouts, as QuantLM reads them): every linear weight (out,
+// in) rows; Llama's Q/K rows already permuted so RoPE rotates adjacent pairs, which is the order
+// the qkv epilogue wants (pair_rope_rows).
+CudaLM::CudaLM(const ModelConfig& cfg, const infer::QuantLM::Lookup& lookup, Options opts)
+    : impl_(std::make_unique<Impl>(nullptr, opts, cfg)) {
+    cuda::check_device(kGpu);
+    Impl& m = *impl_;
+    const ModelConfig& c = m.cfg;
+    c.validate();
+    check_shapes(c, opts);
+    const int64_t C = c.n_embd, D = c.dim_head(), H = c.n_head, Hkv = c.n_head_kv, F = c.n_ff;
+    const int64_t V = c.vocab_size;
+    m.stream = cudaStream_t(cuda::context(0).stream);
+    m.gpt2 = c.family == ModelFamily::gpt2;
+    auto need = [&](const std::string& name) {
+        auto t = lookup(name);
+        FORGE_CHECK(t.has_value() && t->data, "[cuda decode] the model has no tensor '", name, "'");
+        return *t;
+    };
+    auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+        const infer::TensorRef t = need(name);
+        FORGE_CHECK(t.ne.size() == 2 && t.ne[0] == cols && t.ne[1] == rows, "[cuda decode] tensor ",
+                    name, " has shape [", t.ne.size() > 0 ? t.ne[0] : -1, ", ",
+                    t.ne.size() > 1 ? t.ne[1] : -1, "] (ggml order); expected [", cols, ", ", rows,
+                    "]");
+        const std::string_view type = quant::type_info(t.type).name;
+        FORGE_CHECK(gpu_format(t.type) == dk::WeightFormat::bf16 || cols % 32 == 0,
+                    "[cuda decode] tensor ", name, " of type ", type, " has rows of ", cols,
+                    " values, not a multiple of 32");
+        return FileMat{name,
+                       t.type,
+                       rows,
+                       cols,
+                       quant::row_bytes(t.type, cols),
+                       static_cast<const uint8_t*>(t.data)};
+    };
+    auto host_vec = [&](const std::string& name, int64_t n) {
+        const infer::TensorRef t = need(name);
+        int64_t numel = 1;
+        for (int64_t d : t.ne)
+            numel *= d;
+        FORGE_CHECK(numel == n, "[cuda decode] tensor ", name, " has ", numel, " values; expected ",
+                    n);
+        std::vector<float> out(static_cast<size_t>(n));
+        quant::dequantize_row(t.type, t.data, out.data(), n);
+        return out;
+    };
+    auto vec = [&](const std::string& name, int64_t n) { // f32 on the GPU
+        return Tensor::from_vector(host_vec(name, n), {n}).to(kGpu);
+    };
+    const FileMat tok = mat("token_embd.weight", V, C);
+    m.wte = upload_stacked({&tok});
+    const bool tied = !(lookup("output.weight") && lookup("output.weight")->data);
+    if (tied) {
+        m.head = m.wte;
+    } else {
+        const FileMat out = mat("output.weight", V, C);
+        m.head = upload_stacked({&out});
+    }
+    if (m.gpt2)
+        m.wpe = vec("position_embd.weight", c.n_ctx * C);
+    m.lnf_w = vec("output_norm.weight", C);
+    if (m.gpt2)
+        m.lnf_b = vec("output_norm.bias", C);
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        Layer w;
+        w.norm1_w = vec(p + "attn_norm.weight", C);
+        w.norm2_w = vec(p + "ffn_norm.weight", C);
+        const FileMat o = mat(p + "attn_output.weight", C, H * D);
+        const FileMat up = mat(p + "ffn_up.weight", F, C), down = mat(p + "ffn_down.weight", C, F);
+        w.proj = upload_stacked({&o});
+        w.fc2 = upload_stacked({&down});
+        if (m.gpt2) {
+            w.norm1_b = vec(p + "attn_norm.bias", C);
+            w.norm2_b = vec(p + "ffn_norm.bias", C);
+            const FileMat qkv = mat(p + "attn_qkv.weight", 3 * C, C);
+            w.qkv = upload_stacked({&qkv});
+            w.fc = upload_stacked({&up});
+            w.qkv_b = vec(p + "attn_qkv.bias", 3 * C);
+            w.proj_b = vec(p + "attn_output.bias", C);
+            w.fc_b = vec(p + "ffn_up.bias", F);
+            w.fc2_b = vec(p + "ffn_down.bias", C);
+        } else {
+            const FileMat q = mat(p + "attn_q.weight", H * D, C);
+            const FileMat k = mat(p + "attn_k.weight", Hkv * D, C);
+            const FileMat v = mat(p + "attn_v.weight", Hkv * D, C);
+            w.qkv = upload_stacked({&q, &k, &v});
+            const FileMat gate = mat(p + "ffn_gate.weight", F, C);
+            std::vector<std::pair<const FileMat*, int64_t>> order; // rows (gate_i, up_i)
+            for (int64_t i = 0; i < F; ++i)
+                order.emplace_back(&gate, i), order.emplace_back(&up, i);
+            w.fc = upload(order, wider(gpu_format(gate.type), gpu_format(up.type)));
+        }
+        m.layers.push_back(std::move(w));
+    }
+    if (!m.gpt2) { // the file's per-pair factors (llama.cpp writes Llama 3's), else the config's
+        std::vector<float> factors(size_t(D / 2), 1.f);
+        if (auto rf = lookup("rope_freqs.weight"); rf && rf->data)
+            factors = host_vec("rope_freqs.weight", D / 2);
+        else if (c.rope_scaling_factor > 0)
+            factors = llama3_rope_factors(c);
+        m.rope_freq = rope_frequencies(c, factors);
+    }
+    m.finish_setup();
+}
+
+std::unique_ptr<CudaLM> CudaLM::from_gguf(const std::filesystem::path& path, Options opts) {
+    const formats::GgufFile file = formats::GgufFile::open(path);
+    const ModelConfig cfg = formats::gguf_config(file);
+    return std::make_unique<CudaLM>(
+        cfg,
+        [&](const std::string& name) -> std::optional<infer::TensorRef> {
+            const formats::GgufTensorInfo* t = file.find_tensor(name);
+            if (!t)
+                return std::nullopt;
+            return infer::TensorRef{t->type, t->ne, t->data, true};
+        },
+        opts);
+}
+
+std::unique_ptr<CudaLM> CudaLM::from_transformer(Transformer& model, quant::GgmlType type,
+                                                 Options opts) {
+    const std::vector<uint8_t> bytes = formats::gguf_writer(model, nullptr, type).bytes();
+    const formats::GgufFile file = formats::GgufFile::parse(bytes, "<model>");
+    const ModelConfig cfg = formats::gguf_config(file);
+    return std::make_unique<CudaLM>(
+        cfg,
+        [&](const std::string& name) -> std::optional<infer::TensorRef> {
+            const formats::GgufTensorInfo* t = file.find_tensor(name);
+            if (!t)
+                return std::nullopt;
+            return infer::TensorRef{t->type, t->ne, t->data, false};
+        },
+        opts);
 }
 
 CudaLM::~CudaLM() = default;
@@ -338,6 +622,19 @@ bool CudaLM::persistent_active() const {
 }
 int64_t CudaLM::weight_bytes_per_token() const {
     return impl_->weight_bytes;
+}
+std::string CudaLM::weight_format() const {
+    std::string out;
+    for (const Mat* w : impl_->matrices()) {
+        const std::string f = w->format == dk::WeightFormat::bf16         ? "bf16"
+                              : w->format == dk::WeightFormat::q8_0_split ? "q8_0"
+                                                                          : "q4_0";
+        if (out.empty())
+            out = f;
+        else if (out != f)
+            return "mixed";
+    }
+    return out;
 }
 
 std::unique_ptr<CausalLM::State> CudaLM::new_state(int64_t capacity) {
@@ -433,6 +730,23 @@ void CudaLM::prefill(State& state, std::span<const TokenId> ids) {
     CudaState& s = cuda_state(state);
     Impl& m = *impl_;
     const ModelConfig& c = m.cfg;
+    if (!m.model) { // GGUF weights: a decode step per token, each from its StepArgs on the device
+        std::vector<dk::StepArgs> steps;
+        for (size_t i = 0; i < ids.size(); ++i)
+            steps.push_back({.token = ids[i], .pos = int32_t(s.len + int64_t(i)), .argmax = 0});
+        s.prompt_args =
+            Tensor::from_blob(steps.data(), {int64_t(steps.size() * sizeof(dk::StepArgs))},
+                              DType::u8, nullptr)
+                .to(kGpu);
+        const auto* dev = static_cast<const dk::StepArgs*>(s.prompt_args.data_ptr());
+        for (size_t i = 0; i < steps.size(); ++i) {
+            FORGE_CUDA_CHECK(cudaMemcpyAsync(s.args, dev + i, sizeof(dk::StepArgs),
+                                             cudaMemcpyDeviceToDevice, m.stream));
+            m.launch_step(s);
+        }
+        s.len += int64_t(ids.size());
+        return;
+    }
     NoGradGuard no_grad;
     if (!s.prefill_cache.capacity)
         s.prefill_cache = KVCache::create(c, 1, s.cap, DType::f32, kGpu);
@@ -450,7 +764,7 @@ void CudaLM::prefill(State& state, std::span<const TokenId> ids) {
     for (int64_t i = 0; i < n; i += m.opts.prefill_chunk) {
         const int64_t len = std::min(m.opts.prefill_chunk, n - i);
         std::vector<int64_t> chunk(ids.begin() + i, ids.begin() + i + len);
-        h = m.model.hidden(Tensor::from_vector(chunk, {1, len}), &s.prefill_cache);
+        h = m.model->hidden(Tensor::from_vector(chunk, {1, len}), &s.prefill_cache);
     }
     for (int64_t l = 0; l < c.n_layer; ++l) {
         s.k[size_t(l)].narrow(2, s.len, n).copy_(s.prefill_cache.k[size_t(l)].narrow(2, s.len, n));
@@ -459,13 +773,13 @@ void CudaLM::prefill(State& state, std::span<const TokenId> ids) {
     s.len += n;
     s.prefill_len = s.len;
     const Tensor last = h.narrow(1, h.size(1) - 1, 1).to(DType::f32).contiguous();
-    dk::gemv({.w = m.head.data_ptr(),
-              .n = int(c.vocab_size),
-              .k = int(c.n_embd),
-              .x = last.data<float>(),
-              .epi = dk::Epilogue::store,
-              .out = ptr<float>(s.logits)},
-             m.stream);
+    m.gemv(m.head,
+           {.n = int(c.vocab_size),
+            .k = int(c.n_embd),
+            .x = last.data<float>(),
+            .epi = dk::Epilogue::store,
+            .out = ptr<float>(s.logits)},
+           m.stream);
     FORGE_CUDA_CHECK(cudaStreamSynchronize(m.stream)); // `last` is freed on return
 }
 
