@@ -131,6 +131,12 @@ class ProfilingBackend final : public Backend {
         timed("cross_entropy_backward",
               [&] { inner_.cross_entropy_backward(l, t, lse, ig, dl, inv, dlogits); });
     }
+    void linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& t, int64_t ig,
+                              double scale, const Tensor& losses, const Tensor& dx,
+                              const Tensor& dw) override {
+        timed("linear_cross_entropy",
+              [&] { inner_.linear_cross_entropy(x, w, t, ig, scale, losses, dx, dw); });
+    }
     void embedding(const Tensor& w, const Tensor& ids, const Tensor& o) override {
         timed("embedding", [&] { inner_.embedding(w, ids, o); });
     }
