@@ -44,4 +44,4 @@ NVCC ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 build-cuda: setup
 	cmake -S . -B $(CUDA_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DFORGE_CUDA=ON \
 	    -DCMAKE_CUDA_COMPILER=$(NVCC)
-	cmake --build $(CUDA_BUILD) -j $(JOBS) --target forge cuda_test cuda_bench
+	cmake --build $(CUDA_BUILD) -j $(JOBS) --target forge forge_cli cuda_test cuda_bench cuda_gemv_bench
