@@ -236,7 +236,7 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     cmd->add_option("--tg", o->tg, "generated tokens (0 = skip)")->capture_default_str();
     cmd->add_flag("--json", o->json, "print one JSON object {\"pp512\": tok/s, \"tg128\": tok/s}");
     cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
-    cmd->add_option("--dtype", o->dtype, "with --device cuda: prefill precision f32 | tf32 | bf16")
+    cmd->add_option("--dtype", o->dtype, "with --device cuda: prefill precision f32 | tf32 | bf16 | f16")
         ->capture_default_str();
     cmd->add_flag("--eager", o->eager, "with --device cuda: no CUDA graph for the decode step");
     cmd->add_flag("--f32-dot", o->f32_dot,

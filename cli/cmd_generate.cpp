@@ -195,7 +195,7 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
         ->capture_default_str();
     cmd->add_option("--device", o->device, "cpu | cuda | cuda:N")->capture_default_str();
     cmd->add_option("--dtype", o->dtype,
-                    "CUDA prefill precision: f32 | tf32 | bf16 (decode is bf16 weights)")
+                    "CUDA prefill precision: f32 | tf32 | bf16 | f16 (decode: bf16 weights, or a GGUF's Q8_0 / Q4_0)")
         ->capture_default_str();
     cmd->callback([o] { run_generate(*o); });
 });

@@ -156,7 +156,7 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
         ->capture_default_str();
     cmd->add_flag("--quiet,-q", o->quiet, "no access log on stderr");
     cmd->add_option("--device", o->device, "cpu | cuda")->capture_default_str();
-    cmd->add_option("--dtype", o->dtype, "with --device cuda: prompt precision f32 | tf32 | bf16")
+    cmd->add_option("--dtype", o->dtype, "with --device cuda: prompt precision f32 | tf32 | bf16 | f16")
         ->capture_default_str();
     cmd->callback([o] { run_serve(*o); });
 });
