@@ -121,7 +121,8 @@ class Backend {
 
     /// A linear layer's epilogue: out (R, N) = act(x (R, N) + b (N)), act GELU-tanh when
     /// `gelu`, else identity; out may be x. The default runs binary add, then unary GELU;
-    /// backends override it with one pass.
+    /// backends override it with one pass. CUDA also takes an f32 x with a bf16 or f16 out, and
+    /// in the backward a bf16 or f16 dx (rounded on the store; linear() under autocast).
     virtual void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out);
     /// Its backward: dx (R, N) = dy * act'(x + b) (dx may be dy when not `gelu`), db (N) the
     /// column sums of dx, overwritten.

@@ -248,12 +248,14 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 namespace {
 
-// The half type CUDA's autocast rounds f32 matmul operands to (bf16 or f16), or f32 when x is
-// not an f32 CUDA tensor or no autocast is on.
+// The half type CUDA's autocast rounds matmul operands to (bf16 or f16) when x is a CUDA tensor
+// of f32 or of that half type (a GELU layer's output under autocast); else f32 (no autocast).
 DType cuda_autocast_half(const Tensor& x) {
-    if (x.device().type != DeviceType::cuda || x.dtype() != DType::f32) return x.dtype();
-    if (cuda::autocast_bf16()) return DType::bf16;
-    return cuda::autocast_f16() ? DType::f16 : DType::f32;
+    if (x.device().type != DeviceType::cuda) return DType::f32;
+    const DType hd = cuda::autocast_bf16() ? DType::bf16
+                     : cuda::autocast_f16() ? DType::f16
+                                            : DType::f32;
+    return x.dtype() == DType::f32 || x.dtype() == hd ? hd : DType::f32;
 }
 
 // (M, N) f32 = a (M, K) x b (K, N), a and b of one half type with BLAS-valid strides: the
@@ -269,6 +271,9 @@ Tensor half_matmul(const Tensor& a, const Tensor& b) {
 // matmuls (operands rounded to nearest even, f32 accumulation and output), but each operand is
 // rounded once: x and w in the forward, x kept in half for dW (half the saved bytes), and the
 // gradient dZ once for both dX and dW (the plain path rounds x twice and dZ twice per layer).
+// With GELU the output is stored in the half type (as autocast's GEMM outputs are in PyTorch):
+// the next layer's operand, rounded once by the epilogue instead of written in f32 and rounded
+// again. x may arrive in the half type already.
 Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act,
                        DType hd) {
     const int64_t N = w.size(1), K = w.size(0), R = x.numel() / std::max<int64_t>(K, 1);
@@ -279,13 +284,13 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
     Tensor xh, wh, z, out;
     {
         NoGradGuard no_grad;
-        xh = x.detach().contiguous().to(hd).view({R, K});
+        xh = x.detach().contiguous().to(hd).view({R, K}); // a no-op copy-free view if x is hd
         wh = w.detach().to(hd);
         const Tensor bc = b.detach().contiguous();
         Backend& be = detail::backend_of(x);
         if (gelu_act) { // z kept for the backward's slope
             z = half_matmul(xh, wh).view(out_shape);
-            out = detail::empty_on(z, out_shape, DType::f32);
+            out = detail::empty_on(z, out_shape, hd);
             if (R > 0 && N > 0) be.bias_act(z.view({R, N}), bc, true, out.view({R, N}));
         } else { // the bias inside the GEMM where the backend can
             out = z = detail::empty_on(x, out_shape, DType::f32);
@@ -302,15 +307,16 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
              z_saved = gelu_act ? z : Tensor(), b_saved = b.detach().contiguous(), need_x, need_w,
              need_b, gelu_act, R, N, K, hd, x_shape = x.shape()](const Tensor& g_in)
                 -> std::vector<Tensor> {
-                const Tensor g = g_in.contiguous().view({R, N});
-                Tensor gz = gelu_act ? detail::empty_on(g, g.shape(), g.dtype()) : g;
+                const Tensor g = g_in.to(DType::f32).contiguous().view({R, N});
+                // dZ (R, N) comes out of the epilogue's backward already rounded, once for both
+                // products; the bias gradient sums the f32 values.
+                Tensor gzh = detail::empty_on(g, g.shape(), hd);
                 Tensor gb = detail::empty_on(g, {N}, g.dtype());
                 if (R > 0 && N > 0)
                     detail::backend_of(g).bias_act_backward(
-                        g, gelu_act ? z_saved.view({R, N}) : g, b_saved, gelu_act, gz, gb);
+                        g, gelu_act ? z_saved.view({R, N}) : g, b_saved, gelu_act, gzh, gb);
                 else
                     gb.fill_(0.0);
-                const Tensor gzh = gz.to(hd); // (R, N), rounded once for both products
                 Tensor gx, gw;
                 if (need_x) gx = half_matmul(gzh, wh.t()).view(x_shape); // (R, N) x (N, K)
                 if (need_w) gw = half_matmul(xh.t(), gzh);                 // (K, R) x (R, N)
@@ -330,12 +336,14 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act) 
                 shape_str(w.shape()));
     detail::check_same_device("linear", {x, w, b});
     const DType dt = x.dtype();
+    if (const DType hd = cuda_autocast_half(x);
+        is_half(hd) && w.dtype() == DType::f32 && b.dtype() == DType::f32)
+        return linear_autocast(x, w, b, gelu_act, hd);
     if ((dt != DType::f32 && dt != DType::f64) || w.dtype() != dt || b.dtype() != dt) {
         const Tensor z = add(matmul(x, w), b); // half types and mixed dtypes: the plain ops
         return gelu_act ? gelu(z, GeluApprox::tanh) : z;
     }
     const int64_t N = w.size(1), K = w.size(0);
-    if (const DType hd = cuda_autocast_half(x); hd != dt) return linear_autocast(x, w, b, gelu_act, hd);
     Tensor z;
     {
         NoGradGuard no_grad;

@@ -1,7 +1,8 @@
 // A linear layer's epilogue on CUDA in one pass: out = act(x + b) and its backward, dx = dy *
 // act'(x + b) with db = the column sums of dx. act is GELU-tanh (the CPU kernels' form,
 // src/backends/cpu/kernels/activations_impl.h: 0.5 z (1 + tanh(u)) = z sigmoid(2u), u = sqrt(2/pi)
-// (z + 0.044715 z^3)) or identity. f32 only; f64 and strided tensors take Backend's default.
+// (z + 0.044715 z^3)) or identity. f32 in; out and dx may be bf16 or f16 (rounded on the store,
+// db summed from the f32 values); f64 and strided tensors take Backend's default.
 // db is a deterministic two-stage sum: per-block partials over fixed row tiles, then one pass
 // adding the tiles in order (no atomics), so training stays bit-reproducible.
 #include "backends/cuda/common.cuh"
@@ -53,9 +54,25 @@ template <int VEC> struct Vec {
     }
 };
 
-// out (R, N) = act(x + b), grid-stride over groups of VEC elements (N % VEC == 0).
-template <int VEC, bool GELU>
-__global__ void bias_act_fwd(const float* x, const float* __restrict__ b, float* out,
+// VEC values rounded to a half type H (round to nearest even), one 8-byte store for VEC 4.
+template <typename H, int VEC> __device__ __forceinline__ void store_half(const Vec<VEC>& z, H* p) {
+    struct alignas(VEC == 4 ? 8 : alignof(H)) Pack {
+        H h[VEC];
+    } pk;
+#pragma unroll
+    for (int t = 0; t < VEC; ++t) {
+        if constexpr (std::is_same_v<H, __nv_bfloat16>)
+            pk.h[t] = __float2bfloat16_rn(z.v[t]);
+        else
+            pk.h[t] = __float2half_rn(z.v[t]);
+    }
+    *reinterpret_cast<Pack*>(p) = pk;
+}
+
+// out (R, N) = act(x + b), grid-stride over groups of VEC elements (N % VEC == 0). Out is f32
+// (it may be x) or a half type: linear() under autocast hands the next GEMM its operand rounded.
+template <int VEC, bool GELU, typename Out>
+__global__ void bias_act_fwd(const float* x, const float* __restrict__ b, Out* out,
                              int64_t n_groups, int64_t N) { // out may be x
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_groups; i += stride) {
@@ -67,7 +84,10 @@ __global__ void bias_act_fwd(const float* x, const float* __restrict__ b, float*
             z.v[t] += bb.v[t];
             if (GELU) z.v[t] = gelu_tanh(z.v[t]);
         }
-        z.store(out + e);
+        if constexpr (std::is_same_v<Out, float>)
+            z.store(out + e);
+        else
+            store_half<Out, VEC>(z, out + e);
     }
 }
 
@@ -76,10 +96,10 @@ __global__ void bias_act_fwd(const float* x, const float* __restrict__ b, float*
 // Writes dx (unless it is dy, identity) and partial[blockIdx.y][col], the tile's column sums,
 // each added in row order within a lane and over the lanes in order.
 constexpr int kRowLanes = 8;
-template <int VEC, bool GELU>
+template <int VEC, bool GELU, typename Dx>
 __global__ void __launch_bounds__(32 * kRowLanes)
     bias_act_bwd_tiles(const float* dy, const float* __restrict__ x, // dx may be dy
-                       const float* __restrict__ b, float* dx, float* __restrict__ partial,
+                       const float* __restrict__ b, Dx* dx, float* __restrict__ partial,
                        int64_t R, int64_t N, int64_t rows_per_tile, bool write_dx) {
     __shared__ float sums[kRowLanes][32 * VEC];
     const int64_t c0 = (int64_t(blockIdx.x) * 32 + threadIdx.x) * VEC;
@@ -100,7 +120,12 @@ __global__ void __launch_bounds__(32 * kRowLanes)
                 for (int t = 0; t < VEC; ++t)
                     g.v[t] *= gelu_tanh_grad(z.v[t] + bb.v[t]);
             }
-            if (write_dx) g.store(dx + e);
+            if (write_dx) {
+                if constexpr (std::is_same_v<Dx, float>)
+                    g.store(dx + e);
+                else
+                    store_half<Dx, VEC>(g, dx + e); // db still sums the f32 values
+            }
 #pragma unroll
             for (int t = 0; t < VEC; ++t)
                 acc[t] += g.v[t];
@@ -143,29 +168,37 @@ constexpr int64_t kTargetBlocks = 1024;
 } // namespace
 
 void CudaBackend::bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) {
-    if (x.dtype() != DType::f32 || !x.is_contiguous() || !b.is_contiguous() ||
-        !out.is_contiguous())
+    const DType od = out.dtype();
+    if (x.dtype() != DType::f32 || b.dtype() != DType::f32 || !x.is_contiguous() ||
+        !b.is_contiguous() || !out.is_contiguous() ||
+        (od != DType::f32 && od != DType::bf16 && od != DType::f16))
         return Backend::bias_act(x, b, gelu, out);
     const int64_t N = b.numel(), n = x.numel();
     if (n == 0) return;
     const bool vec = N % 4 == 0 && aligned16(x.data_ptr()) && aligned16(b.data_ptr()) &&
-                     aligned16(out.data_ptr());
+                     reinterpret_cast<uintptr_t>(out.data_ptr()) % (od == DType::f32 ? 16 : 8) == 0;
     const int64_t groups = vec ? n / 4 : n;
     const unsigned blocks = blocks_for(groups);
     cudaStream_t s = stream_of(x);
     const float *xp = x.data<float>(), *bp = b.data<float>();
-    float* op = out.data<float>();
-    if (vec && gelu) bias_act_fwd<4, true><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
-    else if (vec) bias_act_fwd<4, false><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
-    else if (gelu) bias_act_fwd<1, true><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
-    else bias_act_fwd<1, false><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+    auto launch = [&]<typename Out>(Out* op) {
+        if (vec && gelu) bias_act_fwd<4, true><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+        else if (vec) bias_act_fwd<4, false><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+        else if (gelu) bias_act_fwd<1, true><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+        else bias_act_fwd<1, false><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+    };
+    if (od == DType::f32) launch(out.data<float>());
+    else if (od == DType::bf16) launch(static_cast<__nv_bfloat16*>(out.data_ptr()));
+    else launch(static_cast<__half*>(out.data_ptr()));
     check_launch("bias_act");
 }
 
 void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b,
                                     bool gelu, const Tensor& dx, const Tensor& db) {
-    if (dy.dtype() != DType::f32 || !dy.is_contiguous() || !x.is_contiguous() ||
-        !b.is_contiguous() || !dx.is_contiguous() || !db.is_contiguous())
+    const DType dd = dx.dtype();
+    if (dy.dtype() != DType::f32 || x.dtype() != DType::f32 || !dy.is_contiguous() ||
+        !x.is_contiguous() || !b.is_contiguous() || !dx.is_contiguous() || !db.is_contiguous() ||
+        (dd != DType::f32 && dd != DType::bf16 && dd != DType::f16))
         return Backend::bias_act_backward(dy, x, b, gelu, dx, db);
     const int64_t N = b.numel(), R = dy.numel() / std::max<int64_t>(N, 1);
     cudaStream_t s = stream_of(dy);
@@ -175,7 +208,8 @@ void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Ten
         return;
     }
     const bool vec = N % 4 == 0 && aligned16(dy.data_ptr()) && aligned16(x.data_ptr()) &&
-                     aligned16(b.data_ptr()) && aligned16(dx.data_ptr());
+                     aligned16(b.data_ptr()) &&
+                     reinterpret_cast<uintptr_t>(dx.data_ptr()) % (dd == DType::f32 ? 16 : 8) == 0;
     const int vw = vec ? 4 : 1;
     const int64_t col_blocks = (N + 32 * vw - 1) / (32 * vw);
     // Row tiles: enough blocks to fill the device, at least one row per lane.
@@ -191,19 +225,24 @@ void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Ten
     const bool write_dx = gelu || dx.data_ptr() != dy.data_ptr();
     const dim3 grid{unsigned(col_blocks), unsigned(n_tiles)}, block{32, kRowLanes};
     const float *dyp = dy.data<float>(), *xp = x.data<float>(), *bp = b.data<float>();
-    float* dxp = dx.data<float>();
-    if (vec && gelu)
-        bias_act_bwd_tiles<4, true>
-            <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rows_per_tile, write_dx);
-    else if (vec)
-        bias_act_bwd_tiles<4, false>
-            <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rows_per_tile, write_dx);
-    else if (gelu)
-        bias_act_bwd_tiles<1, true>
-            <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rows_per_tile, write_dx);
-    else
-        bias_act_bwd_tiles<1, false>
-            <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rows_per_tile, write_dx);
+    auto launch = [&]<typename Dx>(Dx* dxp) {
+        const int64_t rpt = rows_per_tile;
+        if (vec && gelu)
+            bias_act_bwd_tiles<4, true>
+                <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+        else if (vec)
+            bias_act_bwd_tiles<4, false>
+                <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+        else if (gelu)
+            bias_act_bwd_tiles<1, true>
+                <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+        else
+            bias_act_bwd_tiles<1, false>
+                <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+    };
+    if (dd == DType::f32) launch(dx.data<float>());
+    else if (dd == DType::bf16) launch(static_cast<__nv_bfloat16*>(dx.data_ptr()));
+    else launch(static_cast<__half*>(dx.data_ptr()));
     bias_act_bwd_sum<<<blocks_for(N), kBlock, 0, s>>>(partial, db.data<float>(), n_tiles, N);
     check_launch("bias_act_backward");
 }

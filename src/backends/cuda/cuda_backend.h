@@ -61,7 +61,8 @@ class CudaBackend : public Backend {
                             const Tensor& dq, const Tensor& dk, const Tensor& dv) override;
     /// Both attention kernels read and write rows at any B, H, T strides (attention.cuh).
     bool attention_strided() const override { return true; }
-    /// One pass each, f32 (bias_act.cu); other dtypes take Backend's default.
+    /// One pass each, f32 (bias_act.cu; the forward's out may be bf16 / f16); other dtypes take
+    /// Backend's default.
     void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) override;
     void bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b, bool gelu,
                            const Tensor& dx, const Tensor& db) override;
