@@ -4,6 +4,7 @@
 // as one persistent kernel and as kernels per op; and the two step paths against each other
 // over several attention chunks.
 #include "cuda/cuda_test_util.h"
+#include "cuda/decode_test_util.h"
 
 #include <algorithm>
 
@@ -95,48 +96,6 @@ INSTANTIATE_TEST_SUITE_P(Lengths, CudaDecodeAttention,
 
 // ---------------------------------------------------------------- whole models
 
-ModelConfig small(ModelFamily family) {
-    ModelConfig c = ModelConfig::preset("tiny");
-    c.vocab_size = 512;
-    c.n_ctx = 160;
-    c.n_embd = 256;
-    c.n_head = 4; // head dim 64
-    c.n_head_kv = 4;
-    c.n_ff = 1024;
-    c.n_layer = 3;
-    if (family == ModelFamily::llama) {
-        c.family = ModelFamily::llama;
-        c.n_head_kv = 2; // grouped-query attention
-        c.n_ff = 688;
-        c.tie_embeddings = false;
-        c.norm_eps = 1e-6f;
-        c.rope_theta = 10000.f;
-    }
-    c.validate();
-    return c;
-}
-
-int64_t argmax(const std::vector<float>& v) {
-    return std::max_element(v.begin(), v.end()) - v.begin();
-}
-// Top-1 minus top-2 logit. Rounding moves each logit by at most max_abs_diff, so a margin over
-// twice that cannot flip the argmax: those steps must agree.
-float margin(std::vector<float> v) {
-    std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
-    return v[0] - v[1];
-}
-double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    double d = 0, n = 0;
-    for (size_t i = 0; i < a.size(); ++i)
-        d += double(a[i] - b[i]) * (a[i] - b[i]), n += double(b[i]) * b[i];
-    return std::sqrt(d / n);
-}
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    float m = 0;
-    for (size_t i = 0; i < a.size(); ++i)
-        m = std::max(m, std::abs(a[i] - b[i]));
-    return m;
-}
 
 struct ModelCase {
     ModelFamily family;
@@ -150,7 +109,7 @@ class CudaDecodeModel : public ::testing::TestWithParam<ModelCase> {};
 // argmax equal wherever the CPU's margin is clear of that error.
 TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
     const auto [family, persistent] = GetParam();
-    const ModelConfig cfg = small(family);
+    const ModelConfig cfg = small_decode_config(family);
     Transformer cpu_m(cfg, 21), gpu_m(cfg, 21);
     TransformerLM ref(cpu_m);
     CudaLM lm(gpu_m, {.persistent = persistent});
@@ -188,7 +147,7 @@ TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
 // graph's logits bit for bit.
 TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
     const auto [family, persistent] = GetParam();
-    const ModelConfig cfg = small(family);
+    const ModelConfig cfg = small_decode_config(family);
     Transformer cpu_m(cfg, 22), gpu_m(cfg, 22);
     TransformerLM ref(cpu_m);
     CudaLM lm(gpu_m, {.persistent = persistent}),
@@ -250,7 +209,7 @@ class CudaDecodeSteps : public ::testing::TestWithParam<ModelFamily> {};
 // between decode steps. The two sum in different orders and may round a K/V value to bf16 the
 // other way, so logits agree within that, and the argmax wherever its margin is clear of it.
 TEST_P(CudaDecodeSteps, PersistentMatchesPerOpKernels) {
-    const ModelConfig cfg = small(GetParam());
+    const ModelConfig cfg = small_decode_config(GetParam());
     Transformer m(cfg, 23);
     CudaLM fused(m), per_op(m, {.persistent = false});
     ASSERT_TRUE(fused.persistent_active());

@@ -6,6 +6,7 @@
 // persistent; the persistent step against the per-op one over 150 positions; clear errors for
 // bad files and tensors.
 #include "cuda/cuda_test_util.h"
+#include "cuda/decode_test_util.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -169,46 +170,6 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---------------------------------------------------------------- whole models
 
-ModelConfig small(ModelFamily family) {
-    ModelConfig c = ModelConfig::preset("tiny");
-    c.vocab_size = 512;
-    c.n_ctx = 160;
-    c.n_embd = 256;
-    c.n_head = 4; // head dim 64
-    c.n_head_kv = 4;
-    c.n_ff = 1024;
-    c.n_layer = 3;
-    if (family == ModelFamily::llama) {
-        c.family = ModelFamily::llama;
-        c.n_head_kv = 2; // grouped-query attention
-        c.n_ff = 688;    // ffn_down's rows of 688 are not whole blocks: F16 in the file, bf16 here
-        c.tie_embeddings = false;
-        c.norm_eps = 1e-6f;
-        c.rope_theta = 10000.f;
-    }
-    c.validate();
-    return c;
-}
-
-int64_t argmax(const std::vector<float>& v) {
-    return std::max_element(v.begin(), v.end()) - v.begin();
-}
-float margin(std::vector<float> v) {
-    std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
-    return v[0] - v[1];
-}
-double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    double d = 0, n = 0;
-    for (size_t i = 0; i < a.size(); ++i)
-        d += double(a[i] - b[i]) * (a[i] - b[i]), n += double(b[i]) * b[i];
-    return std::sqrt(d / n);
-}
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    float m = 0;
-    for (size_t i = 0; i < a.size(); ++i)
-        m = std::max(m, std::abs(a[i] - b[i]));
-    return m;
-}
 
 struct QuantModelCase {
     ModelFamily family;
@@ -225,7 +186,7 @@ std::string case_name(const QuantModelCase& c) {
 // The persistent step takes one format for every matrix: its Llama cases use n_ff = 704 (whole
 // blocks), the per-op ones keep 688 (ffn_down F16 in the file, bf16 on the GPU: mixed formats).
 ModelConfig model_of(const QuantModelCase& c) {
-    ModelConfig cfg = small(c.family);
+    ModelConfig cfg = small_decode_config(c.family);
     if (c.family == ModelFamily::llama && c.persistent)
         cfg.n_ff = 704;
     return cfg;
@@ -386,7 +347,7 @@ INSTANTIATE_TEST_SUITE_P(
 // A GGUF file on disk, as `forge convert` writes it, through from_gguf: the same logits as
 // from_transformer's in-memory bytes; then the file truncated, and one that is not there.
 TEST(CudaQuantGguf, FileLoadsAndBadFilesThrowClearly) {
-    const ModelConfig cfg = small(ModelFamily::gpt2);
+    const ModelConfig cfg = small_decode_config(ModelFamily::gpt2);
     Transformer m(cfg, 33);
     const auto dir = std::filesystem::temp_directory_path() / "forge_cuda_quant_test";
     std::filesystem::create_directories(dir);
@@ -414,7 +375,7 @@ TEST(CudaQuantGguf, FileLoadsAndBadFilesThrowClearly) {
 
 // Tensors the kernels cannot take, through the Lookup constructor: named in the message.
 TEST(CudaQuantGguf, MissingOrMisshapenTensorsAreNamed) {
-    const ModelConfig cfg = small(ModelFamily::gpt2);
+    const ModelConfig cfg = small_decode_config(ModelFamily::gpt2);
     Transformer m(cfg, 34);
     const std::vector<uint8_t> bytes = formats::gguf_writer(m, nullptr, GgmlType::q8_0).bytes();
     const formats::GgufFile file = formats::GgufFile::parse(bytes, "<test>");

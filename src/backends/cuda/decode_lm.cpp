@@ -576,34 +576,31 @@ CudaLM::CudaLM(const ModelConfig& cfg, const infer::QuantLM::Lookup& lookup, Opt
     m.finish_setup();
 }
 
-std::unique_ptr<CudaLM> CudaLM::from_gguf(const std::filesystem::path& path, Options opts) {
-    const formats::GgufFile file = formats::GgufFile::open(path);
-    const ModelConfig cfg = formats::gguf_config(file);
+namespace {
+// A CudaLM over a parsed GGUF file's tensors, uploaded (and the file no longer needed) by the
+// time it returns. in_mapping: the tensor bytes lie in a read-only file mapping.
+std::unique_ptr<CudaLM> lm_over_gguf(const formats::GgufFile& file, bool in_mapping,
+                                     CudaLM::Options opts) {
     return std::make_unique<CudaLM>(
-        cfg,
+        formats::gguf_config(file),
         [&](const std::string& name) -> std::optional<infer::TensorRef> {
             const formats::GgufTensorInfo* t = file.find_tensor(name);
             if (!t)
                 return std::nullopt;
-            return infer::TensorRef{t->type, t->ne, t->data, true};
+            return infer::TensorRef{t->type, t->ne, t->data, in_mapping};
         },
         opts);
+}
+} // namespace
+
+std::unique_ptr<CudaLM> CudaLM::from_gguf(const std::filesystem::path& path, Options opts) {
+    return lm_over_gguf(formats::GgufFile::open(path), true, opts);
 }
 
 std::unique_ptr<CudaLM> CudaLM::from_transformer(Transformer& model, quant::GgmlType type,
                                                  Options opts) {
     const std::vector<uint8_t> bytes = formats::gguf_writer(model, nullptr, type).bytes();
-    const formats::GgufFile file = formats::GgufFile::parse(bytes, "<model>");
-    const ModelConfig cfg = formats::gguf_config(file);
-    return std::make_unique<CudaLM>(
-        cfg,
-        [&](const std::string& name) -> std::optional<infer::TensorRef> {
-            const formats::GgufTensorInfo* t = file.find_tensor(name);
-            if (!t)
-                return std::nullopt;
-            return infer::TensorRef{t->type, t->ne, t->data, false};
-        },
-        opts);
+    return lm_over_gguf(formats::GgufFile::parse(bytes, "<model>"), false, opts);
 }
 
 CudaLM::~CudaLM() = default;
