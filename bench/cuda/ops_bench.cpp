@@ -1,7 +1,7 @@
 // CUDA kernel and training-step figures, one line each: time per call, then GB/s or TFLOP/s.
 // Shapes are GPT-2 124M's (C = 768, V = 50257, T = 1024, 12 heads of 64). The ceilings (device
 // copy GB/s, cuBLAS TF32 TFLOP/s) are measured in the same run. Run on the GPU machine through
-// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|attn|gemm|train B T f32|tf32|bf16]...
+// bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|attn|gemm|lmce|train B T f32|tf32|bf16]...
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -245,6 +245,48 @@ void gemm() {
     run("head", R, C, 50257, false, false);
 }
 
+// GPT-2's LM head and loss alone (16384 x 768 rows, V = 50257) under bf16 autocast:
+// linear_cross_entropy with gradients (forward + the backward's scaling) and without, per chunk
+// size, against the unfused cross_entropy(matmul(x, w^T)); peak memory above the inputs.
+void lmce() {
+    const cuda::PrecisionScope scope("bf16");
+    const int64_t N = 16384, C = 768, V = 50257, Vp = (V + 63) / 64 * 64;
+    Tensor x = randn({N, C}, 1), w = mul_scalar(randn({V, C}, 2), 0.02);
+    Tensor t = Tensor::rand({N}, 3, DType::f64, 0, double(V)).to(DType::i64).to(kCuda);
+    x.set_requires_grad(true);
+    w.set_requires_grad(true);
+    const double flops = 3 * 2.0 * double(N) * double(C) * double(V);
+    auto run = [&](const std::string& name, const std::function<Tensor()>& loss, bool grads) {
+        cuda::synchronize();
+        const size_t base = cuda::memory_stats().allocated;
+        cuda::reset_peak_memory();
+        const double ms = time_ms([&] {
+            x.zero_grad();
+            w.zero_grad();
+            if (grads) {
+                loss().backward();
+            } else {
+                NoGradGuard ng;
+                loss();
+            }
+        });
+        const double peak = double(cuda::memory_stats().peak - base) / double(1 << 30);
+        std::printf("%-44s %8.3f ms  %6.1f TFLOP/s  peak +%.2f GiB\n", name.c_str(), ms,
+                    (grads ? flops : flops / 3) / ms / 1e9, peak);
+        std::fflush(stdout);
+    };
+    run("lmce unfused matmul + cross_entropy", [&] { return cross_entropy(matmul(x, w.t()), t); },
+        true);
+    for (const int64_t rows : {1024, 2048, 4096, 8192, 16384}) {
+        Backend::set_linear_ce_chunk_elements(rows * Vp / 4); // CUDA's budget is 4x this
+        run("lmce fused, chunks of " + std::to_string(rows) + " rows",
+            [&] { return linear_cross_entropy(x, w, t); }, true);
+        run("lmce fused, no grad, chunks of " + std::to_string(rows) + " rows",
+            [&] { return linear_cross_entropy(x, w, t); }, false);
+    }
+    Backend::set_linear_ce_chunk_elements(0);
+}
+
 // One GPT-2 124M training step in f32 (forward, backward, AdamW) at batch B x T.
 // precision: f32 | tf32 | tf32-bf16attn (TF32 matmuls, bf16 tensor-core attention) | bf16
 // (autocast: bf16 matmuls and attention, f32 weights and AdamW state).
@@ -300,6 +342,7 @@ int main(int argc, char** argv) {
         if (what == "kernels") kernels();
         else if (what == "attn") attn();
         else if (what == "gemm") gemm();
+        else if (what == "lmce") lmce();
         else if (what == "train" && i + 3 < argc) { // train B T f32|tf32|tf32-bf16attn|bf16
             train(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]), argv[i + 3]);
             i += 3;

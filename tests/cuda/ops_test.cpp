@@ -502,10 +502,12 @@ TEST(CudaMatmul, AutocastLinearRoundsEachOperandOnce) {
     }
 }
 
-// The fused LM head + loss on the GPU: exact f32 (the default chunked path) within 1e-5 of the
-// CPU; under bf16 / f16 autocast (padded vocabulary, fused row kernel, gradients in the half
-// type) within the half type's bound of the f64 definition on half-rounded x and w. Chunks of 32
-// rows over 100 (the last one 4), V = 1000 padded to 1024, every third row ignored.
+// The fused LM head + loss on the GPU. Exact f32 (the default chunked path) within 1e-5 of the
+// CPU. Under bf16 / f16 autocast (padded vocabulary, logits in the half type, the gradient
+// written over them) against an f64 oracle of the same arithmetic: x and w rounded to the half
+// type, logits rounded to it, softmax - onehot rounded to it (at the op's scale 2^10, so f16's
+// range is the op's), then the two products in f64. Chunks of 32 rows over 100 (the last one 4),
+// V = 1000 padded to 1024, every third row ignored; with gradients and without (eval).
 TEST(CudaNN, LinearCrossEntropyMatchesDefinition) {
     struct ChunkScope {
         ChunkScope() { Backend::set_linear_ce_chunk_elements(8 * 1000); }
@@ -513,37 +515,81 @@ TEST(CudaNN, LinearCrossEntropyMatchesDefinition) {
     } chunks;
     const int64_t N = 100, C = 64, V = 1000;
     std::vector<int64_t> tv(N);
-    for (int64_t i = 0; i < N; ++i) tv[size_t(i)] = i % 3 == 2 ? -100 : (i * 7919 + 3) % V;
+    int64_t count = 0;
+    for (int64_t i = 0; i < N; ++i) {
+        tv[size_t(i)] = i % 3 == 2 ? -100 : (i * 7919 + 3) % V;
+        count += tv[size_t(i)] != -100;
+    }
     const Tensor t = Tensor::from_vector(tv, {N});
-    auto run = [&](Device d, const char* precision, DType round_to) {
-        Tensor x = randn_on({N, C}, 1, Device::cpu()), w = randn_on({V, C}, 2, Device::cpu());
-        if (round_to != DType::f32) { // the CPU oracle: the definition on half-rounded operands
-            x = x.to(round_to).to(DType::f64), w = w.to(round_to).to(DType::f64);
-        }
-        x = x.to(d).detach(), w = w.to(d).detach();
+    // x (N, C) with unit rows' scale, w (V, C) at 1 / sqrt(C): logits of order 1, as a trained
+    // head's; 2 * loss is differentiated, so a gradient other than 1 flows in.
+    const Tensor x0 = randn_on({N, C}, 1, Device::cpu()),
+                 w0 = mul_scalar(randn_on({V, C}, 2, Device::cpu()), 1.0 / 8);
+    auto on_gpu = [&](const char* precision, bool grads) {
+        Tensor x = x0.to(kCuda).detach(), w = w0.to(kCuda).detach();
         x.set_requires_grad(true);
         w.set_requires_grad(true);
-        Tensor loss;
-        {
-            const cuda::PrecisionScope p(precision);
-            loss = d == kCuda ? linear_cross_entropy(x, w, t.to(d))
-                              : cross_entropy(matmul(x, w.t()), t);
-            mul_scalar(loss, 2.0).backward();
+        const cuda::PrecisionScope p(precision);
+        if (!grads) {
+            NoGradGuard ng;
+            return std::vector<Tensor>{linear_cross_entropy(x, w, t.to(kCuda))};
         }
+        Tensor loss = linear_cross_entropy(x, w, t.to(kCuda));
+        mul_scalar(loss, 2.0).backward();
         return std::vector<Tensor>{loss, x.grad(), w.grad()};
     };
     const char* names[] = {"loss", "dx", "dw"};
     {
-        const auto got = run(kCuda, "f32", DType::f32), want = run(Device::cpu(), "f32", DType::f32);
+        Tensor x = x0.detach(), w = w0.detach();
+        x.set_requires_grad(true);
+        w.set_requires_grad(true);
+        Tensor loss = cross_entropy(matmul(x, w.t()), t);
+        mul_scalar(loss, 2.0).backward();
+        const std::vector<Tensor> want{loss, x.grad(), w.grad()};
+        const auto got = on_gpu("f32", true);
         for (size_t i = 0; i < 3; ++i)
             EXPECT_LE(max_rel_diff(got[i], want[i]), 1e-5) << "f32 " << names[i];
+        EXPECT_LE(max_rel_diff(on_gpu("f32", false)[0], loss), 1e-5) << "f32 eval";
     }
     for (const auto& [precision, hd] : {std::pair{"bf16", DType::bf16}, {"f16", DType::f16}}) {
-        const auto got = run(kCuda, precision, DType::f32), want = run(Device::cpu(), "f32", hd);
-        EXPECT_LE(norm_rel_diff(got[0], want[0]), 1e-5) << precision << " loss";
+        auto round = [hd = hd](const Tensor& a) { return a.to(hd).to(DType::f64); };
+        const Tensor xr = round(x0), wr = round(w0);
+        Tensor logits = round(matmul(xr, wr.t())).detach();
+        logits.set_requires_grad(true);
+        Tensor loss = cross_entropy(logits, t);
+        mul_scalar(loss, 2.0).backward();
+        // logits.grad() = 2 (softmax - onehot) / count; the op rounds (softmax - onehot) 2^10.
+        const double s = 1024.0 * double(count) / 2.0;
+        const Tensor dl = mul_scalar(round(mul_scalar(logits.grad(), s)), 1.0 / s);
+        const std::vector<Tensor> want{loss, matmul(dl, wr), matmul(dl.t(), xr)};
+        const auto got = on_gpu(precision, true);
+        // The GPU's logits are rounded from f32 sums, the oracle's from f64: a few differ by
+        // one unit of the half type.
+        EXPECT_LE(norm_rel_diff(got[0], want[0]), 1e-4) << precision << " loss";
+        EXPECT_LE(norm_rel_diff(on_gpu(precision, false)[0], want[0]), 1e-4)
+            << precision << " eval loss";
         for (size_t i = 1; i < 3; ++i)
             EXPECT_LE(norm_rel_diff(got[i], want[i]), tol_of(hd)) << precision << " " << names[i];
+        // The half logits really are the op's: the unrounded logits' loss is farther off for
+        // bf16 (f16's rounding is below the bound).
+        if (hd == DType::bf16) {
+            EXPECT_GT(norm_rel_diff(got[0], cross_entropy(matmul(xr, wr.t()), t)), 1e-6)
+                << precision;
+        }
     }
+}
+
+// Every row ignored under bf16 autocast: loss 0 and zero gradients, as cross_entropy.
+TEST(CudaNN, LinearCrossEntropyAllIgnored) {
+    const cuda::PrecisionScope p("bf16");
+    Tensor x = randn_on({24, 64}, 3, kCuda).detach(), w = randn_on({100, 64}, 4, kCuda).detach();
+    x.set_requires_grad(true);
+    w.set_requires_grad(true);
+    Tensor loss = linear_cross_entropy(x, w, Tensor::full({24}, -100.0, DType::i64, kCuda));
+    EXPECT_EQ(loss.item(), 0.0);
+    loss.backward();
+    for (double g : x.grad().to_vector<double>()) EXPECT_EQ(g, 0.0);
+    for (double g : w.grad().to_vector<double>()) EXPECT_EQ(g, 0.0);
 }
 
 // ---------------------------------------------------------------- autograd, memory, optimizer

@@ -30,8 +30,9 @@ class CudaBackend : public Backend {
     void matmul(const Tensor& a, const Tensor& b, const Tensor& out) override;
     void matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
                      const Tensor& out) override;
-    /// Under bf16/f16 autocast: half operands, vocabulary padded to 64 for aligned rows, one
-    /// fused softmax/loss/gradient pass per chunk (linear_ce.cu); otherwise the default.
+    /// Under bf16/f16 autocast: half operands, vocabulary padded to 64 for aligned rows, each
+    /// chunk's logits in the half type, overwritten by the gradient in one fused softmax/loss
+    /// pass (linear_ce.cu); otherwise the default.
     void linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targets,
                               int64_t ignore_index, double grad_scale, const Tensor& losses,
                               const Tensor& dx, const Tensor& dw) override;
@@ -110,8 +111,9 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
 void set_attention_tc_warps(int warps);
 
 /// One half-operand GEMM in cuBLAS's column-major terms (matmul.cpp derives them from row-major
-/// tensors): C (m x n, f32, ldc) = op_a(A) op_b(B) [+ bias (m) in the epilogue], A and B bf16
-/// (or f16), f32 accumulation; `batch` problems at the given element strides.
+/// tensors): C (m x n, ldc) = op_a(A) op_b(B) [+ bias (m) in the epilogue], A and B bf16
+/// (or f16), f32 accumulation, C f32 or (half_out, no bias) the operands' half type; `batch`
+/// problems at the given element strides.
 struct HalfGemm {
     int device = 0;
     bool f16 = false;
@@ -119,16 +121,19 @@ struct HalfGemm {
     int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldc = 0;
     const void* a = nullptr;
     const void* b = nullptr;
-    float* c = nullptr;
+    void* c = nullptr;
+    bool half_out = false;
     const float* bias = nullptr;
     int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool accumulate = false; // C += product (beta = 1) instead of C = product
 };
 /// Runs it through cuBLASLt with the algorithm timed fastest for that problem (gemm_lt.cpp).
 void gemm_half_lt(const HalfGemm& g);
-/// out (Bt, M, N) f32 += a (Bt, M, K) b (Bt, K, N), a and b bf16 (or both f16) with matmul's
-/// layout rules: a weight gradient summed over row chunks without a temporary (linear_ce.cu).
-void matmul_half_accumulate(const Tensor& a, const Tensor& b, const Tensor& out);
+/// out (Bt, M, N) (+)= a (Bt, M, K) b (Bt, K, N), a and b bf16 (or both f16) with matmul's
+/// layout rules; out contiguous, f32 or the operands' half type (f32 accumulation either way).
+/// For linear_ce.cu: logits straight in the half type, and a weight gradient summed over row
+/// chunks without a temporary (accumulate).
+void matmul_half(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate);
 /// The cuBLASLt handle of `device`'s context.
 void* lt_handle(int device);
 

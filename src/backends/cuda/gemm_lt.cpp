@@ -1,11 +1,12 @@
 // Half-operand GEMMs through cuBLASLt: bf16 x bf16 or f16 x f16 with f32 accumulation and f32
-// output, optionally with the bias added in the GEMM's epilogue (no separate pass over the
-// output). The algorithm is picked per problem by timing the candidates cuBLASLt's heuristic
-// offers (up to kCandidates) on the first call, then cached for the process: cuBLAS's default
-// choice ran GPT-2's qkv projection (16384 x 768 x 2304) at 203 TFLOP/s on an H200 where the
-// same GEMM with N = 3072 ran at 468 (docs/PERF.md). The pick can differ between processes, so
-// half-precision results are reproducible within a process, not across runs (as with PyTorch's
-// cudnn.benchmark); exact f32 keeps cuBLAS's fixed default (matmul.cpp).
+// output (or output in the operands' type: the LM head's logits, linear_ce.cu), optionally with
+// the bias added in the GEMM's epilogue (no separate pass over the output). The algorithm is
+// picked per problem by timing the candidates cuBLASLt's heuristic offers (up to kCandidates) on
+// the first call, then cached for the process: cuBLAS's default choice ran GPT-2's qkv projection
+// (16384 x 768 x 2304) at 203 TFLOP/s on an H200 where the same GEMM with N = 3072 ran at 468
+// (docs/PERF.md). The pick can differ between processes, so half-precision results are
+// reproducible within a process, not across runs (as with PyTorch's cudnn.benchmark); exact f32
+// keeps cuBLAS's fixed default (matmul.cpp).
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -33,7 +34,7 @@ uint32_t alignment_of(const void* p) {
     return al;
 }
 
-using Key = std::array<long long, 19>;
+using Key = std::array<long long, 20>;
 
 // A problem's descriptors and the algorithm chosen for it.
 struct Plan {
@@ -67,16 +68,20 @@ void gemm_half_lt(const HalfGemm& g) {
     const Key key{g.device, g.f16,   g.op_a,    g.op_b,     g.bias != nullptr, g.m,
                   g.n,      g.k,     g.lda,     g.ldb,      g.ldc,             g.batch,
                   al_a,     al_b,    al_c,      g.stride_a, g.stride_b,        g.stride_c,
-                  g.accumulate};
+                  g.accumulate, g.half_out};
+    FORGE_ASSERT(!(g.half_out && g.bias));
     const float one = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
     const size_t ws = ctx.workspace_bytes;
     auto stream = cudaStream_t(ctx.stream);
-    auto run = [&](const Plan& p, const cublasLtMatmulAlgo_t& algo) {
+    auto run_into = [&](const Plan& p, const cublasLtMatmulAlgo_t& algo, void* c) {
         if (g.bias)
             FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
                 p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
-        return cublasLtMatmul(lt, p.desc, &one, g.a, p.a, g.b, p.b, &beta, g.c, p.c, g.c, p.c,
-                              &algo, ctx.workspace, ws, stream);
+        return cublasLtMatmul(lt, p.desc, &one, g.a, p.a, g.b, p.b, &beta, c, p.c, c, p.c, &algo,
+                              ctx.workspace, ws, stream);
+    };
+    auto run = [&](const Plan& p, const cublasLtMatmulAlgo_t& algo) {
+        return run_into(p, algo, g.c);
     };
     // Plans (descriptors and the chosen algorithm) live for the process, one per problem; the
     // lock also covers setting a plan's bias pointer and enqueueing the GEMM with it.
@@ -110,7 +115,8 @@ void gemm_half_lt(const HalfGemm& g) {
                                               opa == CUBLAS_OP_N ? g.k : g.m, g.lda));
     FORGE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.b, ht, opb == CUBLAS_OP_N ? g.k : g.n,
                                               opb == CUBLAS_OP_N ? g.n : g.k, g.ldb));
-    FORGE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, g.m, g.n, g.ldc));
+    FORGE_LT_CHECK(
+        cublasLtMatrixLayoutCreate(&p.c, g.half_out ? ht : CUDA_R_32F, g.m, g.n, g.ldc));
     if (g.batch > 1) {
         set_batch(p.a, g.batch, g.stride_a);
         set_batch(p.b, g.batch, g.stride_b);
@@ -139,18 +145,29 @@ void gemm_half_lt(const HalfGemm& g) {
     FORGE_CHECK(n_found > 0, "[matmul] cuBLASLt has no algorithm for a ",
                 g.f16 ? "f16" : "bf16", " GEMM of ", g.m, " x ", g.n, " x ", g.k);
     // Time each candidate (one warm-up, then 3 runs) on the real operands; the output is
-    // overwritten by every run, the last one by the winner.
-    // (An accumulating GEMM is not timed: the runs would add into its output.)
+    // overwritten by every run, the last one by the winner. An accumulating GEMM runs into a
+    // scratch output of the same size and alignment (the runs would add into its own).
     int best = 0;
-    if (n_found > 1 && !g.accumulate) {
+    std::shared_ptr<Storage> scratch;
+    void* timed_c = g.c;
+    if (n_found > 1 && g.accumulate) {
+        const size_t elem = g.half_out ? 2 : 4;
+        const size_t bytes =
+            size_t((g.batch - 1) * g.stride_c + (g.n - 1) * g.ldc + g.m) * elem + al_c;
+        scratch = backend().allocate(bytes, Device::cuda(g.device));
+        // Offset to the output's own alignment (al_c divides 256, the allocator's).
+        timed_c = static_cast<char*>(scratch->data) + (al_c < 256 ? al_c : 0);
+        FORGE_CUDA_CHECK(cudaMemsetAsync(scratch->data, 0, bytes, stream));
+    }
+    if (n_found > 1) {
         cudaEvent_t e0, e1;
         FORGE_CUDA_CHECK(cudaEventCreate(&e0));
         FORGE_CUDA_CHECK(cudaEventCreate(&e1));
         float best_ms = -1;
         for (int i = 0; i < n_found; ++i) {
-            if (run(p, found[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+            if (run_into(p, found[i].algo, timed_c) != CUBLAS_STATUS_SUCCESS) continue;
             FORGE_CUDA_CHECK(cudaEventRecord(e0, stream));
-            for (int r = 0; r < 3; ++r) FORGE_LT_CHECK(run(p, found[i].algo));
+            for (int r = 0; r < 3; ++r) FORGE_LT_CHECK(run_into(p, found[i].algo, timed_c));
             FORGE_CUDA_CHECK(cudaEventRecord(e1, stream));
             FORGE_CUDA_CHECK(cudaEventSynchronize(e1));
             float ms = 0;

@@ -1,9 +1,13 @@
-// The LM head and its cross-entropy under bf16/f16 autocast (Backend::linear_cross_entropy).
-// x and w are rounded to the half type once; the vocabulary is padded to a multiple of 64 with
-// zero rows of w, so every logits row starts 16-byte aligned (with V = 50257 unpadded, cuBLASLt
-// ran the head GEMM at 127 TFLOP/s against ~570 for aligned shapes, docs/PERF.md). Per chunk of
-// rows: logits (n, Vp) f32 = x_c w^T; one kernel per row takes the loss and writes
-// dl = (softmax - onehot) * grad_scale in the half type; dx_c = dl w, dw += dl^T x_c.
+// The LM head and its cross-entropy under bf16/f16 autocast (Backend::linear_cross_entropy);
+// exact f32 takes the default (backend.cpp). x and w are rounded to the half type once; the
+// vocabulary is padded to a multiple of 64 with zero rows of w, so every logits row starts
+// 128-byte aligned (with V = 50257 unpadded, cuBLASLt ran the head GEMM at 127 TFLOP/s against
+// ~570 for aligned shapes, docs/PERF.md). Per chunk of rows:
+//   logits (n, Vp) in the half type = x_c w^T (f32 accumulation, as PyTorch's autocast logits);
+//   one kernel per row: the loss from one read (running max and sum), then, with gradients,
+//   dl = (softmax - onehot) * grad_scale written over the logits in the half type;
+//   dx_c (f32) = dl w, dw (f32) += dl^T x_c (beta = 1 after the first chunk).
+// The logits are never f32 in memory: one half-type buffer of a chunk is the whole workspace.
 #include "backends/cuda/common.cuh"
 
 #include <algorithm>
@@ -14,6 +18,25 @@ namespace forge::cuda {
 namespace {
 
 constexpr int kRowThreads = 512;
+constexpr int kUnroll = 4; // 16-byte loads in flight per thread
+
+template <typename H> __device__ __forceinline__ float to_f32(H h) {
+    if constexpr (std::is_same_v<H, __nv_bfloat16>)
+        return __bfloat162float(h);
+    else
+        return __half2float(h);
+}
+template <typename H> __device__ __forceinline__ H from_f32(float f) {
+    if constexpr (std::is_same_v<H, __nv_bfloat16>)
+        return __float2bfloat16_rn(f);
+    else
+        return __float2half_rn(f);
+}
+
+// Eight half values in 16 bytes.
+template <typename H> struct alignas(16) Eight {
+    H v[8];
+};
 
 // (m, s): running max and sum of exp(v - m); merging two keeps the larger max.
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
@@ -25,23 +48,56 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
     }
 }
 
-// One block per row. logits rows ld floats apart (ld % 4 == 0, 16-byte aligned), V valid;
-// dl rows ld elements apart, the padding columns written 0.
+// One block per row of logits (ld elements apart, ld % 8 == 0, V valid, 16-byte aligned rows).
+// losses[row] = logsumexp - logit[target] (0 on ignored rows). With `grads`, the row is then
+// overwritten by (softmax - onehot(target)) * grad_scale, 0 on padding columns and ignored rows.
 template <typename H>
 __global__ void __launch_bounds__(kRowThreads)
-    ce_rows_kernel(const float* __restrict__ logits, int64_t ld, int64_t V,
-                   const int64_t* __restrict__ targets, int64_t ignore_index, float grad_scale,
-                   float* __restrict__ losses, H* __restrict__ dl) {
+    ce_rows_inplace_kernel(H* __restrict__ logits, int64_t ld, int64_t V,
+                           const int64_t* __restrict__ targets, int64_t ignore_index,
+                           float grad_scale, float* __restrict__ losses, bool grads) {
     const int64_t row = blockIdx.x;
-    const float4* l4 = reinterpret_cast<const float4*>(logits + row * ld);
-    const int64_t n4 = ld / 4;
-    float m = -INFINITY, s = 0.0f;
-    for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = l4[i];
-        const float e[4] = {v.x, v.y, v.z, v.w};
+    Eight<H>* r8 = reinterpret_cast<Eight<H>*>(logits + row * ld);
+    const int64_t n8 = ld / 8;
+    const int64_t t = targets[row];
+    const bool ignored = t == ignore_index;
+    if (ignored) {
+        if (threadIdx.x == 0) losses[row] = 0.0f;
+        if (grads) {
+            Eight<H> z;
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-            if (4 * i + j < V) merge(m, s, e[j], 1.0f);
+            for (int j = 0; j < 8; ++j) z.v[j] = from_f32<H>(0.0f);
+            for (int64_t i = threadIdx.x; i < n8; i += blockDim.x) r8[i] = z;
+        }
+        return;
+    }
+    // Read before any thread can overwrite the row (the barrier below orders it).
+    const float target_logit = threadIdx.x == 0 ? to_f32(logits[row * ld + t]) : 0.0f;
+
+    // Pass 1: the row's running max and sum, kUnroll independent loads at a time.
+    float m = -INFINITY, s = 0.0f;
+    for (int64_t i0 = threadIdx.x; i0 < n8; i0 += kUnroll * int64_t(blockDim.x)) {
+        Eight<H> u[kUnroll];
+#pragma unroll
+        for (int k = 0; k < kUnroll; ++k) {
+            const int64_t i = i0 + k * int64_t(blockDim.x);
+            if (i < n8) u[k] = r8[i];
+        }
+#pragma unroll
+        for (int k = 0; k < kUnroll; ++k) {
+            const int64_t i = i0 + k * int64_t(blockDim.x);
+            if (i >= n8) break;
+            float f[8], lm = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                f[j] = 8 * i + j < V ? to_f32(u[k].v[j]) : -INFINITY;
+                lm = fmaxf(lm, f[j]);
+            }
+            if (lm == -INFINITY) continue; // all padding
+            if (lm > m) s *= __expf(m - lm), m = lm;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s += __expf(f[j] - m);
+        }
     }
     // Block-wide merge: warps by shuffles, then the warps' results through shared memory.
     for (int o = 16; o > 0; o /= 2)
@@ -52,39 +108,41 @@ __global__ void __launch_bounds__(kRowThreads)
     if (lane == 0) sm[warp] = m, ss[warp] = s;
     __syncthreads();
     if (warp == 0) {
-        m = lane < kRowThreads / 32 ? sm[lane] : -INFINITY;
-        s = lane < kRowThreads / 32 ? ss[lane] : 0.0f;
+        const int n_warps = int(blockDim.x) / 32;
+        m = lane < n_warps ? sm[lane] : -INFINITY;
+        s = lane < n_warps ? ss[lane] : 0.0f;
         for (int o = 16; o > 0; o /= 2)
             merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
         if (lane == 0) lse_shared = m + logf(s);
     }
     __syncthreads();
     const float lse = lse_shared;
-    const int64_t t = targets[row];
-    const bool ignored = t == ignore_index;
-    if (threadIdx.x == 0) losses[row] = ignored ? 0.0f : lse - logits[row * ld + t];
-    if (dl == nullptr) return;
-    struct alignas(8) Four {
-        H a, b, c, d;
-    };
-    Four* d4 = reinterpret_cast<Four*>(dl + row * ld);
-    for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = l4[i];
-        const float e[4] = {v.x, v.y, v.z, v.w};
-        float g[4];
+    if (threadIdx.x == 0) losses[row] = lse - target_logit;
+    if (!grads) return;
+
+    // Pass 2: the scaled gradient over the logits, in place (each thread rewrites what it read).
+    for (int64_t i0 = threadIdx.x; i0 < n8; i0 += kUnroll * int64_t(blockDim.x)) {
+        Eight<H> u[kUnroll];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int64_t col = 4 * i + j;
-            g[j] = ignored || col >= V
-                       ? 0.0f
-                       : (__expf(e[j] - lse) - (col == t ? 1.0f : 0.0f)) * grad_scale;
+        for (int k = 0; k < kUnroll; ++k) {
+            const int64_t i = i0 + k * int64_t(blockDim.x);
+            if (i < n8) u[k] = r8[i];
         }
-        if constexpr (std::is_same_v<H, __nv_bfloat16>)
-            d4[i] = Four{__float2bfloat16_rn(g[0]), __float2bfloat16_rn(g[1]),
-                         __float2bfloat16_rn(g[2]), __float2bfloat16_rn(g[3])};
-        else
-            d4[i] = Four{__float2half_rn(g[0]), __float2half_rn(g[1]), __float2half_rn(g[2]),
-                         __float2half_rn(g[3])};
+#pragma unroll
+        for (int k = 0; k < kUnroll; ++k) {
+            const int64_t i = i0 + k * int64_t(blockDim.x);
+            if (i >= n8) break;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int64_t col = 8 * i + j;
+                const float g =
+                    col < V ? (__expf(to_f32(u[k].v[j]) - lse) - (col == t ? 1.0f : 0.0f)) *
+                                  grad_scale
+                            : 0.0f;
+                u[k].v[j] = from_f32<H>(g);
+            }
+            r8[i] = u[k];
+        }
     }
 }
 
@@ -111,35 +169,30 @@ void CudaBackend::linear_cross_entropy(const Tensor& x, const Tensor& w, const T
                                          size_t((Vp - V) * C) * 2, stream));
     copy(x, xh);
 
-    // Chunks of at most 4 x linear_ce_chunk_elements() logits (1 GiB of f32 by default), split
-    // evenly, rows a multiple of 8.
+    // Chunks of at most 4 x linear_ce_chunk_elements() logits (2^28 by default: 512 MiB in the
+    // half type, 4096 rows of GPT-2's head at 16 x 1024), split evenly, rows a multiple of 8.
     const int64_t budget = 4 * linear_ce_chunk_elements();
     const int64_t n_chunks = std::max<int64_t>(1, (N * Vp + budget - 1) / budget);
     const int64_t chunk = std::min(N, ((N + n_chunks - 1) / n_chunks + 7) / 8 * 8);
     const bool grads = dx.defined();
-    Tensor logits = Tensor::empty({chunk, Vp}, DType::f32, dev);
-    Tensor dl = grads ? Tensor::empty({chunk, Vp}, hd, dev) : Tensor();
+    Tensor logits = Tensor::empty({chunk, Vp}, hd, dev); // the gradient overwrites it in place
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
         const int64_t n = std::min(chunk, N - r0);
         const Tensor lg = logits.narrow(0, 0, n), xc = xh.narrow(0, r0, n);
-        matmul(xc.unsqueeze(0), wh.t().unsqueeze(0), lg.unsqueeze(0)); // (n, C) x (C, Vp)
+        matmul_half(xc.unsqueeze(0), wh.t().unsqueeze(0), lg.unsqueeze(0), false); // (n, Vp)
         visit_dtype(hd, [&]<typename H>() {
             if constexpr (std::is_same_v<H, __nv_bfloat16> || std::is_same_v<H, __half>)
-                ce_rows_kernel<H><<<unsigned(n), kRowThreads, 0, stream>>>(
-                    lg.data<float>(), Vp, V, targets.data<int64_t>() + r0, ignore_index,
-                    float(grad_scale), losses.data<float>() + r0,
-                    grads ? static_cast<H*>(dl.data_ptr()) : nullptr);
+                ce_rows_inplace_kernel<H><<<unsigned(n), kRowThreads, 0, stream>>>(
+                    static_cast<H*>(lg.data_ptr()), Vp, V, targets.data<int64_t>() + r0,
+                    ignore_index, float(grad_scale), losses.data<float>() + r0, grads);
         });
         check_launch("linear_cross_entropy rows");
         if (!grads) continue;
-        const Tensor d = dl.narrow(0, 0, n);
-        matmul(d.unsqueeze(0), wh.unsqueeze(0), dx.narrow(0, r0, n).unsqueeze(0)); // (n, Vp) x (Vp, C)
+        // dx_c (n, C) = dl (n, Vp) wh (Vp, C): the padding rows of wh are zero.
+        matmul_half(lg.unsqueeze(0), wh.unsqueeze(0), dx.narrow(0, r0, n).unsqueeze(0), false);
         // dw (V, C) (+)= dl[:, :V]^T x_c: the padding columns of dl are not needed.
-        const Tensor dlt = d.narrow(1, 0, V).t().unsqueeze(0), xc3 = xc.unsqueeze(0);
-        if (r0 == 0)
-            matmul(dlt, xc3, dw.unsqueeze(0));
-        else
-            matmul_half_accumulate(dlt, xc3, dw.unsqueeze(0));
+        matmul_half(lg.narrow(1, 0, V).t().unsqueeze(0), xc.unsqueeze(0), dw.unsqueeze(0),
+                    r0 > 0);
     }
 }
 

@@ -65,7 +65,8 @@ HalfGemm half_problem(const Tensor& a, const Tensor& b, const Tensor& out, const
     g.f16 = f16;
     g.op_a = int(ob.op), g.op_b = int(oa.op);
     g.m = N, g.n = M, g.k = K, g.lda = ob.ld, g.ldb = oa.ld, g.ldc = N;
-    g.a = b_data, g.b = a_data, g.c = static_cast<float*>(out.data_ptr());
+    g.a = b_data, g.b = a_data, g.c = out.data_ptr();
+    g.half_out = out.dtype() != DType::f32;
     g.batch = a.size(0), g.stride_a = b.strides()[0], g.stride_b = a.strides()[0],
     g.stride_c = M * N;
     return g;
@@ -120,13 +121,22 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     }
 }
 
-void matmul_half_accumulate(const Tensor& a, const Tensor& b, const Tensor& out) {
+void matmul_half(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
     FORGE_CHECK((a.dtype() == DType::bf16 || a.dtype() == DType::f16) &&
-                    b.dtype() == a.dtype() && out.dtype() == DType::f32,
-                "[matmul] accumulation takes bf16 or f16 operands and an f32 output");
-    if (out.numel() == 0 || a.size(2) == 0) return;
+                    b.dtype() == a.dtype() &&
+                    (out.dtype() == DType::f32 || out.dtype() == a.dtype()) &&
+                    out.is_contiguous(),
+                "[matmul] matmul_half takes bf16 or f16 operands and a contiguous f32 output or "
+                "one of their type, got ",
+                dtype_name(a.dtype()), " x ", dtype_name(b.dtype()), " -> ",
+                dtype_name(out.dtype()));
+    if (out.numel() == 0) return;
+    if (a.size(2) == 0) {
+        if (!accumulate) backend().fill(out, 0.0);
+        return;
+    }
     HalfGemm g = half_problem(a, b, out, a.data_ptr(), b.data_ptr(), a.dtype() == DType::f16);
-    g.accumulate = true;
+    g.accumulate = accumulate;
     gemm_half_lt(g);
 }
 
