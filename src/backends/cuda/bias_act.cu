@@ -60,12 +60,8 @@ template <typename H, int VEC> __device__ __forceinline__ void store_half(const 
         H h[VEC];
     } pk;
 #pragma unroll
-    for (int t = 0; t < VEC; ++t) {
-        if constexpr (std::is_same_v<H, __nv_bfloat16>)
-            pk.h[t] = __float2bfloat16_rn(z.v[t]);
-        else
-            pk.h[t] = __float2half_rn(z.v[t]);
-    }
+    for (int t = 0; t < VEC; ++t)
+        pk.h[t] = float_to_half<H>(z.v[t]);
     *reinterpret_cast<Pack*>(p) = pk;
 }
 

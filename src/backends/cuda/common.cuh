@@ -62,6 +62,17 @@ template <typename T> __device__ __forceinline__ T from_double(double v) {
     else return T(v);
 }
 
+/// A half type (__half or __nv_bfloat16) to float, and float to it (round to nearest even):
+/// the float-only forms of the two above, for kernels whose math is f32.
+template <typename H> __device__ __forceinline__ float half_to_float(H v) {
+    if constexpr (std::is_same_v<H, __half>) return __half2float(v);
+    else return __bfloat162float(v);
+}
+template <typename H> __device__ __forceinline__ H float_to_half(float v) {
+    if constexpr (std::is_same_v<H, __half>) return __float2half_rn(v);
+    else return __float2bfloat16_rn(v);
+}
+
 // ---------------------------------------------------------------- strided indexing
 
 constexpr int kMaxDims = 8;

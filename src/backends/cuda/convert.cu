@@ -8,18 +8,11 @@ namespace forge::cuda {
 
 namespace {
 
-template <typename H> __device__ __forceinline__ H round_half(float x) {
-    if constexpr (std::is_same_v<H, __nv_bfloat16>)
-        return __float2bfloat16_rn(x);
-    else
-        return __float2half_rn(x);
-}
-
 template <typename H>
 __global__ void f32_to_half_kernel(const float* __restrict__ src, H* __restrict__ dst, int64_t n) {
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += int64_t(gridDim.x) * blockDim.x)
-        dst[i] = round_half<H>(src[i]);
+        dst[i] = float_to_half<H>(src[i]);
 }
 
 // n4 groups of four; the caller converts the tail.
@@ -31,7 +24,7 @@ __global__ void f32_to_half_x4_kernel(const float4* __restrict__ src, H* __restr
         const float4 v = src[i];
         struct alignas(8) Four {
             H a, b, c, d;
-        } out{round_half<H>(v.x), round_half<H>(v.y), round_half<H>(v.z), round_half<H>(v.w)};
+        } out{float_to_half<H>(v.x), float_to_half<H>(v.y), float_to_half<H>(v.z), float_to_half<H>(v.w)};
         reinterpret_cast<Four*>(dst)[i] = out;
     }
 }

@@ -20,23 +20,22 @@ namespace {
 constexpr int kRowThreads = 512;
 constexpr int kUnroll = 4; // 16-byte loads in flight per thread
 
-template <typename H> __device__ __forceinline__ float to_f32(H h) {
-    if constexpr (std::is_same_v<H, __nv_bfloat16>)
-        return __bfloat162float(h);
-    else
-        return __half2float(h);
-}
-template <typename H> __device__ __forceinline__ H from_f32(float f) {
-    if constexpr (std::is_same_v<H, __nv_bfloat16>)
-        return __float2bfloat16_rn(f);
-    else
-        return __float2half_rn(f);
-}
-
 // Eight half values in 16 bytes.
 template <typename H> struct alignas(16) Eight {
     H v[8];
 };
+
+// The groups i0, i0 + blockDim, ... (kUnroll of them, those below n8) of a row: the loads are
+// issued before any is used.
+template <typename H>
+__device__ __forceinline__ void load_groups(const Eight<H>* r8, int64_t i0, int64_t n8,
+                                            Eight<H> (&u)[kUnroll]) {
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+        const int64_t i = i0 + k * int64_t(blockDim.x);
+        if (i < n8) u[k] = r8[i];
+    }
+}
 
 // (m, s): running max and sum of exp(v - m); merging two keeps the larger max.
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
@@ -66,23 +65,19 @@ __global__ void __launch_bounds__(kRowThreads)
         if (grads) {
             Eight<H> z;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) z.v[j] = from_f32<H>(0.0f);
+            for (int j = 0; j < 8; ++j) z.v[j] = float_to_half<H>(0.0f);
             for (int64_t i = threadIdx.x; i < n8; i += blockDim.x) r8[i] = z;
         }
         return;
     }
     // Read before any thread can overwrite the row (the barrier below orders it).
-    const float target_logit = threadIdx.x == 0 ? to_f32(logits[row * ld + t]) : 0.0f;
+    const float target_logit = threadIdx.x == 0 ? half_to_float(logits[row * ld + t]) : 0.0f;
 
     // Pass 1: the row's running max and sum, kUnroll independent loads at a time.
     float m = -INFINITY, s = 0.0f;
     for (int64_t i0 = threadIdx.x; i0 < n8; i0 += kUnroll * int64_t(blockDim.x)) {
         Eight<H> u[kUnroll];
-#pragma unroll
-        for (int k = 0; k < kUnroll; ++k) {
-            const int64_t i = i0 + k * int64_t(blockDim.x);
-            if (i < n8) u[k] = r8[i];
-        }
+        load_groups(r8, i0, n8, u);
 #pragma unroll
         for (int k = 0; k < kUnroll; ++k) {
             const int64_t i = i0 + k * int64_t(blockDim.x);
@@ -90,7 +85,7 @@ __global__ void __launch_bounds__(kRowThreads)
             float f[8], lm = -INFINITY;
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                f[j] = 8 * i + j < V ? to_f32(u[k].v[j]) : -INFINITY;
+                f[j] = 8 * i + j < V ? half_to_float(u[k].v[j]) : -INFINITY;
                 lm = fmaxf(lm, f[j]);
             }
             if (lm == -INFINITY) continue; // all padding
@@ -123,11 +118,7 @@ __global__ void __launch_bounds__(kRowThreads)
     // Pass 2: the scaled gradient over the logits, in place (each thread rewrites what it read).
     for (int64_t i0 = threadIdx.x; i0 < n8; i0 += kUnroll * int64_t(blockDim.x)) {
         Eight<H> u[kUnroll];
-#pragma unroll
-        for (int k = 0; k < kUnroll; ++k) {
-            const int64_t i = i0 + k * int64_t(blockDim.x);
-            if (i < n8) u[k] = r8[i];
-        }
+        load_groups(r8, i0, n8, u);
 #pragma unroll
         for (int k = 0; k < kUnroll; ++k) {
             const int64_t i = i0 + k * int64_t(blockDim.x);
@@ -136,10 +127,10 @@ __global__ void __launch_bounds__(kRowThreads)
             for (int j = 0; j < 8; ++j) {
                 const int64_t col = 8 * i + j;
                 const float g =
-                    col < V ? (__expf(to_f32(u[k].v[j]) - lse) - (col == t ? 1.0f : 0.0f)) *
+                    col < V ? (__expf(half_to_float(u[k].v[j]) - lse) - (col == t ? 1.0f : 0.0f)) *
                                   grad_scale
                             : 0.0f;
-                u[k].v[j] = from_f32<H>(g);
+                u[k].v[j] = float_to_half<H>(g);
             }
             r8[i] = u[k];
         }
