@@ -116,30 +116,9 @@ TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
     EXPECT_TRUE(lm.graph_active());
     EXPECT_EQ(lm.persistent_active(), persistent);
     auto rs = ref.new_state(150), gs = lm.new_state(150);
-    std::vector<float> lr, lg;
-    int decided = 0, agreed = 0;
-    auto step = [&](std::span<const TokenId> ids, const std::string& what) {
-        ref.eval(*rs, ids, lr);
-        lm.eval(*gs, ids, lg);
-        EXPECT_LE(rel_diff(lg, lr), 2e-2) << what;
-        if (margin(lr) > 2 * max_abs_diff(lg, lr)) {
-            ++decided;
-            agreed += argmax(lg) == argmax(lr);
-            EXPECT_EQ(argmax(lg), argmax(lr)) << what;
-        }
-        return TokenId(argmax(lr));
-    };
-    std::vector<TokenId> prompt = {5, 77, 301, 2, 9, 460, 128, 33};
-    TokenId t = step(prompt, "prompt");
-    for (int i = 0; i < 24; ++i)
-        t = step(std::span(&t, 1), "step " + std::to_string(i));
-    std::vector<TokenId> more = {t, 17, 250, 3, 99};
-    t = step(more, "second prompt");
-    for (int i = 24; i < 40; ++i)
-        t = step(std::span(&t, 1), "step " + std::to_string(i));
-    EXPECT_EQ(gs->length(), rs->length());
-    EXPECT_GE(decided, 32) << "too few steps with a clear argmax to test anything";
-    EXPECT_EQ(agreed, decided);
+    const LogitAgreement r = teacher_forced_logits(ref, *rs, lm, *gs, 2e-2);
+    EXPECT_GE(r.decided, 32) << "too few steps with a clear argmax to test anything";
+    EXPECT_EQ(r.agreed, r.decided);
 }
 
 // greedy() (argmax and feedback on the device, 48 steps) against the CPU fed the same tokens:

@@ -1,12 +1,18 @@
 // Shared by the GPU decode tests (decode_test.cpp, quant_decode_test.cpp): the small model both
-// families run at, and the comparisons of logit vectors against the CPU's.
+// families run at, the comparisons of logit vectors against the CPU's, and the teacher-forced
+// script both run them through.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <span>
+#include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
+#include <forge/generate/generator.h>
 #include <forge/models/config.h>
 
 namespace forge::test {
@@ -54,6 +60,44 @@ inline float max_abs_diff(const std::vector<float>& a, const std::vector<float>&
     for (size_t i = 0; i < a.size(); ++i)
         m = std::max(m, std::abs(a[i] - b[i]));
     return m;
+}
+
+struct LogitAgreement {
+    double worst = 0; // largest rel_diff of one eval's logits
+    int decided = 0;  // evals whose reference margin is clear of the logit error
+    int agreed = 0;   // of those, the evals whose argmax agrees
+};
+
+// Teacher forcing: `lm` and `ref` get ref's greedy tokens: an 8-token prompt, 24 decode steps,
+// a second 5-token prompt (prefill after decode), 16 more steps (42 evals). Every eval's logits
+// must be within `tol` of ref's (rel_diff), and the argmax equal wherever ref's top-2 margin
+// exceeds twice the largest logit difference.
+inline LogitAgreement teacher_forced_logits(CausalLM& ref, CausalLM::State& rs, CausalLM& lm,
+                                            CausalLM::State& gs, double tol) {
+    LogitAgreement a;
+    std::vector<float> lr, lg;
+    auto step = [&](std::span<const TokenId> ids, const std::string& what) {
+        ref.eval(rs, ids, lr);
+        lm.eval(gs, ids, lg);
+        a.worst = std::max(a.worst, rel_diff(lg, lr));
+        EXPECT_LE(rel_diff(lg, lr), tol) << what;
+        if (margin(lr) > 2 * max_abs_diff(lg, lr)) {
+            ++a.decided;
+            a.agreed += argmax(lg) == argmax(lr);
+            EXPECT_EQ(argmax(lg), argmax(lr)) << what;
+        }
+        return TokenId(argmax(lr));
+    };
+    std::vector<TokenId> prompt = {5, 77, 301, 2, 9, 460, 128, 33};
+    TokenId t = step(prompt, "prompt");
+    for (int i = 0; i < 24; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    std::vector<TokenId> more = {t, 17, 250, 3, 99};
+    t = step(more, "second prompt");
+    for (int i = 24; i < 40; ++i)
+        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    EXPECT_EQ(gs.length(), rs.length());
+    return a;
 }
 
 } // namespace forge::test

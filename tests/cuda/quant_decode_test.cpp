@@ -213,35 +213,11 @@ TEST_P(CudaQuantModel, LogitsAndArgmaxMatchQuantLmOnCpu) {
     const bool mixed = family == ModelFamily::llama && !persistent;
     EXPECT_EQ(lm->weight_format(), mixed ? "mixed" : type_name(type));
     auto rs = ref->new_state(150), gs = lm->new_state(150);
-    std::vector<float> lr, lg;
-    int decided = 0, agreed = 0;
-    double worst = 0;
-    const double tol = i8 ? 2e-2 : 4e-2;
-    auto step = [&](std::span<const TokenId> ids, const std::string& what) {
-        ref->eval(*rs, ids, lr);
-        lm->eval(*gs, ids, lg);
-        worst = std::max(worst, rel_diff(lg, lr));
-        EXPECT_LE(rel_diff(lg, lr), tol) << what;
-        if (margin(lr) > 2 * max_abs_diff(lg, lr)) {
-            ++decided;
-            agreed += argmax(lg) == argmax(lr);
-            EXPECT_EQ(argmax(lg), argmax(lr)) << what;
-        }
-        return TokenId(argmax(lr));
-    };
-    std::vector<TokenId> prompt = {5, 77, 301, 2, 9, 460, 128, 33};
-    TokenId t = step(prompt, "prompt");
-    for (int i = 0; i < 24; ++i)
-        t = step(std::span(&t, 1), "step " + std::to_string(i));
-    std::vector<TokenId> more = {t, 17, 250, 3, 99};
-    t = step(more, "second prompt");
-    for (int i = 24; i < 40; ++i)
-        t = step(std::span(&t, 1), "step " + std::to_string(i));
-    EXPECT_EQ(gs->length(), rs->length());
+    const LogitAgreement r = teacher_forced_logits(*ref, *rs, *lm, *gs, i8 ? 2e-2 : 4e-2);
     std::printf("[%s] max rel logit diff %.3g, argmax decided on %d of 42 evals, %d agreed\n",
-                case_name(GetParam()).c_str(), worst, decided, agreed);
-    EXPECT_GE(decided, 16) << "too few steps with a clear argmax to test anything";
-    EXPECT_EQ(agreed, decided);
+                case_name(GetParam()).c_str(), r.worst, r.decided, r.agreed);
+    EXPECT_GE(r.decided, 16) << "too few steps with a clear argmax to test anything";
+    EXPECT_EQ(r.agreed, r.decided);
 }
 
 // greedy() (argmax and feedback on the device, 40 steps) against QuantLM fed the same tokens: a

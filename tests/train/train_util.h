@@ -3,9 +3,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
+#include <forge/autograd/autograd.h>
+#include <forge/core/error.h>
 #include <forge/models/config.h>
 #include <forge/models/transformer.h>
 #include <forge/train/data.h>
@@ -85,6 +90,23 @@ inline std::vector<float> flat_weights(const Transformer& m) {
         out.insert(out.end(), v.begin(), v.end());
     }
     return out;
+}
+
+/// After the run's first step, one weight set to NaN: the next step must stop with an error
+/// that names step 2 and the NaN loss (the trainer's guard, with or without loss scaling).
+inline void expect_nan_weight_stops_step_2(Trainer& t, Transformer& m) {
+    {
+        NoGradGuard ng;
+        m.named_parameters()[2].second.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+    }
+    try {
+        t.train_step();
+        FAIL() << "no error";
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("step 2"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("loss is nan"), std::string::npos) << msg;
+    }
 }
 
 } // namespace forge::test
