@@ -193,28 +193,9 @@ TEST_P(CudaDecodeSteps, PersistentMatchesPerOpKernels) {
     CudaLM fused(m), per_op(m, {.persistent = false});
     ASSERT_TRUE(fused.persistent_active());
     auto fs = fused.new_state(cfg.n_ctx), ps = per_op.new_state(cfg.n_ctx);
-    std::vector<float> lf, lp;
-    int decided = 0;
-    auto step = [&](std::span<const TokenId> ids, const std::string& what) {
-        fused.eval(*fs, ids, lf);
-        per_op.eval(*ps, ids, lp);
-        EXPECT_LE(rel_diff(lf, lp), 2e-3) << what;
-        if (margin(lp) > 2 * max_abs_diff(lf, lp)) {
-            ++decided;
-            EXPECT_EQ(argmax(lf), argmax(lp)) << what;
-        }
-        return TokenId(argmax(lp));
-    };
-    std::vector<TokenId> prompt = {3, 141, 59, 26, 5};
-    TokenId t = step(prompt, "prompt");
-    for (int i = 0; i < 100; ++i)
-        t = step(std::span(&t, 1), "step " + std::to_string(i));
-    std::vector<TokenId> more = {t, 35, 89, 79};
-    t = step(more, "second prompt");
-    for (int i = 100; i < 140; ++i)
-        t = step(std::span(&t, 1), "step " + std::to_string(i));
+    const LogitAgreement r = teacher_forced_logits(per_op, *ps, fused, *fs, 2e-3, kLongScript);
     EXPECT_EQ(fs->length(), 149);
-    EXPECT_GE(decided, 100);
+    EXPECT_GE(r.decided, 100);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, CudaDecodeSteps,

@@ -68,12 +68,25 @@ struct LogitAgreement {
     int agreed = 0;   // of those, the evals whose argmax agrees
 };
 
-// Teacher forcing: `lm` and `ref` get ref's greedy tokens: an 8-token prompt, 24 decode steps,
-// a second 5-token prompt (prefill after decode), 16 more steps (42 evals). Every eval's logits
+// What the teacher-forced runs feed: a prompt, greedy steps, a second prompt chunk after decode
+// (its first token is the last step's), more greedy steps.
+struct TeacherScript {
+    std::vector<TokenId> prompt;
+    int first_steps;
+    std::vector<TokenId> second_prompt_tail;
+    int second_steps;
+};
+// 42 evals: an 8-token prompt, 24 steps, 5 more prompt tokens, 16 steps.
+inline const TeacherScript kShortScript{{5, 77, 301, 2, 9, 460, 128, 33}, 24, {17, 250, 3, 99}, 16};
+// 142 evals over 149 positions: 5 prompt tokens, 100 steps, 4 more, 40 steps.
+inline const TeacherScript kLongScript{{3, 141, 59, 26, 5}, 100, {35, 89, 79}, 40};
+
+// Teacher forcing: `lm` and `ref` get ref's greedy tokens along `script`. Every eval's logits
 // must be within `tol` of ref's (rel_diff), and the argmax equal wherever ref's top-2 margin
 // exceeds twice the largest logit difference.
 inline LogitAgreement teacher_forced_logits(CausalLM& ref, CausalLM::State& rs, CausalLM& lm,
-                                            CausalLM::State& gs, double tol) {
+                                            CausalLM::State& gs, double tol,
+                                            const TeacherScript& script = kShortScript) {
     LogitAgreement a;
     std::vector<float> lr, lg;
     auto step = [&](std::span<const TokenId> ids, const std::string& what) {
@@ -88,13 +101,14 @@ inline LogitAgreement teacher_forced_logits(CausalLM& ref, CausalLM::State& rs, 
         }
         return TokenId(argmax(lr));
     };
-    std::vector<TokenId> prompt = {5, 77, 301, 2, 9, 460, 128, 33};
-    TokenId t = step(prompt, "prompt");
-    for (int i = 0; i < 24; ++i)
+    TokenId t = step(script.prompt, "prompt");
+    int i = 0;
+    for (; i < script.first_steps; ++i)
         t = step(std::span(&t, 1), "step " + std::to_string(i));
-    std::vector<TokenId> more = {t, 17, 250, 3, 99};
+    std::vector<TokenId> more = {t};
+    more.insert(more.end(), script.second_prompt_tail.begin(), script.second_prompt_tail.end());
     t = step(more, "second prompt");
-    for (int i = 24; i < 40; ++i)
+    for (; i < script.first_steps + script.second_steps; ++i)
         t = step(std::span(&t, 1), "step " + std::to_string(i));
     EXPECT_EQ(gs.length(), rs.length());
     return a;
