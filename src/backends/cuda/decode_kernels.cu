@@ -42,15 +42,6 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
     return fmaf(bf16_hi(w.w), b.w, s);
 }
 
-// Streamed once per token and larger than L2 in total: don't keep it in L1.
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 // Total order on floats as unsigned ints (for the packed argmax).
 __device__ __forceinline__ uint32_t ordered(float f) {
     const uint32_t b = __float_as_uint(f);
@@ -189,7 +180,7 @@ __device__ void gemv_tiles(const GemvArgs& a, int ksplit, float* xs, Prepare&& p
                 const int c = i * step + kp * 32 + lane + u * stride;
                 if (t < ntile && c < nchunk && row0 + r < a.n) {
                     if constexpr (F == WeightFormat::bf16)
-                        buf[r][u] = load_stream(W + int64_t(row0 + r) * nchunk + c);
+                        buf[r][u] = quant::load_stream(W + int64_t(row0 + r) * nchunk + c);
                     else
                         buf[r][u] = quant::load_chunk<F>(a.w, a.n, a.k, row0 + r, c);
                 } else {

@@ -57,8 +57,9 @@ template <WeightFormat F> using Chunk = std::conditional_t<is_split(F), SplitChu
 __device__ __forceinline__ uint32_t ld_u16(const uint8_t* p) {
     return __ldg(reinterpret_cast<const unsigned short*>(p));
 }
-// Streamed once per token: don't keep it in L1 (as decode_kernels.cu's bf16 loads).
-__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+// 16 bytes of weights, streamed once per token and larger than L2 in total: not kept in L1
+// (the bf16 GEMV's loads too, decode_kernels.cu).
+__device__ __forceinline__ uint4 load_stream(const void* p) {
     uint4 v;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
@@ -73,7 +74,7 @@ __device__ __forceinline__ Chunk<F> load_chunk(const void* w, int n, int k, int 
     if constexpr (is_split(F)) {
         const int64_t qrow = split_row_bytes(F, k);
         const int blk = is_q8(F) ? c / 2 : c;
-        return {ld_stream16(base + row * qrow + 16 * int64_t(c)),
+        return {load_stream(base + row * qrow + 16 * int64_t(c)),
                 ld_u16(base + n * qrow + (int64_t(row) * (k / 32) + blk) * 2)};
     } else {
         constexpr int per_block = 32 / chunk_values(F);
