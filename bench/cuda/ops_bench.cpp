@@ -215,25 +215,34 @@ void gemm() {
     NoGradGuard ng;
     auto bf16 = [](const Shape& s, uint64_t seed) { return randn(s, seed).to(DType::bf16); };
     Backend& be = cuda::backend();
-    auto run = [&](const std::string& name, int64_t M, int64_t K, int64_t N, bool at, bool bias) {
+    // half_out: a bf16 output (and bias), as linear() writes under autocast.
+    auto run = [&](const std::string& name, int64_t M, int64_t K, int64_t N, bool at, bool bias,
+                   bool half_out = false) {
+        const DType od = half_out ? DType::bf16 : DType::f32;
         Tensor a = at ? bf16({1, K, M}, 1).transpose(1, 2) : bf16({1, M, K}, 1);
-        Tensor b = bf16({1, K, N}, 2), out = Tensor::empty({1, M, N}, DType::f32, kCuda);
-        Tensor bv = randn({N}, 3);
+        Tensor b = bf16({1, K, N}, 2), out = Tensor::empty({1, M, N}, od, kCuda);
+        Tensor bv = randn({N}, 3).to(od);
         const double ms = time_ms([&] {
             if (bias)
                 be.matmul_bias(a, b, bv, out);
+            else if (half_out)
+                cuda::matmul_half(a, b, out, /*accumulate=*/false);
             else
                 be.matmul(a, b, out);
         });
         report("gemm bf16 " + name + " " + std::to_string(M) + "x" + std::to_string(K) + "x" +
-                   std::to_string(N) + (bias ? " +bias" : ""),
+                   std::to_string(N) + (bias ? " +bias" : "") + (half_out ? " bf16 out" : ""),
                ms, 0, 2.0 * double(M) * double(K) * double(N));
     };
     run("ceiling", 8192, 8192, 8192, false, false);
     const int64_t R = 16384, C = 768;
     run("qkv", R, C, 3 * C, false, true);
     run("qkv", R, C, 3 * C, false, false);
+    run("qkv", R, C, 3 * C, false, true, true);
     run("proj", R, C, C, false, true);
+    run("proj", R, C, C, false, true, true);
+    run("fc", R, C, 4 * C, false, false, true);
+    run("fc2", R, 4 * C, C, false, true, true);
     run("fc", R, C, 4 * C, false, false);
     run("fc2", R, 4 * C, C, false, true);
     run("dx qkv", R, 3 * C, C, false, false);
@@ -309,6 +318,12 @@ void train(int64_t B, int64_t T, const std::string& precision) {
     };
     step();
     cuda::synchronize();
+    // FORGE_BENCH_STEPS=n: n more steps and no timing (for a kernel profiler such as ncu).
+    if (const char* n = std::getenv("FORGE_BENCH_STEPS")) {
+        for (int i = 0; i < std::atoi(n); ++i) step();
+        cuda::synchronize();
+        return;
+    }
     cuda::reset_peak_memory();
     // The host's share: one step enqueued onto an idle GPU (a step launches fewer kernels than
     // the launch queue holds, so this is the op layer's own time, not a wait for the GPU).

@@ -1,7 +1,9 @@
 # GPT-2 124M training step in PyTorch, the peer of `cuda_bench train`: same shapes (12 layers,
 # 12 heads, C 768, V 50257, tied embeddings), f32 weights, AdamW (fused), flash/efficient SDPA.
 # Prints one line per configuration: ms per step, tokens/s, peak memory.
-# Usage: python3 bench/cuda/torch_gpt2.py B T [exact|tf32|bf16] [eager|compile]
+# Usage: python3 bench/cuda/torch_gpt2.py B T [exact|tf32|bf16] [eager|compile] [profile]
+# "profile" then prints the GPU time per kernel over 5 steps (torch.profiler), the peer of
+# FORGE_PROFILE=1 cuda_bench train.
 import math
 import sys
 import time
@@ -84,6 +86,14 @@ def main():
     print(f"pytorch {torch.__version__} gpt2-124M train step f32 weights{what}"
           f"{' compiled' if compiled else ' eager'} B{B} T{T}: {ms:.1f} ms, {B * T / ms * 1e3:.0f} tokens/s, "
           f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+    if len(sys.argv) > 5 and sys.argv[5] == "profile":
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40,
+                                        max_name_column_width=90), flush=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ class Backend {
     /// a, b: same dtype (f32/f64/i32/i64), already expanded to out's shape (may be strided).
     /// out has a's dtype, or u8 for eq/gt/lt.
     virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+    /// Whether binary() also takes float operands of different storage types (f32, bf16, f16:
+    /// computed in f32, out in any of them), so ops need not widen half operands first.
+    virtual bool binary_mixed_float() const { return false; }
     /// cond u8; cond, a, b expanded to out's shape (may be strided); a, b have out's dtype.
     virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b,
                        const Tensor& out) = 0;
@@ -63,7 +66,8 @@ class Backend {
 
     /// Row-wise over the last dim of x (R, C) -> out (R, C).
     virtual void softmax(const Tensor& x, const Tensor& out, bool log) = 0;
-    /// x: (R, C), w/b: (C) (b may be undefined) -> out (R, C), mean/rstd (R).
+    /// x: (R, C), w/b: (C) (b may be undefined) -> out (R, C), mean/rstd (R). One dtype, except
+    /// on CUDA, where f32 x may write a bf16/f16 out (autocast).
     virtual void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
                             const Tensor& out, const Tensor& mean, const Tensor& rstd) = 0;
     /// dx (R, C) overwritten; dw, db (C) overwritten (db may be undefined).

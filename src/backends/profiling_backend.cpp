@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,36 +37,88 @@ class ProfilingBackend final : public Backend {
         double ms = 0;
     };
 
-    template <typename F> auto timed(const std::string& key, F&& f) {
-        if (sync_) sync_();
+    // Host wall time around f, or with a device timer the GPU time between two events.
+    template <typename F> auto timed(const std::string& key, F&& f, bool host_only = false) {
+        if (timer_ && !host_only) {
+            void* e0 = mark();
+            struct Record { // records on scope exit, also when f returns a value
+                ProfilingBackend* self;
+                const std::string& key;
+                void* e0;
+                ~Record() { self->pend(key, e0, self->mark()); }
+            } record{this, key, e0};
+            return f();
+        }
         const auto t0 = std::chrono::steady_clock::now();
-        struct Record { // records on scope exit, also when f returns a value
+        struct Record {
             ProfilingBackend* self;
             const std::string& key;
             std::chrono::steady_clock::time_point t0;
             ~Record() {
-                if (self->sync_) self->sync_();
-                const double ms = std::chrono::duration<double, std::milli>(
-                                      std::chrono::steady_clock::now() - t0)
-                                      .count();
-                std::lock_guard<std::mutex> lock(self->mu_);
-                Stat& s = self->stats_[key];
-                ++s.calls;
-                s.ms += ms;
+                self->add(key, std::chrono::duration<double, std::milli>(
+                                   std::chrono::steady_clock::now() - t0)
+                                   .count());
             }
         } record{this, key, t0};
         return f();
     }
 
+    void add(const std::string& key, double ms) {
+        std::lock_guard<std::mutex> lock(mu_);
+        Stat& s = stats_[key];
+        ++s.calls;
+        s.ms += ms;
+    }
+
+    // An event recorded now, from the free list when it has one.
+    void* mark() {
+        void* e = nullptr;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (!free_events_.empty()) {
+                e = free_events_.back();
+                free_events_.pop_back();
+            }
+        }
+        if (!e) e = timer_->create();
+        timer_->record(e);
+        return e;
+    }
+
+    // Pairs are read back in batches, so the host seldom waits for the device.
+    void pend(const std::string& key, void* e0, void* e1) {
+        bool full;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            pending_.push_back({key, e0, e1});
+            full = pending_.size() >= 4096;
+        }
+        if (full) drain();
+    }
+
+    void drain() {
+        std::vector<Pending> batch;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            batch.swap(pending_);
+        }
+        for (const Pending& p : batch) {
+            const float ms = timer_->elapsed_ms(p.e0, p.e1);
+            if (!std::isnan(ms)) add(p.key, ms);
+            std::lock_guard<std::mutex> lock(mu_);
+            free_events_.push_back(p.e0);
+            free_events_.push_back(p.e1);
+        }
+    }
 
   public:
-    explicit ProfilingBackend(Backend& inner, void (*sync)() = nullptr)
-        : inner_(inner), sync_(sync) {}
+    explicit ProfilingBackend(Backend& inner, std::optional<DeviceTimer> timer = std::nullopt)
+        : inner_(inner), timer_(timer) {}
     ~ProfilingBackend() override { report(); }
 
     const char* name() const override { return inner_.name(); }
     std::shared_ptr<Storage> allocate(size_t n, Device d) override {
-        return timed("allocate", [&] { return inner_.allocate(n, d); });
+        return timed("allocate", [&] { return inner_.allocate(n, d); }, /*host_only=*/true);
     }
     void copy(const Tensor& s, const Tensor& d) override {
         timed(s.is_contiguous() && d.is_contiguous() ? "copy (contiguous)" : "copy (strided)",
@@ -165,9 +219,11 @@ class ProfilingBackend final : public Backend {
               [&] { inner_.attention_backward(q, k, v, o, lse, d, s, c, dq, dk, dv); });
     }
     bool attention_strided() const override { return inner_.attention_strided(); }
+    bool binary_mixed_float() const override { return inner_.binary_mixed_float(); }
 
   private:
     void report() {
+        if (timer_) drain();
         std::vector<std::pair<std::string, Stat>> rows(stats_.begin(), stats_.end());
         std::sort(rows.begin(), rows.end(),
                   [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
@@ -180,8 +236,16 @@ class ProfilingBackend final : public Backend {
                          100.0 * s.ms / std::max(total, 1e-9), k.c_str());
     }
 
+    struct Pending {
+        std::string key;
+        void* e0;
+        void* e1;
+    };
+
     Backend& inner_;
-    void (*sync_)(); // waits for the device after each call; null on the CPU
+    std::optional<DeviceTimer> timer_; // set for the CUDA backend
+    std::vector<Pending> pending_;     // event pairs not read back yet
+    std::vector<void*> free_events_;
     std::mutex mu_;
     std::map<std::string, Stat> stats_;
 };
@@ -204,9 +268,9 @@ Backend& maybe_profiled(Backend& inner) {
     return wrapper;
 }
 
-Backend& maybe_profiled_cuda(Backend& inner, void (*synchronize)()) {
+Backend& maybe_profiled_cuda(Backend& inner, DeviceTimer timer) {
     if (!profile_requested()) return inner;
-    static ProfilingBackend wrapper(inner, synchronize); // the CUDA backend (waits on device 0)
+    static ProfilingBackend wrapper(inner, timer); // the CUDA backend (events on device 0)
     return wrapper;
 }
 

@@ -35,7 +35,9 @@ Backend& backend_for(Device device) {
     Backend* b = g_backends[int(device.type)];
 #ifdef FORGE_HAS_CUDA
     if (!b && device.type == DeviceType::cuda)
-        b = &detail::maybe_profiled_cuda(cuda::backend(), [] { cuda::synchronize(0); });
+        b = &detail::maybe_profiled_cuda(
+            cuda::backend(), {cuda::timing_event_create, cuda::timing_event_record,
+                              cuda::timing_event_ms});
 #endif
     if (!b)
         throw DeviceError("no backend for device " + device.str() +

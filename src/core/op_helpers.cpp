@@ -1,6 +1,8 @@
 // Input checks shared by all ops.
 #include "core/op_helpers.h"
 
+#include <forge/core/device.h>
+
 namespace forge::detail {
 
 Backend& backend_of(const Tensor& x) { return backend_for(x.device()); }
@@ -51,6 +53,14 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
 
 Tensor empty_on(const Tensor& like, const Shape& shape, DType dtype) {
     return Tensor::empty(shape, dtype, like.device());
+}
+
+DType cuda_autocast_half(const Tensor& x) {
+    if (x.device().type != DeviceType::cuda) return DType::f32;
+    const DType hd = cuda::autocast_bf16() ? DType::bf16
+                     : cuda::autocast_f16() ? DType::f16
+                                            : DType::f32;
+    return x.dtype() == DType::f32 || x.dtype() == hd ? hd : DType::f32;
 }
 
 } // namespace forge::detail

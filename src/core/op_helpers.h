@@ -28,6 +28,9 @@ int64_t wrap_dim(const char* op, int64_t dim, int64_t rank);
 Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b);
 /// A new contiguous tensor of shape/dtype on x's device.
 Tensor empty_on(const Tensor& like, const Shape& shape, DType dtype);
+/// The half type CUDA's autocast rounds matmul operands to (bf16 or f16) when x is a CUDA tensor
+/// of f32 or of that half type; else f32 (no autocast).
+DType cuda_autocast_half(const Tensor& x);
 
 } // namespace forge::detail
 

@@ -127,6 +127,8 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
                 ", got ", shape_str(qkv.shape()));
     const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = n_head, D = C / H;
     const DType dt = qkv.dtype();
+    if (is_half(dt) && detail::backend_of(qkv).attention_strided()) // widened once
+        return attention_packed(qkv.to(DType::f32), n_head, opts);
     if (is_half(dt)) { // widened per slice by attention(): the plain composition
         auto p = split(qkv, {C, C, C}, 2);
         auto heads = [&](const Tensor& t) { return t.reshape({B, T, H, D}).permute({0, 2, 1, 3}); };

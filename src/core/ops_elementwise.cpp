@@ -35,10 +35,16 @@ Tensor run_binary(BinaryOp op, const Tensor& a_in, const Tensor& b_in) {
     FORGE_CHECK(dt != DType::u8 || compare, "[", name, "] u8 tensors support comparisons only");
     DType cdt = dt == DType::u8 ? DType::i32 : compute_dtype(dt);
     Shape shape = detail::broadcast_shapes(name, a_in.shape(), b_in.shape());
-    Tensor a = a_in.detach().to(cdt).expand(shape);
-    Tensor b = b_in.detach().to(cdt).expand(shape);
+    Backend& be = detail::backend_of(a_in);
+    // A backend that reads half operands as they are gets them unwidened, out in dt.
+    const auto f32_or_half = [](DType t) { return t == DType::f32 || is_half(t); };
+    const bool as_stored = !compare && f32_or_half(a_in.dtype()) && f32_or_half(b_in.dtype()) &&
+                           be.binary_mixed_float();
+    if (as_stored) cdt = dt;
+    Tensor a = a_in.detach().to(as_stored ? a_in.dtype() : cdt).expand(shape);
+    Tensor b = b_in.detach().to(as_stored ? b_in.dtype() : cdt).expand(shape);
     Tensor out = detail::empty_on(a, shape, compare ? DType::u8 : cdt);
-    backend_of(out).binary(op, a, b, out);
+    be.binary(op, a, b, out);
     return compare || cdt == dt ? out : out.to(dt);
 }
 

@@ -248,16 +248,6 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 namespace {
 
-// The half type CUDA's autocast rounds matmul operands to (bf16 or f16) when x is a CUDA tensor
-// of f32 or of that half type (a GELU layer's output under autocast); else f32 (no autocast).
-DType cuda_autocast_half(const Tensor& x) {
-    if (x.device().type != DeviceType::cuda) return DType::f32;
-    const DType hd = cuda::autocast_bf16() ? DType::bf16
-                     : cuda::autocast_f16() ? DType::f16
-                                            : DType::f32;
-    return x.dtype() == DType::f32 || x.dtype() == hd ? hd : DType::f32;
-}
-
 // (M, N) f32 = a (M, K) x b (K, N), a and b of one half type with BLAS-valid strides: the
 // backend's GEMM on them as they are (no rounding pass of its own).
 Tensor half_matmul(const Tensor& a, const Tensor& b) {
@@ -271,9 +261,9 @@ Tensor half_matmul(const Tensor& a, const Tensor& b) {
 // matmuls (operands rounded to nearest even, f32 accumulation and output), but each operand is
 // rounded once: x and w in the forward, x kept in half for dW (half the saved bytes), and the
 // gradient dZ once for both dX and dW (the plain path rounds x twice and dZ twice per layer).
-// With GELU the output is stored in the half type (as autocast's GEMM outputs are in PyTorch):
-// the next layer's operand, rounded once by the epilogue instead of written in f32 and rounded
-// again. x may arrive in the half type already.
+// The output is stored in the half type, as autocast's GEMM outputs are in PyTorch (with the
+// bias rounded to it first, as there): the next layer's operand, or the attention's input, at
+// half the bytes; with GELU rounded once by the epilogue. x may arrive in the half type already.
 Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act,
                        DType hd) {
     const int64_t N = w.size(1), K = w.size(0), R = x.numel() / std::max<int64_t>(K, 1);
@@ -292,10 +282,10 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
             z = half_matmul(xh, wh).view(out_shape);
             out = detail::empty_on(z, out_shape, hd);
             if (R > 0 && N > 0) be.bias_act(z.view({R, N}), bc, true, out.view({R, N}));
-        } else { // the bias inside the GEMM where the backend can
-            out = z = detail::empty_on(x, out_shape, DType::f32);
+        } else { // the bias (rounded, as cuBLASLt takes it in the output's type) in the GEMM
+            out = z = detail::empty_on(x, out_shape, hd);
             if (R > 0 && N > 0)
-                be.matmul_bias(xh.unsqueeze(0), wh.unsqueeze(0), bc, z.view({1, R, N}));
+                be.matmul_bias(xh.unsqueeze(0), wh.unsqueeze(0), bc.to(hd), z.view({1, R, N}));
         }
     }
     if (autograd::needs_grad({x, w, b})) {
@@ -336,7 +326,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act) 
                 shape_str(w.shape()));
     detail::check_same_device("linear", {x, w, b});
     const DType dt = x.dtype();
-    if (const DType hd = cuda_autocast_half(x);
+    if (const DType hd = detail::cuda_autocast_half(x);
         is_half(hd) && w.dtype() == DType::f32 && b.dtype() == DType::f32)
         return linear_autocast(x, w, b, gelu_act, hd);
     if ((dt != DType::f32 && dt != DType::f64) || w.dtype() != dt || b.dtype() != dt) {

@@ -149,18 +149,22 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
     cdt = compute_dtype(cdt);
 
     const int64_t c = x.size(-1), r = n_rows(x);
+    // Under CUDA's autocast f32 rows come out in the half type: the output feeds a GEMM, which
+    // would round it anyway (PyTorch keeps the norm in f32 and rounds in the next matmul).
+    const DType hd = detail::cuda_autocast_half(x);
+    const DType out_dt = is_half(hd) && cdt == DType::f32 ? hd : cdt;
     Tensor xc, wc, mean, rstd, y;
     {
         NoGradGuard no_grad;
         xc = widen(x, cdt);
         wc = widen(weight, cdt);
         Tensor bc = bias.defined() ? widen(bias, cdt) : Tensor();
-        Tensor out = detail::empty_on(xc, x.shape(), cdt);
+        Tensor out = detail::empty_on(xc, x.shape(), out_dt);
         mean = detail::empty_on(xc, {r}, cdt);
         rstd = detail::empty_on(xc, {r}, cdt);
         if (x.numel() > 0)
             backend_of(xc).layer_norm(xc.view({r, c}), wc, bc, eps, out.view({r, c}), mean, rstd);
-        y = out.to(x.dtype());
+        y = out_dt == cdt ? out.to(x.dtype()) : out;
     }
     const bool with_bias = bias.defined();
     autograd::record(op, y, {x, weight, bias},
@@ -362,8 +366,6 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targ
     FORGE_CHECK(w.dim() == 2, "[", op, "] w must be (V, C), got ", shape_str(w.shape()));
     FORGE_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "[", op, "] x ", shape_str(x.shape()),
                 " does not match w ", shape_str(w.shape()), " (x's last dim must be C)");
-    FORGE_CHECK(x.dtype() == w.dtype(), "[", op, "] x is ", dtype_name(x.dtype()), " but w is ",
-                dtype_name(w.dtype()));
     Shape lead(x.shape().begin(), x.shape().end() - 1);
     FORGE_CHECK(targets.shape() == lead, "[", op, "] x ", shape_str(x.shape()),
                 " needs targets of shape ", shape_str(lead), ", got ",
@@ -377,7 +379,10 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targ
     // two): (softmax - onehot) / count would fall below f16's range where the products round
     // their operands to f16, before a loss scale could lift them.
     constexpr double kGradScale = 1024.0;
-    const DType dt = x.dtype(), cdt = compute_dtype(dt);
+    // x and w may differ (a half x from a norm under CUDA's autocast, f32 w): both are widened
+    // to the compute dtype, and x's gradient stays in it.
+    const DType dt = promote_types(x.dtype(), w.dtype()), cdt = compute_dtype(dt);
+    const DType dx_t = x.dtype() == w.dtype() ? dt : cdt;
     const bool grads = autograd::needs_grad({x, w});
 
     Tensor y, dx, dw;
@@ -403,11 +408,11 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targ
     }
     if (grads)
         autograd::record(op, y, {x, w, targets},
-                         [dx, dw, x_shape = x.shape(), dt,
+                         [dx, dw, x_shape = x.shape(), dx_t, dw_t = w.dtype(),
                           factor = inv_count / kGradScale](const Tensor& g) {
                              const Tensor gs = mul_scalar(g.to(dx.dtype()), factor);
-                             return std::vector<Tensor>{mul(dx, gs).view(x_shape).to(dt),
-                                                        mul(dw, gs).to(dt), Tensor()};
+                             return std::vector<Tensor>{mul(dx, gs).view(x_shape).to(dx_t),
+                                                        mul(dw, gs).to(dw_t), Tensor()};
                          });
     return y;
 }

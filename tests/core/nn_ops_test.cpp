@@ -758,7 +758,10 @@ TEST(NnOps, LinearCrossEntropyGradcheckAndEdges) {
     EXPECT_THROW(linear_cross_entropy(x, w.t(), t3), InvalidArgument);          // w (C, V)
     EXPECT_THROW(linear_cross_entropy(x, w, make_targets(4, 5)), InvalidArgument); // rows
     EXPECT_THROW(linear_cross_entropy(x, w, ids_tensor({0, 5, 1}, {3})), InvalidArgument);
-    EXPECT_THROW(linear_cross_entropy(x, w.to(DType::f32), t3), InvalidArgument);
+    // Mixed float dtypes (a half x from a norm under autocast, f32 w) compute in the promoted
+    // dtype: here f64 x with f32 w is the f64 op on w widened.
+    EXPECT_EQ(linear_cross_entropy(x, w.to(DType::f32), t3).item(),
+              linear_cross_entropy(x, w.to(DType::f32).to(DType::f64), t3).item());
     try {
         linear_cross_entropy(x, w, ids_tensor({0, 7, 1}, {3}));
         ADD_FAILURE() << "no error for a target out of range";

@@ -143,18 +143,6 @@ __global__ void __launch_bounds__(32 * kRowLanes)
     }
 }
 
-// Stage 2: db[c] = sum over tiles t, in order, of partial[t][c], added in f64 (a few dozen
-// to hundreds of adds per column: free, and db comes out as close as the f32 partials allow).
-__global__ void bias_act_bwd_sum(const float* __restrict__ partial, float* __restrict__ db,
-                                 int64_t n_tiles, int64_t N) {
-    const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (c >= N) return;
-    double s = 0.0;
-    for (int64_t t = 0; t < n_tiles; ++t)
-        s += double(partial[t * N + c]);
-    db[c] = float(s);
-}
-
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // The stage-1 grid aims at this many blocks (a constant, not the device's SM count, so db's
@@ -239,7 +227,7 @@ void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Ten
     if (dd == DType::f32) launch(dx.data<float>());
     else if (dd == DType::bf16) launch(static_cast<__nv_bfloat16*>(dx.data_ptr()));
     else launch(static_cast<__half*>(dx.data_ptr()));
-    bias_act_bwd_sum<<<blocks_for(N), kBlock, 0, s>>>(partial, db.data<float>(), n_tiles, N);
+    sum_partial_rows(partial, n_tiles, N, db.data<float>(), s); // stage 2, a fixed order
     check_launch("bias_act_backward");
 }
 

@@ -38,6 +38,18 @@ template <typename F> decltype(auto) visit_float(DType t, F&& f) {
     FORGE_ASSERT(t == DType::f64);
     return f.template operator()<double>();
 }
+/// f32, bf16, f16: the storage types of kernels that compute in f32 and load or store halves.
+template <typename F> decltype(auto) visit_f32_half(DType t, F&& f) {
+    switch (t) {
+    case DType::f32: return f.template operator()<float>();
+    case DType::bf16: return f.template operator()<__nv_bfloat16>();
+    case DType::f16: return f.template operator()<__half>();
+    default: FORGE_ASSERT(false);
+    }
+}
+inline bool is_f32_or_half(DType t) {
+    return t == DType::f32 || t == DType::bf16 || t == DType::f16;
+}
 /// f32, f64, i32, i64: the compute dtypes of binary/where/reduce.
 template <typename F> decltype(auto) visit_numeric(DType t, F&& f) {
     switch (t) {
@@ -71,6 +83,29 @@ template <typename H> __device__ __forceinline__ float half_to_float(H v) {
 template <typename H> __device__ __forceinline__ H float_to_half(float v) {
     if constexpr (std::is_same_v<H, __half>) return __float2half_rn(v);
     else return __float2bfloat16_rn(v);
+}
+
+/// Four consecutive elements of T (float, __half or __nv_bfloat16) as floats, and back (rounded
+/// to nearest even): one 16-byte access for float, 8 bytes for the half types. p is aligned to
+/// 4 elements.
+template <typename T> __device__ __forceinline__ float4 load4(const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+        return *reinterpret_cast<const float4*>(p);
+    } else {
+        struct alignas(8) Pack { T h[4]; } pk = *reinterpret_cast<const Pack*>(p);
+        return make_float4(half_to_float(pk.h[0]), half_to_float(pk.h[1]),
+                           half_to_float(pk.h[2]), half_to_float(pk.h[3]));
+    }
+}
+template <typename T> __device__ __forceinline__ void store4(T* p, float4 v) {
+    if constexpr (std::is_same_v<T, float>) {
+        *reinterpret_cast<float4*>(p) = v;
+    } else {
+        struct alignas(8) Pack { T h[4]; } pk;
+        pk.h[0] = float_to_half<T>(v.x), pk.h[1] = float_to_half<T>(v.y);
+        pk.h[2] = float_to_half<T>(v.z), pk.h[3] = float_to_half<T>(v.w);
+        *reinterpret_cast<Pack*>(p) = pk;
+    }
 }
 
 // ---------------------------------------------------------------- strided indexing

@@ -1,6 +1,7 @@
 // Per-device contexts (stream, cuBLAS handle), CUDA error reporting and the public forge::cuda
 // queries (availability, synchronize, TF32 switch). Memory is in allocator.cpp.
 #include <atomic>
+#include <cmath>
 #include <memory>
 #include <mutex>
 
@@ -88,6 +89,26 @@ void* lt_handle(int device) { return context(device).cublaslt; }
 void synchronize(int device) {
     if (!is_available()) return;
     FORGE_CUDA_CHECK(cudaStreamSynchronize(cudaStream_t(context(device).stream)));
+}
+
+void* timing_event_create() {
+    cudaEvent_t e;
+    FORGE_CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+}
+
+void timing_event_record(void* event) {
+    FORGE_CUDA_CHECK(cudaEventRecord(cudaEvent_t(event), cudaStream_t(context(0).stream)));
+}
+
+float timing_event_ms(void* a, void* b) {
+    float ms = 0;
+    if (cudaEventSynchronize(cudaEvent_t(b)) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, cudaEvent_t(a), cudaEvent_t(b)) != cudaSuccess) {
+        cudaGetLastError();
+        return std::nanf("");
+    }
+    return ms;
 }
 
 void set_allow_tf32(bool on) { g_allow_tf32.store(on); }

@@ -62,6 +62,7 @@ class CudaBackend : public Backend {
                             const Tensor& dq, const Tensor& dk, const Tensor& dv) override;
     /// Both attention kernels read and write rows at any B, H, T strides (attention.cuh).
     bool attention_strided() const override { return true; }
+    bool binary_mixed_float() const override { return true; }
     /// One pass each, f32 (bias_act.cu; the forward's out may be bf16 / f16); other dtypes take
     /// Backend's default.
     void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) override;
@@ -70,6 +71,12 @@ class CudaBackend : public Backend {
 };
 
 /// The process-wide CUDA backend (registry.cpp hands it out for cuda devices).
+/// Timing events on device 0's stream, for the FORGE_PROFILE wrapper (profiling_backend.h):
+/// a new event, recording it now, and the ms between two recorded events (waiting for the
+/// second; NaN when the runtime is already shutting down at exit).
+void* timing_event_create();
+void timing_event_record(void* event);
+float timing_event_ms(void* a, void* b);
 CudaBackend& backend();
 
 /// Per-device state, created on first use. The stream is an opaque cudaStream_t.
@@ -123,7 +130,7 @@ struct HalfGemm {
     const void* b = nullptr;
     void* c = nullptr;
     bool half_out = false;
-    const float* bias = nullptr;
+    const void* bias = nullptr; // f32, or the half type when half_out (cuBLASLt's rule)
     int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool accumulate = false; // C += product (beta = 1) instead of C = product
 };
@@ -137,6 +144,11 @@ void matmul_half(const Tensor& a, const Tensor& b, const Tensor& out, bool accum
 /// The cuBLASLt handle of `device`'s context.
 void* lt_handle(int device);
 
+/// out[c] = sum over r < rows of partial[r * cols + c] (device pointers, f32, added in f64 in a
+/// fixed order) on `stream`: the second stage of the column sums (bias and norm weight
+/// gradients) whose first stage writes one row of partial sums per block. Many threads per
+/// column, so a few hundred partial rows cost a few microseconds.
+void sum_partial_rows(const float* partial, int64_t rows, int64_t cols, float* out, void* stream);
 /// dst[i] = bf16(src[i]) for i < n (device pointers) on `stream` (a cudaStream_t).
 void convert_f32_to_bf16(const float* src, void* dst, int64_t n, void* stream);
 /// dst[i] = f16(src[i]) (round to nearest even; beyond 65504 inf) for i < n, as above.

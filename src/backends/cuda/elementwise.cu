@@ -96,6 +96,37 @@ __global__ void binary_kernel(BinaryOp op, const T* __restrict__ a, const T* __r
     }
 }
 
+// Float operands of any storage type (f32, bf16, f16), computed in f32 and stored as TO: a
+// residual add of an f32 stream and a bf16 GEMM output reads each as it is. Contiguous operands
+// go 4 elements at a time.
+template <typename T> __device__ __forceinline__ float as_float(T v) {
+    if constexpr (std::is_same_v<T, float>) return v;
+    else return half_to_float(v);
+}
+template <typename T> __device__ __forceinline__ T from_float(float v) {
+    if constexpr (std::is_same_v<T, float>) return v;
+    else return float_to_half<T>(v);
+}
+template <typename TA, typename TB, typename TO>
+__global__ void binary_float_vec4(BinaryOp op, const TA* __restrict__ a, const TB* __restrict__ b,
+                                  TO* __restrict__ out, int64_t n4) {
+    FORGE_GRID_LOOP(i, n4) {
+        const float4 x = load4(a + 4 * i), y = load4(b + 4 * i);
+        store4(out + 4 * i, make_float4(binary_fn(op, x.x, y.x), binary_fn(op, x.y, y.y),
+                                        binary_fn(op, x.z, y.z), binary_fn(op, x.w, y.w)));
+    }
+}
+template <typename TA, typename TB, typename TO>
+__global__ void binary_float_strided(BinaryOp op, const TA* __restrict__ a,
+                                     const TB* __restrict__ b, TO* __restrict__ out,
+                                     StridedIndex<3> ix, int64_t n) {
+    FORGE_GRID_LOOP(i, n) {
+        int64_t off[3];
+        ix.offsets(i, off);
+        out[off[2]] = from_float<TO>(binary_fn(op, as_float(a[off[0]]), as_float(b[off[1]])));
+    }
+}
+
 template <typename T>
 __global__ void where_kernel(const uint8_t* __restrict__ c, const T* __restrict__ a,
                              const T* __restrict__ b, T* __restrict__ out, StridedIndex<4> ix,
@@ -133,6 +164,27 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
     const bool compare = op == BinaryOp::eq || op == BinaryOp::gt || op == BinaryOp::lt;
     const bool contig = a.is_contiguous() && b.is_contiguous() && out.is_contiguous();
     const auto ix = make_index<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()});
+    if (!compare && is_f32_or_half(a.dtype()) && is_f32_or_half(b.dtype()) &&
+        is_f32_or_half(out.dtype())) {
+        const bool vec = contig && n % 4 == 0 &&
+                         ((reinterpret_cast<uintptr_t>(a.data_ptr()) |
+                           reinterpret_cast<uintptr_t>(b.data_ptr()) |
+                           reinterpret_cast<uintptr_t>(out.data_ptr())) & 15) == 0;
+        visit_f32_half(a.dtype(), [&]<typename TA>() {
+            visit_f32_half(b.dtype(), [&]<typename TB>() {
+                visit_f32_half(out.dtype(), [&]<typename TO>() {
+                    if (vec)
+                        binary_float_vec4<TA, TB, TO><<<blocks_for(n / 4), kBlock, 0, s>>>(
+                            op, a.data<TA>(), b.data<TB>(), out.data<TO>(), n / 4);
+                    else
+                        binary_float_strided<TA, TB, TO><<<blocks_for(n), kBlock, 0, s>>>(
+                            op, a.data<TA>(), b.data<TB>(), out.data<TO>(), ix, n);
+                });
+            });
+        });
+        check_launch("binary");
+        return;
+    }
     visit_numeric(a.dtype(), [&]<typename T>() {
         if (compare)
             binary_kernel<T, uint8_t><<<blocks_for(n), kBlock, 0, s>>>(

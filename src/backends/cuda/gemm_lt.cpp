@@ -1,6 +1,7 @@
 // Half-operand GEMMs through cuBLASLt: bf16 x bf16 or f16 x f16 with f32 accumulation and f32
-// output (or output in the operands' type: the LM head's logits, linear_ce.cu), optionally with
-// the bias added in the GEMM's epilogue (no separate pass over the output). The algorithm is
+// output (or output in the operands' type: the LM head's logits, linear_ce.cu, and linear()
+// under autocast), optionally with the bias added in the GEMM's epilogue (no separate pass over
+// the output; the bias has the output's type, as cuBLASLt requires). The algorithm is
 // picked per problem by timing the candidates cuBLASLt's heuristic offers (up to kCandidates) on
 // the first call, then cached for the process: cuBLAS's default choice ran GPT-2's qkv projection
 // (16384 x 768 x 2304) at 203 TFLOP/s on an H200 where the same GEMM with N = 3072 ran at 468
@@ -69,7 +70,6 @@ void gemm_half_lt(const HalfGemm& g) {
                   g.n,      g.k,     g.lda,     g.ldb,      g.ldc,             g.batch,
                   al_a,     al_b,    al_c,      g.stride_a, g.stride_b,        g.stride_c,
                   g.accumulate, g.half_out};
-    FORGE_ASSERT(!(g.half_out && g.bias));
     const float one = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
     const size_t ws = ctx.workspace_bytes;
     auto stream = cudaStream_t(ctx.stream);
@@ -106,7 +106,7 @@ void gemm_half_lt(const HalfGemm& g) {
         const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                       sizeof epi));
-        const cudaDataType_t bt = CUDA_R_32F;
+        const cudaDataType_t bt = g.half_out ? ht : CUDA_R_32F; // bias typed as D
         FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
             p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
     }

@@ -145,13 +145,16 @@ void matmul_half(const Tensor& a, const Tensor& b, const Tensor& out, bool accum
 void CudaBackend::matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
                               const Tensor& out) {
     const bool half_in = a.dtype() == DType::bf16 || a.dtype() == DType::f16;
-    if (!half_in || out.numel() == 0 || a.size(2) == 0 || bias.dtype() != DType::f32 ||
+    // The bias has the output's type: f32, or (a half output) the operands' type.
+    if (!half_in || out.numel() == 0 || a.size(2) == 0 || bias.dtype() != out.dtype() ||
         !bias.is_contiguous() || reinterpret_cast<uintptr_t>(bias.data_ptr()) % 16 != 0)
         return Backend::matmul_bias(a, b, bias, out);
-    FORGE_CHECK(b.dtype() == a.dtype() && out.dtype() == DType::f32, "[matmul_bias] CUDA takes ",
-                dtype_name(a.dtype()), " operands only in pairs with an f32 output");
+    FORGE_CHECK(b.dtype() == a.dtype() &&
+                    (out.dtype() == DType::f32 || out.dtype() == a.dtype()),
+                "[matmul_bias] CUDA takes ", dtype_name(a.dtype()),
+                " operands only in pairs with an f32 output or one of their type");
     HalfGemm g = half_problem(a, b, out, a.data_ptr(), b.data_ptr(), a.dtype() == DType::f16);
-    g.bias = bias.data<float>();
+    g.bias = bias.data_ptr();
     gemm_half_lt(g);
 }
 

@@ -1,5 +1,8 @@
-// LayerNorm and RMSNorm, forward and backward. x (R, C) contiguous, one block per row for the
-// row statistics and dx; the weight/bias gradients are column sums over the rows, done as a
+// LayerNorm and RMSNorm, forward and backward. x (R, C) contiguous. LayerNorm on f32 rows of
+// C <= 1024 (C % 4 == 0) runs one warp per row with the row in registers: the forward reads x
+// once and may write a half output (CUDA autocast hands the next GEMM its operand rounded), the
+// backward takes dx and the block's share of dw/db in one pass. Otherwise one block per row for
+// the row statistics and dx; the weight/bias gradients are column sums over the rows, done as a
 // chunked two-pass column reduction (threads own adjacent columns: coalesced, no atomics,
 // deterministic). Formulas as in src/backends/cpu/ref/norms.cpp:
 //   layer_norm: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * w
@@ -104,6 +107,140 @@ __global__ void sum_chunks(const T* __restrict__ p, int64_t chunks, int64_t cols
     out[c] = s;
 }
 
+// ---------------------------------------------------------------- LayerNorm, a warp per row
+// Lane l holds columns 4 (32 i + l) .. +3 for i < V (V float4 per lane covers C <= 128 V).
+
+constexpr int kLnMaxV = 8;          // C <= 1024
+constexpr int kLnFwdWarps = 4;      // rows per block in the forward
+constexpr int kLnBwdWarps = 8;      // warps per block in the backward
+constexpr int64_t kLnBwdBlocks = 264; // fixed, so the dw/db sums are the same on every GPU
+
+__device__ __forceinline__ float4 f4(float a) { return make_float4(a, a, a, a); }
+__device__ __forceinline__ float4 operator+(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+__device__ __forceinline__ float4 operator-(float4 a, float4 b) {
+    return make_float4(a.x - b.x, a.y - b.y, a.z - b.z, a.w - b.w);
+}
+__device__ __forceinline__ float4 operator*(float4 a, float4 b) {
+    return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w);
+}
+__device__ __forceinline__ float hsum(float4 a) { return (a.x + a.y) + (a.z + a.w); }
+
+template <int V, typename TO>
+__global__ void __launch_bounds__(32 * kLnFwdWarps)
+    ln_fwd_rows(const float* __restrict__ x, const float* __restrict__ w,
+                const float* __restrict__ b, float eps, int64_t rows, int cols,
+                TO* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd) {
+    const int64_t row = int64_t(blockIdx.x) * kLnFwdWarps + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* xr = x + row * cols;
+    float4 v[V];
+    float s = 0;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        const int c = (32 * i + lane) * 4;
+        v[i] = c < cols ? load4(xr + c) : f4(0);
+        s += hsum(v[i]);
+    }
+    const float m = warp_sum(s) / float(cols);
+    float q = 0;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+        if ((32 * i + lane) * 4 < cols) q += hsum((v[i] - f4(m)) * (v[i] - f4(m)));
+    const float rs = 1.0f / sqrtf(warp_sum(q) / float(cols) + eps);
+    TO* yr = y + row * cols;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        const int c = (32 * i + lane) * 4;
+        if (c >= cols) continue;
+        const float4 o = (v[i] - f4(m)) * f4(rs) * load4(w + c);
+        store4(yr + c, b ? o + load4(b + c) : o);
+    }
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = rs;
+    }
+}
+
+// dx for the block's rows, and the block's column sums of dy * xhat (and dy) into row
+// blockIdx.x of pdw (pdb), summed over the warps in a fixed order.
+template <int V>
+__global__ void __launch_bounds__(32 * kLnBwdWarps)
+    ln_bwd_rows(const float* __restrict__ dy, const float* __restrict__ x,
+                const float* __restrict__ w, const float* __restrict__ mean,
+                const float* __restrict__ rstd, int64_t rows, int cols, float* __restrict__ dx,
+                float* __restrict__ pdw, float* __restrict__ pdb) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float4 acc_w[V], acc_b[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+        acc_w[i] = acc_b[i] = f4(0);
+    for (int64_t row = int64_t(blockIdx.x) * kLnBwdWarps + warp; row < rows;
+         row += int64_t(gridDim.x) * kLnBwdWarps) {
+        const float m = mean[row], rs = rstd[row];
+        float4 xh[V], g[V];
+        float gs = 0, gxs = 0;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            const int c = (32 * i + lane) * 4;
+            if (c >= cols) continue;
+            const float4 d = load4(dy + row * cols + c);
+            xh[i] = (load4(x + row * cols + c) - f4(m)) * f4(rs);
+            g[i] = d * load4(w + c);
+            gs += hsum(g[i]);
+            gxs += hsum(g[i] * xh[i]);
+            acc_w[i] = acc_w[i] + d * xh[i];
+            acc_b[i] = acc_b[i] + d;
+        }
+        gs = warp_sum(gs) / float(cols);
+        gxs = warp_sum(gxs) / float(cols);
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            const int c = (32 * i + lane) * 4;
+            if (c < cols) store4(dx + row * cols + c, f4(rs) * (g[i] - f4(gs) - xh[i] * f4(gxs)));
+        }
+    }
+    __shared__ float4 red[kLnBwdWarps][V * 32];
+    for (int pass = 0; pass < (pdb ? 2 : 1); ++pass) {
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+            red[warp][32 * i + lane] = pass == 0 ? acc_w[i] : acc_b[i];
+        __syncthreads();
+        float* out = (pass == 0 ? pdw : pdb) + int64_t(blockIdx.x) * cols;
+        for (int c4 = threadIdx.x; c4 < cols / 4; c4 += blockDim.x) {
+            float4 t = f4(0);
+            for (int k = 0; k < kLnBwdWarps; ++k)
+                t = t + red[k][c4];
+            store4(out + 4 * c4, t);
+        }
+        __syncthreads();
+    }
+}
+
+// The V of the kernel instance for C columns (the smallest instance that covers C), 0 when the
+// warp-per-row kernels do not apply.
+int ln_rows_v(int64_t cols) {
+    if (cols % 4 != 0 || cols > 128 * kLnMaxV) return 0;
+    for (int v : {1, 2, 3, 4, 6, 8})
+        if (128 * v >= cols) return v;
+    return 0;
+}
+template <typename F> void visit_ln_v(int v, F&& f) {
+    switch (v) {
+    case 1: f.template operator()<1>(); break;
+    case 2: f.template operator()<2>(); break;
+    case 3: f.template operator()<3>(); break;
+    case 4: f.template operator()<4>(); break;
+    case 6: f.template operator()<6>(); break;
+    default: f.template operator()<8>(); break;
+    }
+}
+bool aligned16(const Tensor& t) {
+    return !t.defined() || (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15) == 0;
+}
+
 // dw (and db) for either norm: two passes over row chunks.
 template <typename T>
 void norm_param_grads(CudaBackend& be, const Tensor& dy, const Tensor& x, const T* mean,
@@ -121,11 +258,15 @@ void norm_param_grads(CudaBackend& be, const Tensor& dy, const Tensor& x, const 
     const dim3 grid(blocks_for(cols, 128, INT32_MAX), unsigned(chunks));
     norm_bwd_dw_partial<T><<<grid, 128, 0, s>>>(dy.data<T>(), x.data<T>(), mean, rstd.data<T>(),
                                                 rows, cols, per, pdw, pdb);
-    sum_chunks<T><<<blocks_for(cols, 128, INT32_MAX), 128, 0, s>>>(pdw, chunks, cols,
-                                                                  dw.data<T>());
-    if (with_b)
-        sum_chunks<T><<<blocks_for(cols, 128, INT32_MAX), 128, 0, s>>>(pdb, chunks, cols,
-                                                                      db.data<T>());
+    auto second_stage = [&](const T* p, const Tensor& out) {
+        if constexpr (std::is_same_v<T, float>)
+            sum_partial_rows(p, chunks, cols, out.data<float>(), s);
+        else
+            sum_chunks<T><<<blocks_for(cols, 128, INT32_MAX), 128, 0, s>>>(p, chunks, cols,
+                                                                          out.data<T>());
+    };
+    second_stage(pdw, dw);
+    if (with_b) second_stage(pdb, db);
 }
 
 } // namespace
@@ -133,20 +274,61 @@ void norm_param_grads(CudaBackend& be, const Tensor& dy, const Tensor& x, const 
 void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
                              const Tensor& out, const Tensor& mean, const Tensor& rstd) {
     const int64_t rows = x.size(0), cols = x.size(1);
+    cudaStream_t s = stream_of(x);
+    const int v = ln_rows_v(cols);
+    if (v && x.dtype() == DType::f32 && w.dtype() == DType::f32 && is_f32_or_half(out.dtype()) &&
+        (!b.defined() || b.dtype() == DType::f32) && aligned16(x) && aligned16(w) &&
+        aligned16(b) && aligned16(out)) {
+        visit_f32_half(out.dtype(), [&]<typename TO>() {
+            visit_ln_v(v, [&]<int V>() {
+                ln_fwd_rows<V, TO><<<blocks_for(rows, kLnFwdWarps, INT32_MAX), 32 * kLnFwdWarps,
+                                     0, s>>>(x.data<float>(), w.data<float>(),
+                                             b.defined() ? b.data<float>() : nullptr, eps, rows,
+                                             int(cols), out.data<TO>(), mean.data<float>(),
+                                             rstd.data<float>());
+            });
+        });
+        check_launch("layer_norm");
+        return;
+    }
+    // Any other case: one dtype throughout; a half output of f32 rows goes through f32.
+    const Tensor y = out.dtype() == x.dtype() ? out : Tensor::empty(out.shape(), x.dtype(),
+                                                                     out.device());
     visit_float(x.dtype(), [&]<typename T>() {
-        layer_norm_fwd<T><<<unsigned(rows), row_threads(cols), 0, stream_of(x)>>>(
+        layer_norm_fwd<T><<<unsigned(rows), row_threads(cols), 0, s>>>(
             x.data<T>(), w.data<T>(), b.defined() ? b.data<T>() : nullptr, T(eps), cols,
-            out.data<T>(), mean.data<T>(), rstd.data<T>());
+            y.data<T>(), mean.data<T>(), rstd.data<T>());
     });
     check_launch("layer_norm");
+    if (y.data_ptr() != out.data_ptr()) copy(y, out);
 }
 
 void CudaBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                       const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                       const Tensor& dw, const Tensor& db) {
     const int64_t rows = x.size(0), cols = x.size(1);
+    cudaStream_t s = stream_of(x);
+    const int v = ln_rows_v(cols);
+    if (v && x.dtype() == DType::f32 && aligned16(dy) && aligned16(x) && aligned16(w) &&
+        aligned16(dx)) {
+        const int64_t blocks =
+            std::max<int64_t>(1, std::min(kLnBwdBlocks, (rows + kLnBwdWarps - 1) / kLnBwdWarps));
+        const bool with_b = db.defined();
+        auto buf = allocate(size_t(blocks * cols) * sizeof(float) * (with_b ? 2 : 1), x.device());
+        float* pdw = static_cast<float*>(buf->data);
+        float* pdb = with_b ? pdw + blocks * cols : nullptr;
+        visit_ln_v(v, [&]<int V>() {
+            ln_bwd_rows<V><<<unsigned(blocks), 32 * kLnBwdWarps, 0, s>>>(
+                dy.data<float>(), x.data<float>(), w.data<float>(), mean.data<float>(),
+                rstd.data<float>(), rows, int(cols), dx.data<float>(), pdw, pdb);
+        });
+        sum_partial_rows(pdw, blocks, cols, dw.data<float>(), s);
+        if (with_b) sum_partial_rows(pdb, blocks, cols, db.data<float>(), s);
+        check_launch("layer_norm_backward");
+        return;
+    }
     visit_float(x.dtype(), [&]<typename T>() {
-        norm_bwd_dx<T><<<unsigned(rows), row_threads(cols), 0, stream_of(x)>>>(
+        norm_bwd_dx<T><<<unsigned(rows), row_threads(cols), 0, s>>>(
             dy.data<T>(), x.data<T>(), w.data<T>(), mean.data<T>(), rstd.data<T>(), cols,
             dx.data<T>());
         norm_param_grads<T>(*this, dy, x, mean.data<T>(), rstd, dw, db);

@@ -142,4 +142,37 @@ void CudaBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t
     check_launch("reduce");
 }
 
+namespace {
+
+constexpr int kPartialLanes = 16; // threads per column in sum_partial_rows
+
+// Block (32, kPartialLanes) over 32 columns: thread (x, y) adds rows y, y + kPartialLanes, ...
+// of column x, then the lanes are added in order.
+__global__ void sum_partial_rows_kernel(const float* __restrict__ partial, int64_t rows,
+                                        int64_t cols, float* __restrict__ out) {
+    __shared__ double lane_sums[kPartialLanes][33];
+    const int64_t c = int64_t(blockIdx.x) * 32 + threadIdx.x;
+    double s = 0.0;
+    if (c < cols)
+        for (int64_t r = threadIdx.y; r < rows; r += kPartialLanes)
+            s += double(partial[r * cols + c]);
+    lane_sums[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        double t = 0.0;
+        for (int y = 0; y < kPartialLanes; ++y)
+            t += lane_sums[y][threadIdx.x];
+        out[c] = float(t);
+    }
+}
+
+} // namespace
+
+void sum_partial_rows(const float* partial, int64_t rows, int64_t cols, float* out,
+                      void* stream) {
+    if (cols == 0) return;
+    sum_partial_rows_kernel<<<unsigned((cols + 31) / 32), dim3(32, kPartialLanes), 0,
+                              cudaStream_t(stream)>>>(partial, rows, cols, out);
+}
+
 } // namespace forge::cuda
