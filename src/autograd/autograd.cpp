@@ -55,16 +55,32 @@ Tensor graph_handle(const Tensor& t) {
 
 } // namespace
 
-void record(const char* name, const Tensor& output, std::vector<Tensor> inputs,
-            BackwardFn backward) {
-    if (!needs_grad(inputs)) return;
+namespace {
+std::shared_ptr<Node> make_node(const char* name, const Tensor& output,
+                                std::vector<Tensor> inputs) {
     auto node = std::make_shared<Node>();
     node->name = name;
     for (Tensor& in : inputs) in = graph_handle(in);
     node->inputs = std::move(inputs);
-    node->backward = std::move(backward);
     node->output_shape = output.shape();
     node->output_dtype = output.dtype();
+    return node;
+}
+} // namespace
+
+void record(const char* name, const Tensor& output, std::vector<Tensor> inputs,
+            BackwardFn backward) {
+    if (!needs_grad(inputs)) return;
+    auto node = make_node(name, output, std::move(inputs));
+    node->backward = std::move(backward);
+    output.set_grad_fn(std::move(node));
+}
+
+void record_folding(const char* name, const Tensor& output, std::vector<Tensor> inputs,
+                    FoldingBackwardFn backward) {
+    if (!needs_grad(inputs)) return;
+    auto node = make_node(name, output, std::move(inputs));
+    node->folding_backward = std::move(backward);
     output.set_grad_fn(std::move(node));
 }
 
@@ -136,10 +152,31 @@ void run_backward(const Tensor& root, const Tensor& grad_output, bool retain_gra
         if (it == pending.end()) continue;
         Tensor g = std::move(it->second);
         pending.erase(it);
-        FORGE_CHECK(node->backward != nullptr, "[backward] the graph through '", node->name,
+        FORGE_CHECK(node->backward != nullptr || node->folding_backward != nullptr,
+                    "[backward] the graph through '", node->name,
                     "' was already freed by an earlier backward(); pass retain_graph=true to "
                     "backward through it twice");
-        std::vector<Tensor> grads = node->backward(g);
+        // A folding backward is handed the gradients pending for its non-leaf inputs (each
+        // input's node once) and returns them included.
+        std::vector<bool> folded(node->inputs.size(), false);
+        std::vector<Tensor> grads;
+        if (node->folding_backward) {
+            std::vector<Tensor> offer(node->inputs.size());
+            std::unordered_set<Node*> offered;
+            for (size_t i = 0; i < node->inputs.size(); ++i) {
+                const Tensor& in = node->inputs[i];
+                if (!in.defined() || !in.requires_grad() || in.is_leaf()) continue;
+                Node* child = in.grad_fn().get();
+                auto p = pending.find(child);
+                if (p != pending.end() && offered.insert(child).second) {
+                    offer[i] = p->second;
+                    folded[i] = true;
+                }
+            }
+            grads = node->folding_backward(g, offer);
+        } else {
+            grads = node->backward(g);
+        }
         FORGE_ASSERT(grads.size() == node->inputs.size());
         for (size_t i = 0; i < grads.size(); ++i) {
             const Tensor& in = node->inputs[i];
@@ -150,7 +187,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output, bool retain_gra
             } else {
                 Node* child = in.grad_fn().get();
                 auto p = pending.find(child);
-                if (p == pending.end())
+                if (p == pending.end() || folded[i])
                     pending[child] = grads[i];
                 else
                     p->second = add(p->second, grads[i]);
@@ -158,8 +195,10 @@ void run_backward(const Tensor& root, const Tensor& grad_output, bool retain_gra
         }
     }
     if (!retain_graph)
-        for (Node* node : order)
+        for (Node* node : order) {
             node->backward = nullptr;
+            node->folding_backward = nullptr;
+        }
 }
 
 } // namespace autograd

@@ -74,6 +74,17 @@ class Backend {
     virtual void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                      const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                      const Tensor& dw, const Tensor& db) = 0;
+    /// The same with dx = the norm's dx + dx_add (R, C) in one pass (autograd folding the
+    /// residual stream's gradient in). Returns false, touching nothing, where the backend has no
+    /// such kernel for these tensors; the op then adds separately.
+    virtual bool layer_norm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                         const Tensor& mean, const Tensor& rstd,
+                                         const Tensor& dx_add, const Tensor& dx,
+                                         const Tensor& dw, const Tensor& db) {
+        (void)dy, (void)x, (void)w, (void)mean, (void)rstd, (void)dx_add, (void)dx, (void)dw,
+            (void)db;
+        return false;
+    }
     /// x: (R, C), w: (C) -> out (R, C), rstd (R).
     virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& out,
                           const Tensor& rstd) = 0;

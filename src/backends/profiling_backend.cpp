@@ -168,6 +168,13 @@ class ProfilingBackend final : public Backend {
         timed("layer_norm_backward",
               [&] { inner_.layer_norm_backward(dy, x, w, m, r, dx, dw, db); });
     }
+    bool layer_norm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                 const Tensor& m, const Tensor& r, const Tensor& add,
+                                 const Tensor& dx, const Tensor& dw, const Tensor& db) override {
+        return timed("layer_norm_backward (+ residual)", [&] {
+            return inner_.layer_norm_backward_add(dy, x, w, m, r, add, dx, dw, db);
+        });
+    }
     void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& o,
                   const Tensor& r) override {
         timed("rms_norm", [&] { inner_.rms_norm(x, w, eps, o, r); });

@@ -42,10 +42,18 @@ namespace forge::autograd {
 /// .detach(), never the output handle itself (that would make a reference cycle).
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
 
+/// A backward that may fold the gradient already pending for a non-leaf input into its own
+/// result in the same pass (a norm's dx plus the residual stream's gradient): pending[i] is that
+/// gradient or undefined; where both pending[i] and the returned grads[i] are defined, grads[i]
+/// must include pending[i], and replaces it.
+using FoldingBackwardFn =
+    std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<Tensor>& pending)>;
+
 struct Node {
     std::string name;
     std::vector<Tensor> inputs; // per op input: the leaf, a storage-less handle, or undefined
     BackwardFn backward;        // null once released
+    FoldingBackwardFn folding_backward; // set instead of backward by record_folding
     Shape output_shape;
     DType output_dtype = DType::f32;
 };
@@ -56,5 +64,8 @@ bool needs_grad(const std::vector<Tensor>& inputs);
 /// Attaches a node to `output` when needs_grad(inputs); marks output as requiring grad.
 void record(const char* name, const Tensor& output, std::vector<Tensor> inputs,
             BackwardFn backward);
+/// The same with a backward that folds pending gradients in (FoldingBackwardFn).
+void record_folding(const char* name, const Tensor& output, std::vector<Tensor> inputs,
+                    FoldingBackwardFn backward);
 
 } // namespace forge::autograd

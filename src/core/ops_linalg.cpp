@@ -248,10 +248,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 namespace {
 
-// (M, N) f32 = a (M, K) x b (K, N), a and b of one half type with BLAS-valid strides: the
-// backend's GEMM on them as they are (no rounding pass of its own).
-Tensor half_matmul(const Tensor& a, const Tensor& b) {
-    Tensor out = detail::empty_on(a, {a.size(0), b.size(1)}, DType::f32);
+// (M, N) = a (M, K) x b (K, N), a and b of one half type with BLAS-valid strides: the
+// backend's GEMM on them as they are (no rounding pass of its own); out f32 or their type.
+Tensor half_matmul(const Tensor& a, const Tensor& b, DType out_dtype = DType::f32) {
+    Tensor out = detail::empty_on(a, {a.size(0), b.size(1)}, out_dtype);
     if (out.numel() > 0)
         detail::backend_of(a).matmul(a.unsqueeze(0), b.unsqueeze(0), out.unsqueeze(0));
     return out;
@@ -278,8 +278,8 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
         wh = w.detach().to(hd);
         const Tensor bc = b.detach().contiguous();
         Backend& be = detail::backend_of(x);
-        if (gelu_act) { // z kept for the backward's slope
-            z = half_matmul(xh, wh).view(out_shape);
+        if (gelu_act) { // z (in the half type, as PyTorch's) kept for the backward's slope
+            z = half_matmul(xh, wh, hd).view(out_shape);
             out = detail::empty_on(z, out_shape, hd);
             if (R > 0 && N > 0) be.bias_act(z.view({R, N}), bc, true, out.view({R, N}));
         } else { // the bias (rounded, as cuBLASLt takes it in the output's type) in the GEMM
@@ -297,11 +297,15 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
              z_saved = gelu_act ? z : Tensor(), b_saved = b.detach().contiguous(), need_x, need_w,
              need_b, gelu_act, R, N, K, hd, x_shape = x.shape()](const Tensor& g_in)
                 -> std::vector<Tensor> {
-                const Tensor g = g_in.to(DType::f32).contiguous().view({R, N});
                 // dZ (R, N) comes out of the epilogue's backward already rounded, once for both
-                // products; the bias gradient sums the f32 values.
-                Tensor gzh = detail::empty_on(g, g.shape(), hd);
-                Tensor gb = detail::empty_on(g, {N}, g.dtype());
+                // products; the bias gradient sums the f32 values. A gradient that arrives in
+                // the half type (from an op whose kernels write it, e.g. attention) is dZ itself
+                // when there is no activation.
+                const bool as_is = g_in.dtype() == hd && !gelu_act;
+                const Tensor g =
+                    (as_is ? g_in : g_in.to(DType::f32)).contiguous().view({R, N});
+                Tensor gzh = as_is ? g : detail::empty_on(g, g.shape(), hd);
+                Tensor gb = detail::empty_on(g, {N}, DType::f32);
                 if (R > 0 && N > 0)
                     detail::backend_of(g).bias_act_backward(
                         g, gelu_act ? z_saved.view({R, N}) : g, b_saved, gelu_act, gzh, gb);

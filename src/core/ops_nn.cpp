@@ -167,13 +167,35 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
         y = out_dt == cdt ? out.to(x.dtype()) : out;
     }
     const bool with_bias = bias.defined();
-    autograd::record(op, y, {x, weight, bias},
-                     [xc, wc, mean, rstd, with_bias, dx_t = x.dtype(), dw_t = weight.dtype(),
-                      db_t = with_bias ? bias.dtype() : DType::f32](const Tensor& g) {
-                         LayerNormGrads gr = layer_norm_backward(g, xc, wc, mean, rstd, with_bias);
-                         return std::vector<Tensor>{gr.dx.to(dx_t), gr.dweight.to(dw_t),
-                                                    with_bias ? gr.dbias.to(db_t) : Tensor()};
-                     });
+    // The gradient pending for x (a residual stream's, in a pre-norm block) is folded into dx:
+    // in the backend's kernel where it has one, else added here as autograd would.
+    autograd::record_folding(
+        op, y, {x, weight, bias},
+        [xc, wc, mean, rstd, with_bias, dx_t = x.dtype(), dw_t = weight.dtype(),
+         db_t = with_bias ? bias.dtype() : DType::f32](const Tensor& g,
+                                                       const std::vector<Tensor>& pending) {
+            const Tensor& acc = pending[0];
+            if (acc.defined() && acc.dtype() == dx_t && dx_t == xc.dtype() &&
+                acc.shape() == xc.shape() && g.shape() == xc.shape()) {
+                NoGradGuard no_grad;
+                const int64_t c = xc.size(-1), r = n_rows(xc);
+                const Tensor gc = widen(g, xc.dtype()), accc = acc.contiguous();
+                LayerNormGrads gr;
+                gr.dx = detail::empty_on(xc, xc.shape(), xc.dtype());
+                gr.dweight = detail::empty_on(xc, {c}, xc.dtype());
+                if (with_bias) gr.dbias = detail::empty_on(xc, {c}, xc.dtype());
+                if (r > 0 && backend_of(xc).layer_norm_backward_add(
+                                 gc.view({r, c}), xc.view({r, c}), wc, mean, rstd,
+                                 accc.view({r, c}), gr.dx.view({r, c}), gr.dweight, gr.dbias))
+                    return std::vector<Tensor>{gr.dx, gr.dweight.to(dw_t),
+                                               with_bias ? gr.dbias.to(db_t) : Tensor()};
+            }
+            LayerNormGrads gr = layer_norm_backward(g, xc, wc, mean, rstd, with_bias);
+            Tensor dx = gr.dx.to(dx_t);
+            if (acc.defined()) dx = add(acc, dx);
+            return std::vector<Tensor>{dx, gr.dweight.to(dw_t),
+                                       with_bias ? gr.dbias.to(db_t) : Tensor()};
+        });
     return y;
 }
 

@@ -503,6 +503,15 @@ TEST(NnOps, GradcheckNorms) {
     expect_gradcheck("layer_norm non-contiguous",
                      [](auto& in) { return layer_norm(in[0], in[1], in[2], 1e-5f); },
                      {noncontig_leaf({5, 4}, 95), rand_leaf({4}, 96), rand_leaf({4}, 97)});
+    // A pre-norm residual block: the gradient pending for s (from the second add) is folded
+    // into layer_norm's dx by its backward (autograd's record_folding).
+    expect_gradcheck("layer_norm on a residual stream",
+                     [](auto& in) {
+                         Tensor s = add(in[0], in[1]);
+                         return add(s, mul(layer_norm(s, in[2], in[3], 1e-5f), in[1]));
+                     },
+                     {rand_leaf({4, 6}, 102), rand_leaf({4, 6}, 103), rand_leaf({6}, 104),
+                      rand_leaf({6}, 105)});
     expect_gradcheck("rms_norm", [](auto& in) { return rms_norm(in[0], in[1], 1e-6f); },
                      {rand_leaf({3, 7}, 98), rand_leaf({7}, 99)});
     expect_gradcheck("rms_norm non-contiguous",

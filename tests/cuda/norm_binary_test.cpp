@@ -1,10 +1,11 @@
-// LayerNorm's warp-per-row kernels (src/backends/cuda/norms.cu) and binary ops on operands of
-// mixed storage types (elementwise.cu) against the CPU reference kernels. LayerNorm: forward and
-// every gradient within 1e-5 (f32) on shapes that take the warp kernels (C % 4 == 0, C <= 1024,
-// tails of a lane's last float4 group, more rows than the backward's 512 x 8 warps) and shapes
-// that do not; under autocast the output is the half type, the f32 result rounded. Binary ops:
-// f32 / bf16 / f16 operands as stored, equal to the CPU on widened operands (the same f32 math,
-// one rounding of the result), contiguous (4 at a time), odd sizes, strided and broadcast views.
+// LayerNorm's warp-per-row kernels (src/backends/cuda/norms.cu), with a residual gradient
+// folded into dx, and binary ops on operands of mixed storage types (elementwise.cu), against
+// the CPU reference kernels. LayerNorm: forward and every gradient within 1e-5 (f32) on shapes
+// that take the warp kernels (C % 4 == 0, C <= 1024, tails of a lane's last float4 group, more
+// rows than the backward's 264 x 8 warps) and shapes that do not; under autocast the output is
+// the half type, the f32 result rounded. Binary ops: f32 / bf16 / f16 operands as stored, equal
+// to the CPU on widened operands (the same f32 math, one rounding of the result), contiguous
+// (4 at a time), odd sizes, strided and broadcast views.
 #include <string>
 
 #include "cuda/cuda_test_util.h"
@@ -42,6 +43,23 @@ TEST(CudaLayerNorm, WarpRowKernelsMatchCpu) {
                 c.R > 1000 ? 1e-4 : 1e-5);
         }
     }
+}
+
+// A pre-norm residual stream: the backward folds the stream's pending gradient into the norm's
+// dx in the same kernel (layer_norm_backward_add).
+TEST(CudaLayerNorm, ResidualGradientFoldedIntoDx) {
+    expect_cuda_matches_cpu(
+        "residual layer_norm",
+        [](Device d) {
+            Tensor x = leaf_on({300, 768}, 41, d), r = leaf_on({300, 768}, 42, d);
+            Tensor w = leaf_on({768}, 43, d), b = leaf_on({768}, 44, d);
+            Tensor g = randn_on({300, 768}, 45, d);
+            Tensor s = add(x, r);
+            Tensor out = add(s, mul(layer_norm(s, w, b), r));
+            sum(mul(out, g)).backward();
+            return std::vector<Tensor>{out, x.grad(), r.grad(), w.grad(), b.grad()};
+        },
+        1e-5);
 }
 
 TEST(CudaLayerNorm, AutocastWritesHalfOutput) {

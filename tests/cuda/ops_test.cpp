@@ -482,7 +482,11 @@ TEST(CudaMatmul, AutocastLinearRoundsEachOperandOnce) {
                 return t.detach().to(Device::cpu()).to(hd).to(DType::f64);
             };
             const Tensor xr = rounded(x), wr = rounded(w);
-            Tensor z = add(matmul(xr, wr), b.detach().to(Device::cpu()).to(DType::f64)).detach();
+            // With GELU the product is stored in the half type before the bias and the GELU
+            // (PyTorch's autocast keeps it in bf16 too).
+            Tensor prod = matmul(xr, wr);
+            if (act) prod = prod.to(hd).to(DType::f64);
+            Tensor z = add(prod, b.detach().to(Device::cpu()).to(DType::f64)).detach();
             z.set_requires_grad(true);
             Tensor y_ref = act ? gelu(z, GeluApprox::tanh) : mul_scalar(z, 1.0);
             sum(mul(y_ref, gy.to(DType::f64))).backward();
@@ -493,12 +497,38 @@ TEST(CudaMatmul, AutocastLinearRoundsEachOperandOnce) {
             EXPECT_LE(norm_rel_diff(y, y_ref), tol_of(hd)) << what;
             const Tensor gx = matmul(dzr, wr.t()).reshape(xs);
             const Tensor gw = matmul(xr.reshape({111, 96}).t(), dzr);
-            EXPECT_LE(norm_rel_diff(x.grad(), gx), 1e-5) << what;
-            EXPECT_LE(norm_rel_diff(w.grad(), gw), 1e-5) << what;
-            EXPECT_LE(norm_rel_diff(b.grad(), sum(dz, {0})), 1e-5) << what;
+            // With GELU a few products round the other way (f32 vs f64 sums), moving dZ's
+            // elements there by an ulp of the half type.
+            const double gtol = act ? 1e-3 : 1e-5;
+            EXPECT_LE(norm_rel_diff(x.grad(), gx), gtol) << what;
+            EXPECT_LE(norm_rel_diff(w.grad(), gw), gtol) << what;
+            EXPECT_LE(norm_rel_diff(b.grad(), sum(dz, {0})), gtol) << what;
             // dZ really was rounded: the unrounded product is farther off.
             EXPECT_GT(norm_rel_diff(x.grad(), matmul(dz, wr.t()).reshape(xs)), 5e-5) << what;
         }
+    }
+}
+
+// A half gradient into linear() under autocast (attention's kernels write dqkv in bf16) is dZ
+// itself: dX, dW and db from its values exactly, no rounding of its own.
+TEST(CudaMatmul, AutocastLinearTakesHalfGradientAsIs) {
+    for (const char* precision : {"bf16", "f16"}) {
+        const DType hd = std::string(precision) == "bf16" ? DType::bf16 : DType::f16;
+        Tensor x = leaf_on({2, 45, 64}, 31, kCuda), w = leaf_on({64, 40}, 32, kCuda);
+        Tensor b = leaf_on({40}, 33, kCuda);
+        Tensor gy = randn_on({2, 45, 40}, 34, Device::cpu()).to(hd);
+        {
+            const cuda::PrecisionScope p(precision);
+            Tensor y = linear(x, w, b);
+            y.backward(gy.to(kCuda));
+        }
+        cpu::ReferenceKernelsScope scope(true);
+        const Tensor g = gy.to(DType::f64).reshape({90, 40});
+        const Tensor xr = x.detach().to(Device::cpu()).to(hd).to(DType::f64).reshape({90, 64});
+        const Tensor wr = w.detach().to(Device::cpu()).to(hd).to(DType::f64);
+        EXPECT_LE(norm_rel_diff(x.grad(), matmul(g, wr.t()).reshape({2, 45, 64})), 1e-5);
+        EXPECT_LE(norm_rel_diff(w.grad(), matmul(xr.t(), g)), 1e-5);
+        EXPECT_LE(norm_rel_diff(b.grad(), sum(g, {0})), 1e-6);
     }
 }
 

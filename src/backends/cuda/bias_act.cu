@@ -1,8 +1,9 @@
 // A linear layer's epilogue on CUDA in one pass: out = act(x + b) and its backward, dx = dy *
 // act'(x + b) with db = the column sums of dx. act is GELU-tanh (the CPU kernels' form,
 // src/backends/cpu/kernels/activations_impl.h: 0.5 z (1 + tanh(u)) = z sigmoid(2u), u = sqrt(2/pi)
-// (z + 0.044715 z^3)) or identity. f32 in; out and dx may be bf16 or f16 (rounded on the store,
-// db summed from the f32 values); f64 and strided tensors take Backend's default.
+// (z + 0.044715 z^3)) or identity. f32 in (without an activation, dy may also be bf16 / f16: the
+// gradient of autocast's half output); out and dx may be bf16 or f16 (rounded on the store, db
+// summed from the f32 values); f64 and strided tensors take Backend's default.
 // db is a deterministic two-stage sum: per-block partials over fixed row tiles, then one pass
 // adding the tiles in order (no atomics), so training stays bit-reproducible.
 #include "backends/cuda/common.cuh"
@@ -28,18 +29,20 @@ __device__ __forceinline__ float gelu_tanh_grad(float z) {
     return fmaf((z + z) * s * (1.0f - s), du, s);
 }
 
-// VEC consecutive floats (VEC 4: one 16-byte access).
+// VEC consecutive values as floats (VEC 4: one 16-byte access for f32, 8 for a half type).
 template <int VEC> struct Vec {
     float v[VEC];
-    __device__ __forceinline__ static Vec load(const float* p) {
+    template <typename T> __device__ __forceinline__ static Vec load(const T* p) {
         Vec r;
         if constexpr (VEC == 4) {
-            const float4 x = *reinterpret_cast<const float4*>(p);
+            const float4 x = load4(p);
             r.v[0] = x.x, r.v[1] = x.y, r.v[2] = x.z, r.v[3] = x.w;
         } else {
 #pragma unroll
-            for (int i = 0; i < VEC; ++i)
-                r.v[i] = p[i];
+            for (int i = 0; i < VEC; ++i) {
+                if constexpr (std::is_same_v<T, float>) r.v[i] = p[i];
+                else r.v[i] = half_to_float(p[i]);
+            }
         }
         return r;
     }
@@ -67,8 +70,8 @@ template <typename H, int VEC> __device__ __forceinline__ void store_half(const 
 
 // out (R, N) = act(x + b), grid-stride over groups of VEC elements (N % VEC == 0). Out is f32
 // (it may be x) or a half type: linear() under autocast hands the next GEMM its operand rounded.
-template <int VEC, bool GELU, typename Out>
-__global__ void bias_act_fwd(const float* x, const float* __restrict__ b, Out* out,
+template <int VEC, bool GELU, typename Out, typename X>
+__global__ void bias_act_fwd(const X* x, const float* __restrict__ b, Out* out,
                              int64_t n_groups, int64_t N) { // out may be x
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_groups; i += stride) {
@@ -92,9 +95,9 @@ __global__ void bias_act_fwd(const float* x, const float* __restrict__ b, Out* o
 // Writes dx (unless it is dy, identity) and partial[blockIdx.y][col], the tile's column sums,
 // each added in row order within a lane and over the lanes in order.
 constexpr int kRowLanes = 8;
-template <int VEC, bool GELU, typename Dx>
+template <int VEC, bool GELU, typename Dx, typename Dy, typename X>
 __global__ void __launch_bounds__(32 * kRowLanes)
-    bias_act_bwd_tiles(const float* dy, const float* __restrict__ x, // dx may be dy
+    bias_act_bwd_tiles(const Dy* dy, const X* __restrict__ x, // dx may be dy
                        const float* __restrict__ b, Dx* dx, float* __restrict__ partial,
                        int64_t R, int64_t N, int64_t rows_per_tile, bool write_dx) {
     __shared__ float sums[kRowLanes][32 * VEC];
@@ -153,9 +156,8 @@ constexpr int64_t kTargetBlocks = 1024;
 
 void CudaBackend::bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out) {
     const DType od = out.dtype();
-    if (x.dtype() != DType::f32 || b.dtype() != DType::f32 || !x.is_contiguous() ||
-        !b.is_contiguous() || !out.is_contiguous() ||
-        (od != DType::f32 && od != DType::bf16 && od != DType::f16))
+    if (!is_f32_or_half(x.dtype()) || b.dtype() != DType::f32 || !x.is_contiguous() ||
+        !b.is_contiguous() || !out.is_contiguous() || !is_f32_or_half(od))
         return Backend::bias_act(x, b, gelu, out);
     const int64_t N = b.numel(), n = x.numel();
     if (n == 0) return;
@@ -164,25 +166,33 @@ void CudaBackend::bias_act(const Tensor& x, const Tensor& b, bool gelu, const Te
     const int64_t groups = vec ? n / 4 : n;
     const unsigned blocks = blocks_for(groups);
     cudaStream_t s = stream_of(x);
-    const float *xp = x.data<float>(), *bp = b.data<float>();
-    auto launch = [&]<typename Out>(Out* op) {
-        if (vec && gelu) bias_act_fwd<4, true><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
-        else if (vec) bias_act_fwd<4, false><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
-        else if (gelu) bias_act_fwd<1, true><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
-        else bias_act_fwd<1, false><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
-    };
-    if (od == DType::f32) launch(out.data<float>());
-    else if (od == DType::bf16) launch(static_cast<__nv_bfloat16*>(out.data_ptr()));
-    else launch(static_cast<__half*>(out.data_ptr()));
+    const float* bp = b.data<float>();
+    visit_f32_half(x.dtype(), [&]<typename X>() {
+        const auto* xp = static_cast<const X*>(x.data_ptr());
+        visit_f32_half(od, [&]<typename Out>() {
+            auto* op = static_cast<Out*>(out.data_ptr());
+            if (vec && gelu)
+                bias_act_fwd<4, true><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+            else if (vec)
+                bias_act_fwd<4, false><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+            else if (gelu)
+                bias_act_fwd<1, true><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+            else
+                bias_act_fwd<1, false><<<blocks, kBlock, 0, s>>>(xp, bp, op, groups, N);
+        });
+    });
     check_launch("bias_act");
 }
 
 void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b,
                                     bool gelu, const Tensor& dx, const Tensor& db) {
     const DType dd = dx.dtype();
-    if (dy.dtype() != DType::f32 || x.dtype() != DType::f32 || !dy.is_contiguous() ||
-        !x.is_contiguous() || !b.is_contiguous() || !dx.is_contiguous() || !db.is_contiguous() ||
-        (dd != DType::f32 && dd != DType::bf16 && dd != DType::f16))
+    // dy may be a half type (the gradient of autocast's half output) without an activation;
+    // with GELU, x (the saved product) may be one.
+    if (!is_f32_or_half(dy.dtype()) || (gelu && dy.dtype() != DType::f32) ||
+        !is_f32_or_half(x.dtype()) || !dy.is_contiguous() || !x.is_contiguous() ||
+        !b.is_contiguous() || !dx.is_contiguous() || !db.is_contiguous() || !is_f32_or_half(dd) ||
+        db.dtype() != DType::f32)
         return Backend::bias_act_backward(dy, x, b, gelu, dx, db);
     const int64_t N = b.numel(), R = dy.numel() / std::max<int64_t>(N, 1);
     cudaStream_t s = stream_of(dy);
@@ -208,25 +218,33 @@ void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Ten
     auto* partial = static_cast<float*>(partial_buf->data);
     const bool write_dx = gelu || dx.data_ptr() != dy.data_ptr();
     const dim3 grid{unsigned(col_blocks), unsigned(n_tiles)}, block{32, kRowLanes};
-    const float *dyp = dy.data<float>(), *xp = x.data<float>(), *bp = b.data<float>();
-    auto launch = [&]<typename Dx>(Dx* dxp) {
+    const float* bp = b.data<float>();
+    visit_f32_half(dd, [&]<typename Dx>() {
+        auto* dxp = static_cast<Dx*>(dx.data_ptr());
         const int64_t rpt = rows_per_tile;
-        if (vec && gelu)
-            bias_act_bwd_tiles<4, true>
-                <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
-        else if (vec)
-            bias_act_bwd_tiles<4, false>
-                <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
-        else if (gelu)
-            bias_act_bwd_tiles<1, true>
-                <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
-        else
-            bias_act_bwd_tiles<1, false>
-                <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
-    };
-    if (dd == DType::f32) launch(dx.data<float>());
-    else if (dd == DType::bf16) launch(static_cast<__nv_bfloat16*>(dx.data_ptr()));
-    else launch(static_cast<__half*>(dx.data_ptr()));
+        if (gelu) { // dy f32; x, the product, f32 or half
+            const float* dyp = dy.data<float>();
+            visit_f32_half(x.dtype(), [&]<typename X>() {
+                const auto* xp = static_cast<const X*>(x.data_ptr());
+                if (vec)
+                    bias_act_bwd_tiles<4, true, Dx, float, X>
+                        <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+                else
+                    bias_act_bwd_tiles<1, true, Dx, float, X>
+                        <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+            });
+            return;
+        }
+        visit_f32_half(dy.dtype(), [&]<typename Dy>() { // x unread
+            const auto* dyp = static_cast<const Dy*>(dy.data_ptr());
+            if (vec)
+                bias_act_bwd_tiles<4, false, Dx, Dy, float>
+                    <<<grid, block, 0, s>>>(dyp, nullptr, bp, dxp, partial, R, N, rpt, write_dx);
+            else
+                bias_act_bwd_tiles<1, false, Dx, Dy, float>
+                    <<<grid, block, 0, s>>>(dyp, nullptr, bp, dxp, partial, R, N, rpt, write_dx);
+        });
+    });
     sum_partial_rows(partial, n_tiles, N, db.data<float>(), s); // stage 2, a fixed order
     check_launch("bias_act_backward");
 }

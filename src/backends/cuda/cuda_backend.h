@@ -42,6 +42,9 @@ class CudaBackend : public Backend {
     void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                              const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                              const Tensor& dw, const Tensor& db) override;
+    bool layer_norm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                 const Tensor& mean, const Tensor& rstd, const Tensor& dx_add,
+                                 const Tensor& dx, const Tensor& dw, const Tensor& db) override;
     void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& out,
                   const Tensor& rstd) override;
     void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,

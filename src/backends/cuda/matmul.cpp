@@ -10,7 +10,8 @@
 // cuBLASLt with a timed choice of algorithm per problem (gemm_lt.cpp).
 // (COMPUTE_32F_FAST_16BF on f32 operands gave TF32's results and speed on an H200, so the copies
 // are explicit.) Operands that are bf16 or f16 already (both of one type; linear() rounds each
-// operand once under autocast and hands them here) go to the GEMM as they are, f32 output.
+// operand once under autocast and hands them here) go to the GEMM as they are, f32 output or
+// one of their type.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -85,8 +86,10 @@ void CudaBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
     auto h = cublasHandle_t(c.cublas);
     const bool half_in = a.dtype() == DType::bf16 || a.dtype() == DType::f16;
     if (half_in) {
-        FORGE_CHECK(b.dtype() == a.dtype() && out.dtype() == DType::f32, "[matmul] CUDA takes ",
-                    dtype_name(a.dtype()), " operands only in pairs with an f32 output, got ",
+        FORGE_CHECK(b.dtype() == a.dtype() &&
+                        (out.dtype() == DType::f32 || out.dtype() == a.dtype()),
+                    "[matmul] CUDA takes ", dtype_name(a.dtype()),
+                    " operands only in pairs with an f32 output or one of their type, got ",
                     dtype_name(a.dtype()), " x ", dtype_name(b.dtype()), " -> ",
                     dtype_name(out.dtype()));
         if (K == 0) return fill(out, 0.0);

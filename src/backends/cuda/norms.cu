@@ -170,8 +170,9 @@ template <int V>
 __global__ void __launch_bounds__(32 * kLnBwdWarps)
     ln_bwd_rows(const float* __restrict__ dy, const float* __restrict__ x,
                 const float* __restrict__ w, const float* __restrict__ mean,
-                const float* __restrict__ rstd, int64_t rows, int cols, float* __restrict__ dx,
-                float* __restrict__ pdw, float* __restrict__ pdb) {
+                const float* __restrict__ rstd, const float* __restrict__ dx_add, int64_t rows,
+                int cols, float* __restrict__ dx, float* __restrict__ pdw,
+                float* __restrict__ pdb) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float4 acc_w[V], acc_b[V];
 #pragma unroll
@@ -199,7 +200,10 @@ __global__ void __launch_bounds__(32 * kLnBwdWarps)
 #pragma unroll
         for (int i = 0; i < V; ++i) {
             const int c = (32 * i + lane) * 4;
-            if (c < cols) store4(dx + row * cols + c, f4(rs) * (g[i] - f4(gs) - xh[i] * f4(gxs)));
+            if (c >= cols) continue;
+            float4 d = f4(rs) * (g[i] - f4(gs) - xh[i] * f4(gxs));
+            if (dx_add) d = load4(dx_add + row * cols + c) + d; // the order autograd adds in
+            store4(dx + row * cols + c, d);
         }
     }
     __shared__ float4 red[kLnBwdWarps][V * 32];
@@ -303,30 +307,44 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, 
     if (y.data_ptr() != out.data_ptr()) copy(y, out);
 }
 
+namespace {
+// The warp-per-row backward where it applies (f32, C % 4 == 0, C <= 1024, 16-byte aligned);
+// false otherwise.
+bool ln_backward_rows(CudaBackend& be, const Tensor& dy, const Tensor& x, const Tensor& w,
+                      const Tensor& mean, const Tensor& rstd, const Tensor& dx_add,
+                      const Tensor& dx, const Tensor& dw, const Tensor& db) {
+    const int64_t rows = x.size(0), cols = x.size(1);
+    const int v = ln_rows_v(cols);
+    if (!v || x.dtype() != DType::f32 || !aligned16(dy) || !aligned16(x) || !aligned16(w) ||
+        !aligned16(dx) || (dx_add.defined() && (dx_add.dtype() != DType::f32 ||
+                                                !dx_add.is_contiguous() || !aligned16(dx_add))))
+        return false;
+    cudaStream_t s = stream_of(x);
+    const int64_t blocks =
+        std::max<int64_t>(1, std::min(kLnBwdBlocks, (rows + kLnBwdWarps - 1) / kLnBwdWarps));
+    const bool with_b = db.defined();
+    auto buf = be.allocate(size_t(blocks * cols) * sizeof(float) * (with_b ? 2 : 1), x.device());
+    float* pdw = static_cast<float*>(buf->data);
+    float* pdb = with_b ? pdw + blocks * cols : nullptr;
+    visit_ln_v(v, [&]<int V>() {
+        ln_bwd_rows<V><<<unsigned(blocks), 32 * kLnBwdWarps, 0, s>>>(
+            dy.data<float>(), x.data<float>(), w.data<float>(), mean.data<float>(),
+            rstd.data<float>(), dx_add.defined() ? dx_add.data<float>() : nullptr, rows,
+            int(cols), dx.data<float>(), pdw, pdb);
+    });
+    sum_partial_rows(pdw, blocks, cols, dw.data<float>(), s);
+    if (with_b) sum_partial_rows(pdb, blocks, cols, db.data<float>(), s);
+    check_launch("layer_norm_backward");
+    return true;
+}
+} // namespace
+
 void CudaBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                       const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                       const Tensor& dw, const Tensor& db) {
+    if (ln_backward_rows(*this, dy, x, w, mean, rstd, Tensor(), dx, dw, db)) return;
     const int64_t rows = x.size(0), cols = x.size(1);
     cudaStream_t s = stream_of(x);
-    const int v = ln_rows_v(cols);
-    if (v && x.dtype() == DType::f32 && aligned16(dy) && aligned16(x) && aligned16(w) &&
-        aligned16(dx)) {
-        const int64_t blocks =
-            std::max<int64_t>(1, std::min(kLnBwdBlocks, (rows + kLnBwdWarps - 1) / kLnBwdWarps));
-        const bool with_b = db.defined();
-        auto buf = allocate(size_t(blocks * cols) * sizeof(float) * (with_b ? 2 : 1), x.device());
-        float* pdw = static_cast<float*>(buf->data);
-        float* pdb = with_b ? pdw + blocks * cols : nullptr;
-        visit_ln_v(v, [&]<int V>() {
-            ln_bwd_rows<V><<<unsigned(blocks), 32 * kLnBwdWarps, 0, s>>>(
-                dy.data<float>(), x.data<float>(), w.data<float>(), mean.data<float>(),
-                rstd.data<float>(), rows, int(cols), dx.data<float>(), pdw, pdb);
-        });
-        sum_partial_rows(pdw, blocks, cols, dw.data<float>(), s);
-        if (with_b) sum_partial_rows(pdb, blocks, cols, db.data<float>(), s);
-        check_launch("layer_norm_backward");
-        return;
-    }
     visit_float(x.dtype(), [&]<typename T>() {
         norm_bwd_dx<T><<<unsigned(rows), row_threads(cols), 0, s>>>(
             dy.data<T>(), x.data<T>(), w.data<T>(), mean.data<T>(), rstd.data<T>(), cols,
@@ -334,6 +352,13 @@ void CudaBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const T
         norm_param_grads<T>(*this, dy, x, mean.data<T>(), rstd, dw, db);
     });
     check_launch("layer_norm_backward");
+}
+
+bool CudaBackend::layer_norm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                          const Tensor& mean, const Tensor& rstd,
+                                          const Tensor& dx_add, const Tensor& dx,
+                                          const Tensor& dw, const Tensor& db) {
+    return ln_backward_rows(*this, dy, x, w, mean, rstd, dx_add, dx, dw, db);
 }
 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& out,
