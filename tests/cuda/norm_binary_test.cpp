@@ -112,6 +112,21 @@ TEST(CudaBinary, MixedStorageTypesMatchWidenedCpu) {
             }
 }
 
+// Contiguous casts among f32 / bf16 / f16 (four at a time when sizes and addresses allow).
+TEST(CudaBinary, ContiguousCastsMatchCpu) {
+    const DType types[] = {DType::f32, DType::bf16, DType::f16};
+    for (DType from : types)
+        for (DType to : types)
+            for (const int64_t n : {int64_t(4096), int64_t(1001)})
+                expect_cuda_matches_cpu(
+                    std::string(dtype_name(from)) + " -> " + std::string(dtype_name(to)),
+                    [&](Device d) {
+                        Tensor a = randn_on({n}, 51, d, from, 100.0);
+                        return std::vector<Tensor>{a.to(to), a.narrow(0, 1, n - 4).to(to)};
+                    },
+                    0.0);
+}
+
 TEST(CudaBinary, ResidualAddKeepsF32AndTakesBothGradients) {
     // The block's residual add under autocast: an f32 stream plus a bf16 layer output.
     Tensor x = leaf_on({64, 96}, 21, kCuda);

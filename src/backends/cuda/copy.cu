@@ -66,6 +66,14 @@ uint64_t mix_host(uint64_t z) {
     return z ^ (z >> 31);
 }
 
+// n4 groups of four contiguous elements, S -> D (f32 / bf16 / f16), rounding to nearest even.
+template <typename S, typename D>
+__global__ void cast4_kernel(const S* __restrict__ src, D* __restrict__ dst, int64_t n4) {
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n4;
+         i += int64_t(gridDim.x) * blockDim.x)
+        store4(dst + 4 * i, load4(src + 4 * i));
+}
+
 } // namespace
 
 void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
@@ -91,6 +99,20 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
             convert_f32_to_bf16(src.data<float>(), dst.data_ptr(), n, s);
         else
             convert_f32_to_f16(src.data<float>(), dst.data_ptr(), n, s);
+        return;
+    }
+    if (is_f32_or_half(src.dtype()) && is_f32_or_half(dst.dtype()) && src.is_contiguous() &&
+        dst.is_contiguous() && n % 4 == 0 &&
+        ((reinterpret_cast<uintptr_t>(src.data_ptr()) |
+          reinterpret_cast<uintptr_t>(dst.data_ptr())) & 15) == 0) { // widening, 4 at a time
+        visit_f32_half(src.dtype(), [&]<typename S>() {
+            visit_f32_half(dst.dtype(), [&]<typename D>() {
+                cast4_kernel<S, D><<<blocks_for(n / 4), kBlock, 0, s>>>(
+                    static_cast<const S*>(src.data_ptr()), static_cast<D*>(dst.data_ptr()),
+                    n / 4);
+            });
+        });
+        check_launch("copy");
         return;
     }
     const auto ix = make_index<2>(dst.shape(), {&src.strides(), &dst.strides()});
