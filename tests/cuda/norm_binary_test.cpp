@@ -105,8 +105,14 @@ TEST(CudaBinary, MixedStorageTypesMatchWidenedCpu) {
                         // Strided and broadcast: a (8, 8) transposed view, a row against rows.
                         Tensor m = randn_on({8, 8}, 13, d, ta).t();
                         Tensor r = randn_on({8}, 14, d, tb);
-                        return std::vector<Tensor>{add(a, b), sub(a, b), mul(a, b), div(a, b),
-                                                   maximum(a, b), add(m, r), mul(r, m)};
+                        // A trailing block over leading dims (a position table per sequence):
+                        // period 40 (four at a time) and 30 (not).
+                        Tensor x = randn_on({3, 5, 8}, 15, d, ta), p = randn_on({5, 8}, 16, d, tb);
+                        Tensor x6 = randn_on({3, 5, 6}, 17, d, ta);
+                        Tensor p6 = randn_on({5, 6}, 18, d, tb);
+                        return std::vector<Tensor>{add(a, b),   sub(a, b),   mul(a, b),
+                                                   div(a, b),   maximum(a, b), add(m, r),
+                                                   mul(r, m),   add(x, p),   sub(x6, p6)};
                     },
                     0.0);
             }

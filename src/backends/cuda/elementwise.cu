@@ -116,6 +116,18 @@ __global__ void binary_float_vec4(BinaryOp op, const TA* __restrict__ a, const T
                                         binary_fn(op, x.z, y.z), binary_fn(op, x.w, y.w)));
     }
 }
+// b repeating every `period` elements (a trailing block broadcast over leading dims: a position
+// table added to every sequence), period % 4 == 0.
+template <typename TA, typename TB, typename TO>
+__global__ void binary_float_vec4_repeat(BinaryOp op, const TA* __restrict__ a,
+                                         const TB* __restrict__ b, TO* __restrict__ out,
+                                         int64_t n4, int64_t period) {
+    FORGE_GRID_LOOP(i, n4) {
+        const float4 x = load4(a + 4 * i), y = load4(b + (4 * i) % period);
+        store4(out + 4 * i, make_float4(binary_fn(op, x.x, y.x), binary_fn(op, x.y, y.y),
+                                        binary_fn(op, x.z, y.z), binary_fn(op, x.w, y.w)));
+    }
+}
 template <typename TA, typename TB, typename TO>
 __global__ void binary_float_strided(BinaryOp op, const TA* __restrict__ a,
                                      const TB* __restrict__ b, TO* __restrict__ out,
@@ -170,10 +182,27 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
                          ((reinterpret_cast<uintptr_t>(a.data_ptr()) |
                            reinterpret_cast<uintptr_t>(b.data_ptr()) |
                            reinterpret_cast<uintptr_t>(out.data_ptr())) & 15) == 0;
+        // b as a contiguous trailing block broadcast over the leading dims (strides 0 there).
+        int64_t period = 0;
+        if (!vec && a.is_contiguous() && out.is_contiguous() && n % 4 == 0) {
+            int64_t p = 1, d = b.dim() - 1;
+            for (; d >= 0 && b.strides()[size_t(d)] == p; --d)
+                p *= b.size(d);
+            bool rest_zero = true;
+            for (; d >= 0; --d)
+                rest_zero = rest_zero && (b.strides()[size_t(d)] == 0 || b.size(d) == 1);
+            const bool aligned = ((reinterpret_cast<uintptr_t>(a.data_ptr()) |
+                                   reinterpret_cast<uintptr_t>(b.data_ptr()) |
+                                   reinterpret_cast<uintptr_t>(out.data_ptr())) & 15) == 0;
+            if (rest_zero && p % 4 == 0 && aligned) period = p;
+        }
         visit_f32_half(a.dtype(), [&]<typename TA>() {
             visit_f32_half(b.dtype(), [&]<typename TB>() {
                 visit_f32_half(out.dtype(), [&]<typename TO>() {
-                    if (vec)
+                    if (period)
+                        binary_float_vec4_repeat<TA, TB, TO><<<blocks_for(n / 4), kBlock, 0, s>>>(
+                            op, a.data<TA>(), b.data<TB>(), out.data<TO>(), n / 4, period);
+                    else if (vec)
                         binary_float_vec4<TA, TB, TO><<<blocks_for(n / 4), kBlock, 0, s>>>(
                             op, a.data<TA>(), b.data<TB>(), out.data<TO>(), n / 4);
                     else

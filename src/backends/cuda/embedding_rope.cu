@@ -67,6 +67,17 @@ void CudaBackend::embedding(const Tensor& weight, const Tensor& ids, const Tenso
     cudaStream_t s = stream_of(out);
     const unsigned grid = blocks_for(n_ids * cols);
     const int64_t* ip = ids.data<int64_t>();
+    // Rows of whole 16-byte words move as such (GPT-2's 768 f32: 48 per row).
+    const int64_t row_bytes = cols * int64_t(dtype_size(weight.dtype()));
+    if (row_bytes % 16 == 0 && ((reinterpret_cast<uintptr_t>(weight.data_ptr()) |
+                                 reinterpret_cast<uintptr_t>(out.data_ptr())) & 15) == 0) {
+        const int64_t words = row_bytes / 16;
+        gather_rows<uint4><<<blocks_for(n_ids * words), kBlock, 0, s>>>(
+            static_cast<const uint4*>(weight.data_ptr()), ip, n_ids, words,
+            static_cast<uint4*>(out.data_ptr()));
+        check_launch("embedding");
+        return;
+    }
     switch (dtype_size(weight.dtype())) {
     case 2:
         gather_rows<uint16_t><<<grid, kBlock, 0, s>>>(weight.data<uint16_t>(), ip, n_ids, cols,
