@@ -127,9 +127,10 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
                 ", got ", shape_str(qkv.shape()));
     const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = n_head, D = C / H;
     const DType dt = qkv.dtype();
-    if (is_half(dt) && detail::backend_of(qkv).attention_strided()) // widened once
-        return attention_packed(qkv.to(DType::f32), n_head, opts);
-    if (is_half(dt)) { // widened per slice by attention(): the plain composition
+    // A half qkv (autocast's GEMM output) is widened once for a strided backend's f32 kernels;
+    // the output and dqkv stay f32 (the next GEMM rounds them itself).
+    const bool widen_once = is_half(dt) && detail::backend_of(qkv).attention_strided();
+    if (is_half(dt) && !widen_once) { // widened per slice by attention(): the plain composition
         auto p = split(qkv, {C, C, C}, 2);
         auto heads = [&](const Tensor& t) { return t.reshape({B, T, H, D}).permute({0, 2, 1, 3}); };
         return attention(heads(p[0]), heads(p[1]), heads(p[2]), opts)
@@ -146,7 +147,7 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
     bool in_place = false;
     {
         NoGradGuard no_grad;
-        qkv_c = qkv.detach().contiguous();
+        qkv_c = widen_once ? qkv.detach().to(DType::f32).contiguous() : qkv.detach().contiguous();
         // A backend that takes strided rows reads q, k, v in the packed buffer and writes out in
         // (B, T, H, D) order, where the rows stay 16-byte aligned for its fast kernel (C and D
         // multiples of 4 floats); otherwise q, k, v and out are copied to and from its layout.
@@ -154,15 +155,15 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
         Tensor q, k, v;
         if (in_place) {
             q = heads_of(qkv_c, 3, 0), k = heads_of(qkv_c, 3, 1), v = heads_of(qkv_c, 3, 2);
-            out = detail::empty_on(qkv, {B, T, C}, dt);
+            out = detail::empty_on(qkv_c, {B, T, C}, qkv_c.dtype());
             out_h = heads_of(out, 1, 0);
         } else { // (B, T, 3, H, D) -> (3, B, H, T, D): q, k and v each contiguous (B, H, T, D).
             qkv_c = qkv_c.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4}).contiguous();
             q = qkv_c.select(0, 0), k = qkv_c.select(0, 1), v = qkv_c.select(0, 2);
-            out_h = detail::empty_on(qkv, {B, H, T, D}, dt);
+            out_h = detail::empty_on(qkv_c, {B, H, T, D}, qkv_c.dtype());
         }
         s = check_attention("attention_packed", q, k, v, opts);
-        lse = detail::empty_on(qkv, {B, H, T}, dt);
+        lse = detail::empty_on(qkv_c, {B, H, T}, qkv_c.dtype());
         if (out_h.numel() > 0)
             be.attention(q, k, v, s.scale, opts.causal, out_h, lse);
         if (!in_place)
@@ -175,12 +176,13 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
             [qkv_c, out_h, lse, s, causal = opts.causal, in_place, heads_of, B, T, C, H,
              D](const Tensor& g) -> std::vector<Tensor> {
                 Backend& be = detail::backend_of(g);
+                const Tensor gc = g.to(qkv_c.dtype()).contiguous(); // the kernel's dtype
                 if (in_place) { // dq, dk, dv written straight into the (B, T, 3C) gradient
-                    Tensor dqkv = detail::empty_on(g, {B, T, 3 * C}, g.dtype());
+                    Tensor dqkv = detail::empty_on(g, {B, T, 3 * C}, qkv_c.dtype());
                     if (out_h.numel() > 0)
                         be.attention_backward(
                             heads_of(qkv_c, 3, 0), heads_of(qkv_c, 3, 1), heads_of(qkv_c, 3, 2),
-                            out_h, lse, heads_of(g.contiguous(), 1, 0), s.scale, causal,
+                            out_h, lse, heads_of(gc, 1, 0), s.scale, causal,
                             heads_of(dqkv, 3, 0), heads_of(dqkv, 3, 1), heads_of(dqkv, 3, 2));
                     return {dqkv};
                 }
@@ -189,7 +191,7 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
                                      : Tensor::zeros(qkv_c.shape(), qkv_c.dtype(), qkv_c.device());
                 if (out_h.numel() > 0) {
                     // (B, T, C) -> (B, H, T, D), the kernel's layout of dO.
-                    Tensor dout = heads_of(g.contiguous(), 1, 0).contiguous();
+                    Tensor dout = heads_of(gc, 1, 0).contiguous();
                     be.attention_backward(qkv_c.select(0, 0), qkv_c.select(0, 1),
                                           qkv_c.select(0, 2), out_h, lse, dout, s.scale, causal,
                                           dpacked.select(0, 0), dpacked.select(0, 1),
