@@ -51,16 +51,17 @@ bool allow_tf32();
 void set_allow_reduced_precision_attention(bool on);
 bool allow_reduced_precision_attention();
 /// bf16 autocast for f32 tensors on CUDA (mixed-precision training): matmuls round their
-/// operands to bf16 (a copy of each) and run on bf16 tensor cores with f32 accumulation and f32
-/// output, attention runs the bf16 tensor-core kernel. Norms, softmax,
-/// cross-entropy, elementwise ops and the optimizer stay f32, and so do the weights (the f32
-/// master copy), gradients and optimizer state. Off by default.
+/// operands to bf16 and run on bf16 tensor cores with f32 accumulation; linear() and
+/// layer_norm() store their outputs in bf16 (they only feed GEMMs), attention runs the bf16
+/// tensor-core kernel. Norm statistics, softmax, cross-entropy, the residual stream and the
+/// optimizer stay f32, and so do the weights (the f32 master copy), gradients and optimizer
+/// state. Off by default.
 void set_autocast_bf16(bool on);
 bool autocast_bf16();
-/// f16 autocast for f32 tensors on CUDA, as bf16's above for the matmuls (operands rounded to
-/// f16, a copy of each; f16 tensor cores with f32 accumulation and f32 output). Attention stays
-/// exact f32: the tensor-core attention kernel is bf16-only. f16's range ends at 65504, so
-/// training needs loss scaling (TrainOptions::loss_scale). Off by default.
+/// f16 autocast for f32 tensors on CUDA, as bf16's above (operands rounded to f16; f16 tensor
+/// cores with f32 accumulation). Attention runs the same tensor-core kernel as under bf16,
+/// which rounds its inputs to bf16 (no f16 attention kernel is built). f16's range ends at
+/// 65504, so training needs loss scaling (TrainOptions::loss_scale). Off by default.
 void set_autocast_f16(bool on);
 bool autocast_f16();
 /// The numerics of f32 work on CUDA, by name: "f32" (exact), "tf32" (TF32 matmuls), "bf16" or

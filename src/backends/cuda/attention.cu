@@ -3,8 +3,8 @@
 // backward that recomputes the probabilities from q, k and the saved log-sum-exp, so memory is
 // O(T * D), never (Tq, Tk). Causal (query i sits at position Tk - Tq + i), GQA (query head h
 // reads kv-head h / (Hq / Hkv)), head dims up to 256, f32/f64 on CUDA cores: the exact kernel.
-// With forge::cuda::set_allow_reduced_precision_attention(true) or bf16 autocast, f32 attention
-// of head dim 64 or 128 runs the bf16 tensor-core kernel of attention_tc.cu instead.
+// With forge::cuda::set_allow_reduced_precision_attention(true) or bf16 / f16 autocast, f32
+// attention of head dim 64 or 128 runs the bf16 tensor-core kernel of attention_tc.cu instead.
 // Layout: a warp owns one query row (forward, dq) or one key row (dk, dv). Scores: lane j
 // takes key (query) j of the tile; outputs: lane l owns features l, l + 32, ... (DPL of them).
 // Tensors: rows at any B, H, T strides (attention.cuh), lse and delta contiguous (B, Hq, Tq).
@@ -311,7 +311,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
                             bool causal, const Tensor& out, const Tensor& lse) {
     const Geo g = make_geo(q, k, scale, causal, {&q, &k, &v, &out});
     if (g.Tq == 0) return;
-    if ((allow_reduced_precision_attention() || autocast_bf16()) &&
+    if ((allow_reduced_precision_attention() || autocast_bf16() || autocast_f16()) &&
         attention_tc_supported(q, k, v, causal, {&out})) {
         attention_tc_forward(q, k, v, scale, causal, out, lse);
         return;
@@ -335,7 +335,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                      float scale, bool causal, const Tensor& dq, const Tensor& dk,
                                      const Tensor& dv) {
     const Geo g = make_geo(q, k, scale, causal, {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
-    if ((allow_reduced_precision_attention() || autocast_bf16()) &&
+    if ((allow_reduced_precision_attention() || autocast_bf16() || autocast_f16()) &&
         attention_tc_supported(q, k, v, causal, {&out, &dout, &dq, &dk, &dv})) {
         attention_tc_backward(q, k, v, out, lse, dout, scale, causal, dq, dk, dv);
         return;

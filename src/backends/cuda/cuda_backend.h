@@ -106,8 +106,8 @@ void check_launch(const char* op);
 
 /// The bf16 tensor-core flash attention (attention_tc.cu): f32 q/k/v, head dim 64 or 128, not
 /// causal with Tq > Tk, rows 16-byte aligned (every tensor's base and B, H, T strides).
-/// attention() takes it for f32 tensors when allow_reduced_precision_attention() is on;
-/// otherwise the exact f32 kernel runs. `others`: the outputs (and dout) the pass also touches,
+/// attention() takes it for f32 tensors when allow_reduced_precision_attention() or an autocast
+/// is on; otherwise the exact f32 kernel runs. `others`: the outputs (and dout) the pass also touches,
 /// held to the same alignment.
 bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                             std::initializer_list<const Tensor*> others = {});
