@@ -26,6 +26,12 @@ int64_t n_rows(const Tensor& x) {
     return c == 0 ? 0 : x.numel() / c;
 }
 
+// Integer ids on the host for a tensor on a device: validated there (no wait for the device),
+// then copied (a few KB per batch). Ids already on the device are copied back to validate.
+bool host_ids_for(const Tensor& ids, const Tensor& on_device) {
+    return ids.device().type == DeviceType::cpu && on_device.device().type != DeviceType::cpu;
+}
+
 // Integer ids/targets as a contiguous i64 tensor on the host, for validation.
 Tensor ids_to_host_i64(const Tensor& ids) {
     Tensor t = ids.detach().to(DType::i64).contiguous();
@@ -384,7 +390,9 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targ
     detail::check_float(op, x);
     detail::check_float(op, w);
     check_int_ids(op, targets, "targets");
-    detail::check_same_device(op, {x, w, targets});
+    // Targets may stay on the host for device x / w (validated there, then copied).
+    if (host_ids_for(targets, x)) detail::check_same_device(op, {x, w});
+    else detail::check_same_device(op, {x, w, targets});
     FORGE_CHECK(w.dim() == 2, "[", op, "] w must be (V, C), got ", shape_str(w.shape()));
     FORGE_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "[", op, "] x ", shape_str(x.shape()),
                 " does not match w ", shape_str(w.shape()), " (x's last dim must be C)");
@@ -411,7 +419,7 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targ
     {
         NoGradGuard no_grad;
         const Tensor xc = widen(x, cdt).contiguous().view({n, C}), wc = widen(w, cdt).contiguous();
-        const Tensor t64 = targets.to(DType::i64).contiguous().view({n});
+        const Tensor t64 = targets.to(DType::i64).contiguous().view({n}).to(x.device());
         Tensor losses = detail::empty_on(xc, {n}, cdt);
         if (grads) {
             dx = detail::empty_on(xc, {n, C}, cdt);
@@ -443,11 +451,25 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targ
 
 // The gather copies rows as bytes, so half weights are looked up without widening the whole
 // table (the CPU kernels take any dtype; the backward accumulates in f32).
+namespace {
+// dweight (V, C) from dout (n, C) and validated i64 ids (n) on dout's device.
+Tensor embedding_grad(const Tensor& dout, const Tensor& ids64, int64_t num_embeddings) {
+    const int64_t c = dout.size(-1), n = ids64.numel();
+    const DType cdt = compute_dtype(dout.dtype());
+    NoGradGuard no_grad;
+    Tensor dw = Tensor::zeros({num_embeddings, c}, cdt, dout.device());
+    if (n > 0 && c > 0)
+        backend_of(dw).embedding_backward(widen(dout, cdt).view({n, c}), ids64.view({n}), dw);
+    return dw;
+}
+} // namespace
+
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
     const char* op = "embedding";
     detail::check_float(op, weight);
     check_int_ids(op, ids, "ids");
-    detail::check_same_device(op, {weight, ids});
+    const bool host_ids = host_ids_for(ids, weight);
+    if (!host_ids) detail::check_same_device(op, {weight, ids});
     FORGE_CHECK(weight.dim() == 2, "[embedding] weight must be (V, C), got ",
                 shape_str(weight.shape()));
     const int64_t vocab = weight.size(0), c = weight.size(1);
@@ -459,7 +481,7 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
     Tensor ids64, y;
     {
         NoGradGuard no_grad;
-        ids64 = ids.to(DType::i64).contiguous().view({n});
+        ids64 = ids.to(DType::i64).contiguous().view({n}).to(weight.device());
         Tensor wc = weight.detach().contiguous();
         y = detail::empty_on(wc, out_shape, weight.dtype());
         if (y.numel() > 0)
@@ -467,7 +489,8 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
     }
     autograd::record(op, y, {weight, ids},
                      [ids64, vocab, n, c, dt = weight.dtype()](const Tensor& g) {
-                         Tensor dw = embedding_backward(g.reshape({n, c}), ids64, vocab);
+                         // ids64 was validated above: no second check (a device -> host wait).
+                         Tensor dw = embedding_grad(g.reshape({n, c}), ids64, vocab);
                          return std::vector<Tensor>{dw.to(dt), Tensor()};
                      });
     return y;
@@ -485,14 +508,8 @@ Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t num_emb
                 "[embedding_backward] dout ", shape_str(dout.shape()),
                 " must be ids' shape plus one dim; ids ", shape_str(ids.shape()));
     check_ids_in_range(op, ids, num_embeddings);
-    const int64_t c = dout.size(-1), n = ids.numel();
-    const DType cdt = compute_dtype(dout.dtype());
-    NoGradGuard no_grad;
-    Tensor dw = Tensor::zeros({num_embeddings, c}, cdt, dout.device());
-    if (n > 0 && c > 0)
-        backend_of(dw).embedding_backward(widen(dout, cdt).view({n, c}),
-                                          ids.to(DType::i64).contiguous().view({n}), dw);
-    return dw;
+    return embedding_grad(dout, ids.to(DType::i64).contiguous().view({ids.numel()}),
+                          num_embeddings);
 }
 
 // ------------------------------------------------------------------ rope

@@ -169,8 +169,9 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
                 "[transformer] ids must be i32 or i64, got ", dtype_name(ids_in.dtype()));
     const ModelConfig& c = cfg_;
     Impl& m = *impl_;
-    // Ids follow the weights (a CUDA model takes host ids; the copy is B * T integers).
-    const Tensor ids = ids_in.to(DType::i64).to(m.wte.device());
+    // Host ids stay on the host: embedding() validates them there and copies them to the
+    // weights' device (B * T integers), with no wait for the device.
+    const Tensor ids = ids_in.to(DType::i64);
     const int64_t B = ids.size(0), T = ids.size(1), C = c.n_embd, D = c.dim_head();
     const int64_t H = c.n_head, Hkv = c.n_head_kv;
     const int64_t pos0 = cache ? cache->length : 0;
@@ -299,8 +300,8 @@ Tensor Transformer::decode_step(std::span<const int64_t> ids_in, std::span<KVCac
     }
     NoGradGuard no_grad;
     const std::vector<int64_t> ids_v(ids_in.begin(), ids_in.end());
-    const Device dev = m.wte.device(); // ids and positions follow the weights
-    const Tensor ids = Tensor::from_vector(ids_v, {S}).to(dev);
+    const Device dev = m.wte.device(); // positions follow the weights
+    const Tensor ids = Tensor::from_vector(ids_v, {S}); // host ids: embedding() copies them
     Tensor x = embedding(m.wte, ids); // (S, C)
     if (c.family == ModelFamily::gpt2)
         x = add(x, embedding(m.wpe, Tensor::from_vector(pos, {S}).to(dev)));

@@ -387,9 +387,8 @@ StepStats Trainer::train_step() {
     const double scale = scale_;
     double loss_sum = 0;
     for (int64_t micro = 0; micro < opts_.grad_accum; ++micro) {
-        auto [x, y] = sampler_->next(); // (B, T) each, on the host
-        const Device dev = model_.device();
-        Tensor loss = model_.loss(x.to(dev), y.to(dev));
+        auto [x, y] = sampler_->next(); // (B, T) each, on the host: the model copies them
+        Tensor loss = model_.loss(x, y);
         const double l = loss.item(); // unscaled: a non-finite loss is divergence, not overflow
         if (!std::isfinite(l)) {
             opt_->zero_grad();
@@ -455,8 +454,7 @@ double Trainer::eval_split(int64_t begin, int64_t end, uint64_t salt) {
     double sum = 0;
     for (int64_t i = 0; i < opts_.eval_iters; ++i) {
         auto [x, y] = sampler.next();
-        const Device dev = model_.device();
-        sum += model_.loss(x.to(dev), y.to(dev)).item();
+        sum += model_.loss(x, y).item();
     }
     return sum / double(opts_.eval_iters);
 }

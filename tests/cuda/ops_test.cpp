@@ -311,6 +311,33 @@ TEST(CudaNN, EmbeddingRope) {
             tol_of(dt));
 }
 
+// Host ids and targets for device tensors are validated on the host and copied (no wait for the
+// device): the same results as device ids, the same errors.
+TEST(CudaNN, HostIdsAndTargetsForDeviceTensors) {
+    Tensor w = leaf_on({50, 24}, 61, kCuda), x = leaf_on({6, 24}, 62, kCuda);
+    Tensor ids = Tensor::from_vector(std::vector<int64_t>{3, 7, 3, 49, 0, 3}, {6});
+    Tensor tg = Tensor::from_vector(std::vector<int64_t>{1, -100, 49, 0, 7, 7}, {6});
+    Tensor y_host = embedding(w, ids), y_dev = embedding(w, ids.to(kCuda));
+    EXPECT_EQ(max_rel_diff(y_host, y_dev), 0.0);
+    sum(y_host).backward();
+    const Tensor gw_host = w.grad().detach().clone();
+    w.zero_grad();
+    sum(y_dev).backward();
+    EXPECT_EQ(max_rel_diff(gw_host, w.grad()), 0.0);
+    EXPECT_EQ(linear_cross_entropy(x, w, tg).item(),
+              linear_cross_entropy(x, w, tg.to(kCuda)).item());
+    try {
+        embedding(w, Tensor::from_vector(std::vector<int64_t>{3, 50}, {2}));
+        ADD_FAILURE() << "no error for an id out of range";
+    } catch (const InvalidArgument& e) {
+        EXPECT_NE(std::string(e.what()).find("id 50 (position 1"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(linear_cross_entropy(x, w, Tensor::from_vector(std::vector<int64_t>{0, 0, 0, 0,
+                                                                                     0, 60},
+                                                                {6})),
+                 InvalidArgument);
+}
+
 // Gradients of the fused ops, through autograd on each device.
 TEST(CudaNN, FusedBackwards) {
     expect_cuda_matches_cpu(
