@@ -205,6 +205,24 @@ void attn() {
             }
             cuda::set_allow_reduced_precision_attention(false);
             cuda::set_attention_tc_warps(0); // the default again
+            // The training step's path: attention_packed on a bf16 (B, T, 3 H D) qkv under bf16
+            // autocast, read in place as stored (bf16 out; dqkv f32, as a leaf's gradient).
+            const cuda::PrecisionScope bf16("bf16");
+            Tensor qkv = randn({B, T, 3 * H * D}, 4).to(DType::bf16);
+            qkv.set_requires_grad(true);
+            const std::string name = "bf16 packed B" + std::to_string(B) + " H12 T" +
+                                     std::to_string(T) + " D" + std::to_string(D);
+            {
+                NoGradGuard ng;
+                report("attention fwd " + name,
+                       time_ms([&] { (void)attention_packed(qkv, H, {.causal = true}); }), 0, fl);
+            }
+            report("attention fwd+bwd " + name, time_ms([&] {
+                       Tensor o = attention_packed(qkv, H, {.causal = true});
+                       o.backward(o.detach().to(DType::f32));
+                       qkv.zero_grad();
+                   }),
+                   0, 3.5 * fl);
         }
 }
 

@@ -133,6 +133,13 @@ class Backend {
     /// Whether attention / attention_backward take strided views (see attention). Ops hand
     /// the others contiguous copies.
     virtual bool attention_strided() const { return false; }
+    /// Whether attention / attention_backward take these bf16 q, k, v as they are (out in bf16;
+    /// lse, dout and dq, dk, dv f32). Ops widen half inputs to f32 otherwise.
+    virtual bool attention_takes_half(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      bool causal) const {
+        (void)q, (void)k, (void)v, (void)causal;
+        return false;
+    }
 
     /// A linear layer's epilogue: out (R, N) = act(x (R, N) + b (N)), act GELU-tanh when
     /// `gelu`, else identity; out may be x. The default runs binary add, then unary GELU;

@@ -226,6 +226,10 @@ class ProfilingBackend final : public Backend {
               [&] { inner_.attention_backward(q, k, v, o, lse, d, s, c, dq, dk, dv); });
     }
     bool attention_strided() const override { return inner_.attention_strided(); }
+    bool attention_takes_half(const Tensor& q, const Tensor& k, const Tensor& v,
+                              bool causal) const override {
+        return inner_.attention_takes_half(q, k, v, causal);
+    }
     bool binary_mixed_float() const override { return inner_.binary_mixed_float(); }
 
   private:

@@ -127,10 +127,11 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
                 ", got ", shape_str(qkv.shape()));
     const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = n_head, D = C / H;
     const DType dt = qkv.dtype();
-    // A half qkv (autocast's GEMM output) is widened once for a strided backend's f32 kernels;
-    // the output and dqkv stay f32 (the next GEMM rounds them itself).
-    const bool widen_once = is_half(dt) && detail::backend_of(qkv).attention_strided();
-    if (is_half(dt) && !widen_once) { // widened per slice by attention(): the plain composition
+    // A half qkv (autocast's GEMM output) goes to a strided backend as it is where its kernel
+    // takes half rows (bf16 out; lse, dout and dqkv f32), else widened once to f32 there (f32
+    // out and dqkv: the next GEMM rounds them itself).
+    const bool strided_half = is_half(dt) && detail::backend_of(qkv).attention_strided();
+    if (is_half(dt) && !strided_half) { // widened per slice by attention(): the plain composition
         auto p = split(qkv, {C, C, C}, 2);
         auto heads = [&](const Tensor& t) { return t.reshape({B, T, H, D}).permute({0, 2, 1, 3}); };
         return attention(heads(p[0]), heads(p[1]), heads(p[2]), opts)
@@ -145,9 +146,18 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
     Tensor qkv_c, out, out_h, lse;
     AttentionDims s{};
     bool in_place = false;
+    DType grad_dt = dt; // dout's and dqkv's dtype: the kernel's
     {
         NoGradGuard no_grad;
-        qkv_c = widen_once ? qkv.detach().to(DType::f32).contiguous() : qkv.detach().contiguous();
+        qkv_c = qkv.detach().contiguous();
+        if (strided_half) {
+            const bool as_is = rows_aligned16(heads_of(qkv_c, 3, 0)) &&
+                               be.attention_takes_half(heads_of(qkv_c, 3, 0),
+                                                       heads_of(qkv_c, 3, 1),
+                                                       heads_of(qkv_c, 3, 2), opts.causal);
+            if (!as_is) qkv_c = qkv_c.to(DType::f32);
+            grad_dt = DType::f32;
+        }
         // A backend that takes strided rows reads q, k, v in the packed buffer and writes out in
         // (B, T, H, D) order, where the rows stay 16-byte aligned for its fast kernel (C and D
         // multiples of 4 floats); otherwise q, k, v and out are copied to and from its layout.
@@ -163,7 +173,7 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
             out_h = detail::empty_on(qkv_c, {B, H, T, D}, qkv_c.dtype());
         }
         s = check_attention("attention_packed", q, k, v, opts);
-        lse = detail::empty_on(qkv_c, {B, H, T}, qkv_c.dtype());
+        lse = detail::empty_on(qkv_c, {B, H, T}, grad_dt);
         if (out_h.numel() > 0)
             be.attention(q, k, v, s.scale, opts.causal, out_h, lse);
         if (!in_place)
@@ -173,12 +183,12 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
         // Saved: the packed (or split) q, k, v, the output in the kernel's layout, lse (B, H, T).
         autograd::record(
             "attention_packed", out, {qkv},
-            [qkv_c, out_h, lse, s, causal = opts.causal, in_place, heads_of, B, T, C, H,
-             D](const Tensor& g) -> std::vector<Tensor> {
+            [qkv_c, out_h, lse, s, causal = opts.causal, in_place, heads_of, B, T, C, H, D,
+             grad_dt](const Tensor& g) -> std::vector<Tensor> {
                 Backend& be = detail::backend_of(g);
-                const Tensor gc = g.to(qkv_c.dtype()).contiguous(); // the kernel's dtype
+                const Tensor gc = g.to(grad_dt).contiguous(); // the kernel's dtype
                 if (in_place) { // dq, dk, dv written straight into the (B, T, 3C) gradient
-                    Tensor dqkv = detail::empty_on(g, {B, T, 3 * C}, qkv_c.dtype());
+                    Tensor dqkv = detail::empty_on(g, {B, T, 3 * C}, grad_dt);
                     if (out_h.numel() > 0)
                         be.attention_backward(
                             heads_of(qkv_c, 3, 0), heads_of(qkv_c, 3, 1), heads_of(qkv_c, 3, 2),

@@ -91,6 +91,40 @@ TEST(CudaAttentionLayout, PackedUnderAutocastWithinBf16Tolerance) {
     }
 }
 
+// A bf16 qkv (autocast's qkv projection) goes to the tensor-core kernel as it is: bf16 out,
+// f32 dqkv, against the CPU reference in f64 on the same bf16 values, and against the widened
+// f32 path on them (the same kernel: only out's rounding to bf16 differs).
+TEST(CudaAttentionLayout, PackedBf16QkvReadAsStored) {
+    const PackedCase cases[] = {{2, 200, 12, 64, true}, {1, 130, 6, 128, true},
+                                {2, 70, 12, 64, false}};
+    for (const PackedCase& c : cases) {
+        const int64_t C = c.H * c.D;
+        auto run = [&](Device d, DType in_dt) {
+            Tensor qkv = leaf_on({c.B, c.T, 3 * C}, 1, d);
+            Tensor out = attention_packed(qkv.to(DType::bf16).to(in_dt), c.H, {.causal = c.causal});
+            sum(mul(out, randn_on(out.shape(), 2, d))).backward();
+            return std::vector<Tensor>{out, qkv.grad()};
+        };
+        std::vector<Tensor> ref, got, widened;
+        {
+            cpu::ReferenceKernelsScope scope(true);
+            ref = run(Device::cpu(), DType::f64);
+        }
+        {
+            cuda::PrecisionScope bf16("bf16");
+            got = run(kCuda, DType::bf16);
+            widened = run(kCuda, DType::f32);
+        }
+        const std::string what = packed_name(c, true) + " bf16 qkv";
+        EXPECT_EQ(dtype_name(got[0].dtype()), "bf16") << what;
+        for (size_t i = 0; i < ref.size(); ++i) {
+            EXPECT_LE(norm_rel_diff(got[i], ref[i]), 1e-2) << what << i;
+            EXPECT_LE(max_rel_diff(got[i], ref[i]), 5e-2) << what << i;
+        }
+        EXPECT_LE(max_rel_diff(got[0], widened[0]), 8e-3) << what; // out's rounding alone
+    }
+}
+
 // (B, H, T, D) views for the kernels: heads interleaved along T ((B, T, H, D) order) in a
 // buffer whose rows carry `pad` extra floats, so row starts are T-strided and padded. The
 // padding holds a sentinel the kernels must not touch.

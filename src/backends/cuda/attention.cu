@@ -3,8 +3,8 @@
 // backward that recomputes the probabilities from q, k and the saved log-sum-exp, so memory is
 // O(T * D), never (Tq, Tk). Causal (query i sits at position Tk - Tq + i), GQA (query head h
 // reads kv-head h / (Hq / Hkv)), head dims up to 256, f32/f64 on CUDA cores: the exact kernel.
-// With forge::cuda::set_allow_reduced_precision_attention(true) or bf16 / f16 autocast, f32
-// attention of head dim 64 or 128 runs the bf16 tensor-core kernel of attention_tc.cu instead.
+// With forge::cuda::set_allow_reduced_precision_attention(true) or bf16 / f16 autocast, f32 (or
+// bf16) attention of head dim 64 or 128 runs the bf16 tensor-core kernel of attention_tc.cu.
 // Layout: a warp owns one query row (forward, dq) or one key row (dk, dv). Scores: lane j
 // takes key (query) j of the tile; outputs: lane l owns features l, l + 32, ... (DPL of them).
 // Tensors: rows at any B, H, T strides (attention.cuh), lse and delta contiguous (B, Hq, Tq).
@@ -307,15 +307,33 @@ template <typename K> void set_smem(K kernel, size_t bytes) {
 
 } // namespace
 
+namespace {
+bool tc_allowed() {
+    return allow_reduced_precision_attention() || autocast_bf16() || autocast_f16();
+}
+void check_exact_dtype(const Tensor& q) {
+    FORGE_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64,
+                "[attention] CUDA takes ", dtype_name(q.dtype()),
+                " q/k/v only on the tensor-core kernel (head dim 64 or 128, reduced precision or "
+                "autocast on), got q ", shape_str(q.shape()));
+}
+} // namespace
+
+bool CudaBackend::attention_takes_half(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       bool causal) const {
+    return q.dtype() == DType::bf16 && tc_allowed() && attention_tc_supported(q, k, v, causal);
+}
+
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                             bool causal, const Tensor& out, const Tensor& lse) {
     const Geo g = make_geo(q, k, scale, causal, {&q, &k, &v, &out});
     if (g.Tq == 0) return;
-    if ((allow_reduced_precision_attention() || autocast_bf16() || autocast_f16()) &&
+    if (tc_allowed() && out.dtype() == q.dtype() && lse.dtype() == DType::f32 &&
         attention_tc_supported(q, k, v, causal, {&out})) {
         attention_tc_forward(q, k, v, scale, causal, out, lse);
         return;
     }
+    check_exact_dtype(q);
     cudaStream_t s = stream_of(q);
     visit_float(q.dtype(), [&]<typename T>() {
         visit_dpl(g.D, [&]<int DPL>() {
@@ -335,11 +353,17 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                      float scale, bool causal, const Tensor& dq, const Tensor& dk,
                                      const Tensor& dv) {
     const Geo g = make_geo(q, k, scale, causal, {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
-    if ((allow_reduced_precision_attention() || autocast_bf16() || autocast_f16()) &&
+    // The tensor-core backward reads q, k, v, out in their type (f32 or bf16); lse, dout and the
+    // gradients are f32.
+    const bool f32_rest = lse.dtype() == DType::f32 && dout.dtype() == DType::f32 &&
+                          dq.dtype() == DType::f32 && dk.dtype() == DType::f32 &&
+                          dv.dtype() == DType::f32;
+    if (tc_allowed() && out.dtype() == q.dtype() && f32_rest &&
         attention_tc_supported(q, k, v, causal, {&out, &dout, &dq, &dk, &dv})) {
         attention_tc_backward(q, k, v, out, lse, dout, scale, causal, dq, dk, dv);
         return;
     }
+    check_exact_dtype(q);
     cudaStream_t s = stream_of(q);
     visit_float(q.dtype(), [&]<typename T>() {
         const int64_t rows = g.B * g.Hq * g.Tq;

@@ -4,15 +4,17 @@
 // any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu). Not the
 // exact kernel: attention.cu is, and picks this one only under reduced precision or autocast.
 //
-// The op's tensors are f32. Inputs are rounded to bf16 on their way into shared memory, so
-// results carry bf16 input rounding: about 1e-2 relative error against the f32 reference
-// (tests/cuda/ops_test.cpp checks that bound). Outputs, lse and gradients are f32. q, k, v, out,
-// dout, dq, dk, dv are rows at any B, H, T strides (attention.cuh) whose starts are 16-byte
-// aligned (attention_tc_supported checks); lse is contiguous.
+// q, k, v (and out, in their type) are f32 or bf16 (autocast's qkv projection is bf16). f32
+// inputs are rounded to bf16 on their way into shared memory, so results carry bf16 input
+// rounding: about 1e-2 relative error against the f32 reference (tests/cuda/ops_test.cpp checks
+// that bound). lse, dout and the gradients are f32. q, k, v, out, dout, dq, dk, dv are rows at
+// any B, H, T strides (attention.cuh) whose starts are 16-byte aligned (attention_tc_supported
+// checks); lse is contiguous.
 //
 // Forward: a block owns 128 query rows (4 warps of 32 rows, or 8 warps of 16) and streams
-// 64-key K/V tiles. The f32 tiles come in with cp.async into a staging area while the previous
-// tile is multiplied, and are converted to bf16 in shared memory (F32Stage).
+// 64-key K/V tiles. f32 tiles come in with cp.async into a staging area while the previous
+// tile is multiplied, and are converted to bf16 in shared memory (F32Stage); bf16 tiles are
+// copied straight into their shared tiles (fetch_bf16_rows), each while the other is in use.
 // Backward (5 matmuls, FlashAttention-2's Algorithm 2): a block owns 16 W keys (W warps of 16)
 // and streams 64-query tiles of Q, dO (rounded to bf16 once by fa_bwd_prep, then cp.async double
 // buffered), computing P once per tile: dV and dK stay in registers, dQ goes to global memory
@@ -141,13 +143,13 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Rows [r0, r0 + ROWS) of f32 src (n_rows, D; rows `ld` floats apart, ld % 4 == 0) into a bf16
-// tile [ROWS][D + 8], zero past n_rows,
+// Rows [r0, r0 + ROWS) of f32 or bf16 src (n_rows, D; rows `ld` elements apart, 16-byte
+// aligned) into a bf16 tile [ROWS][D + 8], zero past n_rows,
 // by NT threads, synchronously: 8 elements per thread per step (one 16-byte shared store). The
 // trip count is a constant so the loop unrolls and the global loads of all steps are in flight
 // together. For tiles read once per block (forward Q, backward K and V).
-template <int D, int ROWS, int NT>
-__device__ __forceinline__ void stage_tile(bf16* tile, const float* __restrict__ src, int64_t ld,
+template <int D, int ROWS, int NT, typename T>
+__device__ __forceinline__ void stage_tile(bf16* tile, const T* __restrict__ src, int64_t ld,
                                            int64_t r0, int64_t n_rows) {
     constexpr int kLd = D + 8, kChunks = D / 8, kSteps = ROWS * kChunks / NT;
     static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
@@ -157,11 +159,15 @@ __device__ __forceinline__ void stage_tile(bf16* tile, const float* __restrict__
         const int r = e / kChunks, d = (e - r * kChunks) * 8;
         uint4 packed = make_uint4(0, 0, 0, 0);
         if (r0 + r < n_rows) {
-            const float* p = src + (r0 + r) * ld + d;
-            const float4 x0 = *reinterpret_cast<const float4*>(p);
-            const float4 x1 = *reinterpret_cast<const float4*>(p + 4);
-            packed = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x0.z, x0.w),
-                                pack_bf16(x1.x, x1.y), pack_bf16(x1.z, x1.w));
+            const T* p = src + (r0 + r) * ld + d;
+            if constexpr (std::is_same_v<T, bf16>) { // already bf16: 8 elements as they are
+                packed = *reinterpret_cast<const uint4*>(p);
+            } else {
+                const float4 x0 = *reinterpret_cast<const float4*>(p);
+                const float4 x1 = *reinterpret_cast<const float4*>(p + 4);
+                packed = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x0.z, x0.w),
+                                    pack_bf16(x1.x, x1.y), pack_bf16(x1.z, x1.w));
+            }
         }
         *reinterpret_cast<uint4*>(tile + r * kLd + d) = packed;
     }
@@ -229,6 +235,37 @@ __device__ __forceinline__ void fetch_bf16_tile(bf16* tile, const bf16* __restri
     }
 }
 
+// The bf16 counterpart of F32Stage: rows of bf16 src (rows `ld` elements apart) copied with
+// cp.async straight into the tile [ROWS][D + 8] (no staging, no conversion); the caller
+// commits, waits and synchronises before reading, and before overwriting a tile in use.
+template <int D, int ROWS, int NT>
+__device__ __forceinline__ void fetch_bf16_rows(bf16* tile, const bf16* __restrict__ src,
+                                                int64_t ld, int64_t r0, int64_t n_rows) {
+    constexpr int kChunks = D / 8, kSteps = ROWS * kChunks / NT;
+    static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
+#pragma unroll
+    for (int step = 0; step < kSteps; ++step) {
+        const int e = step * NT + int(threadIdx.x);
+        const int r = e / kChunks, d = (e - r * kChunks) * 8;
+        const bool ok = r0 + r < n_rows;
+        cp_async16(tile + r * (D + 8) + d, ok ? src + (r0 + r) * ld + d : src, ok);
+    }
+}
+
+// Two values of a row stored as T (f32, or bf16 rounded to nearest even).
+template <typename T> __device__ __forceinline__ void store2(T* p, float a, float b) {
+    if constexpr (std::is_same_v<T, bf16>)
+        *reinterpret_cast<uint32_t*>(p) = pack_bf16(a, b);
+    else
+        *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+template <typename T> __device__ __forceinline__ float2 load2(const T* p) {
+    if constexpr (std::is_same_v<T, bf16>)
+        return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    else
+        return *reinterpret_cast<const float2*>(p);
+}
+
 // Max / sum over the 4 lanes of a quad (the lanes holding one row of a C tile).
 __device__ __forceinline__ float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -246,27 +283,31 @@ __device__ __forceinline__ float quad_sum(float x) {
 // Per 64-key tile: K's copy landed -> bf16, V's copy starts; S = Q K^T and the online softmax;
 // V's copy landed -> bf16, the next K's copy starts; O += P V. So each copy has half a tile's
 // work to land in, and the staging area holds one tile.
-template <int D, int W>
+template <int D, int W, typename T>
 __global__ void __launch_bounds__(32 * W)
-    fa_fwd(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-           float* __restrict__ out, float* __restrict__ lse, TcGeo g) {
+    fa_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+           T* __restrict__ out, float* __restrict__ lse, TcGeo g) {
     constexpr int M = 8 / W, kLd = D + 8, kNt = kKeys / 8, kDt = D / 8, kBm = 16 * M * W;
     constexpr int NT = 32 * W;
+    constexpr bool kBf16 = std::is_same_v<T, bf16>; // K/V copied straight into their tiles
     using KV = F32Stage<D, kKeys, NT>;
     extern __shared__ __align__(16) unsigned char smem_tc[];
-    auto* Fs = reinterpret_cast<float*>(smem_tc);
-    auto* Qs = reinterpret_cast<bf16*>(Fs + kKeys * D);
+    auto* Fs = reinterpret_cast<float*>(smem_tc); // f32 staging (f32 inputs only)
+    auto* Qs = reinterpret_cast<bf16*>(Fs + (kBf16 ? 0 : kKeys * D));
     bf16* Ks = Qs + kBm * kLd;
     bf16* Vs = Ks + kKeys * kLd;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
     const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / (g.Hq / g.Hkv);
     // The last query tiles (most keys under causal masking) start first.
     const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kBm;
-    const float* K = k + g.k.at(b, hk, 0);
-    const float* V = v + g.v.at(b, hk, 0);
+    const T* K = k + g.k.at(b, hk, 0);
+    const T* V = v + g.v.at(b, hk, 0);
     const int64_t last_q = min64(g.Tq, q0 + kBm) - 1;
     const int64_t k_end = g.causal ? min64(g.Tk, g.Tk - g.Tq + last_q + 1) : g.Tk;
-    KV::fetch(Fs, K, g.k.t, 0, g.Tk);
+    if constexpr (kBf16)
+        fetch_bf16_rows<D, kKeys, NT>(Ks, K, g.k.t, 0, g.Tk);
+    else
+        KV::fetch(Fs, K, g.k.t, 0, g.Tk);
     cp_async_commit();
     stage_tile<D, kBm, NT>(Qs, q + g.q.at(b, h, 0), g.q.t, q0, g.Tq);
     // This warp's rows: r_w + 16 mi + g4 (c0, c1) and + 8 (c2, c3) of m-tile mi.
@@ -278,10 +319,16 @@ __global__ void __launch_bounds__(32 * W)
         m[mi][0] = m[mi][1] = -INFINITY;
     for (int64_t k0 = 0; k0 < k_end; k0 += kKeys) {
         cp_async_wait<0>();
-        KV::to_bf16(Ks, Fs);
-        KV::fetch(Fs, V, g.v.t, k0, g.Tk);
-        cp_async_commit();
-        __syncthreads(); // Ks (and Qs, on the first tile) complete
+        if constexpr (kBf16) {
+            __syncthreads(); // Ks (and Qs) complete; every warp is done with Vs
+            fetch_bf16_rows<D, kKeys, NT>(Vs, V, g.v.t, k0, g.Tk);
+            cp_async_commit();
+        } else {
+            KV::to_bf16(Ks, Fs);
+            KV::fetch(Fs, V, g.v.t, k0, g.Tk);
+            cp_async_commit();
+            __syncthreads(); // Ks (and Qs, on the first tile) complete
+        }
         float s[M][kNt][4] = {};
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
@@ -344,10 +391,16 @@ __global__ void __launch_bounds__(32 * W)
                 }
         }
         cp_async_wait<0>();
-        KV::to_bf16(Vs, Fs);
-        if (k0 + kKeys < k_end) KV::fetch(Fs, K, g.k.t, k0 + kKeys, g.Tk);
-        cp_async_commit();
-        __syncthreads(); // Vs complete; every warp is done with Ks
+        if constexpr (kBf16) {
+            __syncthreads(); // Vs complete; every warp is done with Ks
+            if (k0 + kKeys < k_end) fetch_bf16_rows<D, kKeys, NT>(Ks, K, g.k.t, k0 + kKeys, g.Tk);
+            cp_async_commit();
+        } else {
+            KV::to_bf16(Vs, Fs);
+            if (k0 + kKeys < k_end) KV::fetch(Fs, K, g.k.t, k0 + kKeys, g.Tk);
+            cp_async_commit();
+            __syncthreads(); // Vs complete; every warp is done with Ks
+        }
         // O += P V: P from registers, V stored [key][d] = [k][n].
 #pragma unroll
         for (int kk = 0; kk < kNt / 2; ++kk) {
@@ -375,11 +428,10 @@ __global__ void __launch_bounds__(32 * W)
             const float lsum = quad_sum(l[mi][r]);
             if (i >= g.Tq) continue;
             const float inv = 1.f / lsum;
-            float* orow = out + g.o.at(b, h, i);
+            T* orow = out + g.o.at(b, h, i);
 #pragma unroll
             for (int dt = 0; dt < kDt; ++dt)
-                *reinterpret_cast<float2*>(orow + dt * 8 + 2 * c4) =
-                    make_float2(o[mi][dt][2 * r] * inv, o[mi][dt][2 * r + 1] * inv);
+                store2(orow + dt * 8 + 2 * c4, o[mi][dt][2 * r] * inv, o[mi][dt][2 * r + 1] * inv);
             if (c4 == 0) lse[bh * g.Tq + i] = (m[mi][r] + log2f(lsum)) * kLn2;
         }
 }
@@ -391,9 +443,9 @@ __global__ void __launch_bounds__(32 * W)
 // once, since fa_bwd reads every query tile once per key block; qb, gb, lse2 and delta are
 // contiguous (B, Hq, Tq, ...). Also zeroes the row of dq, which fa_bwd adds to atomically (a
 // memset could not skip the other rows of a strided dq).
-template <int D>
-__global__ void fa_bwd_prep(const float* __restrict__ q, const float* __restrict__ dout,
-                            const float* __restrict__ out, const float* __restrict__ lse,
+template <int D, typename T>
+__global__ void fa_bwd_prep(const T* __restrict__ q, const float* __restrict__ dout,
+                            const T* __restrict__ out, const float* __restrict__ lse,
                             float* __restrict__ dq, bf16* __restrict__ qb, bf16* __restrict__ gb,
                             float* __restrict__ lse2, float* __restrict__ delta, int64_t rows,
                             TcGeo g) {
@@ -402,17 +454,17 @@ __global__ void fa_bwd_prep(const float* __restrict__ q, const float* __restrict
     for (int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; row < rows;
          row += n_warps) {
         const int64_t bh = row / g.Tq, i = row % g.Tq, b = bh / g.Hq, h = bh % g.Hq;
-        const float* qr = q + g.q.at(b, h, i);
+        const T* qr = q + g.q.at(b, h, i);
         const float* gr = dout + g.g.at(b, h, i);
-        const float* orow = out + g.o.at(b, h, i);
+        const T* orow = out + g.o.at(b, h, i);
         float* dqr = dq + g.dq.at(b, h, i);
         float s = 0;
 #pragma unroll
         for (int p = 0; p < D / 64; ++p) {
             const int64_t d = 2 * (p * 32 + lane), at = row * D + d;
             const float2 go = *reinterpret_cast<const float2*>(gr + d);
-            const float2 o = *reinterpret_cast<const float2*>(orow + d);
-            const float2 x = *reinterpret_cast<const float2*>(qr + d);
+            const float2 o = load2(orow + d);
+            const float2 x = load2(qr + d);
             s += go.x * o.x + go.y * o.y;
             *reinterpret_cast<uint32_t*>(gb + at) = pack_bf16(go.x, go.y);
             *reinterpret_cast<uint32_t*>(qb + at) = pack_bf16(x.x, x.y);
@@ -435,9 +487,9 @@ __global__ void fa_bwd_prep(const float* __restrict__ q, const float* __restrict
 //   dS^T -> shared, then dQ (64 x D) += dS K, split over the warps, added to dq atomically.
 // smem: K, V [16 W][D + 8]; Q, dO [2][64][D + 8] bf16; dS^T [16 W][64 + 8] bf16; lse2, delta
 // [2][64] f32. dq must be zero on entry; dk, dv are written whole.
-template <int D, int W>
+template <int D, int W, typename T>
 __global__ void __launch_bounds__(32 * W)
-    fa_bwd(const float* __restrict__ k, const float* __restrict__ v, const bf16* __restrict__ qb,
+    fa_bwd(const T* __restrict__ k, const T* __restrict__ v, const bf16* __restrict__ qb,
            const bf16* __restrict__ gb, const float* __restrict__ lse2,
            const float* __restrict__ delta, float* __restrict__ dq, float* __restrict__ dk,
            float* __restrict__ dv, TcGeo g, float scale) {
@@ -621,14 +673,21 @@ template <typename K> void set_smem_tc(K kernel, size_t bytes) {
                                           int(cudaSharedmemCarveoutMaxShared)));
 }
 
-// Every row start 16-byte aligned (cp.async and float4 loads): the base and the B, H, T strides;
-// and the last dim contiguous.
+// Every row start 16-byte aligned (cp.async and 16-byte loads): the base and the B, H, T
+// strides; and the last dim contiguous.
 bool rows_aligned16(const Tensor& t) {
     if (t.dim() != 4 || t.strides()[3] != 1 || (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15))
         return false;
+    const int64_t per16 = 16 / int64_t(dtype_size(t.dtype()));
     for (int d = 0; d < 3; ++d)
-        if (t.size(d) > 1 && t.strides()[size_t(d)] % 4 != 0) return false;
+        if (t.size(d) > 1 && t.strides()[size_t(d)] % per16 != 0) return false;
     return true;
+}
+
+// f.template operator()<T>() for the inputs' storage type (f32 or bf16).
+template <typename F> void visit_input(DType dt, F&& f) {
+    if (dt == DType::bf16) f.template operator()<bf16>();
+    else f.template operator()<float>();
 }
 
 // f.template operator()<D, W>() for head dim D (64 or 128) and the warps per block of the pass.
@@ -654,7 +713,8 @@ void set_attention_tc_warps(int warps) {
 bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                             std::initializer_list<const Tensor*> others) {
     const int64_t D = q.size(3), Tq = q.size(2), Tk = k.size(2);
-    bool ok = q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32 &&
+    const DType dt = q.dtype();
+    bool ok = (dt == DType::f32 || dt == DType::bf16) && k.dtype() == dt && v.dtype() == dt &&
               (D == 64 || D == 128) && !(causal && Tq > Tk) && Tq > 0 && Tk > 0 &&
               q.size(0) * q.size(1) < 65536 && rows_aligned16(q) && rows_aligned16(k) &&
               rows_aligned16(v);
@@ -668,15 +728,16 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
     TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
     g.q = head_rows(q), g.k = head_rows(k), g.v = head_rows(v), g.o = head_rows(out);
     cudaStream_t s = stream_of(q);
-    visit_shape(q.size(3), false, [&]<int D, int W>() {
-        constexpr int kBm = 128; // 16 rows x 8 / W m-tiles x W warps
-        const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
-        const size_t smem = size_t(kKeys) * D * sizeof(float) + tile_bytes(D, kBm) +
-                            2 * tile_bytes(D, kKeys);
-        set_smem_tc(fa_fwd<D, W>, smem);
-        fa_fwd<D, W><<<grid, 32 * W, smem, s>>>(q.data<float>(), k.data<float>(),
-                                                v.data<float>(), out.data<float>(),
-                                                lse.data<float>(), g);
+    visit_input(q.dtype(), [&]<typename T>() {
+        visit_shape(q.size(3), false, [&]<int D, int W>() {
+            constexpr int kBm = 128; // 16 rows x 8 / W m-tiles x W warps
+            const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
+            const size_t staging = std::is_same_v<T, bf16> ? 0 : size_t(kKeys) * D * sizeof(float);
+            const size_t smem = staging + tile_bytes(D, kBm) + 2 * tile_bytes(D, kKeys);
+            set_smem_tc(fa_fwd<D, W, T>, smem);
+            fa_fwd<D, W, T><<<grid, 32 * W, smem, s>>>(q.data<T>(), k.data<T>(), v.data<T>(),
+                                                       out.data<T>(), lse.data<float>(), g);
+        });
     });
     check_launch("attention (tensor cores)");
 }
@@ -698,24 +759,26 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
     auto* lse2 = reinterpret_cast<float*>(gb + rows * D);
     float* delta = lse2 + rows;
     const unsigned prep_blocks = blocks_for(rows * 32);
-    if (D == 64)
-        fa_bwd_prep<64><<<prep_blocks, kBlock, 0, s>>>(
-            q.data<float>(), dout.data<float>(), out.data<float>(), lse.data<float>(),
-            dq.data<float>(), qb, gb, lse2, delta, rows, g);
-    else
-        fa_bwd_prep<128><<<prep_blocks, kBlock, 0, s>>>(
-            q.data<float>(), dout.data<float>(), out.data<float>(), lse.data<float>(),
-            dq.data<float>(), qb, gb, lse2, delta, rows, g);
-    visit_shape(D, true, [&]<int HD, int W>() {
-        constexpr int kBn = 16 * W;
-        const size_t smem = 2 * tile_bytes(HD, kBn) + 4 * tile_bytes(HD, kQRows) +
-                            size_t(kBn) * (kQRows + 8) * sizeof(bf16) +
-                            4 * kQRows * sizeof(float);
-        set_smem_tc(fa_bwd<HD, W>, smem);
-        const dim3 grid(unsigned((g.Tk + kBn - 1) / kBn), unsigned(g.B * g.Hkv));
-        fa_bwd<HD, W><<<grid, 32 * W, smem, s>>>(k.data<float>(), v.data<float>(), qb, gb, lse2,
-                                                 delta, dq.data<float>(), dk.data<float>(),
-                                                 dv.data<float>(), g, scale);
+    visit_input(q.dtype(), [&]<typename T>() {
+        if (D == 64)
+            fa_bwd_prep<64, T><<<prep_blocks, kBlock, 0, s>>>(
+                q.data<T>(), dout.data<float>(), out.data<T>(), lse.data<float>(),
+                dq.data<float>(), qb, gb, lse2, delta, rows, g);
+        else
+            fa_bwd_prep<128, T><<<prep_blocks, kBlock, 0, s>>>(
+                q.data<T>(), dout.data<float>(), out.data<T>(), lse.data<float>(),
+                dq.data<float>(), qb, gb, lse2, delta, rows, g);
+        visit_shape(D, true, [&]<int HD, int W>() {
+            constexpr int kBn = 16 * W;
+            const size_t smem = 2 * tile_bytes(HD, kBn) + 4 * tile_bytes(HD, kQRows) +
+                                size_t(kBn) * (kQRows + 8) * sizeof(bf16) +
+                                4 * kQRows * sizeof(float);
+            set_smem_tc(fa_bwd<HD, W, T>, smem);
+            const dim3 grid(unsigned((g.Tk + kBn - 1) / kBn), unsigned(g.B * g.Hkv));
+            fa_bwd<HD, W, T><<<grid, 32 * W, smem, s>>>(k.data<T>(), v.data<T>(), qb, gb, lse2,
+                                                        delta, dq.data<float>(), dk.data<float>(),
+                                                        dv.data<float>(), g, scale);
+        });
     });
     check_launch("attention_backward (tensor cores)");
 }

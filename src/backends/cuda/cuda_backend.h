@@ -65,6 +65,8 @@ class CudaBackend : public Backend {
                             const Tensor& dq, const Tensor& dk, const Tensor& dv) override;
     /// Both attention kernels read and write rows at any B, H, T strides (attention.cuh).
     bool attention_strided() const override { return true; }
+    bool attention_takes_half(const Tensor& q, const Tensor& k, const Tensor& v,
+                              bool causal) const override;
     bool binary_mixed_float() const override { return true; }
     /// One pass each, f32 (bias_act.cu; the forward's out may be bf16 / f16); other dtypes take
     /// Backend's default.
@@ -104,11 +106,11 @@ void copy_host_device(const Tensor& src, const Tensor& dst);
 /// After a kernel launch: turns a launch error into a DeviceError naming the op.
 void check_launch(const char* op);
 
-/// The bf16 tensor-core flash attention (attention_tc.cu): f32 q/k/v, head dim 64 or 128, not
-/// causal with Tq > Tk, rows 16-byte aligned (every tensor's base and B, H, T strides).
-/// attention() takes it for f32 tensors when allow_reduced_precision_attention() or an autocast
-/// is on; otherwise the exact f32 kernel runs. `others`: the outputs (and dout) the pass also touches,
-/// held to the same alignment.
+/// The bf16 tensor-core flash attention (attention_tc.cu): f32 or bf16 q/k/v (out in their type;
+/// lse, dout and the gradients f32), head dim 64 or 128, not causal with Tq > Tk, rows 16-byte
+/// aligned (every tensor's base and B, H, T strides). attention() takes it when
+/// allow_reduced_precision_attention() or an autocast is on; otherwise the exact f32 kernel
+/// runs. `others`: the outputs (and dout) the pass also touches, held to the same alignment.
 bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                             std::initializer_list<const Tensor*> others = {});
 void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
