@@ -257,13 +257,12 @@ Tensor half_matmul(const Tensor& a, const Tensor& b, DType out_dtype = DType::f3
     return out;
 }
 
-// linear() under CUDA's bf16/f16 autocast. The same arithmetic as the plain path's autocast
-// matmuls (operands rounded to nearest even, f32 accumulation and output), but each operand is
-// rounded once: x and w in the forward, x kept in half for dW (half the saved bytes), and the
-// gradient dZ once for both dX and dW (the plain path rounds x twice and dZ twice per layer).
-// The output is stored in the half type, as autocast's GEMM outputs are in PyTorch (with the
-// bias rounded to it first, as there): the next layer's operand, or the attention's input, at
-// half the bytes; with GELU rounded once by the epilogue. x may arrive in the half type already.
+// linear() under CUDA's bf16/f16 autocast: operands rounded to nearest even, f32 accumulation,
+// each operand rounded once: x and w in the forward, x kept in half for dW (half the saved
+// bytes), and the gradient dZ once for both dX and dW. The output is stored in the half type,
+// as autocast's GEMM outputs are in PyTorch (with the bias rounded to it first, as there): the
+// next layer's operand, or the attention's input, at half the bytes; with GELU the product is
+// kept in the half type and the epilogue rounds the output once. x may arrive in the half type.
 Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act,
                        DType hd) {
     const int64_t N = w.size(1), K = w.size(0), R = x.numel() / std::max<int64_t>(K, 1);

@@ -449,8 +449,6 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targ
 
 // ------------------------------------------------------------------ embedding
 
-// The gather copies rows as bytes, so half weights are looked up without widening the whole
-// table (the CPU kernels take any dtype; the backward accumulates in f32).
 namespace {
 // dweight (V, C) from dout (n, C) and validated i64 ids (n) on dout's device.
 Tensor embedding_grad(const Tensor& dout, const Tensor& ids64, int64_t num_embeddings) {
@@ -464,6 +462,9 @@ Tensor embedding_grad(const Tensor& dout, const Tensor& ids64, int64_t num_embed
 }
 } // namespace
 
+// The gather copies rows as bytes, so half weights are looked up without widening the whole
+// table (the CPU kernels take any dtype; the backward accumulates in f32). Host ids for a device
+// weight are validated on the host and copied.
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
     const char* op = "embedding";
     detail::check_float(op, weight);

@@ -84,12 +84,15 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps = 1e-6f);
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
 /// cross_entropy(matmul(x, w.t()), targets): x (..., C), w (V, C) (an LM head as stored),
 /// targets (...). Computed over row chunks, with the gradients taken in the same pass when they
-/// are needed, so the (N, V) logits never exist whole (the LM head's memory and traffic).
+/// are needed, so the (N, V) logits never exist whole (the LM head's memory and traffic). x and
+/// w may differ in float dtype (computed in the promoted one); targets may be on the host for a
+/// device x (validated there, then copied: no wait for the device).
 Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targets,
                             int64_t ignore_index = -100);
 
 // ---------------------------------------------------------------- embedding, RoPE, dropout
-/// weight: (V, C), ids: any shape (i32/i64) -> (*ids.shape, C). Backward scatter-adds.
+/// weight: (V, C), ids: any shape (i32/i64) -> (*ids.shape, C). Backward scatter-adds. ids may
+/// be on the host for a device weight (validated there, then copied).
 Tensor embedding(const Tensor& weight, const Tensor& ids);
 
 /// Rotary embedding. x: (B, H, T, D), rotates pairs within each head by angle
