@@ -92,6 +92,18 @@ inline std::vector<float> flat_weights(const Transformer& m) {
     return out;
 }
 
+/// The next training step must stop with an Error whose message contains every one of `parts`.
+inline void expect_step_fails_naming(Trainer& t, const std::vector<std::string>& parts) {
+    try {
+        t.train_step();
+        FAIL() << "no error";
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        for (const std::string& part : parts)
+            EXPECT_NE(msg.find(part), std::string::npos) << msg;
+    }
+}
+
 /// After the run's first step, one weight set to NaN: the next step must stop with an error
 /// that names step 2 and the NaN loss (the trainer's guard, with or without loss scaling).
 inline void expect_nan_weight_stops_step_2(Trainer& t, Transformer& m) {
@@ -99,14 +111,7 @@ inline void expect_nan_weight_stops_step_2(Trainer& t, Transformer& m) {
         NoGradGuard ng;
         m.named_parameters()[2].second.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
     }
-    try {
-        t.train_step();
-        FAIL() << "no error";
-    } catch (const Error& e) {
-        const std::string msg = e.what();
-        EXPECT_NE(msg.find("step 2"), std::string::npos) << msg;
-        EXPECT_NE(msg.find("loss is nan"), std::string::npos) << msg;
-    }
+    expect_step_fails_naming(t, {"step 2", "loss is nan"});
 }
 
 } // namespace forge::test

@@ -219,25 +219,10 @@ template <int D, int ROWS, int NT> struct F32Stage {
     }
 };
 
-// Rows [r0, r0 + ROWS) of bf16 src (n_rows, D) into a tile [ROWS][D + 8] with cp.async (zero
-// past n_rows), by NT threads; the caller commits and waits.
-template <int D, int ROWS, int NT>
-__device__ __forceinline__ void fetch_bf16_tile(bf16* tile, const bf16* __restrict__ src,
-                                                int64_t r0, int64_t n_rows) {
-    constexpr int kChunks = D / 8, kSteps = ROWS * kChunks / NT;
-    static_assert(ROWS * kChunks % NT == 0, "tile chunks must split evenly over the threads");
-#pragma unroll
-    for (int step = 0; step < kSteps; ++step) {
-        const int e = step * NT + int(threadIdx.x);
-        const int r = e / kChunks, d = (e - r * kChunks) * 8;
-        const bool ok = r0 + r < n_rows;
-        cp_async16(tile + r * (D + 8) + d, src + (ok ? (r0 + r) * D + d : 0), ok);
-    }
-}
-
-// The bf16 counterpart of F32Stage: rows of bf16 src (rows `ld` elements apart) copied with
-// cp.async straight into the tile [ROWS][D + 8] (no staging, no conversion); the caller
-// commits, waits and synchronises before reading, and before overwriting a tile in use.
+// Rows [r0, r0 + ROWS) of bf16 src (n_rows, D; rows `ld` elements apart) copied with cp.async
+// straight into the tile [ROWS][D + 8], zero past n_rows, by NT threads (the bf16 counterpart of
+// F32Stage: no staging, no conversion); the caller commits, waits and synchronises before
+// reading, and before overwriting a tile in use.
 template <int D, int ROWS, int NT>
 __device__ __forceinline__ void fetch_bf16_rows(bf16* tile, const bf16* __restrict__ src,
                                                 int64_t ld, int64_t r0, int64_t n_rows) {
@@ -521,8 +506,8 @@ __global__ void __launch_bounds__(32 * W)
     auto fetch = [&](int64_t it, int buf) {
         int64_t qh, i0;
         tile_of(it, qh, i0);
-        fetch_bf16_tile<D, kQRows, NT>(Qs + buf * kQRows * kLd, qb + qh * g.Tq * D, i0, g.Tq);
-        fetch_bf16_tile<D, kQRows, NT>(Gs + buf * kQRows * kLd, gb + qh * g.Tq * D, i0, g.Tq);
+        fetch_bf16_rows<D, kQRows, NT>(Qs + buf * kQRows * kLd, qb + qh * g.Tq * D, D, i0, g.Tq);
+        fetch_bf16_rows<D, kQRows, NT>(Gs + buf * kQRows * kLd, gb + qh * g.Tq * D, D, i0, g.Tq);
         if (threadIdx.x < 2 * kQRows) { // lse2 by threads 0..63, delta by 64..127
             const int t = threadIdx.x % kQRows;
             const bool is_delta = threadIdx.x >= kQRows, ok = i0 + t < g.Tq;

@@ -39,10 +39,8 @@ template <int VEC> struct Vec {
             r.v[0] = x.x, r.v[1] = x.y, r.v[2] = x.z, r.v[3] = x.w;
         } else {
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                if constexpr (std::is_same_v<T, float>) r.v[i] = p[i];
-                else r.v[i] = half_to_float(p[i]);
-            }
+            for (int i = 0; i < VEC; ++i)
+                r.v[i] = half_to_float(p[i]);
         }
         return r;
     }
@@ -145,8 +143,6 @@ __global__ void __launch_bounds__(32 * kRowLanes)
         partial[int64_t(blockIdx.y) * N + c] = s;
     }
 }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // The stage-1 grid aims at this many blocks (a constant, not the device's SM count, so db's
 // summation order depends on the shape alone).

@@ -75,13 +75,16 @@ template <typename T> __device__ __forceinline__ T from_double(double v) {
 }
 
 /// A half type (__half or __nv_bfloat16) to float, and float to it (round to nearest even):
-/// the float-only forms of the two above, for kernels whose math is f32.
+/// the float-only forms of the two above, for kernels whose math is f32. float passes through,
+/// so kernels over "f32 or a half type" storage use them as they are.
 template <typename H> __device__ __forceinline__ float half_to_float(H v) {
-    if constexpr (std::is_same_v<H, __half>) return __half2float(v);
+    if constexpr (std::is_same_v<H, float>) return v;
+    else if constexpr (std::is_same_v<H, __half>) return __half2float(v);
     else return __bfloat162float(v);
 }
 template <typename H> __device__ __forceinline__ H float_to_half(float v) {
-    if constexpr (std::is_same_v<H, __half>) return __float2half_rn(v);
+    if constexpr (std::is_same_v<H, float>) return v;
+    else if constexpr (std::is_same_v<H, __half>) return __float2half_rn(v);
     else return __float2bfloat16_rn(v);
 }
 
@@ -177,6 +180,9 @@ StridedIndex<N> make_index(const Shape& shape, const std::array<const Shape*, N>
 // 64-bit min/max usable on both sides (forge::max is the tensor op; CUDA's min is untemplated).
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/// p is 16-byte aligned (float4 / 8 x bf16 accesses).
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 constexpr int kBlock = 256;
 inline unsigned blocks_for(int64_t n, int block = kBlock, int64_t cap = 65535LL * 16) {

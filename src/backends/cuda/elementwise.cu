@@ -99,14 +99,6 @@ __global__ void binary_kernel(BinaryOp op, const T* __restrict__ a, const T* __r
 // Float operands of any storage type (f32, bf16, f16), computed in f32 and stored as TO: a
 // residual add of an f32 stream and a bf16 GEMM output reads each as it is. Contiguous operands
 // go 4 elements at a time.
-template <typename T> __device__ __forceinline__ float as_float(T v) {
-    if constexpr (std::is_same_v<T, float>) return v;
-    else return half_to_float(v);
-}
-template <typename T> __device__ __forceinline__ T from_float(float v) {
-    if constexpr (std::is_same_v<T, float>) return v;
-    else return float_to_half<T>(v);
-}
 template <typename TA, typename TB, typename TO>
 __global__ void binary_float_vec4(BinaryOp op, const TA* __restrict__ a, const TB* __restrict__ b,
                                   TO* __restrict__ out, int64_t n4) {
@@ -135,7 +127,8 @@ __global__ void binary_float_strided(BinaryOp op, const TA* __restrict__ a,
     FORGE_GRID_LOOP(i, n) {
         int64_t off[3];
         ix.offsets(i, off);
-        out[off[2]] = from_float<TO>(binary_fn(op, as_float(a[off[0]]), as_float(b[off[1]])));
+        out[off[2]] =
+            float_to_half<TO>(binary_fn(op, half_to_float(a[off[0]]), half_to_float(b[off[1]])));
     }
 }
 

@@ -241,9 +241,7 @@ template <typename F> void visit_ln_v(int v, F&& f) {
     default: f.template operator()<8>(); break;
     }
 }
-bool aligned16(const Tensor& t) {
-    return !t.defined() || (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15) == 0;
-}
+bool aligned16(const Tensor& t) { return !t.defined() || cuda::aligned16(t.data_ptr()); }
 
 // dw (and db) for either norm: two passes over row chunks.
 template <typename T>
