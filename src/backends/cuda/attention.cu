@@ -359,7 +359,9 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
     const bool tc_dtypes = lse.dtype() == DType::f32 && out.dtype() == qd &&
                            (dout.dtype() == DType::f32 || dout.dtype() == qd) &&
                            dq.dtype() == qd && dk.dtype() == qd && dv.dtype() == qd;
-    if (tc_allowed() && tc_dtypes &&
+    // bf16 q, k, v ran on the tensor-core forward: its backward follows, autocast on or not (the
+    // exact kernel does not take them).
+    if ((tc_allowed() || qd == DType::bf16) && tc_dtypes &&
         attention_tc_supported(q, k, v, causal, {&out, &dout, &dq, &dk, &dv})) {
         attention_tc_backward(q, k, v, out, lse, dout, scale, causal, dq, dk, dv);
         return;

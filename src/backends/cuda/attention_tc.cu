@@ -4,21 +4,28 @@
 // any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu). Not the
 // exact kernel: attention.cu is, and picks this one only under reduced precision or autocast.
 //
-// q, k, v (and out, in their type) are f32 or bf16 (autocast's qkv projection is bf16). f32
-// inputs are rounded to bf16 on their way into shared memory, so results carry bf16 input
-// rounding: about 1e-2 relative error against the f32 reference (tests/cuda/ops_test.cpp checks
-// that bound). lse, dout and the gradients are f32. q, k, v, out, dout, dq, dk, dv are rows at
-// any B, H, T strides (attention.cuh) whose starts are 16-byte aligned (attention_tc_supported
-// checks); lse is contiguous.
+// q, k, v (and out, dq, dk, dv, in their type) are f32 or bf16 (autocast's qkv projection is
+// bf16); dout is f32 or their type; lse is f32. f32 inputs are rounded to bf16 on their way into
+// shared memory, so results carry bf16 input rounding: about 1e-2 relative error against the f32
+// reference (tests/cuda/ops_test.cpp checks that bound). q, k, v, out, dout, dq, dk, dv are rows
+// at any B, H, T strides (attention.cuh) whose starts are 16-byte aligned
+// (attention_tc_supported checks); lse is contiguous.
 //
-// Forward: a block owns 128 query rows (4 warps of 32 rows, or 8 warps of 16) and streams
-// 64-key K/V tiles. f32 tiles come in with cp.async into a staging area while the previous
-// tile is multiplied, and are converted to bf16 in shared memory (F32Stage); bf16 tiles are
-// copied straight into their shared tiles (fetch_bf16_rows), each while the other is in use.
+// Forward on bf16 tensors (fa_fwd_h, FlashAttention-2's forward): a block owns 16 M W query rows
+// (W warps of 16 M rows; 128 rows by default), K/V tiles of BN keys double buffered with
+// cp.async straight into their shared tiles (the next tile's copy overlaps the whole current
+// tile), exp2 with the scale folded into one FFMA, the running max moved (and O rescaled) only
+// when a tile's max exceeds it by a margin, masks only on tiles that need them, tiles wholly
+// above the causal diagonal skipped per warp, the output staged through shared memory for
+// 16-byte stores. On f32 tensors (fa_fwd): 128 query rows (4 warps of 32 rows, or 8 of 16) and
+// 64-key tiles; f32 tiles come in with cp.async into a staging area while the previous tile is
+// multiplied, and are converted to bf16 in shared memory (F32Stage). Both start with the last
+// query blocks (the most keys under causal masking).
 // Backward (5 matmuls, FlashAttention-2's Algorithm 2): a block owns 16 W keys (W warps of 16)
 // and streams 64-query tiles of Q, dO (rounded to bf16 once by fa_bwd_prep, then cp.async double
 // buffered), computing P once per tile: dV and dK stay in registers, dQ goes to global memory
-// with f32 atomics (so dQ's summation order, and its last bits, vary from run to run).
+// with f32 atomics (so dQ's summation order, and its last bits, vary from run to run): into dq
+// itself when it is f32, else into an f32 accumulator that fa_bwd_dq_out rounds to bf16.
 //
 // Shared rows are padded by 8 bf16 (16 bytes), so the fragment loads and ldmatrix rows of a warp
 // fall in distinct banks. Fragment layouts (PTX ISA, "mma.m16n8k16"), g = lane / 4, c = lane % 4:
@@ -42,9 +49,10 @@ constexpr int kQRows = 64; // backward: queries per streamed Q/dO tile
 // per head dim and pass the faster shape on an H200 at T = 1024..8192 (every size in that run).
 std::atomic<int> g_tc_warps{0};
 constexpr int kFwdWarps64 = 4, kFwdWarps128 = 8, kBwdWarps64 = 8, kBwdWarps128 = 8;
-// The bf16-tensor forward (fa_fwd_h): set_attention_tc_fwd_config forces one of kFwdConfigs block
+// The bf16-tensor forward: set_attention_tc_fwd_config forces one of fa_fwd_h's kFwdConfigs block
 // shapes (visit_fwd_h), or kFwdConfigs + 1 for fa_fwd (the kernel f32 tensors take); 0 takes
-// these defaults.
+// these defaults. TODO(#7): they are FlashAttention-2's shapes (128 query rows of 4 warps, 128
+// keys a tile at D = 64, 64 at D = 128), not yet timed against the others on a GPU.
 std::atomic<int> g_tc_fwd_config{0};
 constexpr int kFwdConfigs = 4, kFwdDefault64 = 1, kFwdDefault128 = 1;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -457,11 +465,11 @@ __device__ __forceinline__ float ex2(float x) {
 // Per tile (FlashAttention-2's forward): S = Q K^T (ldmatrix from shared memory, f32 in
 // registers), the row max on the raw scores, P = 2^(S scale log2(e) - m) as one FFMA and one ex2,
 // O += P V with P packed to bf16 straight from the S registers. The running max m of a row moves
-// only when a tile's max exceeds it by more than kSlack (P <= 2^kSlack, exact in bf16 and f32
-// alike), and O is rescaled only when some row of the warp moved: after the first tiles the max
-// rarely grows, so the rescale (kDt x 4 FMULs per row pair) mostly drops out. Tiles wholly visible
-// to a warp skip the mask; tiles wholly masked for a warp (above the causal diagonal) skip the
-// math.
+// only when a tile's max exceeds it by more than kSlack (P <= 2^kSlack: far from overflow, and
+// bf16's relative precision does not depend on magnitude), and O is rescaled only when some row
+// of the warp moved: after the first tiles the max rarely grows, so the rescale (kDt x 4 FMULs
+// per row pair) mostly drops out. Tiles wholly visible to a warp skip the mask; tiles wholly
+// masked for a warp (above the causal diagonal) skip the math.
 template <int D, int W, int M, int BN>
 __global__ void __launch_bounds__(32 * W)
     fa_fwd_h(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
@@ -918,10 +926,16 @@ template <typename F> void visit_shape(int64_t D, bool backward, F&& f) {
     else eight ? f.template operator()<128, 8>() : f.template operator()<128, 4>();
 }
 
-// f.template operator()<D, W, M, BN>() for fa_fwd_h's block shape: set_attention_tc_fwd_config's
-// choice 1..kFwdConfigs, or 0 for the default (kFwdDefault64 / kFwdDefault128).
-template <typename F> void visit_fwd_h(int64_t D, int config, F&& f) {
-    const int c = config ? config : (D == 64 ? kFwdDefault64 : kFwdDefault128);
+// The forward's configuration for head dim D: set_attention_tc_fwd_config's choice, else the
+// default. 1..kFwdConfigs: fa_fwd_h's block shapes (visit_fwd_h); kFwdConfigs + 1: fa_fwd.
+int fwd_config(int64_t D) {
+    const int c = g_tc_fwd_config.load();
+    return c ? c : (D == 64 ? kFwdDefault64 : kFwdDefault128);
+}
+
+// f.template operator()<D, W, M, BN>() for fa_fwd_h's block shape of configuration c
+// (1..kFwdConfigs).
+template <typename F> void visit_fwd_h(int64_t D, int c, F&& f) {
     if (D == 64) {
         if (c == 1) f.template operator()<64, 4, 2, 128>();
         else if (c == 2) f.template operator()<64, 4, 2, 64>();
@@ -970,7 +984,7 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
     TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
     g.q = head_rows(q), g.k = head_rows(k), g.v = head_rows(v), g.o = head_rows(out);
     cudaStream_t s = stream_of(q);
-    const int config = g_tc_fwd_config.load();
+    const int config = fwd_config(q.size(3));
     if (q.dtype() == DType::bf16 && scale > 0.f && config <= kFwdConfigs) {
         visit_fwd_h(q.size(3), config, [&]<int D, int W, int M, int BN>() {
             constexpr int kBm = 16 * M * W;
