@@ -3,6 +3,7 @@
 // copy GB/s, cuBLAS TF32 TFLOP/s) are measured in the same run. Run on the GPU machine through
 // bench/cuda/bench_ops.sh. Usage: cuda_bench [kernels|attn|gemm|lmce|train B T f32|tf32|bf16]...
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -14,7 +15,7 @@
 #include <forge/models/transformer.h>
 #include <forge/train/optimizer.h>
 
-#include "backends/cuda/cuda_backend.h" // set_attention_tc_warps
+#include "backends/cuda/cuda_backend.h" // set_attention_tc_warps, set_attention_tc_fwd_config
 
 using namespace forge;
 
@@ -166,63 +167,91 @@ void kernels() {
 }
 
 // Flash attention, causal, forward and forward+backward through the op (autograd included),
-// at T = 1024..8192 with B * T fixed (8 x 1024 tokens per head), head dims 64 and 128, 12 heads:
-// the exact f32 kernel (T = 1024 only: it is slow) and the bf16 tensor-core kernel
-// (allow_reduced_precision_attention; blocks of 4 and of 8 warps) on the same f32 tensors. FLOPs: 4 B H T^2 D / 2 forward,
-// 2.5x that backward (FlashAttention's count). Peer: bench/cuda/torch_attn.py.
+// at T = 1024..8192 with B * T fixed (8 x 1024 tokens per head), head dims 64 and 128, 12 heads,
+// as bench/cuda/torch_attn.py times PyTorch's flash SDPA (its peer). Main figures ("bf16"): bf16
+// (B, H, T, D) tensors in and out under bf16 autocast, the gradient in bf16, at the default block
+// shapes; then each forward block shape of the bf16 kernel ("fwd cfg N", cuda_backend.h), the
+// kernel alone without the op around it, the training step's path ("bf16 packed":
+// attention_packed on a bf16 (B, T, 3 H D) qkv, read in place), and f32 tensors rounded inside
+// ("f32 tc"). FLOPs: 4 B H T^2 D / 2 forward, 2.5x that backward (FlashAttention's count).
 void attn() {
+    constexpr double kBudget = 300; // ms per figure
+    Backend& be = cuda::backend();
     for (int64_t D : {64, 128})
         for (int64_t T : {1024, 2048, 4096, 8192}) {
             const int64_t B = 8 * 1024 / T, H = 12;
-            Tensor q = randn({B, H, T, D}, 1), k = randn({B, H, T, D}, 2),
-                   v = randn({B, H, T, D}, 3);
-            q.set_requires_grad(true);
-            k.set_requires_grad(true);
-            v.set_requires_grad(true);
             const double fl = 4.0 * double(B * H) * double(T) * double(T) * double(D) / 2;
-            for (int variant : {0, 4, 8}) { // exact f32; tensor cores with 4 or 8 warps
-                const bool tc = variant > 0;
-                if (!tc && T > 1024) continue;
-                cuda::set_allow_reduced_precision_attention(tc);
-                if (tc) cuda::set_attention_tc_warps(variant);
-                const std::string name =
-                    std::string(tc ? "bf16 tc " + std::to_string(variant) + "w" : "exact f32") +
-                    " B" + std::to_string(B) + " H12 T" + std::to_string(T) + " D" +
-                    std::to_string(D);
+            const std::string shape = " B" + std::to_string(B) + " H12 T" + std::to_string(T) +
+                                      " D" + std::to_string(D);
+            // fwd and fwd+bwd of attention(q, k, v) on leaves q, k, v.
+            auto fwd_bwd = [&](const std::string& name, Tensor& q, Tensor& k, Tensor& v,
+                               bool with_bwd) {
                 {
                     NoGradGuard ng;
-                    report("attention fwd " + name, time_ms([&] { (void)attention(q, k, v); }), 0,
-                           fl);
+                    report("attention fwd " + name + shape,
+                           time_ms([&] { (void)attention(q, k, v, {.causal = true}); }, kBudget),
+                           0, fl);
                 }
-                report("attention fwd+bwd " + name, time_ms([&] {
-                           Tensor o = attention(q, k, v);
+                if (!with_bwd) return;
+                report("attention fwd+bwd " + name + shape, time_ms([&] {
+                           Tensor o = attention(q, k, v, {.causal = true});
                            o.backward(o.detach());
                            q.zero_grad();
                            k.zero_grad();
                            v.zero_grad();
-                       }),
+                       }, kBudget),
+                       0, 3.5 * fl);
+            };
+            auto leaf = [&](uint64_t seed, DType dt) {
+                Tensor t = randn({B, H, T, D}, seed).to(dt);
+                t.set_requires_grad(true);
+                return t;
+            };
+            {
+                const cuda::PrecisionScope bf16("bf16");
+                Tensor q = leaf(1, DType::bf16), k = leaf(2, DType::bf16), v = leaf(3, DType::bf16);
+                fwd_bwd("bf16", q, k, v, true);
+                for (int config = 1; config <= 5; ++config) {
+                    cuda::set_attention_tc_fwd_config(config);
+                    fwd_bwd("bf16 fwd cfg " + std::to_string(config), q, k, v, false);
+                }
+                cuda::set_attention_tc_fwd_config(0);
+                for (int warps : {4, 8}) { // the backward's block shapes
+                    cuda::set_attention_tc_warps(warps);
+                    fwd_bwd("bf16 bwd " + std::to_string(warps) + "w", q, k, v, true);
+                }
+                cuda::set_attention_tc_warps(0);
+                {
+                    NoGradGuard ng;
+                    Tensor out = Tensor::empty({B, H, T, D}, DType::bf16, kCuda);
+                    Tensor lse = Tensor::empty({B, H, T}, DType::f32, kCuda);
+                    const float scale = 1.0f / std::sqrt(float(D));
+                    report("attention fwd bf16 kernel only" + shape, time_ms([&] {
+                               be.attention(q, k, v, scale, true, out, lse);
+                           }, kBudget),
+                           0, fl);
+                }
+                // The training step's path: attention_packed on a bf16 (B, T, 3 H D) qkv.
+                Tensor qkv = randn({B, T, 3 * H * D}, 4).to(DType::bf16);
+                qkv.set_requires_grad(true);
+                {
+                    NoGradGuard ng;
+                    report("attention fwd bf16 packed" + shape,
+                           time_ms([&] { (void)attention_packed(qkv, H, {.causal = true}); },
+                                   kBudget),
+                           0, fl);
+                }
+                report("attention fwd+bwd bf16 packed" + shape, time_ms([&] {
+                           Tensor o = attention_packed(qkv, H, {.causal = true});
+                           o.backward(o.detach());
+                           qkv.zero_grad();
+                       }, kBudget),
                        0, 3.5 * fl);
             }
+            cuda::set_allow_reduced_precision_attention(true);
+            Tensor q = leaf(1, DType::f32), k = leaf(2, DType::f32), v = leaf(3, DType::f32);
+            fwd_bwd("f32 tc", q, k, v, true);
             cuda::set_allow_reduced_precision_attention(false);
-            cuda::set_attention_tc_warps(0); // the default again
-            // The training step's path: attention_packed on a bf16 (B, T, 3 H D) qkv under bf16
-            // autocast, read in place as stored (bf16 out; dqkv f32, as a leaf's gradient).
-            const cuda::PrecisionScope bf16("bf16");
-            Tensor qkv = randn({B, T, 3 * H * D}, 4).to(DType::bf16);
-            qkv.set_requires_grad(true);
-            const std::string name = "bf16 packed B" + std::to_string(B) + " H12 T" +
-                                     std::to_string(T) + " D" + std::to_string(D);
-            {
-                NoGradGuard ng;
-                report("attention fwd " + name,
-                       time_ms([&] { (void)attention_packed(qkv, H, {.causal = true}); }), 0, fl);
-            }
-            report("attention fwd+bwd " + name, time_ms([&] {
-                       Tensor o = attention_packed(qkv, H, {.causal = true});
-                       o.backward(o.detach().to(DType::f32));
-                       qkv.zero_grad();
-                   }),
-                   0, 3.5 * fl);
         }
 }
 

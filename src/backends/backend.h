@@ -133,8 +133,8 @@ class Backend {
     /// Whether attention / attention_backward take strided views (see attention). Ops hand
     /// the others contiguous copies.
     virtual bool attention_strided() const { return false; }
-    /// Whether attention / attention_backward take these bf16 q, k, v as they are (out in bf16;
-    /// lse, dout and dq, dk, dv f32). Ops widen half inputs to f32 otherwise.
+    /// Whether attention / attention_backward take these bf16 q, k, v as they are: out, dq, dk,
+    /// dv in bf16 too, dout f32 or bf16, lse f32. Ops widen half inputs to f32 otherwise.
     virtual bool attention_takes_half(const Tensor& q, const Tensor& k, const Tensor& v,
                                       bool causal) const {
         (void)q, (void)k, (void)v, (void)causal;

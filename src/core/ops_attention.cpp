@@ -80,27 +80,40 @@ Tensor kernel_layout(const Tensor& t, DType cdt, bool strided) {
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) {
     const AttentionDims s = check_attention("attention", q, k, v, opts);
-    const DType dt = q.dtype(), cdt = compute_dtype(dt);
+    const DType dt = q.dtype();
     const bool causal = opts.causal;
-    const bool strided = detail::backend_of(q).attention_strided();
+    Backend& be = detail::backend_of(q);
+    const bool strided = be.attention_strided();
+    DType cdt = compute_dtype(dt);
+    bool half_kernel = false; // bf16 q, k, v as stored: out, dq, dk, dv bf16, lse f32
     Tensor qc, kc, vc, out_c, lse;
     {
         NoGradGuard no_grad;
-        qc = kernel_layout(q, cdt, strided);
-        kc = kernel_layout(k, cdt, strided);
-        vc = kernel_layout(v, cdt, strided);
+        if (dt == DType::bf16 && strided) {
+            qc = kernel_layout(q, dt, strided);
+            kc = kernel_layout(k, dt, strided);
+            vc = kernel_layout(v, dt, strided);
+            half_kernel = be.attention_takes_half(qc, kc, vc, causal);
+        }
+        if (half_kernel) {
+            cdt = dt;
+        } else {
+            qc = kernel_layout(qc.defined() ? qc : q, cdt, strided);
+            kc = kernel_layout(kc.defined() ? kc : k, cdt, strided);
+            vc = kernel_layout(vc.defined() ? vc : v, cdt, strided);
+        }
         out_c = detail::empty_on(q, {s.B, s.Hq, s.Tq, s.D}, cdt);
-        lse = detail::empty_on(q, {s.B, s.Hq, s.Tq}, cdt);
+        lse = detail::empty_on(q, {s.B, s.Hq, s.Tq}, half_kernel ? DType::f32 : cdt);
         if (out_c.numel() > 0)
-            detail::backend_of(q).attention(qc, kc, vc, s.scale, causal, out_c, lse);
+            be.attention(qc, kc, vc, s.scale, causal, out_c, lse);
     }
-    Tensor out = is_half(dt) ? out_c.to(dt) : out_c;
+    Tensor out = out_c.dtype() != dt ? out_c.to(dt) : out_c;
     if (autograd::needs_grad({q, k, v})) {
         // The backward recomputes the probabilities from q, k and the saved lse (B, Hq, Tq):
         // O(T * D) saved state, never the (Tq, Tk) matrix.
         autograd::record("attention", out, {q, k, v},
-                         [qc, kc, vc, o = out_c.detach(), lse, s, causal, dt, cdt,
-                          strided](const Tensor& g) -> std::vector<Tensor> {
+                         [qc, kc, vc, o = out_c.detach(), lse, s, causal, dt, cdt, strided,
+                          half_kernel](const Tensor& g) -> std::vector<Tensor> {
                              // The kernel overwrites dq, dk, dv; with no queries (Tq = 0) they stay
                              // zero.
                              const bool run = o.numel() > 0;
@@ -110,7 +123,11 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
                              };
                              Tensor dq = grad_like(qc), dk = grad_like(kc), dv = grad_like(vc);
                              if (run) {
-                                 const Tensor gc = kernel_layout(g, cdt, strided);
+                                 // The half kernel reads an f32 or bf16 dout as it is.
+                                 const bool g_as_is = half_kernel && (g.dtype() == DType::f32 ||
+                                                                      g.dtype() == cdt);
+                                 const Tensor gc =
+                                     kernel_layout(g, g_as_is ? g.dtype() : cdt, strided);
                                  detail::backend_of(qc).attention_backward(
                                      qc, kc, vc, o, lse, gc, s.scale, causal, dq, dk, dv);
                              }
@@ -128,8 +145,8 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
     const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = n_head, D = C / H;
     const DType dt = qkv.dtype();
     // A half qkv (autocast's GEMM output) goes to a strided backend as it is where its kernel
-    // takes half rows (bf16 out; lse, dout and dqkv f32), else widened once to f32 there (f32
-    // out and dqkv: the next GEMM rounds them itself).
+    // takes half rows (bf16 out and dqkv; lse f32; the gradient read as it comes, f32 or bf16),
+    // else widened once to f32 there (f32 out and dqkv: the next GEMM rounds them itself).
     const bool strided_half = is_half(dt) && detail::backend_of(qkv).attention_strided();
     if (is_half(dt) && !strided_half) { // widened per slice by attention(): the plain composition
         auto p = split(qkv, {C, C, C}, 2);
@@ -145,18 +162,19 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
     Backend& be = detail::backend_of(qkv);
     Tensor qkv_c, out, out_h, lse;
     AttentionDims s{};
-    bool in_place = false;
-    DType grad_dt = dt; // dout's and dqkv's dtype: the kernel's
+    bool in_place = false, half_kernel = false;
+    DType grad_dt = dt; // dqkv's dtype (and dout's, but for the half kernel): the kernel's
     {
         NoGradGuard no_grad;
         qkv_c = qkv.detach().contiguous();
         if (strided_half) {
-            const bool as_is = rows_aligned16(heads_of(qkv_c, 3, 0)) &&
-                               be.attention_takes_half(heads_of(qkv_c, 3, 0),
-                                                       heads_of(qkv_c, 3, 1),
-                                                       heads_of(qkv_c, 3, 2), opts.causal);
-            if (!as_is) qkv_c = qkv_c.to(DType::f32);
-            grad_dt = DType::f32;
+            half_kernel = rows_aligned16(heads_of(qkv_c, 3, 0)) &&
+                          be.attention_takes_half(heads_of(qkv_c, 3, 0), heads_of(qkv_c, 3, 1),
+                                                  heads_of(qkv_c, 3, 2), opts.causal);
+            if (!half_kernel) {
+                qkv_c = qkv_c.to(DType::f32);
+                grad_dt = DType::f32;
+            }
         }
         // A backend that takes strided rows reads q, k, v in the packed buffer and writes out in
         // (B, T, H, D) order, where the rows stay 16-byte aligned for its fast kernel (C and D
@@ -173,7 +191,7 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
             out_h = detail::empty_on(qkv_c, {B, H, T, D}, qkv_c.dtype());
         }
         s = check_attention("attention_packed", q, k, v, opts);
-        lse = detail::empty_on(qkv_c, {B, H, T}, grad_dt);
+        lse = detail::empty_on(qkv_c, {B, H, T}, half_kernel ? DType::f32 : grad_dt);
         if (out_h.numel() > 0)
             be.attention(q, k, v, s.scale, opts.causal, out_h, lse);
         if (!in_place)
@@ -184,9 +202,12 @@ Tensor attention_packed(const Tensor& qkv, int64_t n_head, const AttentionOption
         autograd::record(
             "attention_packed", out, {qkv},
             [qkv_c, out_h, lse, s, causal = opts.causal, in_place, heads_of, B, T, C, H, D,
-             grad_dt](const Tensor& g) -> std::vector<Tensor> {
+             grad_dt, half_kernel](const Tensor& g) -> std::vector<Tensor> {
                 Backend& be = detail::backend_of(g);
-                const Tensor gc = g.to(grad_dt).contiguous(); // the kernel's dtype
+                // The kernel's dtype; the half kernel reads an f32 or bf16 gradient as it is.
+                const bool g_as_is =
+                    half_kernel && (g.dtype() == DType::f32 || g.dtype() == grad_dt);
+                const Tensor gc = g.to(g_as_is ? g.dtype() : grad_dt).contiguous();
                 if (in_place) { // dq, dk, dv written straight into the (B, T, 3C) gradient
                     Tensor dqkv = detail::empty_on(g, {B, T, 3 * C}, grad_dt);
                     if (out_h.numel() > 0)

@@ -91,9 +91,10 @@ TEST(CudaAttentionLayout, PackedUnderAutocastWithinBf16Tolerance) {
     }
 }
 
-// A bf16 qkv (autocast's qkv projection) goes to the tensor-core kernel as it is: bf16 out,
-// f32 dqkv, against the CPU reference in f64 on the same bf16 values, and against the widened
-// f32 path on them (the same kernel: only out's rounding to bf16 differs).
+// A bf16 qkv (autocast's qkv projection) goes to the tensor-core kernel as it is: bf16 out and
+// dqkv (widened by the leaf's to()), against the CPU reference in f64 on the same bf16 values,
+// and against the widened f32 path on them (the same arithmetic: only out's rounding to bf16
+// differs).
 TEST(CudaAttentionLayout, PackedBf16QkvReadAsStored) {
     const PackedCase cases[] = {{2, 200, 12, 64, true}, {1, 130, 6, 128, true},
                                 {2, 70, 12, 64, false}};
@@ -125,6 +126,44 @@ TEST(CudaAttentionLayout, PackedBf16QkvReadAsStored) {
     }
 }
 
+// A bf16 qkv leaf under bf16 autocast, in a strided (B, T, 3C) view (rows padded by 8 elements):
+// out and dqkv come back in bf16, the upstream gradient read in bf16 or f32 as it comes; against
+// the f32 op on the same values (the exact kernel, no autocast), GPT-2's layout and D = 128.
+TEST(CudaAttentionLayout, PackedBf16QkvUnderAutocastMatchesF32Op) {
+    const PackedCase cases[] = {{2, 200, 12, 64, true}, {1, 130, 6, 128, true},
+                                {2, 70, 12, 64, false}, {1, 333, 4, 128, false}};
+    for (const PackedCase& c : cases) {
+        const int64_t C = c.H * c.D;
+        const Tensor qkv16 =
+            Tensor::randn({c.B, c.T, 3 * C + 8}, 1, DType::bf16).narrow(2, 0, 3 * C);
+        const Tensor g16 = Tensor::randn({c.B, c.T, C}, 2, DType::bf16);
+        // out and dqkv of attention_packed on qkv16's values in dtype dt, upstream gradient g.
+        auto run = [&](DType dt, const Tensor& g) {
+            Tensor buf = qkv16.to(kCuda).to(dt).detach(); // a strided view's copy, then a view
+            Tensor padded = Tensor::zeros({c.B, c.T, 3 * C + 8}, dt, kCuda);
+            padded.narrow(2, 0, 3 * C).copy_(buf);
+            Tensor qkv = padded.narrow(2, 0, 3 * C).detach();
+            qkv.set_requires_grad(true);
+            Tensor out = attention_packed(qkv, c.H, {.causal = c.causal});
+            out.backward(g.to(kCuda));
+            return std::vector<Tensor>{out, qkv.grad()};
+        };
+        const std::vector<Tensor> ref = run(DType::f32, g16.to(DType::f32));
+        const cuda::PrecisionScope bf16("bf16");
+        for (DType g_dt : {DType::bf16, DType::f32}) {
+            const std::string what = packed_name(c, true) + " bf16 qkv leaf, " +
+                                     std::string(dtype_name(g_dt)) + " gradient ";
+            const std::vector<Tensor> got = run(DType::bf16, g16.to(g_dt));
+            const char* names[] = {"out", "dqkv"};
+            for (size_t i = 0; i < ref.size(); ++i) {
+                EXPECT_EQ(dtype_name(got[i].dtype()), "bf16") << what << names[i];
+                EXPECT_LE(norm_rel_diff(got[i], ref[i]), 1e-2) << what << names[i];
+                EXPECT_LE(max_rel_diff(got[i], ref[i]), 5e-2) << what << names[i];
+            }
+        }
+    }
+}
+
 // (B, H, T, D) views for the kernels: heads interleaved along T ((B, T, H, D) order) in a
 // buffer whose rows carry `pad` extra floats, so row starts are T-strided and padded. The
 // padding holds a sentinel the kernels must not touch.
@@ -132,17 +171,18 @@ constexpr float kSentinel = 7.25f;
 struct Strided {
     Tensor buf, view; // (B, T, H, D + pad) and its (B, H, T, D) view
 };
-Strided strided_heads(int64_t B, int64_t H, int64_t T, int64_t D, int64_t pad, uint64_t seed) {
-    Tensor buf = Tensor::full({B, T, H, D + pad}, kSentinel, DType::f32, kCuda);
+Strided strided_heads(int64_t B, int64_t H, int64_t T, int64_t D, int64_t pad, uint64_t seed,
+                      DType dt = DType::f32) {
+    Tensor buf = Tensor::full({B, T, H, D + pad}, kSentinel, dt, kCuda);
     Tensor v = buf.narrow(3, 0, D).permute({0, 2, 1, 3});
     if (seed)
-        v.copy_(randn_on({B, H, T, D}, seed, kCuda));
+        v.copy_(randn_on({B, H, T, D}, seed, kCuda, dt));
     return {buf, v};
 }
 // The sentinel padding of a buffer made by strided_heads is intact.
 void expect_padding_intact(const Strided& s, const std::string& what) {
     const int64_t D = s.view.size(3), pad = s.buf.size(3) - D;
-    for (float x : s.buf.narrow(3, D, pad).contiguous().to(Device::cpu()).to_vector<float>())
+    for (float x : s.buf.narrow(3, D, pad).to(DType::f32).to(Device::cpu()).to_vector<float>())
         if (x != kSentinel) {
             ADD_FAILURE() << what << ": the padding next to the rows was overwritten";
             return;
@@ -154,9 +194,11 @@ struct LayoutCase {
     bool causal;
 };
 
-// Forward and backward on strided views against the same kernel on contiguous copies.
-void check_strided_matches_contiguous(const LayoutCase& c, bool tc) {
-    const std::string what = std::string(tc ? "tc" : "exact") + " strided B" + std::to_string(c.B) +
+// Forward and backward on strided views against the same kernel on contiguous copies; q, k, v,
+// out, dout and the gradients in dt (bf16: the tensor-core kernel on bf16 tensors).
+void check_strided_matches_contiguous(const LayoutCase& c, bool tc, DType dt = DType::f32) {
+    const std::string what = std::string(tc ? "tc " : "exact ") + std::string(dtype_name(dt)) + " strided B" +
+                             std::to_string(c.B) +
                              " Hq" + std::to_string(c.Hq) + " Hkv" + std::to_string(c.Hkv) + " Tq" +
                              std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " D" +
                              std::to_string(c.D) + (c.causal ? " causal" : "");
@@ -164,14 +206,14 @@ void check_strided_matches_contiguous(const LayoutCase& c, bool tc) {
     Backend& be = cuda::backend();
     const float scale = 1.0f / std::sqrt(float(c.D));
     const int64_t pad = 8;
-    const Strided q = strided_heads(c.B, c.Hq, c.Tq, c.D, pad, 1);
-    const Strided k = strided_heads(c.B, c.Hkv, c.Tk, c.D, pad, 2);
-    const Strided v = strided_heads(c.B, c.Hkv, c.Tk, c.D, pad, 3);
-    const Strided g = strided_heads(c.B, c.Hq, c.Tq, c.D, pad, 4);
-    const Strided out = strided_heads(c.B, c.Hq, c.Tq, c.D, pad, 0);
-    const Strided dq = strided_heads(c.B, c.Hq, c.Tq, c.D, pad, 0);
-    const Strided dk = strided_heads(c.B, c.Hkv, c.Tk, c.D, pad, 0);
-    const Strided dv = strided_heads(c.B, c.Hkv, c.Tk, c.D, pad, 0);
+    const Strided q = strided_heads(c.B, c.Hq, c.Tq, c.D, pad, 1, dt);
+    const Strided k = strided_heads(c.B, c.Hkv, c.Tk, c.D, pad, 2, dt);
+    const Strided v = strided_heads(c.B, c.Hkv, c.Tk, c.D, pad, 3, dt);
+    const Strided g = strided_heads(c.B, c.Hq, c.Tq, c.D, pad, 4, dt);
+    const Strided out = strided_heads(c.B, c.Hq, c.Tq, c.D, pad, 0, dt);
+    const Strided dq = strided_heads(c.B, c.Hq, c.Tq, c.D, pad, 0, dt);
+    const Strided dk = strided_heads(c.B, c.Hkv, c.Tk, c.D, pad, 0, dt);
+    const Strided dv = strided_heads(c.B, c.Hkv, c.Tk, c.D, pad, 0, dt);
     Tensor lse = Tensor::empty({c.B, c.Hq, c.Tq}, DType::f32, kCuda);
     be.attention(q.view, k.view, v.view, scale, c.causal, out.view, lse);
     be.attention_backward(q.view, k.view, v.view, out.view, lse, g.view, scale, c.causal, dq.view,
@@ -179,15 +221,15 @@ void check_strided_matches_contiguous(const LayoutCase& c, bool tc) {
 
     Tensor qc = q.view.contiguous(), kc = k.view.contiguous(), vc = v.view.contiguous();
     Tensor gc = g.view.contiguous();
-    auto like = [](const Tensor& t) { return Tensor::empty(t.shape(), DType::f32, kCuda); };
+    auto like = [](const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), kCuda); };
     Tensor out_c = like(qc), dq_c = like(qc), dk_c = like(kc), dv_c = like(vc);
     Tensor lse_c = like(lse);
     be.attention(qc, kc, vc, scale, c.causal, out_c, lse_c);
     be.attention_backward(qc, kc, vc, out_c, lse_c, gc, scale, c.causal, dq_c, dk_c, dv_c);
 
     auto same = [&](const Tensor& a, const Tensor& b, const char* name) {
-        EXPECT_EQ(a.contiguous().to(Device::cpu()).to_vector<float>(),
-                  b.to(Device::cpu()).to_vector<float>())
+        EXPECT_EQ(a.to(DType::f32).contiguous().to(Device::cpu()).to_vector<float>(),
+                  b.to(DType::f32).to(Device::cpu()).to_vector<float>())
             << what << " " << name;
     };
     same(out.view, out_c, "out");
@@ -195,8 +237,8 @@ void check_strided_matches_contiguous(const LayoutCase& c, bool tc) {
     same(dk.view, dk_c, "dk");
     same(dv.view, dv_c, "dv");
     // The tensor-core dq adds key blocks' contributions atomically, in no fixed order.
-    if (tc) {
-        EXPECT_LE(max_rel_diff(dq.view, dq_c), 1e-5) << what << " dq";
+    if (tc) { // bf16 dq: rounded from the f32 sums, so at most an ulp apart
+        EXPECT_LE(max_rel_diff(dq.view, dq_c), dt == DType::bf16 ? 1e-2 : 1e-5) << what << " dq";
     } else {
         same(dq.view, dq_c, "dq");
     }
@@ -208,8 +250,9 @@ void check_strided_matches_contiguous(const LayoutCase& c, bool tc) {
     Tensor o_ref;
     {
         cpu::ReferenceKernelsScope scope(true);
-        o_ref = attention_reference(qc.to(Device::cpu()), kc.to(Device::cpu()),
-                                    vc.to(Device::cpu()), {.causal = c.causal});
+        const DType rdt = dt == DType::bf16 ? DType::f64 : DType::f32; // on the same values
+        o_ref = attention_reference(qc.to(Device::cpu()).to(rdt), kc.to(Device::cpu()).to(rdt),
+                                    vc.to(Device::cpu()).to(rdt), {.causal = c.causal});
     }
     EXPECT_LE(norm_rel_diff(out.view, o_ref), tc ? 1e-2 : 1e-5) << what << " out vs reference";
     // bf16 rounding shows: the tensor-core kernel took the strided views, not the exact one.
@@ -224,9 +267,11 @@ TEST(CudaAttentionLayout, StridedViewsMatchContiguous) {
         {1, 4, 2, 37, 150, 64, true},  {2, 2, 2, 200, 333, 128, false}, // Tq != Tk
         {1, 4, 1, 300, 300, 64, true},
     };
-    for (const LayoutCase& c : cases)
+    for (const LayoutCase& c : cases) {
         for (bool tc : {false, true})
             check_strided_matches_contiguous(c, tc);
+        check_strided_matches_contiguous(c, true, DType::bf16); // bf16 views as stored
+    }
     // Head dims the tensor-core kernel does not take, through the exact kernel only.
     check_strided_matches_contiguous({1, 2, 1, 9, 23, 200, false}, false);
     check_strided_matches_contiguous({2, 2, 2, 17, 17, 16, true}, false);

@@ -464,6 +464,69 @@ TEST(CudaAttention, TensorCoreKernelWithinBf16Tolerance) {
     }
 }
 
+// bf16 q, k, v as stored (Backend::attention_takes_half, under bf16 autocast): out, dq, dk, dv
+// in bf16, the upstream gradient read in bf16 (or f32) as it comes; against the CPU reference in
+// f64 on the same bf16 values, within the kernel's bound (1e-2 relative, norm), for every
+// forward block shape of the bf16 kernel (set_attention_tc_fwd_config 1..5) and both backward
+// block shapes. Tails, GQA 4:1, Tq != Tk (decode-like and longer), causal and full.
+TEST(CudaAttention, Bf16TensorsWithinBf16Tolerance) {
+    const AttnCase cases[] = {
+        {2, 4, 4, 100, 100, 64, true},   {1, 8, 2, 130, 130, 128, true},  // tails, GQA 4:1
+        {2, 2, 1, 70, 70, 64, false},    {1, 4, 2, 37, 150, 64, true},    // full; Tq < Tk
+        {1, 2, 2, 128, 128, 128, false}, {1, 2, 1, 1, 200, 128, true},    // whole tiles; decode
+        {1, 4, 1, 300, 300, 64, true},   {2, 2, 2, 200, 333, 128, false}, // GQA; Tq != Tk
+        {1, 3, 1, 190, 450, 128, true},  {1, 2, 2, 512, 512, 64, true},   // tails; many blocks
+        {1, 2, 2, 512, 512, 128, true},  {1, 2, 2, 333, 333, 64, false},
+    };
+    for (const AttnCase& c : cases) {
+        const std::string what = "bf16 attention B" + std::to_string(c.B) + " Hq" +
+                                 std::to_string(c.Hq) + " Hkv" + std::to_string(c.Hkv) + " Tq" +
+                                 std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " D" +
+                                 std::to_string(c.D) + (c.causal ? " causal" : "");
+        const Shape qs{c.B, c.Hq, c.Tq, c.D}, ks{c.B, c.Hkv, c.Tk, c.D};
+        const Tensor q16 = Tensor::randn(qs, 1, DType::bf16), k16 = Tensor::randn(ks, 2, DType::bf16);
+        const Tensor v16 = Tensor::randn(ks, 3, DType::bf16), g16 = Tensor::randn(qs, 4, DType::bf16);
+        // out, dq, dk, dv of attention on (q16, k16, v16) in dtype dt on d, upstream gradient g.
+        auto run = [&](Device d, DType dt, const Tensor& g) {
+            auto leaf = [&](const Tensor& t) {
+                Tensor x = t.to(dt).to(d).detach();
+                x.set_requires_grad(true);
+                return x;
+            };
+            Tensor q = leaf(q16), k = leaf(k16), v = leaf(v16);
+            Tensor o = attention(q, k, v, {.causal = c.causal});
+            o.backward(g.to(d));
+            return std::vector<Tensor>{o, q.grad(), k.grad(), v.grad()};
+        };
+        std::vector<Tensor> ref;
+        {
+            cpu::ReferenceKernelsScope scope(true);
+            ref = run(Device::cpu(), DType::f64, g16.to(DType::f64));
+        }
+        const cuda::PrecisionScope bf16("bf16");
+        auto check = [&](const std::string& how, DType g_dt) {
+            const std::vector<Tensor> got = run(kCuda, DType::bf16, g16.to(g_dt));
+            const char* names[] = {"out", "dq", "dk", "dv"};
+            for (size_t i = 0; i < ref.size(); ++i) {
+                EXPECT_EQ(dtype_name(got[i].dtype()), "bf16") << what << how << names[i];
+                EXPECT_LE(norm_rel_diff(got[i], ref[i]), 1e-2) << what << how << names[i];
+                EXPECT_LE(max_rel_diff(got[i], ref[i]), 5e-2) << what << how << names[i];
+            }
+        };
+        for (int config = 1; config <= 5; ++config) { // forward block shapes
+            cuda::set_attention_tc_fwd_config(config);
+            check(" (fwd config " + std::to_string(config) + ") ", DType::bf16);
+        }
+        cuda::set_attention_tc_fwd_config(0);
+        for (int warps : {4, 8}) { // backward block shapes
+            cuda::set_attention_tc_warps(warps);
+            check(" (bwd " + std::to_string(warps) + " warps) ", DType::bf16);
+        }
+        cuda::set_attention_tc_warps(0);
+        check(" (f32 upstream gradient) ", DType::f32);
+    }
+}
+
 // Autocast GEMMs go through cuBLASLt with a timed algorithm per problem: batched, broadcast
 // (batch stride 0) and transposed operands, each checked against the CPU's product of the
 // bf16-rounded operands in f64; a second call (the cached algorithm) gives the same bits.
@@ -696,6 +759,7 @@ TEST(CudaMemory, ServerGaugesReadTheAllocatorAtScrape) {
 
 TEST(CudaMemory, CachingStatsAndOutOfMemoryMessage) {
     cuda::synchronize();
+    cuda::empty_cache(); // earlier tests may have left a free 4 MiB block in the cache
     const cuda::MemoryStats s0 = cuda::memory_stats();
     {
         Tensor t = Tensor::empty({1 << 20}, DType::f32, kCuda); // 4 MiB

@@ -353,12 +353,15 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                      float scale, bool causal, const Tensor& dq, const Tensor& dk,
                                      const Tensor& dv) {
     const Geo g = make_geo(q, k, scale, causal, {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
-    // The tensor-core backward reads q, k, v, out in their type (f32 or bf16); lse, dout and the
-    // gradients are f32.
-    const bool f32_rest = lse.dtype() == DType::f32 && dout.dtype() == DType::f32 &&
-                          dq.dtype() == DType::f32 && dk.dtype() == DType::f32 &&
-                          dv.dtype() == DType::f32;
-    if (tc_allowed() && out.dtype() == q.dtype() && f32_rest &&
+    // The tensor-core backward reads q, k, v, out in their type (f32 or bf16) and dout in f32 or
+    // q's type, and writes dq, dk, dv in q's type; lse is f32.
+    const DType qd = q.dtype();
+    const bool tc_dtypes = lse.dtype() == DType::f32 && out.dtype() == qd &&
+                           (dout.dtype() == DType::f32 || dout.dtype() == qd) &&
+                           dq.dtype() == qd && dk.dtype() == qd && dv.dtype() == qd;
+    // bf16 q, k, v ran on the tensor-core forward: its backward follows, autocast on or not (the
+    // exact kernel does not take them).
+    if ((tc_allowed() || qd == DType::bf16) && tc_dtypes &&
         attention_tc_supported(q, k, v, causal, {&out, &dout, &dq, &dk, &dv})) {
         attention_tc_backward(q, k, v, out, lse, dout, scale, causal, dq, dk, dv);
         return;

@@ -4,21 +4,28 @@
 // any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu). Not the
 // exact kernel: attention.cu is, and picks this one only under reduced precision or autocast.
 //
-// q, k, v (and out, in their type) are f32 or bf16 (autocast's qkv projection is bf16). f32
-// inputs are rounded to bf16 on their way into shared memory, so results carry bf16 input
-// rounding: about 1e-2 relative error against the f32 reference (tests/cuda/ops_test.cpp checks
-// that bound). lse, dout and the gradients are f32. q, k, v, out, dout, dq, dk, dv are rows at
-// any B, H, T strides (attention.cuh) whose starts are 16-byte aligned (attention_tc_supported
-// checks); lse is contiguous.
+// q, k, v (and out, dq, dk, dv, in their type) are f32 or bf16 (autocast's qkv projection is
+// bf16); dout is f32 or their type; lse is f32. f32 inputs are rounded to bf16 on their way into
+// shared memory, so results carry bf16 input rounding: about 1e-2 relative error against the f32
+// reference (tests/cuda/ops_test.cpp checks that bound). q, k, v, out, dout, dq, dk, dv are rows
+// at any B, H, T strides (attention.cuh) whose starts are 16-byte aligned
+// (attention_tc_supported checks); lse is contiguous.
 //
-// Forward: a block owns 128 query rows (4 warps of 32 rows, or 8 warps of 16) and streams
-// 64-key K/V tiles. f32 tiles come in with cp.async into a staging area while the previous
-// tile is multiplied, and are converted to bf16 in shared memory (F32Stage); bf16 tiles are
-// copied straight into their shared tiles (fetch_bf16_rows), each while the other is in use.
+// Forward on bf16 tensors (fa_fwd_h, FlashAttention-2's forward): a block owns 16 M W query rows
+// (W warps of 16 M rows; 128 rows by default), K/V tiles of BN keys double buffered with
+// cp.async straight into their shared tiles (the next tile's copy overlaps the whole current
+// tile), exp2 with the scale folded into one FFMA, the running max moved (and O rescaled) only
+// when a tile's max exceeds it by a margin, masks only on tiles that need them, tiles wholly
+// above the causal diagonal skipped per warp, the output staged through shared memory for
+// 16-byte stores. On f32 tensors (fa_fwd): 128 query rows (4 warps of 32 rows, or 8 of 16) and
+// 64-key tiles; f32 tiles come in with cp.async into a staging area while the previous tile is
+// multiplied, and are converted to bf16 in shared memory (F32Stage). Both start with the last
+// query blocks (the most keys under causal masking).
 // Backward (5 matmuls, FlashAttention-2's Algorithm 2): a block owns 16 W keys (W warps of 16)
 // and streams 64-query tiles of Q, dO (rounded to bf16 once by fa_bwd_prep, then cp.async double
 // buffered), computing P once per tile: dV and dK stay in registers, dQ goes to global memory
-// with f32 atomics (so dQ's summation order, and its last bits, vary from run to run).
+// with f32 atomics (so dQ's summation order, and its last bits, vary from run to run): into dq
+// itself when it is f32, else into an f32 accumulator that fa_bwd_dq_out rounds to bf16.
 //
 // Shared rows are padded by 8 bf16 (16 bytes), so the fragment loads and ldmatrix rows of a warp
 // fall in distinct banks. Fragment layouts (PTX ISA, "mma.m16n8k16"), g = lane / 4, c = lane % 4:
@@ -39,9 +46,18 @@ namespace {
 constexpr int kKeys = 64;  // forward: keys per streamed K/V tile
 constexpr int kQRows = 64; // backward: queries per streamed Q/dO tile
 // Warps per block: set_attention_tc_warps forces 4 or 8 for both passes; 0 takes these defaults,
-// per head dim and pass the faster shape on an H200 at T = 1024..8192 (every size in that run).
+// per head dim, pass and tensor dtype the faster shape on an H200 at T = 1024..8192 (every size
+// in that run; bf16 backward at D = 64: 4 warps, 2-5% faster than 8).
 std::atomic<int> g_tc_warps{0};
 constexpr int kFwdWarps64 = 4, kFwdWarps128 = 8, kBwdWarps64 = 8, kBwdWarps128 = 8;
+constexpr int kBwdWarps64Bf16 = 4;
+// The bf16-tensor forward: set_attention_tc_fwd_config forces one of fa_fwd_h's kFwdConfigs block
+// shapes (visit_fwd_h), or kFwdConfigs + 1 for fa_fwd (the kernel f32 tensors take); 0 takes
+// these defaults, the fastest on an H200 at every T = 1024..8192 (docs/PERF.md, session 7):
+// at D = 64 config 2 (128 query rows of 4 warps, 64 keys a tile), 2-4% ahead of config 1; at
+// D = 128 config 1 (128 query rows of 4 warps, 64 keys), 3-15% ahead of the rest.
+std::atomic<int> g_tc_fwd_config{0};
+constexpr int kFwdConfigs = 4, kFwdDefault64 = 2, kFwdDefault128 = 1;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -421,15 +437,212 @@ __global__ void __launch_bounds__(32 * W)
         }
 }
 
+// 2^x on the special-function unit alone (exp2f adds a denormal range fix-up around it without
+// --use_fast_math); x = -inf gives 0, results below 2^-126 flush to 0.
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// The forward on bf16 tensors (out bf16), for a positive scale. grid (ceil(Tq / kBm), B * Hq),
+// 32 W threads; a warp owns M m-tiles (16 M query rows), the block kBm = 16 M W. K/V tiles of BN
+// keys are double buffered: tile t + 1's cp.async copies are issued as tile t's math starts, so
+// they have a whole tile's work to land in, and one barrier per tile suffices. smem: Q [kBm][D +
+// 8], K and V [2][BN][D + 8], bf16 (Q's rows become the output's staging at the end).
+// Per tile (FlashAttention-2's forward): S = Q K^T (ldmatrix from shared memory, f32 in
+// registers), the row max on the raw scores, P = 2^(S scale log2(e) - m) as one FFMA and one ex2,
+// O += P V with P packed to bf16 straight from the S registers. The running max m of a row moves
+// only when a tile's max exceeds it by more than kSlack (P <= 2^kSlack: far from overflow, and
+// bf16's relative precision does not depend on magnitude), and O is rescaled only when some row
+// of the warp moved: after the first tiles the max rarely grows, so the rescale (kDt x 4 FMULs
+// per row pair) mostly drops out. Tiles wholly visible to a warp skip the mask; tiles wholly
+// masked for a warp (above the causal diagonal) skip the math.
+template <int D, int W, int M, int BN>
+__global__ void __launch_bounds__(32 * W)
+    fa_fwd_h(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+             bf16* __restrict__ out, float* __restrict__ lse, TcGeo g) {
+    constexpr int kLd = D + 8, kNt = BN / 8, kDt = D / 8, kBm = 16 * M * W, NT = 32 * W;
+    constexpr float kSlack = 8.f;
+    extern __shared__ __align__(16) unsigned char smem_tc[];
+    auto* Qs = reinterpret_cast<bf16*>(smem_tc);
+    bf16* Ks = Qs + kBm * kLd; // [2][BN][kLd]
+    bf16* Vs = Ks + 2 * BN * kLd;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
+    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / (g.Hq / g.Hkv);
+    // The last query tiles (most keys under causal masking) start first.
+    const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kBm;
+    const bf16* K = k + g.k.at(b, hk, 0);
+    const bf16* V = v + g.v.at(b, hk, 0);
+    const int64_t last_q = min64(g.Tq, q0 + kBm) - 1;
+    const int64_t k_end = g.causal ? min64(g.Tk, g.Tk - g.Tq + last_q + 1) : g.Tk;
+    const int n_tiles = int((k_end + BN - 1) / BN);
+    fetch_bf16_rows<D, kBm, NT>(Qs, q + g.q.at(b, h, 0), g.q.t, q0, g.Tq);
+    fetch_bf16_rows<D, BN, NT>(Ks, K, g.k.t, 0, g.Tk);
+    fetch_bf16_rows<D, BN, NT>(Vs, V, g.v.t, 0, g.Tk);
+    cp_async_commit();
+    // This warp's rows: r_w + 16 mi + g4 (c0, c1) and + 8 (c2, c3) of m-tile mi.
+    const int m_w = warp * 16 * M;
+    const int64_t r_w = q0 + m_w;
+    // Causal: key k0 + kj is visible to row r_w + ri iff kj - ri <= diag0 - k0.
+    const int64_t diag0 = g.Tk - g.Tq + r_w;
+    float o[M][kDt][4] = {};
+    float m[M][2], l[M][2] = {};
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi)
+        m[mi][0] = m[mi][1] = -INFINITY;
+    for (int t = 0; t < n_tiles; ++t) {
+        const int buf = t & 1;
+        cp_async_wait<0>();
+        __syncthreads(); // tile t landed; every warp is done with tile t - 1 (buffer buf ^ 1)
+        const int64_t k0 = int64_t(t) * BN;
+        if (t + 1 < n_tiles) {
+            fetch_bf16_rows<D, BN, NT>(Ks + (buf ^ 1) * BN * kLd, K, g.k.t, k0 + BN, g.Tk);
+            fetch_bf16_rows<D, BN, NT>(Vs + (buf ^ 1) * BN * kLd, V, g.v.t, k0 + BN, g.Tk);
+        }
+        cp_async_commit();
+        // The mask in tile coordinates (32-bit): kj < n_keys and, causal, kj - ri <= diag
+        // (clamped: kj - ri lies in [1 - 16 M, BN - 1]).
+        const int n_keys = int(min64(g.Tk - k0, BN));
+        const int diag = int(max64(min64(diag0 - k0, BN), -16 * M));
+        if (g.causal && diag < 1 - 16 * M) continue; // no key of the tile visible to this warp
+        const bool full = n_keys == BN && (!g.causal || diag >= BN - 1);
+        const bf16* Kt = Ks + buf * BN * kLd;
+        const bf16* Vt = Vs + buf * BN * kLd;
+        float s[M][kNt][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t a[M][4];
+#pragma unroll
+            for (int mi = 0; mi < M; ++mi)
+                load_a_mk(a[mi], Qs, kLd, m_w + 16 * mi, kk * 16, lane);
+#pragma unroll
+            for (int nt = 0; nt < kNt; nt += 2) {
+                uint32_t bk[4];
+                load_b2_nk(bk, Kt, kLd, nt * 8, kk * 16, lane);
+#pragma unroll
+                for (int mi = 0; mi < M; ++mi) {
+                    mma_bf16(s[mi][nt], a[mi], bk[0], bk[1]);
+                    mma_bf16(s[mi][nt + 1], a[mi], bk[2], bk[3]);
+                }
+            }
+        }
+        if (!full) {
+#pragma unroll
+            for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+                for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int ri = 16 * mi + g4 + (e >> 1) * 8, kj = nt * 8 + 2 * c4 + (e & 1);
+                        if (kj >= n_keys || (g.causal && kj - ri > diag)) s[mi][nt][e] = -INFINITY;
+                    }
+        }
+        // Row maxima of the raw scores (scale > 0), in the log2 domain; m moves by > kSlack only.
+        float base[M][2], corr[M][2];
+        bool moved = false;
+#pragma unroll
+        for (int mi = 0; mi < M; ++mi) {
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[mi][nt][e]);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const float tile_max = quad_max(mx[r]) * g.scale_log2;
+                corr[mi][r] = 1.f;
+                if (tile_max > m[mi][r] + kSlack) { // also when m is -inf and the tile is not
+                    corr[mi][r] = ex2(m[mi][r] - tile_max);
+                    m[mi][r] = tile_max;
+                    moved = true;
+                }
+                base[mi][r] = m[mi][r] == -INFINITY ? 0.f : m[mi][r]; // nothing visible yet
+            }
+        }
+        if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+            for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    l[mi][r] *= corr[mi][r];
+#pragma unroll
+                    for (int dt = 0; dt < kDt; ++dt) {
+                        o[mi][dt][2 * r] *= corr[mi][r];
+                        o[mi][dt][2 * r + 1] *= corr[mi][r];
+                    }
+                }
+        }
+#pragma unroll
+        for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+            for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float p = ex2(fmaf(s[mi][nt][e], g.scale_log2, -base[mi][e >> 1]));
+                    s[mi][nt][e] = p;
+                    l[mi][e >> 1] += p;
+                }
+        // O += P V: P from registers, V stored [key][d] = [k][n].
+#pragma unroll
+        for (int kk = 0; kk < kNt / 2; ++kk) {
+            uint32_t a[M][4];
+#pragma unroll
+            for (int mi = 0; mi < M; ++mi)
+                c_to_a(a[mi], s[mi][2 * kk], s[mi][2 * kk + 1]);
+#pragma unroll
+            for (int dt = 0; dt < kDt; dt += 2) {
+                uint32_t bv[4];
+                load_b2_kn(bv, Vt, kLd, kk * 16, dt * 8, lane);
+#pragma unroll
+                for (int mi = 0; mi < M; ++mi) {
+                    mma_bf16(o[mi][dt], a[mi], bv[0], bv[1]);
+                    mma_bf16(o[mi][dt + 1], a[mi], bv[2], bv[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>(); // the last (empty) group
+    // O / l in bf16 through this warp's own rows of Qs (no other warp reads them), then out in
+    // 16-byte row chunks.
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int ri = 16 * mi + g4 + 8 * r;
+            const float lsum = quad_sum(l[mi][r]);
+            const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
+            bf16* srow = Qs + (m_w + ri) * kLd + 2 * c4;
+#pragma unroll
+            for (int dt = 0; dt < kDt; ++dt)
+                *reinterpret_cast<uint32_t*>(srow + dt * 8) =
+                    pack_bf16(o[mi][dt][2 * r] * inv, o[mi][dt][2 * r + 1] * inv);
+            if (c4 == 0 && r_w + ri < g.Tq)
+                lse[bh * g.Tq + r_w + ri] = (m[mi][r] + log2f(lsum)) * kLn2;
+        }
+    __syncwarp();
+    constexpr int kChunks = D / 8, kRowsPerStep = 32 / kChunks;
+    const int cr = lane / kChunks, cd = (lane % kChunks) * 8;
+#pragma unroll
+    for (int r0 = 0; r0 < 16 * M; r0 += kRowsPerStep) {
+        const int64_t i = r_w + r0 + cr;
+        if (i < g.Tq)
+            *reinterpret_cast<uint4*>(out + g.o.at(b, h, i) + cd) =
+                *reinterpret_cast<const uint4*>(Qs + (m_w + r0 + cr) * kLd + cd);
+    }
+}
+
 // ---------------------------------------------------------------- backward
 
 // Per query row (B Hq Tq rows of D, one warp each, grid-stride): delta = dO . O in f32,
 // lse2 = lse * log2(e) (the log2-domain statistic fa_bwd subtracts), and Q and dO rounded to bf16
 // once, since fa_bwd reads every query tile once per key block; qb, gb, lse2 and delta are
-// contiguous (B, Hq, Tq, ...). Also zeroes the row of dq, which fa_bwd adds to atomically (a
-// memset could not skip the other rows of a strided dq).
-template <int D, typename T>
-__global__ void fa_bwd_prep(const T* __restrict__ q, const float* __restrict__ dout,
+// contiguous (B, Hq, Tq, ...). Also zeroes the row of dq (at g.dq: dq itself when f32, else the
+// f32 accumulator fa_bwd_dq_out rounds), which fa_bwd adds to atomically (a memset could not skip
+// the other rows of a strided dq). dout is f32, or bf16 like q.
+template <int D, typename T, typename TG>
+__global__ void fa_bwd_prep(const T* __restrict__ q, const TG* __restrict__ dout,
                             const T* __restrict__ out, const float* __restrict__ lse,
                             float* __restrict__ dq, bf16* __restrict__ qb, bf16* __restrict__ gb,
                             float* __restrict__ lse2, float* __restrict__ delta, int64_t rows,
@@ -440,14 +653,14 @@ __global__ void fa_bwd_prep(const T* __restrict__ q, const float* __restrict__ d
          row += n_warps) {
         const int64_t bh = row / g.Tq, i = row % g.Tq, b = bh / g.Hq, h = bh % g.Hq;
         const T* qr = q + g.q.at(b, h, i);
-        const float* gr = dout + g.g.at(b, h, i);
+        const TG* gr = dout + g.g.at(b, h, i);
         const T* orow = out + g.o.at(b, h, i);
         float* dqr = dq + g.dq.at(b, h, i);
         float s = 0;
 #pragma unroll
         for (int p = 0; p < D / 64; ++p) {
             const int64_t d = 2 * (p * 32 + lane), at = row * D + d;
-            const float2 go = *reinterpret_cast<const float2*>(gr + d);
+            const float2 go = load2(gr + d);
             const float2 o = load2(orow + d);
             const float2 x = load2(qr + d);
             s += go.x * o.x + go.y * o.y;
@@ -471,13 +684,13 @@ __global__ void fa_bwd_prep(const T* __restrict__ q, const float* __restrict__ d
 //   dV += P^T dO, dK += dS^T Q              (registers)
 //   dS^T -> shared, then dQ (64 x D) += dS K, split over the warps, added to dq atomically.
 // smem: K, V [16 W][D + 8]; Q, dO [2][64][D + 8] bf16; dS^T [16 W][64 + 8] bf16; lse2, delta
-// [2][64] f32. dq must be zero on entry; dk, dv are written whole.
+// [2][64] f32. dq (f32, at g.dq) must be zero on entry; dk, dv (in k's type) are written whole.
 template <int D, int W, typename T>
 __global__ void __launch_bounds__(32 * W)
     fa_bwd(const T* __restrict__ k, const T* __restrict__ v, const bf16* __restrict__ qb,
            const bf16* __restrict__ gb, const float* __restrict__ lse2,
-           const float* __restrict__ delta, float* __restrict__ dq, float* __restrict__ dk,
-           float* __restrict__ dv, TcGeo g, float scale) {
+           const float* __restrict__ delta, float* __restrict__ dq, T* __restrict__ dk,
+           T* __restrict__ dv, TcGeo g, float scale) {
     constexpr int kLd = D + 8, kNt = kQRows / 8, kDt = D / 8, kBn = 16 * W, kLdS = kQRows + 8;
     constexpr int NT = 32 * W;
     // dQ's split: warp w takes query m-tile w % 4 and d n-tiles [(w / 4) kDq, + kDq).
@@ -637,15 +850,31 @@ __global__ void __launch_bounds__(32 * W)
     for (int r = 0; r < 2; ++r) {
         const int64_t j = j_w + g4 + 8 * r;
         if (j >= g.Tk) continue;
-        float* krow = dk + g.dk.at(b, hk, j);
-        float* vrow = dv + g.dv.at(b, hk, j);
+        T* krow = dk + g.dk.at(b, hk, j);
+        T* vrow = dv + g.dv.at(b, hk, j);
 #pragma unroll
         for (int dt = 0; dt < kDt; ++dt) {
-            *reinterpret_cast<float2*>(krow + dt * 8 + 2 * c4) =
-                make_float2(ak[dt][2 * r] * scale, ak[dt][2 * r + 1] * scale);
-            *reinterpret_cast<float2*>(vrow + dt * 8 + 2 * c4) =
-                make_float2(av[dt][2 * r], av[dt][2 * r + 1]);
+            store2(krow + dt * 8 + 2 * c4, ak[dt][2 * r] * scale, ak[dt][2 * r + 1] * scale);
+            store2(vrow + dt * 8 + 2 * c4, av[dt][2 * r], av[dt][2 * r + 1]);
         }
+    }
+}
+
+// bf16 dq (B, Hq, Tq, D; any row strides) from fa_bwd's f32 accumulator (contiguous): 8 elements
+// per thread, grid-stride.
+template <int D>
+__global__ void fa_bwd_dq_out(const float* __restrict__ acc, bf16* __restrict__ dq, int64_t rows,
+                              TcGeo g) {
+    constexpr int kChunks = D / 8;
+    const int64_t n = rows * kChunks, stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
+        const int64_t row = e / kChunks, d = (e - row * kChunks) * 8;
+        const int64_t bh = row / g.Tq, i = row - bh * g.Tq, b = bh / g.Hq, h = bh - b * g.Hq;
+        const float4 x0 = *reinterpret_cast<const float4*>(acc + row * D + d);
+        const float4 x1 = *reinterpret_cast<const float4*>(acc + row * D + d + 4);
+        *reinterpret_cast<uint4*>(dq + g.dq.at(b, h, i) + d) =
+            make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x0.z, x0.w), pack_bf16(x1.x, x1.y),
+                       pack_bf16(x1.z, x1.w));
     }
 }
 
@@ -676,13 +905,37 @@ template <typename F> void visit_input(DType dt, F&& f) {
 }
 
 // f.template operator()<D, W>() for head dim D (64 or 128) and the warps per block of the pass.
-template <typename F> void visit_shape(int64_t D, bool backward, F&& f) {
+template <typename F> void visit_shape(int64_t D, bool backward, bool half, F&& f) {
     const int forced = g_tc_warps.load();
-    const int dflt = D == 64 ? (backward ? kBwdWarps64 : kFwdWarps64)
+    const int bwd64 = half ? kBwdWarps64Bf16 : kBwdWarps64;
+    const int dflt = D == 64 ? (backward ? bwd64 : kFwdWarps64)
                              : (backward ? kBwdWarps128 : kFwdWarps128);
     const bool eight = (forced ? forced : dflt) == 8;
     if (D == 64) eight ? f.template operator()<64, 8>() : f.template operator()<64, 4>();
     else eight ? f.template operator()<128, 8>() : f.template operator()<128, 4>();
+}
+
+// The forward's configuration for head dim D: set_attention_tc_fwd_config's choice, else the
+// default. 1..kFwdConfigs: fa_fwd_h's block shapes (visit_fwd_h); kFwdConfigs + 1: fa_fwd.
+int fwd_config(int64_t D) {
+    const int c = g_tc_fwd_config.load();
+    return c ? c : (D == 64 ? kFwdDefault64 : kFwdDefault128);
+}
+
+// f.template operator()<D, W, M, BN>() for fa_fwd_h's block shape of configuration c
+// (1..kFwdConfigs).
+template <typename F> void visit_fwd_h(int64_t D, int c, F&& f) {
+    if (D == 64) {
+        if (c == 1) f.template operator()<64, 4, 2, 128>();
+        else if (c == 2) f.template operator()<64, 4, 2, 64>();
+        else if (c == 3) f.template operator()<64, 8, 1, 128>();
+        else f.template operator()<64, 4, 1, 128>();
+    } else {
+        if (c == 1) f.template operator()<128, 4, 2, 64>();
+        else if (c == 2) f.template operator()<128, 8, 1, 64>();
+        else if (c == 3) f.template operator()<128, 4, 2, 32>();
+        else f.template operator()<128, 8, 1, 128>();
+    }
 }
 
 constexpr size_t tile_bytes(int D, int rows) { return size_t(rows) * (D + 8) * sizeof(bf16); }
@@ -693,6 +946,13 @@ void set_attention_tc_warps(int warps) {
     FORGE_CHECK(warps == 0 || warps == 4 || warps == 8,
                 "[attention] tensor-core kernel warps must be 0 (default), 4 or 8, got ", warps);
     g_tc_warps.store(warps);
+}
+
+void set_attention_tc_fwd_config(int config) {
+    FORGE_CHECK(config >= 0 && config <= kFwdConfigs + 1,
+                "[attention] tensor-core forward config must be 0 (default) to ", kFwdConfigs + 1,
+                ", got ", config);
+    g_tc_fwd_config.store(config);
 }
 
 bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
@@ -713,8 +973,22 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
     TcGeo g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), scale * kLog2e, causal};
     g.q = head_rows(q), g.k = head_rows(k), g.v = head_rows(v), g.o = head_rows(out);
     cudaStream_t s = stream_of(q);
+    const int config = fwd_config(q.size(3));
+    if (q.dtype() == DType::bf16 && scale > 0.f && config <= kFwdConfigs) {
+        visit_fwd_h(q.size(3), config, [&]<int D, int W, int M, int BN>() {
+            constexpr int kBm = 16 * M * W;
+            const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
+            const size_t smem = tile_bytes(D, kBm) + 4 * tile_bytes(D, BN);
+            set_smem_tc(fa_fwd_h<D, W, M, BN>, smem);
+            fa_fwd_h<D, W, M, BN><<<grid, 32 * W, smem, s>>>(q.data<bf16>(), k.data<bf16>(),
+                                                             v.data<bf16>(), out.data<bf16>(),
+                                                             lse.data<float>(), g);
+        });
+        check_launch("attention (tensor cores)");
+        return;
+    }
     visit_input(q.dtype(), [&]<typename T>() {
-        visit_shape(q.size(3), false, [&]<int D, int W>() {
+        visit_shape(q.size(3), false, q.dtype() == DType::bf16, [&]<int D, int W>() {
             constexpr int kBm = 128; // 16 rows x 8 / W m-tiles x W warps
             const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
             const size_t staging = std::is_same_v<T, bf16> ? 0 : size_t(kKeys) * D * sizeof(float);
@@ -734,26 +1008,39 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
     g.q = head_rows(q), g.k = head_rows(k), g.v = head_rows(v), g.o = head_rows(out);
     g.g = head_rows(dout), g.dq = head_rows(dq), g.dk = head_rows(dk), g.dv = head_rows(dv);
     const int D = int(q.size(3));
+    const bool half = q.dtype() == DType::bf16;
     cudaStream_t s = stream_of(q);
-    // Scratch: Q and dO in bf16 (rows x D each), lse2 and delta (rows each).
+    // Scratch: for bf16 dq its f32 accumulator (rows x D, first: 16-byte aligned); Q and dO in
+    // bf16 (rows x D each), lse2 and delta (rows each).
     const int64_t rows = g.B * g.Hq * g.Tq;
-    auto scratch = backend().allocate(size_t(rows) * (2 * D * sizeof(bf16) + 2 * sizeof(float)),
-                                      q.device());
-    auto* qb = static_cast<bf16*>(scratch->data);
+    const size_t acc_bytes = half ? size_t(rows) * D * sizeof(float) : 0;
+    auto scratch = backend().allocate(
+        acc_bytes + size_t(rows) * (2 * D * sizeof(bf16) + 2 * sizeof(float)), q.device());
+    auto* acc = static_cast<float*>(scratch->data);
+    auto* qb = reinterpret_cast<bf16*>(static_cast<unsigned char*>(scratch->data) + acc_bytes);
     bf16* gb = qb + rows * D;
     auto* lse2 = reinterpret_cast<float*>(gb + rows * D);
     float* delta = lse2 + rows;
+    // Where fa_bwd adds dq: dq itself (f32), or the accumulator, contiguous (B, Hq, Tq, D).
+    TcGeo ga = g;
+    float* dq_f32 = half ? acc : dq.data<float>();
+    if (half) ga.dq = HeadRows{g.Hq * g.Tq * D, g.Tq * D, D};
     const unsigned prep_blocks = blocks_for(rows * 32);
-    visit_input(q.dtype(), [&]<typename T>() {
+    auto prep = [&]<typename T, typename TG>() {
         if (D == 64)
-            fa_bwd_prep<64, T><<<prep_blocks, kBlock, 0, s>>>(
-                q.data<T>(), dout.data<float>(), out.data<T>(), lse.data<float>(),
-                dq.data<float>(), qb, gb, lse2, delta, rows, g);
+            fa_bwd_prep<64, T, TG><<<prep_blocks, kBlock, 0, s>>>(
+                q.data<T>(), dout.data<TG>(), out.data<T>(), lse.data<float>(), dq_f32, qb, gb,
+                lse2, delta, rows, ga);
         else
-            fa_bwd_prep<128, T><<<prep_blocks, kBlock, 0, s>>>(
-                q.data<T>(), dout.data<float>(), out.data<T>(), lse.data<float>(),
-                dq.data<float>(), qb, gb, lse2, delta, rows, g);
-        visit_shape(D, true, [&]<int HD, int W>() {
+            fa_bwd_prep<128, T, TG><<<prep_blocks, kBlock, 0, s>>>(
+                q.data<T>(), dout.data<TG>(), out.data<T>(), lse.data<float>(), dq_f32, qb, gb,
+                lse2, delta, rows, ga);
+    };
+    if (!half) prep.template operator()<float, float>();
+    else if (dout.dtype() == DType::bf16) prep.template operator()<bf16, bf16>();
+    else prep.template operator()<bf16, float>();
+    visit_input(q.dtype(), [&]<typename T>() {
+        visit_shape(D, true, half, [&]<int HD, int W>() {
             constexpr int kBn = 16 * W;
             const size_t smem = 2 * tile_bytes(HD, kBn) + 4 * tile_bytes(HD, kQRows) +
                                 size_t(kBn) * (kQRows + 8) * sizeof(bf16) +
@@ -761,10 +1048,17 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
             set_smem_tc(fa_bwd<HD, W, T>, smem);
             const dim3 grid(unsigned((g.Tk + kBn - 1) / kBn), unsigned(g.B * g.Hkv));
             fa_bwd<HD, W, T><<<grid, 32 * W, smem, s>>>(k.data<T>(), v.data<T>(), qb, gb, lse2,
-                                                        delta, dq.data<float>(), dk.data<float>(),
-                                                        dv.data<float>(), g, scale);
+                                                        delta, dq_f32, dk.data<T>(), dv.data<T>(),
+                                                        ga, scale);
         });
     });
+    if (half) {
+        const unsigned blocks = blocks_for(rows * (D / 8));
+        if (D == 64)
+            fa_bwd_dq_out<64><<<blocks, kBlock, 0, s>>>(acc, dq.data<bf16>(), rows, g);
+        else
+            fa_bwd_dq_out<128><<<blocks, kBlock, 0, s>>>(acc, dq.data<bf16>(), rows, g);
+    }
     check_launch("attention_backward (tensor cores)");
 }
 

@@ -106,9 +106,9 @@ void copy_host_device(const Tensor& src, const Tensor& dst);
 /// After a kernel launch: turns a launch error into a DeviceError naming the op.
 void check_launch(const char* op);
 
-/// The bf16 tensor-core flash attention (attention_tc.cu): f32 or bf16 q/k/v (out in their type;
-/// lse, dout and the gradients f32), head dim 64 or 128, not causal with Tq > Tk, rows 16-byte
-/// aligned (every tensor's base and B, H, T strides). attention() takes it when
+/// The bf16 tensor-core flash attention (attention_tc.cu): f32 or bf16 q/k/v (out, dq, dk, dv in
+/// their type; dout f32 or theirs; lse f32), head dim 64 or 128, not causal with Tq > Tk, rows
+/// 16-byte aligned (every tensor's base and B, H, T strides). attention() takes it when
 /// allow_reduced_precision_attention() or an autocast is on; otherwise the exact f32 kernel
 /// runs. `others`: the outputs (and dout) the pass also touches, held to the same alignment.
 bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
@@ -121,6 +121,10 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
 /// Warps per block of those kernels, forced for forward and backward alike: 4 or 8, or 0 for
 /// the defaults (8, but 4 for the forward at head dim 64); for tests and benchmarks.
 void set_attention_tc_warps(int warps);
+/// The block shape of the tensor-core forward on bf16 tensors: 0 the default, 1..4 one of the
+/// compiled shapes (attention_tc.cu, visit_fwd_h), 5 the kernel f32 tensors take (with
+/// set_attention_tc_warps' warps); for tests and benchmarks.
+void set_attention_tc_fwd_config(int config);
 
 /// One half-operand GEMM in cuBLAS's column-major terms (matmul.cpp derives them from row-major
 /// tensors): C (m x n, ldc) = op_a(A) op_b(B) [+ bias (m) in the epilogue], A and B bf16
