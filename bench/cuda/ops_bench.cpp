@@ -211,16 +211,22 @@ void attn() {
                 const cuda::PrecisionScope bf16("bf16");
                 Tensor q = leaf(1, DType::bf16), k = leaf(2, DType::bf16), v = leaf(3, DType::bf16);
                 fwd_bwd("bf16", q, k, v, true);
-                for (int config = 1; config <= 5; ++config) {
+                for (int config = 1; config <= 7; ++config) {
                     cuda::set_attention_tc_fwd_config(config);
                     fwd_bwd("bf16 fwd cfg " + std::to_string(config), q, k, v, false);
                 }
                 cuda::set_attention_tc_fwd_config(0);
-                for (int warps : {4, 8}) { // the backward's block shapes
+                for (int warps : {4, 8}) { // the mma.sync backward's block shapes
+                    cuda::set_attention_tc_bwd_config(1);
                     cuda::set_attention_tc_warps(warps);
                     fwd_bwd("bf16 bwd " + std::to_string(warps) + "w", q, k, v, true);
                 }
                 cuda::set_attention_tc_warps(0);
+                for (int config = 2; config <= 3; ++config) { // the wgmma backward's
+                    cuda::set_attention_tc_bwd_config(config);
+                    fwd_bwd("bf16 bwd cfg " + std::to_string(config), q, k, v, true);
+                }
+                cuda::set_attention_tc_bwd_config(0);
                 {
                     NoGradGuard ng;
                     Tensor out = Tensor::empty({B, H, T, D}, DType::bf16, kCuda);

@@ -467,8 +467,8 @@ TEST(CudaAttention, TensorCoreKernelWithinBf16Tolerance) {
 // bf16 q, k, v as stored (Backend::attention_takes_half, under bf16 autocast): out, dq, dk, dv
 // in bf16, the upstream gradient read in bf16 (or f32) as it comes; against the CPU reference in
 // f64 on the same bf16 values, within the kernel's bound (1e-2 relative, norm), for every
-// forward block shape of the bf16 kernel (set_attention_tc_fwd_config 1..5) and both backward
-// block shapes. Tails, GQA 4:1, Tq != Tk (decode-like and longer), causal and full.
+// forward kernel and block shape (set_attention_tc_fwd_config 1..7) and every backward kernel
+// and block shape. Tails, GQA 4:1, Tq != Tk (decode-like and longer), causal and full.
 TEST(CudaAttention, Bf16TensorsWithinBf16Tolerance) {
     const AttnCase cases[] = {
         {2, 4, 4, 100, 100, 64, true},   {1, 8, 2, 130, 130, 128, true},  // tails, GQA 4:1
@@ -513,15 +513,22 @@ TEST(CudaAttention, Bf16TensorsWithinBf16Tolerance) {
                 EXPECT_LE(max_rel_diff(got[i], ref[i]), 5e-2) << what << how << names[i];
             }
         };
-        for (int config = 1; config <= 5; ++config) { // forward block shapes
+        for (int config = 1; config <= 7; ++config) { // forward block shapes and kernels
             cuda::set_attention_tc_fwd_config(config);
             check(" (fwd config " + std::to_string(config) + ") ", DType::bf16);
         }
         cuda::set_attention_tc_fwd_config(0);
-        for (int warps : {4, 8}) { // backward block shapes
-            cuda::set_attention_tc_warps(warps);
-            check(" (bwd " + std::to_string(warps) + " warps) ", DType::bf16);
+        for (int config = 1; config <= 3; ++config) { // backward kernels
+            cuda::set_attention_tc_bwd_config(config);
+            for (int warps : {4, 8}) { // the mma.sync kernel's block shapes
+                if (config != 1 && warps == 8) continue;
+                cuda::set_attention_tc_warps(warps);
+                check(" (bwd config " + std::to_string(config) + ", " + std::to_string(warps) +
+                          " warps) ",
+                      DType::bf16);
+            }
         }
+        cuda::set_attention_tc_bwd_config(0);
         cuda::set_attention_tc_warps(0);
         check(" (f32 upstream gradient) ", DType::f32);
     }

@@ -122,9 +122,14 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
 /// the defaults (8, but 4 for the forward at head dim 64); for tests and benchmarks.
 void set_attention_tc_warps(int warps);
 /// The block shape of the tensor-core forward on bf16 tensors: 0 the default, 1..4 one of the
-/// compiled shapes (attention_tc.cu, visit_fwd_h), 5 the kernel f32 tensors take (with
-/// set_attention_tc_warps' warps); for tests and benchmarks.
+/// compiled mma.sync shapes (attention_tc.cu, visit_fwd_h), 5 the kernel f32 tensors take (with
+/// set_attention_tc_warps' warps), 6..7 the wgmma kernel's shapes (visit_fwd_wg); for tests and
+/// benchmarks.
 void set_attention_tc_fwd_config(int config);
+/// The tensor-core backward on bf16 tensors: 0 the default, 1 the mma.sync kernel (with
+/// set_attention_tc_warps' warps), 2..3 the wgmma kernel with 1 or 2 warpgroups a block; for
+/// tests and benchmarks.
+void set_attention_tc_bwd_config(int config);
 
 /// One half-operand GEMM in cuBLAS's column-major terms (matmul.cpp derives them from row-major
 /// tensors): C (m x n, ldc) = op_a(A) op_b(B) [+ bias (m) in the epilogue], A and B bf16
