@@ -1,8 +1,10 @@
 // Flash attention on bf16 tensor cores (FlashAttention-2, Dao 2023,
-// https://arxiv.org/abs/2307.08691): mma.sync m16n8k16 (bf16 x bf16 -> f32) for every product,
-// the online softmax and all accumulators in f32. Head dims 64 and 128, causal or full, GQA,
-// any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu). Not the
-// exact kernel: attention.cu is, and picks this one only under reduced precision or autocast.
+// https://arxiv.org/abs/2307.08691; on bf16 tensors with Hopper's warpgroup MMA, as in
+// FlashAttention-3, Shah et al. 2024, https://arxiv.org/abs/2407.08608): bf16 x bf16 -> f32 for
+// every product, the online softmax and all accumulators in f32. Head dims 64 and 128, causal or
+// full, GQA, any Tq <= Tk for causal (query i sits at position Tk - Tq + i, as in attention.cu).
+// Not the exact kernel: attention.cu is, and picks this one only under reduced precision or
+// autocast.
 //
 // q, k, v (and out, dq, dk, dv, in their type) are f32 or bf16 (autocast's qkv projection is
 // bf16); dout is f32 or their type; lse is f32. f32 inputs are rounded to bf16 on their way into
@@ -11,24 +13,28 @@
 // at any B, H, T strides (attention.cuh) whose starts are 16-byte aligned
 // (attention_tc_supported checks); lse is contiguous.
 //
-// Forward on bf16 tensors (fa_fwd_h, FlashAttention-2's forward): a block owns 16 M W query rows
-// (W warps of 16 M rows; 128 rows by default), K/V tiles of BN keys double buffered with
-// cp.async straight into their shared tiles (the next tile's copy overlaps the whole current
-// tile), exp2 with the scale folded into one FFMA, the running max moved (and O rescaled) only
-// when a tile's max exceeds it by a margin, masks only on tiles that need them, tiles wholly
-// above the causal diagonal skipped per warp, the output staged through shared memory for
-// 16-byte stores. On f32 tensors (fa_fwd): 128 query rows (4 warps of 32 rows, or 8 of 16) and
-// 64-key tiles; f32 tiles come in with cp.async into a staging area while the previous tile is
-// multiplied, and are converted to bf16 in shared memory (F32Stage). Both start with the last
-// query blocks (the most keys under causal masking).
-// Backward (5 matmuls, FlashAttention-2's Algorithm 2): a block owns 16 W keys (W warps of 16)
-// and streams 64-query tiles of Q, dO (rounded to bf16 once by fa_bwd_prep, then cp.async double
-// buffered), computing P once per tile: dV and dK stay in registers, dQ goes to global memory
-// with f32 atomics (so dQ's summation order, and its last bits, vary from run to run): into dq
-// itself when it is f32, else into an f32 accumulator that fa_bwd_dq_out rounds to bf16.
+// bf16 tensors (autocast's) take the wgmma kernels. Forward (fa_fwd_wg): 128 query rows a block
+// (two warpgroups of 64), K/V tiles double buffered with cp.async straight into 128-byte-swizzled
+// shared tiles the tensor cores read, P kept in registers as the A operand of O += P V, exp2 with
+// the scale folded into one FFMA, the running max moved (and O rescaled) only when a tile's max
+// exceeds it by a margin, masks only on tiles that need them, the output staged through shared
+// memory for 16-byte stores. Backward (fa_bwd_wg): a block of 64 keys (one warpgroup) streams
+// 64-query tiles of Q and dO; P^T and dS^T stay in registers as the A operands of dV and dK; dS^T
+// goes through shared memory for dQ.
+// f32 tensors (and bf16 ones when forced, set_attention_tc_fwd_config / _bwd_config) take the
+// mma.sync m16n8k16 kernels. Forward (fa_fwd): 128 query rows (4 warps of 32 rows, or 8 of 16)
+// and 64-key tiles; f32 tiles come in with cp.async into a staging area while the previous tile
+// is multiplied, and are converted to bf16 in shared memory (F32Stage). Both forwards start with
+// the last query blocks (the most keys under causal masking).
+// Backward (fa_bwd; 5 matmuls, FlashAttention-2's Algorithm 2): a block owns 16 W keys (W warps
+// of 16) and streams 64-query tiles of Q, dO (both backwards read them rounded to bf16 once by
+// fa_bwd_prep, cp.async double buffered), computing P once per tile: dV and dK stay in
+// registers, dQ goes to global memory with f32 atomics (so dQ's summation order, and its last
+// bits, vary from run to run): into dq itself when it is f32, else into an f32 accumulator that
+// fa_bwd_dq_out rounds to bf16.
 //
-// Shared rows are padded by 8 bf16 (16 bytes), so the fragment loads and ldmatrix rows of a warp
-// fall in distinct banks. Fragment layouts (PTX ISA, "mma.m16n8k16"), g = lane / 4, c = lane % 4:
+// The mma.sync kernels' shared rows are padded by 8 bf16 (16 bytes), so the fragment loads and
+// ldmatrix rows of a warp fall in distinct banks. Fragment layouts (PTX ISA, "mma.m16n8k16"), g = lane / 4, c = lane % 4:
 //   A (16x16, row): a0 (g, 2c..2c+1) a1 (g+8, 2c..) a2 (g, 2c+8..) a3 (g+8, 2c+8..)
 //   B (16x8, col):  b0 (k 2c..2c+1, n g) b1 (k 2c+8.., n g)
 //   C (16x8, f32):  c0,c1 (g, 2c..2c+1) c2,c3 (g+8, 2c..)
@@ -46,26 +52,17 @@ namespace {
 
 constexpr int kKeys = 64;  // forward: keys per streamed K/V tile
 constexpr int kQRows = 64; // backward: queries per streamed Q/dO tile
-// Warps per block: set_attention_tc_warps forces 4 or 8 for both passes; 0 takes these defaults,
-// per head dim, pass and tensor dtype the faster shape on an H200 at T = 1024..8192 (every size
-// in that run; bf16 backward at D = 64: 4 warps, 2-5% faster than 8).
+// Warps per block of the mma.sync kernels (fa_fwd, fa_bwd): set_attention_tc_warps forces 4 or
+// 8 for both passes; 0 takes these defaults, per head dim and pass the faster shape on an H200
+// at T = 1024..8192 (every size in that run).
 std::atomic<int> g_tc_warps{0};
 constexpr int kFwdWarps64 = 4, kFwdWarps128 = 8, kBwdWarps64 = 8, kBwdWarps128 = 8;
-constexpr int kBwdWarps64Bf16 = 4;
-// The bf16-tensor forward: set_attention_tc_fwd_config forces one of fa_fwd_h's kFwdConfigs block
-// shapes (visit_fwd_h), or kFwdConfigs + 1 for fa_fwd (the kernel f32 tensors take); 0 takes
-// these defaults, the fastest on an H200 at every T = 1024..8192 (docs/PERF.md, session 7):
-// at D = 64 config 2 (128 query rows of 4 warps, 64 keys a tile), 2-4% ahead of config 1; at
-// D = 128 config 1 (128 query rows of 4 warps, 64 keys), 3-15% ahead of the rest.
-std::atomic<int> g_tc_fwd_config{0};
-constexpr int kFwdConfigs = 4;
-// wgmma forward (fa_fwd_wg) configurations: kFwdConfigs + 2 and + 3 (visit_fwd_wg).
-constexpr int kFwdWg = kFwdConfigs + 2, kFwdWgConfigs = 2;
-constexpr int kFwdDefault64 = kFwdWg, kFwdDefault128 = kFwdWg + 1;
-// The bf16-tensor backward: set_attention_tc_bwd_config forces 1 (fa_bwd, mma.sync), 2 or 3
-// (fa_bwd_wg with 1 or 2 warpgroups); 0 takes the default.
-std::atomic<int> g_tc_bwd_config{0};
-constexpr int kBwdDefault = 2;
+// The kernels bf16 tensors take: set_attention_tc_fwd_config forces 1 (fa_fwd, mma.sync, the
+// kernel of f32 tensors), 2 or 3 (fa_fwd_wg's block shapes, visit_fwd_wg); set_attention_tc_
+// bwd_config 1 (fa_bwd, mma.sync), 2 or 3 (fa_bwd_wg with 1 or 2 warpgroups a block); 0 takes
+// these defaults, the fastest on an H200 at every T = 1024..8192 (docs/PERF.md, session 7).
+std::atomic<int> g_tc_fwd_config{0}, g_tc_bwd_config{0};
+constexpr int kFwdDefault64 = 2, kFwdDefault128 = 3, kBwdDefault = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -453,194 +450,6 @@ __device__ __forceinline__ float ex2(float x) {
     return y;
 }
 
-// The forward on bf16 tensors (out bf16), for a positive scale. grid (ceil(Tq / kBm), B * Hq),
-// 32 W threads; a warp owns M m-tiles (16 M query rows), the block kBm = 16 M W. K/V tiles of BN
-// keys are double buffered: tile t + 1's cp.async copies are issued as tile t's math starts, so
-// they have a whole tile's work to land in, and one barrier per tile suffices. smem: Q [kBm][D +
-// 8], K and V [2][BN][D + 8], bf16 (Q's rows become the output's staging at the end).
-// Per tile (FlashAttention-2's forward): S = Q K^T (ldmatrix from shared memory, f32 in
-// registers), the row max on the raw scores, P = 2^(S scale log2(e) - m) as one FFMA and one ex2,
-// O += P V with P packed to bf16 straight from the S registers. The running max m of a row moves
-// only when a tile's max exceeds it by more than kSlack (P <= 2^kSlack: far from overflow, and
-// bf16's relative precision does not depend on magnitude), and O is rescaled only when some row
-// of the warp moved: after the first tiles the max rarely grows, so the rescale (kDt x 4 FMULs
-// per row pair) mostly drops out. Tiles wholly visible to a warp skip the mask; tiles wholly
-// masked for a warp (above the causal diagonal) skip the math.
-template <int D, int W, int M, int BN>
-__global__ void __launch_bounds__(32 * W)
-    fa_fwd_h(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
-             bf16* __restrict__ out, float* __restrict__ lse, TcGeo g) {
-    constexpr int kLd = D + 8, kNt = BN / 8, kDt = D / 8, kBm = 16 * M * W, NT = 32 * W;
-    constexpr float kSlack = 8.f;
-    extern __shared__ __align__(16) unsigned char smem_tc[];
-    auto* Qs = reinterpret_cast<bf16*>(smem_tc);
-    bf16* Ks = Qs + kBm * kLd; // [2][BN][kLd]
-    bf16* Vs = Ks + 2 * BN * kLd;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
-    const int64_t bh = blockIdx.y, b = bh / g.Hq, h = bh % g.Hq, hk = h / (g.Hq / g.Hkv);
-    // The last query tiles (most keys under causal masking) start first.
-    const int64_t q0 = (int64_t(gridDim.x) - 1 - blockIdx.x) * kBm;
-    const bf16* K = k + g.k.at(b, hk, 0);
-    const bf16* V = v + g.v.at(b, hk, 0);
-    const int64_t last_q = min64(g.Tq, q0 + kBm) - 1;
-    const int64_t k_end = g.causal ? min64(g.Tk, g.Tk - g.Tq + last_q + 1) : g.Tk;
-    const int n_tiles = int((k_end + BN - 1) / BN);
-    fetch_bf16_rows<D, kBm, NT>(Qs, q + g.q.at(b, h, 0), g.q.t, q0, g.Tq);
-    fetch_bf16_rows<D, BN, NT>(Ks, K, g.k.t, 0, g.Tk);
-    fetch_bf16_rows<D, BN, NT>(Vs, V, g.v.t, 0, g.Tk);
-    cp_async_commit();
-    // This warp's rows: r_w + 16 mi + g4 (c0, c1) and + 8 (c2, c3) of m-tile mi.
-    const int m_w = warp * 16 * M;
-    const int64_t r_w = q0 + m_w;
-    // Causal: key k0 + kj is visible to row r_w + ri iff kj - ri <= diag0 - k0.
-    const int64_t diag0 = g.Tk - g.Tq + r_w;
-    float o[M][kDt][4] = {};
-    float m[M][2], l[M][2] = {};
-#pragma unroll
-    for (int mi = 0; mi < M; ++mi)
-        m[mi][0] = m[mi][1] = -INFINITY;
-    for (int t = 0; t < n_tiles; ++t) {
-        const int buf = t & 1;
-        cp_async_wait<0>();
-        __syncthreads(); // tile t landed; every warp is done with tile t - 1 (buffer buf ^ 1)
-        const int64_t k0 = int64_t(t) * BN;
-        if (t + 1 < n_tiles) {
-            fetch_bf16_rows<D, BN, NT>(Ks + (buf ^ 1) * BN * kLd, K, g.k.t, k0 + BN, g.Tk);
-            fetch_bf16_rows<D, BN, NT>(Vs + (buf ^ 1) * BN * kLd, V, g.v.t, k0 + BN, g.Tk);
-        }
-        cp_async_commit();
-        // The mask in tile coordinates (32-bit): kj < n_keys and, causal, kj - ri <= diag
-        // (clamped: kj - ri lies in [1 - 16 M, BN - 1]).
-        const int n_keys = int(min64(g.Tk - k0, BN));
-        const int diag = int(max64(min64(diag0 - k0, BN), -16 * M));
-        if (g.causal && diag < 1 - 16 * M) continue; // no key of the tile visible to this warp
-        const bool full = n_keys == BN && (!g.causal || diag >= BN - 1);
-        const bf16* Kt = Ks + buf * BN * kLd;
-        const bf16* Vt = Vs + buf * BN * kLd;
-        float s[M][kNt][4] = {};
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t a[M][4];
-#pragma unroll
-            for (int mi = 0; mi < M; ++mi)
-                load_a_mk(a[mi], Qs, kLd, m_w + 16 * mi, kk * 16, lane);
-#pragma unroll
-            for (int nt = 0; nt < kNt; nt += 2) {
-                uint32_t bk[4];
-                load_b2_nk(bk, Kt, kLd, nt * 8, kk * 16, lane);
-#pragma unroll
-                for (int mi = 0; mi < M; ++mi) {
-                    mma_bf16(s[mi][nt], a[mi], bk[0], bk[1]);
-                    mma_bf16(s[mi][nt + 1], a[mi], bk[2], bk[3]);
-                }
-            }
-        }
-        if (!full) {
-#pragma unroll
-            for (int mi = 0; mi < M; ++mi)
-#pragma unroll
-                for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int ri = 16 * mi + g4 + (e >> 1) * 8, kj = nt * 8 + 2 * c4 + (e & 1);
-                        if (kj >= n_keys || (g.causal && kj - ri > diag)) s[mi][nt][e] = -INFINITY;
-                    }
-        }
-        // Row maxima of the raw scores (scale > 0), in the log2 domain; m moves by > kSlack only.
-        float base[M][2], corr[M][2];
-        bool moved = false;
-#pragma unroll
-        for (int mi = 0; mi < M; ++mi) {
-            float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    mx[e >> 1] = fmaxf(mx[e >> 1], s[mi][nt][e]);
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const float tile_max = quad_max(mx[r]) * g.scale_log2;
-                corr[mi][r] = 1.f;
-                if (tile_max > m[mi][r] + kSlack) { // also when m is -inf and the tile is not
-                    corr[mi][r] = ex2(m[mi][r] - tile_max);
-                    m[mi][r] = tile_max;
-                    moved = true;
-                }
-                base[mi][r] = m[mi][r] == -INFINITY ? 0.f : m[mi][r]; // nothing visible yet
-            }
-        }
-        if (__any_sync(0xffffffffu, moved)) {
-#pragma unroll
-            for (int mi = 0; mi < M; ++mi)
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    l[mi][r] *= corr[mi][r];
-#pragma unroll
-                    for (int dt = 0; dt < kDt; ++dt) {
-                        o[mi][dt][2 * r] *= corr[mi][r];
-                        o[mi][dt][2 * r + 1] *= corr[mi][r];
-                    }
-                }
-        }
-#pragma unroll
-        for (int mi = 0; mi < M; ++mi)
-#pragma unroll
-            for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float p = ex2(fmaf(s[mi][nt][e], g.scale_log2, -base[mi][e >> 1]));
-                    s[mi][nt][e] = p;
-                    l[mi][e >> 1] += p;
-                }
-        // O += P V: P from registers, V stored [key][d] = [k][n].
-#pragma unroll
-        for (int kk = 0; kk < kNt / 2; ++kk) {
-            uint32_t a[M][4];
-#pragma unroll
-            for (int mi = 0; mi < M; ++mi)
-                c_to_a(a[mi], s[mi][2 * kk], s[mi][2 * kk + 1]);
-#pragma unroll
-            for (int dt = 0; dt < kDt; dt += 2) {
-                uint32_t bv[4];
-                load_b2_kn(bv, Vt, kLd, kk * 16, dt * 8, lane);
-#pragma unroll
-                for (int mi = 0; mi < M; ++mi) {
-                    mma_bf16(o[mi][dt], a[mi], bv[0], bv[1]);
-                    mma_bf16(o[mi][dt + 1], a[mi], bv[2], bv[3]);
-                }
-            }
-        }
-    }
-    cp_async_wait<0>(); // the last (empty) group
-    // O / l in bf16 through this warp's own rows of Qs (no other warp reads them), then out in
-    // 16-byte row chunks.
-#pragma unroll
-    for (int mi = 0; mi < M; ++mi)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int ri = 16 * mi + g4 + 8 * r;
-            const float lsum = quad_sum(l[mi][r]);
-            const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
-            bf16* srow = Qs + (m_w + ri) * kLd + 2 * c4;
-#pragma unroll
-            for (int dt = 0; dt < kDt; ++dt)
-                *reinterpret_cast<uint32_t*>(srow + dt * 8) =
-                    pack_bf16(o[mi][dt][2 * r] * inv, o[mi][dt][2 * r + 1] * inv);
-            if (c4 == 0 && r_w + ri < g.Tq)
-                lse[bh * g.Tq + r_w + ri] = (m[mi][r] + log2f(lsum)) * kLn2;
-        }
-    __syncwarp();
-    constexpr int kChunks = D / 8, kRowsPerStep = 32 / kChunks;
-    const int cr = lane / kChunks, cd = (lane % kChunks) * 8;
-#pragma unroll
-    for (int r0 = 0; r0 < 16 * M; r0 += kRowsPerStep) {
-        const int64_t i = r_w + r0 + cr;
-        if (i < g.Tq)
-            *reinterpret_cast<uint4*>(out + g.o.at(b, h, i) + cd) =
-                *reinterpret_cast<const uint4*>(Qs + (m_w + r0 + cr) * kLd + cd);
-    }
-}
-
 // Rows [r0, r0 + ROWS) of bf16 src (n_rows, D; rows `ld` elements apart) copied with cp.async
 // into a 128-byte-swizzled tile (wgmma.cuh's layout: column half hf of row r at (hf ROWS + r) 64
 // elements, its 16-byte chunk c at chunk c ^ (r % 8)), zero past n_rows, by NT threads.
@@ -666,13 +475,18 @@ template <int ROWS> __device__ __forceinline__ int sw128_at(int r, int d) {
 
 // The forward on bf16 tensors with Hopper's warpgroup MMA (wgmma.cuh), for a positive scale:
 // grid (ceil(Tq / 64 NWG), B * Hq), NWG warpgroups of 128 threads, each owning 64 query rows
-// (warp w: rows 16 w..16 w + 15 of the block, as in fa_fwd_h with M = 1). Q, and K/V tiles of BN
-// keys (double buffered, cp.async), sit in 128-byte-swizzled shared tiles the tensor cores read
-// directly: S = Q K^T takes both from shared memory (K-major), O += P V takes P from registers
-// (packed to bf16 from S's accumulator) and V from shared memory as stored, [key][d] (MN-major).
-// The online softmax is fa_fwd_h's (lazy max, ex2, masks only where needed); a warpgroup skips
-// the tiles wholly above its causal diagonal. smem: 1 KB alignment slack, Q [D/64][64 NWG][64],
-// K and V [2][D/64][BN][64], bf16; Q's rows stage the output at the end.
+// (warp w: rows 16 w..16 w + 15 of the block). Q, and K/V tiles of BN keys (double buffered:
+// tile t + 1's cp.async copies are issued as tile t's math starts, so one barrier per tile
+// suffices), sit in 128-byte-swizzled shared tiles the tensor cores read directly: S = Q K^T
+// takes both from shared memory (K-major), O += P V takes P from registers (packed to bf16 from
+// S's accumulator) and V from shared memory as stored, [key][d] (MN-major).
+// The online softmax: the row max on the raw scores, P = 2^(S scale log2(e) - m) as one FFMA and
+// one ex2. The running max m of a row moves only when a tile's max exceeds it by more than
+// kSlack (P <= 2^kSlack: far from overflow, and bf16's relative precision does not depend on
+// magnitude), and O is rescaled only when some row of the warp moved: after the first tiles the
+// max rarely grows, so the rescale mostly drops out. Tiles wholly visible to a warp skip the
+// mask; a warpgroup skips the tiles wholly above its causal diagonal. smem: 1 KB alignment
+// slack, Q [D/64][64 NWG][64], K and V [2][D/64][BN][64], bf16; Q's rows stage the output.
 template <int D, int BN, int NWG>
 __global__ void __launch_bounds__(128 * NWG)
     fa_fwd_wg(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
@@ -1286,10 +1100,9 @@ template <typename F> void visit_input(DType dt, F&& f) {
 }
 
 // f.template operator()<D, W>() for head dim D (64 or 128) and the warps per block of the pass.
-template <typename F> void visit_shape(int64_t D, bool backward, bool half, F&& f) {
+template <typename F> void visit_shape(int64_t D, bool backward, F&& f) {
     const int forced = g_tc_warps.load();
-    const int bwd64 = half ? kBwdWarps64Bf16 : kBwdWarps64;
-    const int dflt = D == 64 ? (backward ? bwd64 : kFwdWarps64)
+    const int dflt = D == 64 ? (backward ? kBwdWarps64 : kFwdWarps64)
                              : (backward ? kBwdWarps128 : kFwdWarps128);
     const bool eight = (forced ? forced : dflt) == 8;
     if (D == 64) eight ? f.template operator()<64, 8>() : f.template operator()<64, 4>();
@@ -1297,36 +1110,20 @@ template <typename F> void visit_shape(int64_t D, bool backward, bool half, F&& 
 }
 
 // The forward's configuration for head dim D: set_attention_tc_fwd_config's choice, else the
-// default. 1..kFwdConfigs: fa_fwd_h's block shapes (visit_fwd_h); kFwdConfigs + 1: fa_fwd.
+// default.
 int fwd_config(int64_t D) {
     const int c = g_tc_fwd_config.load();
     return c ? c : (D == 64 ? kFwdDefault64 : kFwdDefault128);
 }
 
-// f.template operator()<D, W, M, BN>() for fa_fwd_h's block shape of configuration c
-// (1..kFwdConfigs).
-template <typename F> void visit_fwd_h(int64_t D, int c, F&& f) {
-    if (D == 64) {
-        if (c == 1) f.template operator()<64, 4, 2, 128>();
-        else if (c == 2) f.template operator()<64, 4, 2, 64>();
-        else if (c == 3) f.template operator()<64, 8, 1, 128>();
-        else f.template operator()<64, 4, 1, 128>();
-    } else {
-        if (c == 1) f.template operator()<128, 4, 2, 64>();
-        else if (c == 2) f.template operator()<128, 8, 1, 64>();
-        else if (c == 3) f.template operator()<128, 4, 2, 32>();
-        else f.template operator()<128, 8, 1, 128>();
-    }
-}
-
-// f.template operator()<D, BN, NWG>() for fa_fwd_wg's block shape of configuration c (kFwdWg,
-// kFwdWg + 1).
+// f.template operator()<D, BN, NWG>() for fa_fwd_wg's block shape of configuration c (2 or 3):
+// 128 query rows, K/V tiles of BN keys.
 template <typename F> void visit_fwd_wg(int64_t D, int c, F&& f) {
     if (D == 64) {
-        if (c == kFwdWg) f.template operator()<64, 128, 2>();
+        if (c == 2) f.template operator()<64, 128, 2>();
         else f.template operator()<64, 64, 2>();
     } else {
-        if (c == kFwdWg) f.template operator()<128, 64, 2>();
+        if (c == 2) f.template operator()<128, 64, 2>();
         else f.template operator()<128, 128, 2>();
     }
 }
@@ -1342,10 +1139,8 @@ void set_attention_tc_warps(int warps) {
 }
 
 void set_attention_tc_fwd_config(int config) {
-    FORGE_CHECK(config >= 0 && config < kFwdWg + kFwdWgConfigs,
-                "[attention] tensor-core forward config must be 0 (default) to ",
-                kFwdWg + kFwdWgConfigs - 1,
-                ", got ", config);
+    FORGE_CHECK(config >= 0 && config <= 3,
+                "[attention] tensor-core forward config must be 0 (default) to 3, got ", config);
     g_tc_fwd_config.store(config);
 }
 
@@ -1374,20 +1169,7 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
     g.q = head_rows(q), g.k = head_rows(k), g.v = head_rows(v), g.o = head_rows(out);
     cudaStream_t s = stream_of(q);
     const int config = fwd_config(q.size(3));
-    if (q.dtype() == DType::bf16 && scale > 0.f && config <= kFwdConfigs) {
-        visit_fwd_h(q.size(3), config, [&]<int D, int W, int M, int BN>() {
-            constexpr int kBm = 16 * M * W;
-            const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
-            const size_t smem = tile_bytes(D, kBm) + 4 * tile_bytes(D, BN);
-            set_smem_tc(fa_fwd_h<D, W, M, BN>, smem);
-            fa_fwd_h<D, W, M, BN><<<grid, 32 * W, smem, s>>>(q.data<bf16>(), k.data<bf16>(),
-                                                             v.data<bf16>(), out.data<bf16>(),
-                                                             lse.data<float>(), g);
-        });
-        check_launch("attention (tensor cores)");
-        return;
-    }
-    if (q.dtype() == DType::bf16 && scale > 0.f && config >= kFwdWg) {
+    if (q.dtype() == DType::bf16 && scale > 0.f && config >= 2) {
         visit_fwd_wg(q.size(3), config, [&]<int D, int BN, int NWG>() {
             constexpr int kBm = 64 * NWG;
             const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
@@ -1401,7 +1183,7 @@ void attention_tc_forward(const Tensor& q, const Tensor& k, const Tensor& v, flo
         return;
     }
     visit_input(q.dtype(), [&]<typename T>() {
-        visit_shape(q.size(3), false, q.dtype() == DType::bf16, [&]<int D, int W>() {
+        visit_shape(q.size(3), false, [&]<int D, int W>() {
             constexpr int kBm = 128; // 16 rows x 8 / W m-tiles x W warps
             const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
             const size_t staging = std::is_same_v<T, bf16> ? 0 : size_t(kKeys) * D * sizeof(float);
@@ -1452,7 +1234,7 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
     if (!half) prep.template operator()<float, float>();
     else if (dout.dtype() == DType::bf16) prep.template operator()<bf16, bf16>();
     else prep.template operator()<bf16, float>();
-    const int bwd_config = g_tc_bwd_config.load() ? g_tc_bwd_config.load() : kBwdDefault;
+    const int forced = g_tc_bwd_config.load(), bwd_config = forced ? forced : kBwdDefault;
     auto wg_bwd = [&]<int HD, int NWG>() {
         constexpr int kBn = 64 * NWG;
         const size_t smem = 1024 +
@@ -1471,7 +1253,7 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
                              : wg_bwd.template operator()<128, 2>();
     } else {
         visit_input(q.dtype(), [&]<typename T>() {
-            visit_shape(D, true, half, [&]<int HD, int W>() {
+            visit_shape(D, true, [&]<int HD, int W>() {
                 constexpr int kBn = 16 * W;
                 const size_t smem = 2 * tile_bytes(HD, kBn) + 4 * tile_bytes(HD, kQRows) +
                                     size_t(kBn) * (kQRows + 8) * sizeof(bf16) +

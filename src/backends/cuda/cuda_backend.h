@@ -121,10 +121,9 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
 /// Warps per block of those kernels, forced for forward and backward alike: 4 or 8, or 0 for
 /// the defaults (8, but 4 for the forward at head dim 64); for tests and benchmarks.
 void set_attention_tc_warps(int warps);
-/// The block shape of the tensor-core forward on bf16 tensors: 0 the default, 1..4 one of the
-/// compiled mma.sync shapes (attention_tc.cu, visit_fwd_h), 5 the kernel f32 tensors take (with
-/// set_attention_tc_warps' warps), 6..7 the wgmma kernel's shapes (visit_fwd_wg); for tests and
-/// benchmarks.
+/// The tensor-core forward on bf16 tensors: 0 the default, 1 the mma.sync kernel f32 tensors
+/// take (with set_attention_tc_warps' warps), 2..3 the wgmma kernel's block shapes
+/// (attention_tc.cu, visit_fwd_wg); for tests and benchmarks.
 void set_attention_tc_fwd_config(int config);
 /// The tensor-core backward on bf16 tensors: 0 the default, 1 the mma.sync kernel (with
 /// set_attention_tc_warps' warps), 2..3 the wgmma kernel with 1 or 2 warpgroups a block; for
