@@ -880,7 +880,7 @@ __global__ void __launch_bounds__(32 * W)
 //   MN-major), one 64-wide column half at a time, added to the f32 dq accumulator atomically.
 // Every tile is 128-byte swizzled; smem: 1 KB alignment slack, K and V [D/64][64 NWG][64], Q and
 // dO [2][D/64][64][64], dS^T [NWG][64][64] bf16, lse2 and delta [2][64] f32.
-template <int D, int NWG>
+template <int D, int NWG, bool BULK>
 __global__ void __launch_bounds__(128 * NWG, 1)
     fa_bwd_wg(const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ qb,
               const bf16* __restrict__ gb, const float* __restrict__ lse2,
@@ -898,8 +898,10 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     bf16* Ss = Gs + 2 * kQRows * D;       // [NWG][64][kQRows]
     auto* Ls = reinterpret_cast<float*>(Ss + kBn * kQRows); // [2][kQRows]
     float* Ds = Ls + 2 * kQRows;                            // [2][kQRows]
+    static_assert(!BULK || D == 64, "bulk dQ: one 64-wide column half");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
     const int wg = warp >> 2, wq = warp & 3; // warpgroup; warp within it
+    float* Dqw = Ds + 2 * kQRows + wg * kQRows * 64; // BULK: this group's dQ staging [64][64]
     const int64_t bk = blockIdx.y, b = bk / g.Hkv, hk = bk % g.Hkv, group = g.Hq / g.Hkv;
     const int64_t j_first = int64_t(blockIdx.x) * kBn; // causal: low keys (most work) first
     const int64_t i_start = g.causal ? max64(0, j_first - (g.Tk - g.Tq)) / kQRows * kQRows : 0;
@@ -1006,7 +1008,11 @@ __global__ void __launch_bounds__(128 * NWG, 1)
             wg::mma_rs<D, 1>(ak, da[kk], wg::desc_sw128(Qt + kk * 16 * 64, kHalfQ, kAtom));
         }
         wg::wg_commit();
-        // dS^T visible to the tensor cores, across the group's warps (named barrier 1 + wg).
+        // dS^T visible to the tensor cores, across the group's warps (named barrier 1 + wg);
+        // with BULK, also the last tile's bulk reduction done reading dQ's staging.
+        if constexpr (BULK)
+            if ((threadIdx.x & 127) == 0)
+                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
         wg::fence_proxy_async();
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
         // dQ rows i0 + 16 wq + g4 (+ 8) of the C tiles, one column half at a time.
@@ -1025,14 +1031,44 @@ __global__ void __launch_bounds__(128 * NWG, 1)
             wg::wg_commit();
             wg::wg_wait<0>();
             wg::fence_operands(aq);
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                if (i_r + 8 * r >= g.Tq) continue;
-                float* row = dq_head + (i_r + 8 * r) * g.dq.t + hf * 64 + 2 * c4;
+            if constexpr (BULK) {
+                // dQ's tile scaled into shared memory, added to the (contiguous) accumulator by
+                // one bulk reduction (the copy engine's f32 add) issued by the group's thread 0.
 #pragma unroll
                 for (int nt = 0; nt < 8; ++nt)
-                    atomicAdd(reinterpret_cast<float2*>(row + nt * 8),
-                              make_float2(aq[nt][2 * r] * scale, aq[nt][2 * r + 1] * scale));
+#pragma unroll
+                    for (int r = 0; r < 2; ++r)
+                        *reinterpret_cast<float2*>(Dqw + (wq * 16 + g4 + 8 * r) * 64 + nt * 8 +
+                                                   2 * c4) =
+                            make_float2(aq[nt][2 * r] * scale, aq[nt][2 * r + 1] * scale);
+                wg::fence_proxy_async();
+                asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+                if ((threadIdx.x & 127) == 0) {
+                    const uint32_t bytes = uint32_t(min64(g.Tq - i0, kQRows)) * 64 * 4;
+                    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 "
+                                 "[%0], [%1], %2;\n"
+                                 "cp.async.bulk.commit_group;\n" ::"l"(dq_head + i0 * D),
+                                 "r"(uint32_t(__cvta_generic_to_shared(Dqw))), "r"(bytes)
+                                 : "memory");
+                }
+            } else {
+                // Lane pairs (c, c ^ 1) trade halves: the even lane adds 4 columns of row g, the
+                // odd one 4 of row g + 8, one 16-byte atomic each per n-tile.
+                const bool odd = c4 & 1;
+                const int64_t i = i_r + (odd ? 8 : 0);
+                float* row = dq_head + i * g.dq.t + hf * 64 + 2 * (c4 & 2);
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    const float s0 = odd ? aq[nt][0] : aq[nt][2];
+                    const float s1 = odd ? aq[nt][1] : aq[nt][3];
+                    const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
+                    const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+                    const float4 x = odd ? make_float4(r0, r1, aq[nt][2], aq[nt][3])
+                                         : make_float4(aq[nt][0], aq[nt][1], r0, r1);
+                    if (i < g.Tq)
+                        atomicAdd(reinterpret_cast<float4*>(row + nt * 8),
+                                  make_float4(x.x * scale, x.y * scale, x.z * scale, x.w * scale));
+                }
             }
         }
         wg::fence_operands(av);
@@ -1041,6 +1077,8 @@ __global__ void __launch_bounds__(128 * NWG, 1)
         wg::fence_operands(da);
     }
     cp_async_wait<0>(); // the last (empty) group
+    if constexpr (BULK)
+        if ((threadIdx.x & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int64_t j = j_w + g4 + 8 * r;
@@ -1145,8 +1183,8 @@ void set_attention_tc_fwd_config(int config) {
 }
 
 void set_attention_tc_bwd_config(int config) {
-    FORGE_CHECK(config >= 0 && config <= 3,
-                "[attention] tensor-core backward config must be 0 (default) to 3, got ", config);
+    FORGE_CHECK(config >= 0 && config <= 4,
+                "[attention] tensor-core backward config must be 0 (default) to 4, got ", config);
     g_tc_bwd_config.store(config);
 }
 
@@ -1235,22 +1273,26 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
     else if (dout.dtype() == DType::bf16) prep.template operator()<bf16, bf16>();
     else prep.template operator()<bf16, float>();
     const int forced = g_tc_bwd_config.load(), bwd_config = forced ? forced : kBwdDefault;
-    auto wg_bwd = [&]<int HD, int NWG>() {
+    auto wg_bwd = [&]<int HD, int NWG, bool BULK>() {
         constexpr int kBn = 64 * NWG;
         const size_t smem = 1024 +
                             size_t(2 * kBn * HD + 4 * kQRows * HD + kBn * kQRows) * sizeof(bf16) +
-                            4 * kQRows * sizeof(float);
-        set_smem_tc(fa_bwd_wg<HD, NWG>, smem);
+                            4 * kQRows * sizeof(float) + (BULK ? kBn * 64 * sizeof(float) : 0);
+        set_smem_tc(fa_bwd_wg<HD, NWG, BULK>, smem);
         const dim3 grid(unsigned((g.Tk + kBn - 1) / kBn), unsigned(g.B * g.Hkv));
-        fa_bwd_wg<HD, NWG><<<grid, 128 * NWG, smem, s>>>(
+        fa_bwd_wg<HD, NWG, BULK><<<grid, 128 * NWG, smem, s>>>(
             k.data<bf16>(), v.data<bf16>(), qb, gb, lse2, delta, dq_f32, dk.data<bf16>(),
             dv.data<bf16>(), ga, scale);
     };
     if (half && bwd_config >= 2) {
-        if (D == 64) bwd_config == 2 ? wg_bwd.template operator()<64, 1>()
-                                     : wg_bwd.template operator()<64, 2>();
-        else bwd_config == 2 ? wg_bwd.template operator()<128, 1>()
-                             : wg_bwd.template operator()<128, 2>();
+        if (D == 64) {
+            if (bwd_config == 2) wg_bwd.template operator()<64, 1, false>();
+            else if (bwd_config == 3) wg_bwd.template operator()<64, 2, false>();
+            else wg_bwd.template operator()<64, 1, true>();
+        } else {
+            if (bwd_config == 3) wg_bwd.template operator()<128, 2, false>();
+            else wg_bwd.template operator()<128, 1, false>();
+        }
     } else {
         visit_input(q.dtype(), [&]<typename T>() {
             visit_shape(D, true, [&]<int HD, int W>() {
