@@ -518,7 +518,7 @@ TEST(CudaAttention, Bf16TensorsWithinBf16Tolerance) {
             check(" (fwd config " + std::to_string(config) + ") ", DType::bf16);
         }
         cuda::set_attention_tc_fwd_config(0);
-        for (int config = 1; config <= 4; ++config) { // backward kernels
+        for (int config = 1; config <= 3; ++config) { // backward kernels
             cuda::set_attention_tc_bwd_config(config);
             for (int warps : {4, 8}) { // the mma.sync kernel's block shapes
                 if (config != 1 && warps == 8) continue;

@@ -664,8 +664,8 @@ void set_attention_tc_fwd_config(int config) {
 }
 
 void set_attention_tc_bwd_config(int config) {
-    FORGE_CHECK(config >= 0 && config <= 4,
-                "[attention] tensor-core backward config must be 0 (default) to 4, got ", config);
+    FORGE_CHECK(config >= 0 && config <= 3,
+                "[attention] tensor-core backward config must be 0 (default) to 3, got ", config);
     g_tc_bwd_config.store(config);
 }
 

@@ -100,9 +100,9 @@ template <typename K> void set_smem_tc(K kernel, size_t bytes) {
 // `config` 2 or 3 (attention_tc.cu's set_attention_tc_fwd_config; D 64 or 128).
 void launch_fa_fwd_wg(int config, int64_t D, const TcGeo& g, const bf16* q, const bf16* k,
                       const bf16* v, bf16* out, float* lse, cudaStream_t s);
-// Backward `config` 2 (a warpgroup a block), 3 (two) or 4 (one, dQ's tiles added by bulk
-// reductions at D = 64), from fa_bwd_prep's contiguous bf16 Q, dO rows, lse2, delta, into the
-// zeroed f32 accumulator dq (contiguous (B, Hq, Tq, D), g.dq its strides).
+// Backward `config` 2 (a warpgroup a block) or 3 (two), from fa_bwd_prep's contiguous bf16 Q, dO
+// rows, lse2, delta, into the zeroed f32 accumulator dq (contiguous (B, Hq, Tq, D), g.dq its
+// strides).
 void launch_fa_bwd_wg(int config, int64_t D, const TcGeo& g, const bf16* k, const bf16* v,
                       const bf16* qb, const bf16* gb, const float* lse2, const float* delta,
                       float* dq, bf16* dk, bf16* dv, float scale, cudaStream_t s);

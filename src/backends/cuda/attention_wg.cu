@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(128 * NWG)
 //   MN-major), one 64-wide column half at a time, added to the f32 dq accumulator atomically.
 // Every tile is 128-byte swizzled; smem: 1 KB alignment slack, K and V [D/64][64 NWG][64], Q and
 // dO [2][D/64][64][64], dS^T [NWG][64][64] bf16, lse2 and delta [2][64] f32.
-template <int D, int NWG, bool BULK>
+template <int D, int NWG>
 __global__ void __launch_bounds__(128 * NWG, 1)
     fa_bwd_wg(const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ qb,
               const bf16* __restrict__ gb, const float* __restrict__ lse2,
@@ -241,10 +241,8 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     bf16* Ss = Gs + 2 * kQRows * D;       // [NWG][64][kQRows]
     auto* Ls = reinterpret_cast<float*>(Ss + kBn * kQRows); // [2][kQRows]
     float* Ds = Ls + 2 * kQRows;                            // [2][kQRows]
-    static_assert(!BULK || D == 64, "bulk dQ: one 64-wide column half");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
     const int wg = warp >> 2, wq = warp & 3; // warpgroup; warp within it
-    float* Dqw = Ds + 2 * kQRows + wg * kQRows * 64; // BULK: this group's dQ staging [64][64]
     const int64_t bk = blockIdx.y, b = bk / g.Hkv, hk = bk % g.Hkv, group = g.Hq / g.Hkv;
     const int64_t j_first = int64_t(blockIdx.x) * kBn; // causal: low keys (most work) first
     const int64_t i_start = g.causal ? max64(0, j_first - (g.Tk - g.Tq)) / kQRows * kQRows : 0;
@@ -351,11 +349,7 @@ __global__ void __launch_bounds__(128 * NWG, 1)
             wg::mma_rs<D, 1>(ak, da[kk], wg::desc_sw128(Qt + kk * 16 * 64, kHalfQ, kAtom));
         }
         wg::wg_commit();
-        // dS^T visible to the tensor cores, across the group's warps (named barrier 1 + wg);
-        // with BULK, also the last tile's bulk reduction done reading dQ's staging.
-        if constexpr (BULK)
-            if ((threadIdx.x & 127) == 0)
-                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+        // dS^T visible to the tensor cores, across the group's warps (named barrier 1 + wg).
         wg::fence_proxy_async();
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
         // dQ rows i0 + 16 wq + g4 (+ 8) of the C tiles, one column half at a time.
@@ -374,44 +368,22 @@ __global__ void __launch_bounds__(128 * NWG, 1)
             wg::wg_commit();
             wg::wg_wait<0>();
             wg::fence_operands(aq);
-            if constexpr (BULK) {
-                // dQ's tile scaled into shared memory, added to the (contiguous) accumulator by
-                // one bulk reduction (the copy engine's f32 add) issued by the group's thread 0.
+            // Lane pairs (c, c ^ 1) trade halves: the even lane adds 4 columns of row g, the
+            // odd one 4 of row g + 8, one 16-byte atomic each per n-tile.
+            const bool odd = c4 & 1;
+            const int64_t i = i_r + (odd ? 8 : 0);
+            float* row = dq_head + i * g.dq.t + hf * 64 + 2 * (c4 & 2);
 #pragma unroll
-                for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-                    for (int r = 0; r < 2; ++r)
-                        *reinterpret_cast<float2*>(Dqw + (wq * 16 + g4 + 8 * r) * 64 + nt * 8 +
-                                                   2 * c4) =
-                            make_float2(aq[nt][2 * r] * scale, aq[nt][2 * r + 1] * scale);
-                wg::fence_proxy_async();
-                asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-                if ((threadIdx.x & 127) == 0) {
-                    const uint32_t bytes = uint32_t(min64(g.Tq - i0, kQRows)) * 64 * 4;
-                    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 "
-                                 "[%0], [%1], %2;\n"
-                                 "cp.async.bulk.commit_group;\n" ::"l"(dq_head + i0 * D),
-                                 "r"(uint32_t(__cvta_generic_to_shared(Dqw))), "r"(bytes)
-                                 : "memory");
-                }
-            } else {
-                // Lane pairs (c, c ^ 1) trade halves: the even lane adds 4 columns of row g, the
-                // odd one 4 of row g + 8, one 16-byte atomic each per n-tile.
-                const bool odd = c4 & 1;
-                const int64_t i = i_r + (odd ? 8 : 0);
-                float* row = dq_head + i * g.dq.t + hf * 64 + 2 * (c4 & 2);
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    const float s0 = odd ? aq[nt][0] : aq[nt][2];
-                    const float s1 = odd ? aq[nt][1] : aq[nt][3];
-                    const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-                    const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-                    const float4 x = odd ? make_float4(r0, r1, aq[nt][2], aq[nt][3])
-                                         : make_float4(aq[nt][0], aq[nt][1], r0, r1);
-                    if (i < g.Tq)
-                        atomicAdd(reinterpret_cast<float4*>(row + nt * 8),
-                                  make_float4(x.x * scale, x.y * scale, x.z * scale, x.w * scale));
-                }
+            for (int nt = 0; nt < 8; ++nt) {
+                const float s0 = odd ? aq[nt][0] : aq[nt][2];
+                const float s1 = odd ? aq[nt][1] : aq[nt][3];
+                const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
+                const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+                const float4 x = odd ? make_float4(r0, r1, aq[nt][2], aq[nt][3])
+                                     : make_float4(aq[nt][0], aq[nt][1], r0, r1);
+                if (i < g.Tq)
+                    atomicAdd(reinterpret_cast<float4*>(row + nt * 8),
+                              make_float4(x.x * scale, x.y * scale, x.z * scale, x.w * scale));
             }
         }
         wg::fence_operands(av);
@@ -420,8 +392,6 @@ __global__ void __launch_bounds__(128 * NWG, 1)
         wg::fence_operands(da);
     }
     cp_async_wait<0>(); // the last (empty) group
-    if constexpr (BULK)
-        if ((threadIdx.x & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int64_t j = j_w + g4 + 8 * r;
@@ -464,24 +434,20 @@ void launch_fa_fwd_wg(int config, int64_t D, const TcGeo& g, const bf16* q, cons
 void launch_fa_bwd_wg(int config, int64_t D, const TcGeo& g, const bf16* k, const bf16* v,
                       const bf16* qb, const bf16* gb, const float* lse2, const float* delta,
                       float* dq, bf16* dk, bf16* dv, float scale, cudaStream_t s) {
-    auto launch = [&]<int HD, int NWG, bool BULK>() {
+    auto launch = [&]<int HD, int NWG>() {
         constexpr int kBn = 64 * NWG;
         const size_t smem = 1024 +
                             size_t(2 * kBn * HD + 4 * kQRows * HD + kBn * kQRows) * sizeof(bf16) +
-                            4 * kQRows * sizeof(float) + (BULK ? kBn * 64 * sizeof(float) : 0);
-        set_smem_tc(fa_bwd_wg<HD, NWG, BULK>, smem);
+                            4 * kQRows * sizeof(float);
+        set_smem_tc(fa_bwd_wg<HD, NWG>, smem);
         const dim3 grid(unsigned((g.Tk + kBn - 1) / kBn), unsigned(g.B * g.Hkv));
-        fa_bwd_wg<HD, NWG, BULK><<<grid, 128 * NWG, smem, s>>>(k, v, qb, gb, lse2, delta, dq, dk,
-                                                              dv, g, scale);
+        fa_bwd_wg<HD, NWG><<<grid, 128 * NWG, smem, s>>>(k, v, qb, gb, lse2, delta, dq, dk, dv, g,
+                                                        scale);
     };
-    if (D == 64) {
-        if (config == 3) launch.template operator()<64, 2, false>();
-        else if (config == 4) launch.template operator()<64, 1, true>();
-        else launch.template operator()<64, 1, false>();
-    } else {
-        if (config == 3) launch.template operator()<128, 2, false>();
-        else launch.template operator()<128, 1, false>();
-    }
+    if (D == 64)
+        config == 3 ? launch.template operator()<64, 2>() : launch.template operator()<64, 1>();
+    else
+        config == 3 ? launch.template operator()<128, 2>() : launch.template operator()<128, 1>();
 }
 
 } // namespace forge::cuda::attn
