@@ -197,9 +197,9 @@ struct LayoutCase {
 // Forward and backward on strided views against the same kernel on contiguous copies; q, k, v,
 // out, dout and the gradients in dt (bf16: the tensor-core kernel on bf16 tensors).
 void check_strided_matches_contiguous(const LayoutCase& c, bool tc, DType dt = DType::f32) {
-    const std::string what = std::string(tc ? "tc " : "exact ") + std::string(dtype_name(dt)) + " strided B" +
-                             std::to_string(c.B) +
-                             " Hq" + std::to_string(c.Hq) + " Hkv" + std::to_string(c.Hkv) + " Tq" +
+    const std::string what = std::string(tc ? "tc " : "exact ") + std::string(dtype_name(dt)) +
+                             " strided B" + std::to_string(c.B) + " Hq" + std::to_string(c.Hq) +
+                             " Hkv" + std::to_string(c.Hkv) + " Tq" +
                              std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " D" +
                              std::to_string(c.D) + (c.causal ? " causal" : "");
     ReducedPrecision flag(tc);

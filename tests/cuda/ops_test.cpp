@@ -484,8 +484,9 @@ TEST(CudaAttention, Bf16TensorsWithinBf16Tolerance) {
                                  std::to_string(c.Tq) + " Tk" + std::to_string(c.Tk) + " D" +
                                  std::to_string(c.D) + (c.causal ? " causal" : "");
         const Shape qs{c.B, c.Hq, c.Tq, c.D}, ks{c.B, c.Hkv, c.Tk, c.D};
-        const Tensor q16 = Tensor::randn(qs, 1, DType::bf16), k16 = Tensor::randn(ks, 2, DType::bf16);
-        const Tensor v16 = Tensor::randn(ks, 3, DType::bf16), g16 = Tensor::randn(qs, 4, DType::bf16);
+        const Tensor q16 = Tensor::randn(qs, 1, DType::bf16);
+        const Tensor k16 = Tensor::randn(ks, 2, DType::bf16), v16 = Tensor::randn(ks, 3, DType::bf16);
+        const Tensor g16 = Tensor::randn(qs, 4, DType::bf16);
         // out, dq, dk, dv of attention on (q16, k16, v16) in dtype dt on d, upstream gradient g.
         auto run = [&](Device d, DType dt, const Tensor& g) {
             auto leaf = [&](const Tensor& t) {

@@ -34,7 +34,8 @@
 // fa_bwd_dq_out rounds to bf16.
 //
 // The mma.sync kernels' shared rows are padded by 8 bf16 (16 bytes), so the fragment loads and
-// ldmatrix rows of a warp fall in distinct banks. Fragment layouts (PTX ISA, "mma.m16n8k16"), g = lane / 4, c = lane % 4:
+// ldmatrix rows of a warp fall in distinct banks. Fragment layouts (PTX ISA, "mma.m16n8k16"),
+// g = lane / 4, c = lane % 4:
 //   A (16x16, row): a0 (g, 2c..2c+1) a1 (g+8, 2c..) a2 (g, 2c+8..) a3 (g+8, 2c+8..)
 //   B (16x8, col):  b0 (k 2c..2c+1, n g) b1 (k 2c+8.., n g)
 //   C (16x8, f32):  c0,c1 (g, 2c..2c+1) c2,c3 (g+8, 2c..)

@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(128 * NWG)
     cp_async_commit();
     const int m_w = warp * 16;
     const int64_t r_w = q0 + m_w;
-    const int64_t diag0 = g.Tk - g.Tq + r_w; // causal: key k0 + kj visible iff kj - ri <= diag0 - k0
+    // Causal: key k0 + kj is visible to row r_w + ri iff kj - ri <= diag0 - k0.
+    const int64_t diag0 = g.Tk - g.Tq + r_w;
     // The last key this warpgroup's rows see (causal), for whole-tile skips.
     const int64_t wg_last_key = g.causal ? g.Tk - g.Tq + q0 + 64 * wg + 63 : g.Tk;
     const bf16* Qw = Qs + 64 * wg * 64; // this warpgroup's rows in each column half
