@@ -85,6 +85,38 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// The backward's query tiles for the key block at j_first of batch b, key/value head hk: every
+// query head of hk's group in turn, each from the first kQRows-tile that sees key j_first (all
+// of them without causal masking). Iteration it (0 .. n_iter - 1) is query head qh (as b Hq + h)
+// from query i0.
+struct BwdTiles {
+    int64_t qh0, i_start, n_tiles, n_iter;
+    __device__ __forceinline__ BwdTiles(const TcGeo& g, int64_t b, int64_t hk, int64_t j_first) {
+        const int64_t group = g.Hq / g.Hkv;
+        qh0 = b * g.Hq + hk * group;
+        i_start = g.causal ? max64(0, j_first - (g.Tk - g.Tq)) / kQRows * kQRows : 0;
+        n_tiles = (g.Tq - i_start + kQRows - 1) / kQRows;
+        n_iter = group * n_tiles;
+    }
+    __device__ __forceinline__ void at(int64_t it, int64_t& qh, int64_t& i0) const {
+        qh = qh0 + it / n_tiles;
+        i0 = i_start + (it % n_tiles) * kQRows;
+    }
+};
+
+// lse2 and delta (fa_bwd_prep's, contiguous per query row) of queries [i0, i0 + kQRows) of query
+// head qh into Ls, Ds [kQRows] with cp.async, zero past Tq: threads 0..63 copy lse2, 64..127 delta.
+__device__ __forceinline__ void fetch_lse_delta(float* Ls, float* Ds, const float* lse2,
+                                                const float* delta, int64_t qh, int64_t i0,
+                                                int64_t Tq) {
+    if (threadIdx.x < 2 * kQRows) {
+        const int t = threadIdx.x % kQRows;
+        const bool is_delta = threadIdx.x >= kQRows, ok = i0 + t < Tq;
+        const float* src = (is_delta ? delta : lse2) + qh * Tq + (ok ? i0 + t : 0);
+        cp_async4((is_delta ? Ds : Ls) + t, src, ok);
+    }
+}
+
 // A kernel's dynamic shared memory limit raised to `bytes`.
 template <typename K> void set_smem_tc(K kernel, size_t bytes) {
     FORGE_CUDA_CHECK(

@@ -244,26 +244,16 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     float* Ds = Ls + 2 * kQRows;                            // [2][kQRows]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, c4 = lane & 3;
     const int wg = warp >> 2, wq = warp & 3; // warpgroup; warp within it
-    const int64_t bk = blockIdx.y, b = bk / g.Hkv, hk = bk % g.Hkv, group = g.Hq / g.Hkv;
+    const int64_t bk = blockIdx.y, b = bk / g.Hkv, hk = bk % g.Hkv;
     const int64_t j_first = int64_t(blockIdx.x) * kBn; // causal: low keys (most work) first
-    const int64_t i_start = g.causal ? max64(0, j_first - (g.Tk - g.Tq)) / kQRows * kQRows : 0;
-    const int64_t n_tiles = (g.Tq - i_start + kQRows - 1) / kQRows;
-    const int64_t n_iter = group * n_tiles;
-    auto tile_of = [&](int64_t it, int64_t& qh, int64_t& i0) {
-        qh = b * g.Hq + hk * group + it / n_tiles;
-        i0 = i_start + (it % n_tiles) * kQRows;
-    };
+    const BwdTiles tiles(g, b, hk, j_first);
+    const int64_t n_iter = tiles.n_iter;
     auto fetch = [&](int64_t it, int buf) {
         int64_t qh, i0;
-        tile_of(it, qh, i0);
+        tiles.at(it, qh, i0);
         fetch_bf16_sw128<D, kQRows, NT>(Qs + buf * kQRows * D, qb + qh * g.Tq * D, D, i0, g.Tq);
         fetch_bf16_sw128<D, kQRows, NT>(Gs + buf * kQRows * D, gb + qh * g.Tq * D, D, i0, g.Tq);
-        if (threadIdx.x < 2 * kQRows) { // lse2 by threads 0..63, delta by 64..127
-            const int t = threadIdx.x % kQRows;
-            const bool is_delta = threadIdx.x >= kQRows, ok = i0 + t < g.Tq;
-            const float* src = (is_delta ? delta : lse2) + qh * g.Tq + (ok ? i0 + t : 0);
-            cp_async4((is_delta ? Ds : Ls) + buf * kQRows + t, src, ok);
-        }
+        fetch_lse_delta(Ls + buf * kQRows, Ds + buf * kQRows, lse2, delta, qh, i0, g.Tq);
     };
     fetch(0, 0);
     fetch_bf16_sw128<D, kBn, NT>(Ks, k + g.k.at(b, hk, 0), g.k.t, j_first, g.Tk);
@@ -283,7 +273,7 @@ __global__ void __launch_bounds__(128 * NWG, 1)
         if (it + 1 < n_iter) fetch(it + 1, buf ^ 1);
         cp_async_commit();
         int64_t qh, i0;
-        tile_of(it, qh, i0);
+        tiles.at(it, qh, i0);
         // Causal: no query of the tile sees the group's first key (uniform over the group).
         if (g.causal && i0 + kQRows - 1 + (g.Tk - g.Tq) < j_g) continue;
         const bf16* Qt = Qs + buf * kQRows * D;
