@@ -126,6 +126,8 @@ std::string ChatTemplate::render(std::string_view messages_json,
         for (auto& [k, v] : extra.obj->items)
             globals.emplace_back(k, v);
     }
+    if (opts.now) // ahead of the built-in strftime_now, which reads the clock
+        globals.emplace_back("strftime_now", jinja::strftime_now_function(opts.now));
     return impl_->tmpl.render(globals);
 }
 

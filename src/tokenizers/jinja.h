@@ -6,8 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <ctime>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -121,6 +123,10 @@ Value from_json(std::string_view json, std::string_view what);
 /// Value -> JSON text like Python's json.dumps(ensure_ascii=False): `indent` < 0 is one line
 /// with ", " and ": " separators.
 std::string to_json(const Value& v, int indent = -1, bool sort_keys = false);
+
+/// The template function strftime_now(format): `at` (or the clock at the call, if unset) in local
+/// time, formatted by std::strftime.
+Value strftime_now_function(std::optional<std::time_t> at);
 
 class Template {
   public:

@@ -373,6 +373,18 @@ Value from_json(std::string_view json, std::string_view what) {
     return from_ordered_json(j, 0);
 }
 
+Value strftime_now_function(std::optional<std::time_t> at) {
+    return Value::function([at](Args& a) {
+        Value fmt = a.get(0, "format");
+        const std::time_t t = at ? *at : std::time(nullptr);
+        std::tm tm{};
+        localtime_r(&t, &tm);
+        char buf[256];
+        std::size_t len = fmt.is_string() ? std::strftime(buf, sizeof buf, fmt.s.c_str(), &tm) : 0;
+        return Value::string(std::string(buf, len));
+    });
+}
+
 std::string to_json(const Value& v, int indent, bool sort_keys) {
     std::string out;
     json_dump(out, v, indent, sort_keys, 0);
@@ -1470,16 +1482,7 @@ class Interp {
                 return Value::array(std::move(r));
             });
         if (name == "strftime_now")
-            return Value::function([](Args& a) {
-                Value fmt = a.get(0, "format");
-                std::time_t t = std::time(nullptr);
-                std::tm tm{};
-                localtime_r(&t, &tm);
-                char buf[256];
-                std::size_t len =
-                    fmt.is_string() ? std::strftime(buf, sizeof buf, fmt.s.c_str(), &tm) : 0;
-                return Value::string(std::string(buf, len));
-            });
+            return strftime_now_function(std::nullopt);
         return Value{};
     }
 

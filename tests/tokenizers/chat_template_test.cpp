@@ -4,7 +4,9 @@
 #include <forge/tokenizers/chat_template.h>
 
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
+#include <iomanip>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -43,8 +45,22 @@ std::vector<fs::path> fixture_files() {
     return files;
 }
 
+// The fixture's clock ("now": local "YYYY-MM-DD HH:MM:SS" when make_fixtures.mjs rendered it)
+// as a time_t of this machine's time zone, so strftime_now prints the same date as the oracle.
+std::optional<std::time_t> fixture_now(const json& fx) {
+    if (!fx.contains("now"))
+        return std::nullopt;
+    std::tm tm{};
+    std::istringstream in(fx["now"].get<std::string>());
+    in >> std::get_time(&tm, "%Y-%m-%d %H:%M:%S");
+    EXPECT_FALSE(in.fail()) << "bad \"now\" in " << fx["name"];
+    tm.tm_isdst = -1;
+    return std::mktime(&tm);
+}
+
 forge::ChatTemplateOptions options_of(const json& fx, const json& c) {
     forge::ChatTemplateOptions o;
+    o.now = fixture_now(fx);
     o.add_generation_prompt = c["add_generation_prompt"].get<bool>();
     o.bos_token = fx["bos_token"].get<std::string>();
     o.eos_token = fx["eos_token"].get<std::string>();
@@ -267,6 +283,12 @@ TEST(ChatTemplate, JinjaSubset) {
     EXPECT_EQ(render("{% for t in tools %}{{ t.function.name }}{% endfor %}", "[]",
                      {.tools_json = R"([{"type": "function", "function": {"name": "f"}}])"}),
               "f");
+    // `now` fixes strftime_now's clock (local time)
+    std::tm day{};
+    day.tm_year = 2024 - 1900, day.tm_mon = 6, day.tm_mday = 26, day.tm_hour = 12;
+    day.tm_isdst = -1;
+    EXPECT_EQ(render("{{ strftime_now('%Y-%m-%d %B') }}", "[]", {.now = std::mktime(&day)}),
+              "2024-07-26 July");
 }
 
 TEST(ChatTemplate, RaiseExceptionThrowsItsMessage) {

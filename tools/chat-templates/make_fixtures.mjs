@@ -87,6 +87,19 @@ const extra = { date_string: "26 Jul 2024" };
 const raised = (e, template) => typeof e.message === "string" && e.message.length > 0 &&
                                 template.includes(e.message);
 
+// The clock strftime_now reads, frozen for the whole run and written into each fixture as local
+// "YYYY-MM-DD HH:MM:SS" (the test hands it to the renderer): a fixture does not expire at midnight.
+const RealDate = Date;
+const frozen = new RealDate();
+globalThis.Date = class extends RealDate {
+    constructor(...a) {
+        super(...(a.length ? a : [frozen.getTime()]));
+    }
+};
+const pad = (n) => String(n).padStart(2, "0");
+const now = `${frozen.getFullYear()}-${pad(frozen.getMonth() + 1)}-${pad(frozen.getDate())} ` +
+            `${pad(frozen.getHours())}:${pad(frozen.getMinutes())}:${pad(frozen.getSeconds())}`;
+
 const skipped = [];
 let written = 0;
 for (const t of templates) {
@@ -133,7 +146,7 @@ for (const t of templates) {
         }
     }
     const fixture = { name: t.name, model: t.model, bos_token: t.bos_token, eos_token: t.eos_token,
-                      template: t.template, cases };
+                      template: t.template, now, cases };
     fs.writeFileSync(path.join(outDir, t.name + ".json"), JSON.stringify(fixture) + "\n");
     ++written;
 }

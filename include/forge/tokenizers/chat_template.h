@@ -4,6 +4,7 @@
 // job.
 #pragma once
 
+#include <ctime>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,9 @@ struct ChatTemplateOptions {
     /// JSON object whose members become template variables too (e.g. {"date_string": "1 Jan 2025"}
     /// or {"enable_thinking": false}); they override the ones above.
     std::string extra_vars_json{};
+    /// The time `strftime_now` formats (in local time); unset: the clock at render time. Set it
+    /// for a prompt that does not change with the date (as llama.cpp's chat templates take `now`).
+    std::optional<std::time_t> now{};
 };
 
 /// Usage:
