@@ -59,7 +59,7 @@ constexpr int kKeys = 64; // forward: keys per streamed K/V tile
 std::atomic<int> g_tc_warps{0};
 constexpr int kFwdWarps64 = 4, kFwdWarps128 = 8, kBwdWarps64 = 8, kBwdWarps128 = 8;
 // The kernels bf16 tensors take: set_attention_tc_fwd_config forces 1 (fa_fwd, mma.sync, the
-// kernel of f32 tensors), 2 or 3 (fa_fwd_wg's block shapes, visit_fwd_wg); set_attention_tc_
+// kernel of f32 tensors), 2 to 5 (fa_fwd_wg's configurations, visit_fwd_wg); set_attention_tc_
 // bwd_config 1 (fa_bwd, mma.sync), 2 or 3 (fa_bwd_wg with 1 or 2 warpgroups a block); 0 takes
 // these defaults, the fastest on an H200 at every T = 1024..8192 (docs/PERF.md, session 7).
 std::atomic<int> g_tc_fwd_config{0}, g_tc_bwd_config{0};
@@ -647,8 +647,8 @@ void set_attention_tc_warps(int warps) {
 }
 
 void set_attention_tc_fwd_config(int config) {
-    FORGE_CHECK(config >= 0 && config <= 3,
-                "[attention] tensor-core forward config must be 0 (default) to 3, got ", config);
+    FORGE_CHECK(config >= 0 && config <= 5,
+                "[attention] tensor-core forward config must be 0 (default) to 5, got ", config);
     g_tc_fwd_config.store(config);
 }
 

@@ -18,6 +18,23 @@ __device__ __forceinline__ float ex2(float x) {
     return y;
 }
 
+// 2^x on the FMA pipes, to take part of the forward's exponentials off the special-function unit
+// (16 a clock per SM on Hopper: at D = 64 the forward's 128 MACs per score leave the tensor cores
+// waiting for it; FlashAttention-4 splits its exponentials the same way). x = i + f with
+// i = round(x) from the 1.5 * 2^23 magic add and f in [-0.5, 0.5]; 2^f by a degree-3 polynomial
+// (fitted here for relative error, max 1.0e-4: below bf16's 2^-9 rounding of P); 2^i added to
+// the exponent bits. x below -125 (masked scores are -inf) gives 0.
+__device__ __forceinline__ float ex2_fma(float x) {
+    constexpr float kMagic = 12582912.f; // 1.5 * 2^23
+    const float xc = fmaxf(x, -125.f);
+    const float t = xc + kMagic; // round(xc) in the low mantissa bits of t
+    const float f = xc - (t - kMagic);
+    const float p = fmaf(fmaf(fmaf(0.0550089051f, f, 0.24221099f), f, 0.693282935f), f, 1.f);
+    // t's bits are 0x4B400000 + i; shifted by 23 only i's part stays in 32 bits.
+    const float r = __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
+    return x < -125.f ? 0.f : r;
+}
+
 // Rows [r0, r0 + ROWS) of bf16 src (n_rows, D; rows `ld` elements apart) copied with cp.async
 // into a 128-byte-swizzled tile (wgmma.cuh's layout: column half hf of row r at (hf ROWS + r) 64
 // elements, its 16-byte chunk c at chunk c ^ (r % 8)), zero past n_rows, by NT threads.
@@ -55,7 +72,7 @@ template <int ROWS> __device__ __forceinline__ int sw128_at(int r, int d) {
 // max rarely grows, so the rescale mostly drops out. Tiles wholly visible to a warp skip the
 // mask; a warpgroup skips the tiles wholly above its causal diagonal. smem: 1 KB alignment
 // slack, Q [D/64][64 NWG][64], K and V [2][D/64][BN][64], bf16; Q's rows stage the output.
-template <int D, int BN, int NWG>
+template <int D, int BN, int NWG, int POLY>
 __global__ void __launch_bounds__(128 * NWG)
     fa_fwd_wg(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
               bf16* __restrict__ out, float* __restrict__ lse, TcGeo g) {
@@ -165,7 +182,8 @@ __global__ void __launch_bounds__(128 * NWG)
         for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float p = ex2(fmaf(s[nt][e], g.scale_log2, -base[e >> 1]));
+                const float z = fmaf(s[nt][e], g.scale_log2, -base[e >> 1]);
+                const float p = nt % 4 < POLY ? ex2_fma(z) : ex2(z); // POLY of every 4 n-tiles
                 s[nt][e] = p;
                 l[e >> 1] += p;
             }
@@ -397,15 +415,21 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     }
 }
 
-// f.template operator()<D, BN, NWG>() for fa_fwd_wg's block shape of configuration c (2 or 3):
-// 128 query rows, K/V tiles of BN keys.
+// f.template operator()<D, BN, NWG, POLY>() for fa_fwd_wg's configuration c: 128 query rows,
+// K/V tiles of BN keys. c 2, 3: the two tile widths (64 keys at D = 128 for 2, at D = 64 for 3),
+// every exponential on the special-function unit; 4, 5: 128-key tiles with half / a quarter of
+// the exponentials on the FMA pipes (ex2_fma).
 template <typename F> void visit_fwd_wg(int64_t D, int c, F&& f) {
     if (D == 64) {
-        if (c == 2) f.template operator()<64, 128, 2>();
-        else f.template operator()<64, 64, 2>();
+        if (c == 3) f.template operator()<64, 64, 2, 0>();
+        else if (c == 4) f.template operator()<64, 128, 2, 2>();
+        else if (c == 5) f.template operator()<64, 128, 2, 1>();
+        else f.template operator()<64, 128, 2, 0>();
     } else {
-        if (c == 2) f.template operator()<128, 64, 2>();
-        else f.template operator()<128, 128, 2>();
+        if (c == 2) f.template operator()<128, 64, 2, 0>();
+        else if (c == 4) f.template operator()<128, 128, 2, 2>();
+        else if (c == 5) f.template operator()<128, 128, 2, 1>();
+        else f.template operator()<128, 128, 2, 0>();
     }
 }
 
@@ -413,12 +437,12 @@ template <typename F> void visit_fwd_wg(int64_t D, int c, F&& f) {
 
 void launch_fa_fwd_wg(int config, int64_t D, const TcGeo& g, const bf16* q, const bf16* k,
                       const bf16* v, bf16* out, float* lse, cudaStream_t s) {
-    visit_fwd_wg(D, config, [&]<int HD, int BN, int NWG>() {
+    visit_fwd_wg(D, config, [&]<int HD, int BN, int NWG, int POLY>() {
         constexpr int kBm = 64 * NWG;
         const dim3 grid(unsigned((g.Tq + kBm - 1) / kBm), unsigned(g.B * g.Hq));
         const size_t smem = 1024 + size_t(kBm + 4 * BN) * HD * sizeof(bf16);
-        set_smem_tc(fa_fwd_wg<HD, BN, NWG>, smem);
-        fa_fwd_wg<HD, BN, NWG><<<grid, 128 * NWG, smem, s>>>(q, k, v, out, lse, g);
+        set_smem_tc(fa_fwd_wg<HD, BN, NWG, POLY>, smem);
+        fa_fwd_wg<HD, BN, NWG, POLY><<<grid, 128 * NWG, smem, s>>>(q, k, v, out, lse, g);
     });
 }
 
