@@ -5,9 +5,10 @@
 // With --device cuda: a Forge model folder or a named shape (random weights) on CudaLM (bf16
 // weights, the decode step as one persistent kernel in a CUDA graph), prefill under --dtype; or
 // a GGUF file, or a shape with --type q8_0 / q4_0 (random weights converted as `forge convert`
-// would), with those matrices on the GPU (kernels per op in a CUDA graph; the prompt as decode
-// steps). tg is reported with the logits copied to the host each step (what `forge generate`
-// does) and with greedy argmax on the device.
+// would), with those matrices on the GPU (kernels per op in a CUDA graph; the prompt through an
+// f32 copy of the dequantized weights under --dtype, or with --step-prefill as decode steps).
+// tg is reported with the logits copied to the host each step (what `forge generate` does) and
+// with greedy argmax on the device.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -36,7 +37,7 @@ struct BenchOptions {
     int threads = 0, reps = 5;
     std::vector<int64_t> pp = {512};
     int64_t tg = 128;
-    bool json = false, eager = false, per_op = false, f32_dot = false;
+    bool json = false, eager = false, per_op = false, f32_dot = false, step_prefill = false;
     std::string device = "cpu", dtype = "bf16";
 };
 
@@ -64,7 +65,10 @@ void run_bench_cuda(const BenchOptions& o) {
     FORGE_CHECK(dev.type == DeviceType::cuda && dev.index == 0, "--device must be cpu or cuda");
     cuda::check_device(dev);
     cuda::PrecisionScope precision(o.dtype);
-    const CudaLM::Options opts{.graph = !o.eager, .persistent = !o.per_op, .int8_dot = !o.f32_dot};
+    const CudaLM::Options opts{.graph = !o.eager,
+                               .persistent = !o.per_op,
+                               .int8_dot = !o.f32_dot,
+                               .gguf_batched_prefill = !o.step_prefill};
     std::shared_ptr<Transformer> model;
     std::unique_ptr<CudaLM> owned;
     std::string what;
@@ -147,7 +151,7 @@ void run_bench_cuda(const BenchOptions& o) {
                 lm.persistent_active() ? "as one persistent kernel" : "as kernels per op",
                 lm.graph_active() ? "in a CUDA graph" : "launched eagerly",
                 !blocks ? "" : o.f32_dot ? " (f32 dot products)" : " (int8 dot products)",
-                !blocks && !gguf ? o.dtype.c_str() : "as decode steps", o.reps);
+                lm.batched_prefill_active() ? o.dtype.c_str() : "as decode steps", o.reps);
     for (size_t i = 0; i < o.pp.size(); ++i)
         if (o.pp[i] > 0)
             std::printf("pp%-5lld %10.2f tokens/s\n", (long long)o.pp[i], median(pp_s[i]));
@@ -242,6 +246,9 @@ FORGE_CLI_COMMAND([](CLI::App& root) {
     cmd->add_flag("--f32-dot", o->f32_dot,
                   "with --device cuda and Q8_0 / Q4_0 weights: f32 products of the dequantized "
                   "weights instead of int8 (dp4a) ones");
+    cmd->add_flag("--step-prefill", o->step_prefill,
+                  "with --device cuda and GGUF weights: prefill the prompt as one decode step per "
+                  "token (no f32 copy of the weights)");
     cmd->add_flag("--per-op", o->per_op,
                   "with --device cuda: the decode step as kernels per op, not one kernel");
     cmd->callback([o] { run_bench(*o); });

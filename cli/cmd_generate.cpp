@@ -99,8 +99,9 @@ void run_generate(const GenerateCliOptions& o) {
     cuda::check_device(device); // before the load: a missing GPU fails fast
     cuda::PrecisionScope precision(o.dtype); // the prompt's matmuls and attention on CUDA
     // A .gguf file runs on the CPU quantized-weight engine (its weights used in place) or, with
-    // --device cuda, on CudaLM with its Q8_0 / Q4_0 matrices kept as they are; a model folder on
-    // the Transformer, on `device`.
+    // --device cuda, on CudaLM with its Q8_0 / Q4_0 matrices kept as they are for decode (the
+    // prompt runs through an f32 copy of the dequantized weights); a model folder on the
+    // Transformer, on `device`.
     std::optional<Generator> gen_holder;
     std::shared_ptr<Transformer> keep;
     if (std::filesystem::path(o.model).extension() == ".gguf" && device.type == DeviceType::cuda) {

@@ -19,7 +19,8 @@ struct CudaLM::Impl {};
 CudaLM::CudaLM(Transformer&, Options) {
     no_cuda();
 }
-CudaLM::CudaLM(const ModelConfig&, const infer::QuantLM::Lookup&, Options) {
+CudaLM::CudaLM(const ModelConfig&, const infer::QuantLM::Lookup&, Options,
+               std::shared_ptr<Transformer>) {
     no_cuda();
 }
 std::unique_ptr<CudaLM> CudaLM::from_gguf(const std::filesystem::path&, Options) {
@@ -51,6 +52,9 @@ bool CudaLM::graph_active() const {
     return false;
 }
 bool CudaLM::persistent_active() const {
+    return false;
+}
+bool CudaLM::batched_prefill_active() const {
     return false;
 }
 int64_t CudaLM::weight_bytes_per_token() const {

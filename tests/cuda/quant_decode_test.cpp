@@ -201,13 +201,16 @@ class CudaQuantModel : public ::testing::TestWithParam<QuantModelCase> {};
 // per value, as the bf16 CudaLM test's 2e-2 bound covers), f32 summation order, and an
 // activation landing on the other side of an int8 rounding boundary now and then (one step is
 // 1/254 of its block's range). The f32-dot path skips the activation rounding, so it differs by
-// the whole int8 error of QuantLM's activations (~0.5% per value): a wider bound.
+// the whole int8 error of QuantLM's activations (~0.5% per value): a wider bound. Prompts run as
+// decode steps here, so every eval goes through these kernels; gguf_prefill_test.cpp covers the
+// batched prefill.
 TEST_P(CudaQuantModel, LogitsAndArgmaxMatchQuantLmOnCpu) {
     const auto [family, type, i8, persistent] = GetParam();
     const ModelConfig cfg = model_of(GetParam());
     Transformer m(cfg, 31);
     auto ref = infer::QuantLM::from_transformer(m, type, {.n_threads = 2});
-    auto lm = CudaLM::from_transformer(m, type, {.persistent = persistent, .int8_dot = i8});
+    auto lm = CudaLM::from_transformer(
+        m, type, {.persistent = persistent, .int8_dot = i8, .gguf_batched_prefill = false});
     EXPECT_TRUE(lm->graph_active());
     EXPECT_EQ(lm->persistent_active(), persistent);
     const bool mixed = family == ModelFamily::llama && !persistent;
@@ -228,7 +231,8 @@ TEST_P(CudaQuantModel, GreedyOnDeviceMatchesQuantLm) {
     const ModelConfig cfg = model_of(GetParam());
     Transformer m(cfg, 32);
     auto ref = infer::QuantLM::from_transformer(m, type, {.n_threads = 2});
-    auto lm = CudaLM::from_transformer(m, type, {.persistent = persistent, .int8_dot = i8});
+    auto lm = CudaLM::from_transformer(
+        m, type, {.persistent = persistent, .int8_dot = i8, .gguf_batched_prefill = false});
     EXPECT_EQ(lm->persistent_active(), persistent);
     const std::vector<TokenId> prompt = {1, 2, 3, 4, 5, 6};
     auto gs = lm->new_state(64), rs = ref->new_state(64);
@@ -281,8 +285,9 @@ TEST_P(CudaQuantSteps, PersistentMatchesPerOpKernels) {
     const QuantModelCase c = GetParam();
     const ModelConfig cfg = model_of(c);
     Transformer m(cfg, 35);
-    auto fused = CudaLM::from_transformer(m, c.type);
-    auto per_op = CudaLM::from_transformer(m, c.type, {.persistent = false});
+    auto fused = CudaLM::from_transformer(m, c.type, {.gguf_batched_prefill = false});
+    auto per_op =
+        CudaLM::from_transformer(m, c.type, {.persistent = false, .gguf_batched_prefill = false});
     ASSERT_TRUE(fused->persistent_active());
     ASSERT_FALSE(per_op->persistent_active());
     auto fs = fused->new_state(cfg.n_ctx), ps = per_op->new_state(cfg.n_ctx);

@@ -14,7 +14,9 @@
 // device, the same bytes in 16-byte aligned rows); norms, biases and GPT-2's position table are
 // f32. The decode step runs as the persistent kernel when every matrix and the embedding share
 // one format (bf16, Q8_0 or Q4_0, the latter two with int8_dot), else as kernels per op, in a
-// CUDA graph either way; a prompt prefills one decode step per token.
+// CUDA graph either way. A prompt prefills in batches through an f32 Transformer of the same
+// (dequantized) weights on the GPU (Options::gguf_batched_prefill, 4 bytes per parameter more),
+// or, without one, one decode step per token.
 #pragma once
 
 #include <cstdint>
@@ -46,6 +48,13 @@ class CudaLM : public CausalLM {
         /// products (dp4a), as llama.cpp's MMVQ and QuantLM do; false: f32 products of the
         /// dequantized weights.
         bool int8_dot = true;
+        /// From GGUF (from_gguf, from_transformer): also load the weights dequantized into an
+        /// f32 Transformer on the GPU (formats::gguf_to_model) and prefill prompts through its
+        /// ops in batches of prefill_chunk, as for a Transformer; decode steps still read the
+        /// quantized matrices. Costs 4 bytes per parameter of GPU memory (and as much host memory
+        /// while loading) on top of the quantized weights. False: a prompt prefills as one decode
+        /// step per token.
+        bool gguf_batched_prefill = true;
     };
     /// Moves `model` to cuda:0 if it is elsewhere (the prefill runs its ops there) and makes the
     /// bf16 copies. The model must outlive this object. Throws DeviceError in a build without
@@ -56,9 +65,14 @@ class CudaLM : public CausalLM {
     /// A model of ggml-typed tensors named as llama.cpp's GGUF files name them (gpt2 or llama
     /// architecture; QuantLM's conventions), copied to cuda:0; `lookup` is used only during the
     /// call. Throws InvalidArgument naming a missing tensor, a shape that disagrees with cfg, or
-    /// a shape the kernels do not take; DeviceError without a GPU.
-    CudaLM(const ModelConfig& cfg, const infer::QuantLM::Lookup& lookup, Options opts);
-    /// The model of a GGUF file. Throws NotFound, or InvalidArgument naming the file and problem.
+    /// a shape the kernels do not take; DeviceError without a GPU. `prefill_model`: the same
+    /// weights as a Transformer of `cfg` (formats::gguf_to_model of the file), moved to cuda:0 and
+    /// held, through which prompts then prefill in batches; null: one decode step per prompt
+    /// token (Options::gguf_batched_prefill is for from_gguf and from_transformer).
+    CudaLM(const ModelConfig& cfg, const infer::QuantLM::Lookup& lookup, Options opts,
+           std::shared_ptr<Transformer> prefill_model = nullptr);
+    /// The model of a GGUF file. Throws NotFound, or InvalidArgument naming the file and problem
+    /// (with gguf_batched_prefill, also where formats::gguf_to_model rejects the file).
     static std::unique_ptr<CudaLM> from_gguf(const std::filesystem::path& path, Options opts);
     static std::unique_ptr<CudaLM> from_gguf(const std::filesystem::path& path) {
         return from_gguf(path, Options{});
@@ -85,6 +99,9 @@ class CudaLM : public CausalLM {
     /// Whether decode steps run as one persistent kernel (Options::persistent, the GPU takes a
     /// cooperative launch of its grid, and, from GGUF, one weight format as above).
     bool persistent_active() const;
+    /// Whether prompts prefill through a Transformer's ops in batches (always when built from
+    /// one; from GGUF with Options::gguf_batched_prefill), not one decode step per token.
+    bool batched_prefill_active() const;
     /// Bytes of weights one decode step reads (the matrices as stored, the head included).
     int64_t weight_bytes_per_token() const;
     /// "bf16", "q8_0", "q4_0" or "mixed": how the layers' matrices and the head are stored.
@@ -94,7 +111,7 @@ class CudaLM : public CausalLM {
 
   private:
     // ids (> 1 of them) through the model's ops, then their K/V into the bf16 cache; without a
-    // Transformer (GGUF), one decode step per token.
+    // Transformer (GGUF without gguf_batched_prefill), one decode step per token.
     void prefill(State& state, std::span<const TokenId> ids);
     std::unique_ptr<Impl> impl_;
 };

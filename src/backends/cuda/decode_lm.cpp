@@ -1,9 +1,9 @@
 // CudaLM (include/forge/generate/cuda_lm.h): the weight copies (bf16 from a Transformer; Q8_0 /
 // Q4_0 blocks or bf16 from GGUF tensors), per-state static buffers, the decode step as one
 // persistent kernel or a list of decode_kernels launches, its CUDA graph, and the prefill through
-// the model's ops (or step by step for GGUF). The graph bakes in every pointer, so each state
-// captures its own on its first decode step; token and position go through StepArgs in device
-// memory.
+// the model's ops (for GGUF, through an f32 Transformer of the dequantized weights, or step by
+// step without one). The graph bakes in every pointer, so each state captures its own on its
+// first decode step; token and position go through StepArgs in device memory.
 #include <forge/generate/cuda_lm.h>
 
 #include <cmath>
@@ -94,7 +94,8 @@ struct CudaState : CausalLM::State {
 } // namespace
 
 struct CudaLM::Impl {
-    Transformer* model = nullptr; // null for GGUF tensors: prompts run as decode steps
+    Transformer* model = nullptr; // null for GGUF tensors without one: prompts run as decode steps
+    std::shared_ptr<Transformer> owned_model; // GGUF: the dequantized weights for prefill
     Options opts;
     ModelConfig cfg;
     bool gpt2 = true, graph_ok = true, persistent = false;
@@ -401,6 +402,24 @@ Mat upload_stacked(const std::vector<const FileMat*>& ms) {
     return upload(order, f);
 }
 
+// The GGUF model's prefill Transformer: it must have the decode weights' shapes (a different
+// model would fill the cache with another model's K/V); moved to the GPU, where its ops run.
+void attach_prefill_model(CudaLM::Impl& m, std::shared_ptr<Transformer> t) {
+    const ModelConfig &a = t->config(), &c = m.cfg;
+    FORGE_CHECK(
+        a.family == c.family && a.n_layer == c.n_layer && a.n_embd == c.n_embd &&
+            a.n_head == c.n_head && a.n_head_kv == c.n_head_kv && a.dim_head() == c.dim_head() &&
+            a.n_ff == c.n_ff && a.vocab_size == c.vocab_size && a.n_ctx == c.n_ctx,
+        "[cuda decode] the prefill model's config (", a.n_layer, " layers, n_embd ", a.n_embd,
+        ", n_ff ", a.n_ff, ", vocab ", a.vocab_size, ") differs from the GGUF tensors' (",
+        c.n_layer, " layers, n_embd ", c.n_embd, ", n_ff ", c.n_ff, ", vocab ", c.vocab_size, ")");
+    if (t->device() != kGpu)
+        t->to(kGpu);
+    t->eval();
+    m.owned_model = std::move(t);
+    m.model = m.owned_model.get();
+}
+
 } // namespace
 
 CudaLM::CudaLM(Transformer& model, Options opts)
@@ -472,7 +491,13 @@ CudaLM::CudaLM(Transformer& model, Options opts)
 // GGUF tensors (llama.cpp's names and layouts, as QuantLM reads them): every linear weight (out,
 // in) rows; Llama's Q/K rows already permuted so RoPE rotates adjacent pairs, which is the order
 // the qkv epilogue wants (pair_rope_rows).
-CudaLM::CudaLM(const ModelConfig& cfg, const infer::QuantLM::Lookup& lookup, Options opts)
+//
+// The prefill model's K/V go into the decode cache unchanged, as from a Transformer: the qkv
+// epilogue writes each head's K in the HF (rotate-half) order, d0 = i and d1 = i + D/2 for the
+// row pair (i, D/2 + i), and formats::gguf_to_model undoes llama.cpp's row permutation (the same
+// one as pair_rope_rows), so its f32 cache holds K in that order too.
+CudaLM::CudaLM(const ModelConfig& cfg, const infer::QuantLM::Lookup& lookup, Options opts,
+               std::shared_ptr<Transformer> prefill_model)
     : impl_(std::make_unique<Impl>(nullptr, opts, cfg)) {
     cuda::check_device(kGpu);
     Impl& m = *impl_;
@@ -573,6 +598,8 @@ CudaLM::CudaLM(const ModelConfig& cfg, const infer::QuantLM::Lookup& lookup, Opt
             factors = llama3_rope_factors(c);
         m.rope_freq = rope_frequencies(c, factors);
     }
+    if (prefill_model)
+        attach_prefill_model(m, std::move(prefill_model));
     m.finish_setup();
 }
 
@@ -581,6 +608,10 @@ namespace {
 // time it returns. in_mapping: the tensor bytes lie in a read-only file mapping.
 std::unique_ptr<CudaLM> lm_over_gguf(const formats::GgufFile& file, bool in_mapping,
                                      CudaLM::Options opts) {
+    cuda::check_device(kGpu);             // before the f32 copy, which is slow for large models
+    std::shared_ptr<Transformer> prefill; // f32 on the host until the constructor moves it
+    if (opts.gguf_batched_prefill)
+        prefill = formats::gguf_to_model(file).model;
     return std::make_unique<CudaLM>(
         formats::gguf_config(file),
         [&](const std::string& name) -> std::optional<infer::TensorRef> {
@@ -589,7 +620,7 @@ std::unique_ptr<CudaLM> lm_over_gguf(const formats::GgufFile& file, bool in_mapp
                 return std::nullopt;
             return infer::TensorRef{t->type, t->ne, t->data, in_mapping};
         },
-        opts);
+        opts, std::move(prefill));
 }
 } // namespace
 
@@ -616,6 +647,9 @@ bool CudaLM::graph_active() const {
 }
 bool CudaLM::persistent_active() const {
     return impl_->persistent;
+}
+bool CudaLM::batched_prefill_active() const {
+    return impl_->model != nullptr;
 }
 int64_t CudaLM::weight_bytes_per_token() const {
     return impl_->weight_bytes;
