@@ -172,7 +172,7 @@ void kernels() {
 // as bench/cuda/torch_attn.py times PyTorch's flash SDPA (its peer). Main figures ("bf16"): bf16
 // (B, H, T, D) tensors in and out under bf16 autocast, the gradient in bf16, at the default block
 // kernels; then each forward kernel and block shape for bf16 tensors ("fwd cfg N": 1 mma.sync,
-// 2..5 wgmma; cuda_backend.h), each backward ("bwd 4w" / "8w" mma.sync, "bwd cfg N" wgmma), the
+// 2..4 wgmma; cuda_backend.h), each backward ("bwd 4w" / "8w" mma.sync, "bwd cfg N" wgmma), the
 // kernel alone without the op around it, the training step's path ("bf16 packed":
 // attention_packed on a bf16 (B, T, 3 H D) qkv, read in place), and f32 tensors rounded inside
 // ("f32 tc"). FLOPs: 4 B H T^2 D / 2 forward, 2.5x that backward (FlashAttention's count).
@@ -215,7 +215,7 @@ void attn() {
                 const cuda::PrecisionScope bf16("bf16");
                 Tensor q = leaf(1, DType::bf16), k = leaf(2, DType::bf16), v = leaf(3, DType::bf16);
                 fwd_bwd("bf16", q, k, v, true);
-                for (int config = 1; config <= 5; ++config) {
+                for (int config = 1; config <= 4; ++config) {
                     cuda::set_attention_tc_fwd_config(config);
                     fwd_bwd("bf16 fwd cfg " + std::to_string(config), q, k, v, false);
                 }

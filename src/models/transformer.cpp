@@ -195,13 +195,17 @@ Tensor Transformer::hidden(const Tensor& ids_in, KVCache* cache) {
     auto heads = [B, T, D](const Tensor& t, int64_t n) {
         return t.reshape({B, T, n, D}).permute({0, 2, 1, 3});
     };
-    // Appends k/v (B, Hkv, T, D) to the cache and returns all cached positions.
+    // Appends k/v (B, Hkv, T, D) to the cache and returns all cached positions, in k's dtype: an
+    // f32 cache under CUDA autocast, whose projections return bf16/f16, attends in that dtype.
     auto with_cache = [cache, pos0, T](Tensor k, Tensor v, int64_t l) {
         if (!cache) return std::pair{k, v};
         cache->k[size_t(l)].narrow(2, pos0, T).copy_(k.detach());
         cache->v[size_t(l)].narrow(2, pos0, T).copy_(v.detach());
-        return std::pair{cache->k[size_t(l)].narrow(2, 0, pos0 + T),
-                         cache->v[size_t(l)].narrow(2, 0, pos0 + T)};
+        Tensor ka = cache->k[size_t(l)].narrow(2, 0, pos0 + T);
+        Tensor va = cache->v[size_t(l)].narrow(2, 0, pos0 + T);
+        if (ka.dtype() != k.dtype()) ka = ka.to(k.dtype());
+        if (va.dtype() != v.dtype()) va = va.to(v.dtype());
+        return std::pair{ka, va};
     };
 
     Tensor x = embedding(m.wte, ids); // (B, T, C)

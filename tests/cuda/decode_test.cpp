@@ -121,6 +121,23 @@ TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
     EXPECT_EQ(r.agreed, r.decided);
 }
 
+// The same script with prompts prefilled under bf16 autocast (`forge generate --dtype bf16`, the
+// CLI's default): the projections return bf16 while the prefill's cache is f32, so attention
+// reads the cache in bf16. Prompt positions add bf16 activation rounding to the decode steps'
+// bf16 weights: logits within 3e-2 of the CPU's f32.
+TEST_P(CudaDecodeModel, PrefillUnderBf16AutocastMatchesCpuF32) {
+    const auto [family, persistent] = GetParam();
+    const ModelConfig cfg = small_decode_config(family);
+    Transformer cpu_m(cfg, 23), gpu_m(cfg, 23);
+    TransformerLM ref(cpu_m);
+    CudaLM lm(gpu_m, {.persistent = persistent});
+    const cuda::PrecisionScope bf16("bf16");
+    auto rs = ref.new_state(150), gs = lm.new_state(150);
+    const LogitAgreement r = teacher_forced_logits(ref, *rs, lm, *gs, 3e-2);
+    EXPECT_GE(r.decided, 32) << "too few steps with a clear argmax to test anything";
+    EXPECT_EQ(r.agreed, r.decided);
+}
+
 // greedy() (argmax and feedback on the device, 48 steps) against the CPU fed the same tokens:
 // each token is the CPU's argmax wherever its margin is clear; and eager launches give the
 // graph's logits bit for bit.

@@ -163,6 +163,25 @@ TEST(CudaGgufPrefillChunks, ChunkSizeDoesNotChangeLogits) {
     EXPECT_LE(rel_diff(lb, la), 1e-4);
 }
 
+// Under bf16 autocast (`forge generate`'s default precision) the prefill model's projections
+// return bf16 over an f32 cache; GPT-2's fused qkv and Llama's separate ones, against the
+// step-by-step path, within the f32-dot bound above plus bf16 activation rounding (3e-2).
+TEST(CudaGgufPrefillChunks, Bf16AutocastMatchesStepByStep) {
+    for (ModelFamily family : {ModelFamily::gpt2, ModelFamily::llama}) {
+        const ModelConfig cfg = small_decode_config(family);
+        Transformer m(cfg, 46);
+        auto batched = CudaLM::from_transformer(m, GgmlType::q8_0, {.int8_dot = false});
+        auto steps = CudaLM::from_transformer(
+            m, GgmlType::q8_0, {.int8_dot = false, .gguf_batched_prefill = false});
+        const cuda::PrecisionScope bf16("bf16");
+        auto bs = batched->new_state(cfg.n_ctx), ss = steps->new_state(cfg.n_ctx);
+        const LogitAgreement r =
+            teacher_forced_logits(*steps, *ss, *batched, *bs, 3e-2, kPrefillScript);
+        EXPECT_GE(r.decided, 10) << (family == ModelFamily::gpt2 ? "gpt2" : "llama");
+        EXPECT_EQ(r.agreed, r.decided) << (family == ModelFamily::gpt2 ? "gpt2" : "llama");
+    }
+}
+
 // Through the Lookup constructor: no prefill model means decode steps; one whose config is not
 // the tensors' is refused with both shapes named.
 TEST(CudaGgufPrefillChunks, LookupConstructorTakesOnlyAMatchingModel) {

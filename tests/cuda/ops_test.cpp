@@ -467,7 +467,7 @@ TEST(CudaAttention, TensorCoreKernelWithinBf16Tolerance) {
 // bf16 q, k, v as stored (Backend::attention_takes_half, under bf16 autocast): out, dq, dk, dv
 // in bf16, the upstream gradient read in bf16 (or f32) as it comes; against the CPU reference in
 // f64 on the same bf16 values, within the kernel's bound (1e-2 relative, norm), for every
-// forward kernel and block shape (set_attention_tc_fwd_config 1..5) and every backward kernel
+// forward kernel and block shape (set_attention_tc_fwd_config 1..4) and every backward kernel
 // and block shape. Tails, GQA 4:1, Tq != Tk (decode-like and longer), causal and full.
 TEST(CudaAttention, Bf16TensorsWithinBf16Tolerance) {
     const AttnCase cases[] = {
@@ -514,7 +514,7 @@ TEST(CudaAttention, Bf16TensorsWithinBf16Tolerance) {
                 EXPECT_LE(max_rel_diff(got[i], ref[i]), 5e-2) << what << how << names[i];
             }
         };
-        for (int config = 1; config <= 5; ++config) { // forward kernels and block shapes
+        for (int config = 1; config <= 4; ++config) { // forward kernels and block shapes
             cuda::set_attention_tc_fwd_config(config);
             check(" (fwd config " + std::to_string(config) + ") ", DType::bf16);
         }

@@ -59,11 +59,11 @@ constexpr int kKeys = 64; // forward: keys per streamed K/V tile
 std::atomic<int> g_tc_warps{0};
 constexpr int kFwdWarps64 = 4, kFwdWarps128 = 8, kBwdWarps64 = 8, kBwdWarps128 = 8;
 // The kernels bf16 tensors take: set_attention_tc_fwd_config forces 1 (fa_fwd, mma.sync, the
-// kernel of f32 tensors), 2 to 5 (fa_fwd_wg's configurations, visit_fwd_wg); set_attention_tc_
+// kernel of f32 tensors), 2 to 4 (fa_fwd_wg's configurations, visit_fwd_wg); set_attention_tc_
 // bwd_config 1 (fa_bwd, mma.sync), 2 or 3 (fa_bwd_wg with 1 or 2 warpgroups a block); 0 takes
-// these defaults, the fastest on an H200 at every T = 1024..8192 (docs/PERF.md, session 7).
+// these defaults, the fastest on an H200 at every T = 1024..8192 (docs/PERF.md, sessions 7, 8).
 std::atomic<int> g_tc_fwd_config{0}, g_tc_bwd_config{0};
-constexpr int kFwdDefault64 = 2, kFwdDefault128 = 3, kBwdDefault = 2;
+constexpr int kFwdDefault64 = 2, kFwdDefault128 = 4, kBwdDefault = 2;
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
@@ -647,8 +647,8 @@ void set_attention_tc_warps(int warps) {
 }
 
 void set_attention_tc_fwd_config(int config) {
-    FORGE_CHECK(config >= 0 && config <= 5,
-                "[attention] tensor-core forward config must be 0 (default) to 5, got ", config);
+    FORGE_CHECK(config >= 0 && config <= 4,
+                "[attention] tensor-core forward config must be 0 (default) to 4, got ", config);
     g_tc_fwd_config.store(config);
 }
 

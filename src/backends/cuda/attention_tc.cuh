@@ -129,7 +129,7 @@ template <typename K> void set_smem_tc(K kernel, size_t bytes) {
 
 
 // The wgmma kernels (attention_wg.cu), on bf16 (B, H, T, D) rows at g's strides. Forward
-// `config` 2 or 3 (attention_tc.cu's set_attention_tc_fwd_config; D 64 or 128).
+// `config` 2 to 4 (attention_tc.cu's set_attention_tc_fwd_config; D 64 or 128).
 void launch_fa_fwd_wg(int config, int64_t D, const TcGeo& g, const bf16* q, const bf16* k,
                       const bf16* v, bf16* out, float* lse, cudaStream_t s);
 // Backward `config` 2 (a warpgroup a block) or 3 (two), from fa_bwd_prep's contiguous bf16 Q, dO

@@ -417,18 +417,17 @@ __global__ void __launch_bounds__(128 * NWG, 1)
 
 // f.template operator()<D, BN, NWG, POLY>() for fa_fwd_wg's configuration c: 128 query rows,
 // K/V tiles of BN keys. c 2, 3: the two tile widths (64 keys at D = 128 for 2, at D = 64 for 3),
-// every exponential on the special-function unit; 4, 5: 128-key tiles with half / a quarter of
-// the exponentials on the FMA pipes (ex2_fma).
+// every exponential on the special-function unit; 4: 128-key tiles with a quarter of the
+// exponentials on the FMA pipes (ex2_fma), 1-2% faster than 3 at D = 128 on an H200 and 3-4%
+// slower than 2 at D = 64 (half of them on the FMA pipes was slower at both; PERF.md session 8).
 template <typename F> void visit_fwd_wg(int64_t D, int c, F&& f) {
     if (D == 64) {
         if (c == 3) f.template operator()<64, 64, 2, 0>();
-        else if (c == 4) f.template operator()<64, 128, 2, 2>();
-        else if (c == 5) f.template operator()<64, 128, 2, 1>();
+        else if (c == 4) f.template operator()<64, 128, 2, 1>();
         else f.template operator()<64, 128, 2, 0>();
     } else {
         if (c == 2) f.template operator()<128, 64, 2, 0>();
-        else if (c == 4) f.template operator()<128, 128, 2, 2>();
-        else if (c == 5) f.template operator()<128, 128, 2, 1>();
+        else if (c == 4) f.template operator()<128, 128, 2, 1>();
         else f.template operator()<128, 128, 2, 0>();
     }
 }

@@ -122,7 +122,7 @@ void attention_tc_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
 /// the defaults (8, but 4 for the forward at head dim 64); for tests and benchmarks.
 void set_attention_tc_warps(int warps);
 /// The tensor-core forward on bf16 tensors: 0 the default, 1 the mma.sync kernel f32 tensors
-/// take (with set_attention_tc_warps' warps), 2..5 the wgmma kernel's block shapes and
+/// take (with set_attention_tc_warps' warps), 2..4 the wgmma kernel's block shapes and
 /// exponential splits (attention_wg.cu, visit_fwd_wg); for tests and benchmarks.
 void set_attention_tc_fwd_config(int config);
 /// The tensor-core backward on bf16 tensors: 0 the default, 1 the mma.sync kernel (with
