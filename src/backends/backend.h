@@ -75,8 +75,9 @@ class Backend {
                                      const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                      const Tensor& dw, const Tensor& db) = 0;
     /// The same with dx = the norm's dx + dx_add (R, C) in one pass (autograd folding the
-    /// residual stream's gradient in). Returns false, touching nothing, where the backend has no
-    /// such kernel for these tensors; the op then adds separately.
+    /// residual stream's gradient in); dy may be in a half type where x is f32. Returns false,
+    /// touching nothing, where the backend has no such kernel for these tensors; the op then
+    /// adds separately.
     virtual bool layer_norm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
                                          const Tensor& mean, const Tensor& rstd,
                                          const Tensor& dx_add, const Tensor& dx,

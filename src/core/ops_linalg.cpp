@@ -262,7 +262,9 @@ Tensor half_matmul(const Tensor& a, const Tensor& b, DType out_dtype = DType::f3
 // bytes), and the gradient dZ once for both dX and dW. The output is stored in the half type,
 // as autocast's GEMM outputs are in PyTorch (with the bias rounded to it first, as there): the
 // next layer's operand, or the attention's input, at half the bytes; with GELU the product is
-// kept in the half type and the epilogue rounds the output once. x may arrive in the half type.
+// kept in the half type and the epilogue rounds the output once. x may arrive in the half type;
+// its gradient then leaves in it too, as autocast's do in PyTorch (the GEMM writes half the
+// bytes, and the norm, GELU or attention backward before it reads half).
 Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act,
                        DType hd) {
     const int64_t N = w.size(1), K = w.size(0), R = x.numel() / std::max<int64_t>(K, 1);
@@ -294,15 +296,16 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
             "linear", out, {x, w, b},
             [xh = need_w ? xh : Tensor(), wh = need_x ? wh : Tensor(),
              z_saved = gelu_act ? z : Tensor(), b_saved = b.detach().contiguous(), need_x, need_w,
-             need_b, gelu_act, R, N, K, hd, x_shape = x.shape()](const Tensor& g_in)
+             need_b, gelu_act, R, N, K, hd, x_shape = x.shape(),
+             gx_dtype = x.dtype() == hd ? hd : DType::f32](const Tensor& g_in)
                 -> std::vector<Tensor> {
                 // dZ (R, N) comes out of the epilogue's backward already rounded, once for both
                 // products; the bias gradient sums the f32 values. A gradient that arrives in
-                // the half type (from an op whose kernels write it, e.g. attention) is dZ itself
-                // when there is no activation.
-                const bool as_is = g_in.dtype() == hd && !gelu_act;
+                // the half type (from an op whose kernels write it, e.g. attention, or the next
+                // linear) is read as it is: dZ itself when there is no activation.
+                const bool half_in = g_in.dtype() == hd, as_is = half_in && !gelu_act;
                 const Tensor g =
-                    (as_is ? g_in : g_in.to(DType::f32)).contiguous().view({R, N});
+                    (half_in ? g_in : g_in.to(DType::f32)).contiguous().view({R, N});
                 Tensor gzh = as_is ? g : detail::empty_on(g, g.shape(), hd);
                 Tensor gb = detail::empty_on(g, {N}, DType::f32);
                 if (R > 0 && N > 0)
@@ -311,7 +314,7 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
                 else
                     gb.fill_(0.0);
                 Tensor gx, gw;
-                if (need_x) gx = half_matmul(gzh, wh.t()).view(x_shape); // (R, N) x (N, K)
+                if (need_x) gx = half_matmul(gzh, wh.t(), gx_dtype).view(x_shape); // (R, N)(N, K)
                 if (need_w) gw = half_matmul(xh.t(), gzh);                 // (K, R) x (R, N)
                 return {gx, gw, need_b ? gb : Tensor()};
             });

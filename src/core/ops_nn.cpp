@@ -185,7 +185,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
                 acc.shape() == xc.shape() && g.shape() == xc.shape()) {
                 NoGradGuard no_grad;
                 const int64_t c = xc.size(-1), r = n_rows(xc);
-                const Tensor gc = widen(g, xc.dtype()), accc = acc.contiguous();
+                // A half g (autocast's GEMM gradient) goes as it is: the backend widens it.
+                const Tensor gc = is_half(g.dtype()) ? g.contiguous() : widen(g, xc.dtype());
+                const Tensor accc = acc.contiguous();
                 LayerNormGrads gr;
                 gr.dx = detail::empty_on(xc, xc.shape(), xc.dtype());
                 gr.dweight = detail::empty_on(xc, {c}, xc.dtype());

@@ -90,6 +90,40 @@ TEST(CudaLayerNorm, AutocastWritesHalfOutput) {
     }
 }
 
+// A pre-norm block under autocast: the linear after the norm returns the norm's gradient in the
+// half type, which the folding backward (layer_norm_backward_add) reads as it is. Oracle: the
+// CPU in f64 with that gradient rounded to the half type by hand.
+TEST(CudaLayerNorm, HalfGradientFromAutocastLinear) {
+    for (const char* precision : {"bf16", "f16"}) {
+        const DType hd = std::string(precision) == "bf16" ? DType::bf16 : DType::f16;
+        Tensor x = leaf_on({300, 768}, 51, kCuda), w = leaf_on({768}, 52, kCuda);
+        Tensor b = leaf_on({768}, 53, kCuda), wl = leaf_on({768, 64}, 54, kCuda, DType::f32, 0.05);
+        Tensor bl = leaf_on({64}, 55, kCuda);
+        const Tensor g = randn_on({300, 64}, 56, Device::cpu()).to(hd);
+        const Tensor gs = randn_on({300, 768}, 57, Device::cpu());
+        {
+            const cuda::PrecisionScope p(precision);
+            Tensor y = linear(layer_norm(x, w, b), wl, bl);
+            // x also reaches the loss directly (the residual stream): its gradient is pending
+            // when the norm's backward runs, so the two are added in one kernel.
+            Tensor loss = add(sum(mul(y, g.to(kCuda))), sum(mul(x, gs.to(kCuda))));
+            loss.backward();
+        }
+        cpu::ReferenceKernelsScope scope(true);
+        auto cpu64 = [](const Tensor& t) { return t.detach().to(Device::cpu()).to(DType::f64); };
+        const Tensor wlr = cpu64(wl).to(hd).to(DType::f64);
+        const Tensor dh = matmul(g.to(DType::f64), wlr.t()).to(DType::f32).to(hd);
+        Tensor xc = cpu64(x), wc = cpu64(w), bc = cpu64(b);
+        xc.set_requires_grad(true), wc.set_requires_grad(true), bc.set_requires_grad(true);
+        layer_norm(xc, wc, bc).backward(dh.to(DType::f64));
+        const Tensor want_dx = add(xc.grad(), gs.to(DType::f64));
+        EXPECT_LE(norm_rel_diff(x.grad(), want_dx), 1e-5) << precision;
+        // dw and db: f32 sums over 300 rows (1.03e-5 seen on an H200).
+        EXPECT_LE(norm_rel_diff(w.grad(), wc.grad()), 3e-5) << precision;
+        EXPECT_LE(norm_rel_diff(b.grad(), bc.grad()), 3e-5) << precision;
+    }
+}
+
 TEST(CudaBinary, MixedStorageTypesMatchWidenedCpu) {
     const DType types[] = {DType::f32, DType::bf16, DType::f16};
     for (DType ta : types)

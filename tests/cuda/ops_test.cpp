@@ -637,6 +637,67 @@ TEST(CudaMatmul, AutocastLinearTakesHalfGradientAsIs) {
     }
 }
 
+// Two linears under autocast, the first with GELU (GPT-2's MLP): the second's input is the
+// first's half output, so its dX leaves in the half type (as PyTorch's autocast gradients) and
+// the GELU backward reads it as it is. Oracle: the same products in f64 on the CPU over operands
+// and that gradient rounded to the half type by hand; one without the gradient's rounding is
+// farther off.
+TEST(CudaMatmul, AutocastLinearGradientLeavesInItsInputsHalfType) {
+    for (const char* precision : {"bf16", "f16"}) {
+        const DType hd = std::string(precision) == "bf16" ? DType::bf16 : DType::f16;
+        Tensor x = leaf_on({3, 37, 96}, 41, kCuda), w1 = leaf_on({96, 72}, 42, kCuda, DType::f32, 0.1);
+        Tensor b1 = leaf_on({72}, 43, kCuda), w2 = leaf_on({72, 40}, 44, kCuda, DType::f32, 0.1);
+        Tensor b2 = leaf_on({40}, 45, kCuda);
+        const Tensor gy = randn_on({3, 37, 40}, 46, Device::cpu()).to(hd);
+        // A half leaf into a linear (weights of its own): its gradient is in the half type.
+        Tensor xh = leaf_on({3, 37, 96}, 47, kCuda, hd), w3 = leaf_on({96, 72}, 48, kCuda);
+        {
+            const cuda::PrecisionScope p(precision);
+            Tensor h = linear(x, w1, b1, /*gelu=*/true);
+            EXPECT_EQ(dtype_name(h.dtype()), dtype_name(hd));
+            linear(h, w2, b2).backward(gy.to(kCuda));
+            sum(linear(xh, w3, b1.detach())).backward();
+        }
+        EXPECT_EQ(dtype_name(x.grad().dtype()), "f32") << precision;
+        EXPECT_EQ(dtype_name(xh.grad().dtype()), dtype_name(hd)) << precision;
+
+        cpu::ReferenceKernelsScope scope(true);
+        auto rounded = [&](const Tensor& t) {
+            return t.detach().to(Device::cpu()).to(DType::f32).to(hd).to(DType::f64);
+        };
+        const Tensor xr = rounded(x).reshape({111, 96}), w1r = rounded(w1), w2r = rounded(w2);
+        const Tensor g = gy.to(DType::f64).reshape({111, 40});
+        Tensor z = add(rounded(matmul(xr, w1r)), b1.detach().to(Device::cpu()).to(DType::f64));
+        z = z.detach();
+        auto grads_with = [&](const Tensor& dh) { // dx, dw1, db1 from h's gradient
+            Tensor zz = z.detach();
+            zz.set_requires_grad(true);
+            gelu(zz, GeluApprox::tanh).backward(dh);
+            const Tensor dz = zz.grad(), dzr = rounded(dz);
+            return std::vector<Tensor>{matmul(dzr, w1r.t()).reshape({3, 37, 96}),
+                                       matmul(xr.t(), dzr), sum(dz, {0})};
+        };
+        const Tensor dh = matmul(g, w2r.t());
+        const std::vector<Tensor> want = grads_with(rounded(dh)), unrounded = grads_with(dh);
+        const Tensor hr = rounded(gelu(z, GeluApprox::tanh));
+        // A few GELU slopes (f32 against f64) round dZ the other way: an ulp of the half type.
+        const char* names[] = {"dx", "dw1", "db1"};
+        const Tensor got[] = {x.grad(), w1.grad(), b1.grad()};
+        for (int i = 0; i < 3; ++i) {
+            const double d = norm_rel_diff(got[i], want[i]);
+            EXPECT_LE(d, 1e-3) << precision << " " << names[i];
+            EXPECT_LT(d, 0.5 * norm_rel_diff(got[i], unrounded[i]))
+                << precision << " " << names[i] << ": h's gradient was not rounded";
+        }
+        EXPECT_LE(norm_rel_diff(w2.grad(), matmul(hr.t(), g)), 1e-3) << precision;
+        // xh's gradient: ones (111, 72) x w3^T, rounded once.
+        const Tensor ones = Tensor::ones({111, 72}, DType::f64);
+        EXPECT_LE(max_rel_diff(xh.grad(), rounded(matmul(ones, rounded(w3).t())).reshape({3, 37, 96})),
+                  hd == DType::bf16 ? 1.6e-2 : 2e-3) // an ulp where f32 and f64 sums round apart
+            << precision;
+    }
+}
+
 // The fused LM head + loss on the GPU. Exact f32 (the default chunked path) within 1e-5 of the
 // CPU. Under bf16 / f16 autocast (padded vocabulary, logits in the half type, the gradient
 // written over them) against an f64 oracle of the same arithmetic: x and w rounded to the half

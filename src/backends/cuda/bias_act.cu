@@ -183,9 +183,10 @@ void CudaBackend::bias_act(const Tensor& x, const Tensor& b, bool gelu, const Te
 void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b,
                                     bool gelu, const Tensor& dx, const Tensor& db) {
     const DType dd = dx.dtype();
-    // dy may be a half type (the gradient of autocast's half output) without an activation;
-    // with GELU, x (the saved product) may be one.
-    if (!is_f32_or_half(dy.dtype()) || (gelu && dy.dtype() != DType::f32) ||
+    // dy may be a half type (the gradient of autocast's half output); with GELU, x (the saved
+    // product) may be one, and a half dy then has x's type.
+    if (!is_f32_or_half(dy.dtype()) ||
+        (gelu && dy.dtype() != DType::f32 && dy.dtype() != x.dtype()) ||
         !is_f32_or_half(x.dtype()) || !dy.is_contiguous() || !x.is_contiguous() ||
         !b.is_contiguous() || !dx.is_contiguous() || !db.is_contiguous() || !is_f32_or_half(dd) ||
         db.dtype() != DType::f32)
@@ -218,16 +219,21 @@ void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Ten
     visit_f32_half(dd, [&]<typename Dx>() {
         auto* dxp = static_cast<Dx*>(dx.data_ptr());
         const int64_t rpt = rows_per_tile;
-        if (gelu) { // dy f32; x, the product, f32 or half
-            const float* dyp = dy.data<float>();
+        if (gelu) { // x, the product, f32 or half; dy f32 or x's type
             visit_f32_half(x.dtype(), [&]<typename X>() {
                 const auto* xp = static_cast<const X*>(x.data_ptr());
-                if (vec)
-                    bias_act_bwd_tiles<4, true, Dx, float, X>
-                        <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
-                else
-                    bias_act_bwd_tiles<1, true, Dx, float, X>
-                        <<<grid, block, 0, s>>>(dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+                auto launch = [&]<typename Dy>(const Dy* dyp) {
+                    if (vec)
+                        bias_act_bwd_tiles<4, true, Dx, Dy, X><<<grid, block, 0, s>>>(
+                            dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+                    else
+                        bias_act_bwd_tiles<1, true, Dx, Dy, X><<<grid, block, 0, s>>>(
+                            dyp, xp, bp, dxp, partial, R, N, rpt, write_dx);
+                };
+                if (dy.dtype() == DType::f32)
+                    launch(dy.data<float>());
+                else if constexpr (!std::is_same_v<X, float>)
+                    launch(static_cast<const X*>(dy.data_ptr()));
             });
             return;
         }

@@ -165,10 +165,11 @@ __global__ void __launch_bounds__(32 * kLnFwdWarps)
 }
 
 // dx for the block's rows, and the block's column sums of dy * xhat (and dy) into row
-// blockIdx.x of pdw (pdb), summed over the warps in a fixed order.
-template <int V>
+// blockIdx.x of pdw (pdb), summed over the warps in a fixed order. dy f32 or a half type (the
+// gradient of autocast's half output, widened here).
+template <int V, typename Dy>
 __global__ void __launch_bounds__(32 * kLnBwdWarps)
-    ln_bwd_rows(const float* __restrict__ dy, const float* __restrict__ x,
+    ln_bwd_rows(const Dy* __restrict__ dy, const float* __restrict__ x,
                 const float* __restrict__ w, const float* __restrict__ mean,
                 const float* __restrict__ rstd, const float* __restrict__ dx_add, int64_t rows,
                 int cols, float* __restrict__ dx, float* __restrict__ pdw,
@@ -306,14 +307,15 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, 
 }
 
 namespace {
-// The warp-per-row backward where it applies (f32, C % 4 == 0, C <= 1024, 16-byte aligned);
-// false otherwise.
+// The warp-per-row backward where it applies (f32 x, f32 or half dy, C % 4 == 0, C <= 1024,
+// 16-byte aligned); false otherwise.
 bool ln_backward_rows(CudaBackend& be, const Tensor& dy, const Tensor& x, const Tensor& w,
                       const Tensor& mean, const Tensor& rstd, const Tensor& dx_add,
                       const Tensor& dx, const Tensor& dw, const Tensor& db) {
     const int64_t rows = x.size(0), cols = x.size(1);
     const int v = ln_rows_v(cols);
-    if (!v || x.dtype() != DType::f32 || !aligned16(dy) || !aligned16(x) || !aligned16(w) ||
+    if (!v || x.dtype() != DType::f32 || !is_f32_or_half(dy.dtype()) || !dy.is_contiguous() ||
+        !aligned16(dy) || !aligned16(x) || !aligned16(w) ||
         !aligned16(dx) || (dx_add.defined() && (dx_add.dtype() != DType::f32 ||
                                                 !dx_add.is_contiguous() || !aligned16(dx_add))))
         return false;
@@ -324,11 +326,14 @@ bool ln_backward_rows(CudaBackend& be, const Tensor& dy, const Tensor& x, const 
     auto buf = be.allocate(size_t(blocks * cols) * sizeof(float) * (with_b ? 2 : 1), x.device());
     float* pdw = static_cast<float*>(buf->data);
     float* pdb = with_b ? pdw + blocks * cols : nullptr;
-    visit_ln_v(v, [&]<int V>() {
-        ln_bwd_rows<V><<<unsigned(blocks), 32 * kLnBwdWarps, 0, s>>>(
-            dy.data<float>(), x.data<float>(), w.data<float>(), mean.data<float>(),
-            rstd.data<float>(), dx_add.defined() ? dx_add.data<float>() : nullptr, rows,
-            int(cols), dx.data<float>(), pdw, pdb);
+    visit_f32_half(dy.dtype(), [&]<typename Dy>() {
+        visit_ln_v(v, [&]<int V>() {
+            ln_bwd_rows<V, Dy><<<unsigned(blocks), 32 * kLnBwdWarps, 0, s>>>(
+                static_cast<const Dy*>(dy.data_ptr()), x.data<float>(), w.data<float>(),
+                mean.data<float>(), rstd.data<float>(),
+                dx_add.defined() ? dx_add.data<float>() : nullptr, rows, int(cols),
+                dx.data<float>(), pdw, pdb);
+        });
     });
     sum_partial_rows(pdw, blocks, cols, dw.data<float>(), s);
     if (with_b) sum_partial_rows(pdb, blocks, cols, db.data<float>(), s);
