@@ -144,9 +144,12 @@ TEST(CudaBinary, MixedStorageTypesMatchWidenedCpu) {
                         Tensor x = randn_on({3, 5, 8}, 15, d, ta), p = randn_on({5, 8}, 16, d, tb);
                         Tensor x6 = randn_on({3, 5, 6}, 17, d, ta);
                         Tensor p6 = randn_on({5, 6}, 18, d, tb);
-                        return std::vector<Tensor>{add(a, b),   sub(a, b),   mul(a, b),
+                        // One value against all (a scalar tensor: four at a time where aligned).
+                        Tensor one = randn_on({1}, 19, d, tb);
+                        return std::vector<Tensor>{add(a, b),   sub(a, b),     mul(a, b),
                                                    div(a, b),   maximum(a, b), add(m, r),
-                                                   mul(r, m),   add(x, p),   sub(x6, p6)};
+                                                   mul(r, m),   add(x, p),     sub(x6, p6),
+                                                   mul(a, one), div(x, one)};
                     },
                     0.0);
             }

@@ -72,8 +72,10 @@ template <int VEC, bool GELU, typename Out, typename X>
 __global__ void bias_act_fwd(const X* x, const float* __restrict__ b, Out* out,
                              int64_t n_groups, int64_t N) { // out may be x
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    const bool narrow = n_groups * VEC <= UINT32_MAX; // a 32-bit modulo, far cheaper
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_groups; i += stride) {
-        const int64_t e = i * VEC, c = e % N;
+        const int64_t e = i * VEC;
+        const int64_t c = narrow ? int64_t(uint32_t(e) % uint32_t(N)) : e % N;
         Vec<VEC> z = Vec<VEC>::load(x + e);
         const Vec<VEC> bb = Vec<VEC>::load(b + c);
 #pragma unroll

@@ -120,6 +120,18 @@ __global__ void binary_float_vec4_repeat(BinaryOp op, const TA* __restrict__ a,
                                         binary_fn(op, x.z, y.z), binary_fn(op, x.w, y.w)));
     }
 }
+// b one value (a scalar broadcast: the loss gradient scaling the LM head's dx and dw).
+template <typename TA, typename TB, typename TO>
+__global__ void binary_float_vec4_scalar(BinaryOp op, const TA* __restrict__ a,
+                                         const TB* __restrict__ b, TO* __restrict__ out,
+                                         int64_t n4) {
+    const float y = half_to_float(*b);
+    FORGE_GRID_LOOP(i, n4) {
+        const float4 x = load4(a + 4 * i);
+        store4(out + 4 * i, make_float4(binary_fn(op, x.x, y), binary_fn(op, x.y, y),
+                                        binary_fn(op, x.z, y), binary_fn(op, x.w, y)));
+    }
+}
 template <typename TA, typename TB, typename TO>
 __global__ void binary_float_strided(BinaryOp op, const TA* __restrict__ a,
                                      const TB* __restrict__ b, TO* __restrict__ out,
@@ -175,8 +187,10 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
                          ((reinterpret_cast<uintptr_t>(a.data_ptr()) |
                            reinterpret_cast<uintptr_t>(b.data_ptr()) |
                            reinterpret_cast<uintptr_t>(out.data_ptr())) & 15) == 0;
-        // b as a contiguous trailing block broadcast over the leading dims (strides 0 there).
+        // b as a contiguous trailing block broadcast over the leading dims (strides 0 there), or
+        // as one value.
         int64_t period = 0;
+        bool scalar_b = false;
         if (!vec && a.is_contiguous() && out.is_contiguous() && n % 4 == 0) {
             int64_t p = 1, d = b.dim() - 1;
             for (; d >= 0 && b.strides()[size_t(d)] == p; --d)
@@ -188,6 +202,10 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
                                    reinterpret_cast<uintptr_t>(b.data_ptr()) |
                                    reinterpret_cast<uintptr_t>(out.data_ptr())) & 15) == 0;
             if (rest_zero && p % 4 == 0 && aligned) period = p;
+            // (The op hands b expanded to out's shape: one value is every stride 0.)
+            scalar_b = !period && p == 1 && rest_zero &&
+                       ((reinterpret_cast<uintptr_t>(a.data_ptr()) |
+                         reinterpret_cast<uintptr_t>(out.data_ptr())) & 15) == 0;
         }
         visit_f32_half(a.dtype(), [&]<typename TA>() {
             visit_f32_half(b.dtype(), [&]<typename TB>() {
@@ -195,6 +213,9 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
                     if (period)
                         binary_float_vec4_repeat<TA, TB, TO><<<blocks_for(n / 4), kBlock, 0, s>>>(
                             op, a.data<TA>(), b.data<TB>(), out.data<TO>(), n / 4, period);
+                    else if (scalar_b)
+                        binary_float_vec4_scalar<TA, TB, TO><<<blocks_for(n / 4), kBlock, 0, s>>>(
+                            op, a.data<TA>(), b.data<TB>(), out.data<TO>(), n / 4);
                     else if (vec)
                         binary_float_vec4<TA, TB, TO><<<blocks_for(n / 4), kBlock, 0, s>>>(
                             op, a.data<TA>(), b.data<TB>(), out.data<TO>(), n / 4);
