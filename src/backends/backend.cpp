@@ -64,7 +64,10 @@ void Backend::bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor&
                                 const Tensor& dx, const Tensor& db) {
     if (gelu) {
         Tensor slope = Tensor::empty(x.shape(), x.dtype(), x.device());
-        binary(BinaryOp::add, x, b.reshape({1, b.numel()}).expand(x.shape()), slope);
+        if (b.defined())
+            binary(BinaryOp::add, x, b.reshape({1, b.numel()}).expand(x.shape()), slope);
+        else
+            copy(x, slope);
         unary(UnaryOp::gelu_tanh_grad, slope, slope, 0.0);
         binary(BinaryOp::mul, dy, slope, dx);
     } else if (dx.data_ptr() != dy.data_ptr()) {

@@ -63,6 +63,16 @@ class Backend {
     /// default is matmul then bias_act; a backend may add the bias inside its GEMM.
     virtual void matmul_bias(const Tensor& a, const Tensor& b, const Tensor& bias,
                              const Tensor& out);
+    /// out (Bt, M, N) = GELU-tanh(a b + bias) and aux (Bt, M, N) = a b + bias (the GELU's
+    /// input, which the backward differentiates at), both contiguous in a's half type, bias in
+    /// it too: one GEMM with the bias and the GELU in its epilogue. Returns false, touching
+    /// nothing, where the backend has no such GEMM for these tensors; the caller then runs the
+    /// GEMM and bias_act.
+    virtual bool matmul_bias_gelu_aux(const Tensor& a, const Tensor& b, const Tensor& bias,
+                                      const Tensor& out, const Tensor& aux) {
+        (void)a, (void)b, (void)bias, (void)out, (void)aux;
+        return false;
+    }
 
     /// Row-wise over the last dim of x (R, C) -> out (R, C).
     virtual void softmax(const Tensor& x, const Tensor& out, bool log) = 0;
@@ -148,7 +158,8 @@ class Backend {
     /// in the backward a bf16 or f16 dx (rounded on the store; linear() under autocast).
     virtual void bias_act(const Tensor& x, const Tensor& b, bool gelu, const Tensor& out);
     /// Its backward: dx (R, N) = dy * act'(x + b) (dx may be dy when not `gelu`), db (N) the
-    /// column sums of dx, overwritten.
+    /// column sums of dx, overwritten. With `gelu`, b may be undefined: x is then the GELU's
+    /// input itself (matmul_bias_gelu_aux's aux).
     virtual void bias_act_backward(const Tensor& dy, const Tensor& x, const Tensor& b, bool gelu,
                                    const Tensor& dx, const Tensor& db);
 };

@@ -155,6 +155,12 @@ class ProfilingBackend final : public Backend {
                   std::to_string(b.size(2)),
               [&] { inner_.matmul_bias(a, b, bias, o); });
     }
+    bool matmul_bias_gelu_aux(const Tensor& a, const Tensor& b, const Tensor& bias,
+                              const Tensor& o, const Tensor& aux) override {
+        return timed("matmul_bias_gelu " + std::to_string(a.size(1)) + "x" +
+                         std::to_string(a.size(2)) + "x" + std::to_string(b.size(2)),
+                     [&] { return inner_.matmul_bias_gelu_aux(a, b, bias, o, aux); });
+    }
     void softmax(const Tensor& x, const Tensor& o, bool log) override {
         timed("softmax", [&] { inner_.softmax(x, o, log); });
     }

@@ -262,9 +262,11 @@ Tensor half_matmul(const Tensor& a, const Tensor& b, DType out_dtype = DType::f3
 // bytes), and the gradient dZ once for both dX and dW. The output is stored in the half type,
 // as autocast's GEMM outputs are in PyTorch (with the bias rounded to it first, as there): the
 // next layer's operand, or the attention's input, at half the bytes; with GELU the product is
-// kept in the half type and the epilogue rounds the output once. x may arrive in the half type;
-// its gradient then leaves in it too, as autocast's do in PyTorch (the GEMM writes half the
-// bytes, and the norm, GELU or attention backward before it reads half).
+// kept in the half type and the epilogue rounds the output once (where the backend's GEMM takes
+// the bias and the GELU in its epilogue, as cuBLASLt does, the kept GELU input is the product
+// plus the bias rounded to the half type, as PyTorch's addmm-then-GELU keeps it). x may arrive
+// in the half type; its gradient then leaves in it too, as autocast's do in PyTorch (the GEMM
+// writes half the bytes, and the norm, GELU or attention backward before it reads half).
 Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu_act,
                        DType hd) {
     const int64_t N = w.size(1), K = w.size(0), R = x.numel() / std::max<int64_t>(K, 1);
@@ -273,6 +275,7 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
     Shape out_shape = x.shape();
     out_shape.back() = N;
     Tensor xh, wh, z, out;
+    bool z_has_bias = false; // z is the GELU's input itself (the fused epilogue's aux)
     {
         NoGradGuard no_grad;
         xh = x.detach().contiguous().to(hd).view({R, K}); // a no-op copy-free view if x is hd
@@ -280,9 +283,15 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
         const Tensor bc = b.detach().contiguous();
         Backend& be = detail::backend_of(x);
         if (gelu_act) { // z (in the half type, as PyTorch's) kept for the backward's slope
-            z = half_matmul(xh, wh, hd).view(out_shape);
-            out = detail::empty_on(z, out_shape, hd);
-            if (R > 0 && N > 0) be.bias_act(z.view({R, N}), bc, true, out.view({R, N}));
+            out = detail::empty_on(x, out_shape, hd);
+            z = detail::empty_on(x, out_shape, hd);
+            z_has_bias = R > 0 && N > 0 &&
+                         be.matmul_bias_gelu_aux(xh.unsqueeze(0), wh.unsqueeze(0), bc.to(hd),
+                                                 out.view({1, R, N}), z.view({1, R, N}));
+            if (!z_has_bias) {
+                z = half_matmul(xh, wh, hd).view(out_shape);
+                if (R > 0 && N > 0) be.bias_act(z.view({R, N}), bc, true, out.view({R, N}));
+            }
         } else { // the bias (rounded, as cuBLASLt takes it in the output's type) in the GEMM
             out = z = detail::empty_on(x, out_shape, hd);
             if (R > 0 && N > 0)
@@ -295,8 +304,8 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
         autograd::record(
             "linear", out, {x, w, b},
             [xh = need_w ? xh : Tensor(), wh = need_x ? wh : Tensor(),
-             z_saved = gelu_act ? z : Tensor(), b_saved = b.detach().contiguous(), need_x, need_w,
-             need_b, gelu_act, R, N, K, hd, x_shape = x.shape(),
+             z_saved = gelu_act ? z : Tensor(), b_saved = b.detach().contiguous(), z_has_bias,
+             need_x, need_w, need_b, gelu_act, R, N, K, hd, x_shape = x.shape(),
              gx_dtype = x.dtype() == hd ? hd : DType::f32](const Tensor& g_in)
                 -> std::vector<Tensor> {
                 // dZ (R, N) comes out of the epilogue's backward already rounded, once for both
@@ -310,12 +319,13 @@ Tensor linear_autocast(const Tensor& x, const Tensor& w, const Tensor& b, bool g
                 Tensor gb = detail::empty_on(g, {N}, DType::f32);
                 if (R > 0 && N > 0)
                     detail::backend_of(g).bias_act_backward(
-                        g, gelu_act ? z_saved.view({R, N}) : g, b_saved, gelu_act, gzh, gb);
+                        g, gelu_act ? z_saved.view({R, N}) : g, z_has_bias ? Tensor() : b_saved,
+                        gelu_act, gzh, gb);
                 else
                     gb.fill_(0.0);
                 Tensor gx, gw;
-                if (need_x) gx = half_matmul(gzh, wh.t(), gx_dtype).view(x_shape); // (R, N)(N, K)
-                if (need_w) gw = half_matmul(xh.t(), gzh);                 // (K, R) x (R, N)
+                if (need_x) gx = half_matmul(gzh, wh.t(), gx_dtype).view(x_shape); // (R,N)(N,K)
+                if (need_w) gw = half_matmul(xh.t(), gzh);                           // (K,R)(R,N)
                 return {gx, gw, need_b ? gb : Tensor()};
             });
     }

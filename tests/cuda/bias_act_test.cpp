@@ -120,6 +120,32 @@ TEST(CudaBiasAct, InPlace) {
         1e-5);
 }
 
+// The GELU backward without b (x is the GELU's input itself: the fused GEMM epilogue's aux),
+// against the CPU reference kernels given x + b and b: the same slopes.
+TEST(CudaBiasAct, GeluBackwardWithoutBias) {
+    for (const BiasCase& c : {BiasCase{129, 768}, BiasCase{5, 6}}) {
+        auto run = [&](Device d, bool with_b) {
+            Tensor z = randn_on({c.R, c.N}, 1, d, DType::f32, 2.0), b = randn_on({c.N}, 2, d);
+            Tensor dy = randn_on({c.R, c.N}, 3, d);
+            Tensor dx = Tensor::empty({c.R, c.N}, DType::f32, d);
+            Tensor db = Tensor::empty({c.N}, DType::f32, d);
+            if (with_b) // x = z - b, so x + b is z again (to within f32 rounding)
+                backend_for(d).bias_act_backward(dy, sub(z, b), b, true, dx, db);
+            else
+                backend_for(d).bias_act_backward(dy, z, Tensor(), true, dx, db);
+            return std::vector<Tensor>{dx, db};
+        };
+        std::vector<Tensor> ref;
+        {
+            cpu::ReferenceKernelsScope scope(true);
+            ref = run(Device::cpu(), true);
+        }
+        const std::vector<Tensor> got = run(kCuda, false);
+        EXPECT_LE(max_rel_diff(got[0], ref[0]), 1e-5) << case_name("no bias", c, true) << " dx";
+        EXPECT_LE(norm_rel_diff(got[1], ref[1]), 1e-5) << case_name("no bias", c, true) << " db";
+    }
+}
+
 // db is a fixed-order two-stage sum: the same bits every run, at the GPT-2 MLP's width.
 TEST(CudaBiasAct, BackwardIsDeterministic) {
     const int64_t R = 4099, N = 3072;

@@ -567,7 +567,8 @@ TEST(CudaMatmul, AutocastBatchedBroadcastTransposedOperands) {
 
 // linear() under CUDA autocast rounds x and w once for the forward and dZ once for both dX and
 // dW. Oracle: the same products in f64 on the CPU over operands rounded to the half type by
-// hand (bias and GELU slope unrounded). The gap to the unrounded dZ shows the rounding ran.
+// hand (the bias unrounded, but with GELU, below). The gap to the unrounded dZ shows the
+// rounding ran.
 TEST(CudaMatmul, AutocastLinearRoundsEachOperandOnce) {
     for (const char* precision : {"bf16", "f16"}) {
         const DType hd = std::string(precision) == "bf16" ? DType::bf16 : DType::f16;
@@ -587,14 +588,22 @@ TEST(CudaMatmul, AutocastLinearRoundsEachOperandOnce) {
                 return t.detach().to(Device::cpu()).to(hd).to(DType::f64);
             };
             const Tensor xr = rounded(x), wr = rounded(w);
-            // With GELU the product is stored in the half type before the bias and the GELU
-            // (PyTorch's autocast keeps it in bf16 too).
-            Tensor prod = matmul(xr, wr);
-            if (act) prod = prod.to(hd).to(DType::f64);
-            Tensor z = add(prod, b.detach().to(Device::cpu()).to(DType::f64)).detach();
+            // With GELU the GEMM's epilogue adds the bias rounded to the half type, applies the
+            // GELU, and keeps its input rounded to the half type, where the backward takes the
+            // slope (PyTorch's autocast keeps addmm's bf16 output for F.gelu too).
+            const Tensor prod = matmul(xr, wr), bias = b.detach().to(Device::cpu());
+            Tensor z, y_ref;
+            if (act) {
+                const Tensor pre = add(prod, rounded(bias));
+                z = pre.to(DType::f32).to(hd).to(DType::f64).detach();
+                y_ref = gelu(pre, GeluApprox::tanh);
+            } else {
+                z = add(prod, bias.to(DType::f64)).detach();
+                y_ref = z;
+            }
             z.set_requires_grad(true);
-            Tensor y_ref = act ? gelu(z, GeluApprox::tanh) : mul_scalar(z, 1.0);
-            sum(mul(y_ref, gy.to(DType::f64))).backward();
+            sum(mul(act ? gelu(z, GeluApprox::tanh) : mul_scalar(z, 1.0), gy.to(DType::f64)))
+                .backward();
             const Tensor dz = z.grad().reshape({111, 72});
             const Tensor dzr = dz.to(DType::f32).to(hd).to(DType::f64);
             // The output is stored in the half type (the next GEMM's operand).
@@ -639,9 +648,9 @@ TEST(CudaMatmul, AutocastLinearTakesHalfGradientAsIs) {
 
 // Two linears under autocast, the first with GELU (GPT-2's MLP): the second's input is the
 // first's half output, so its dX leaves in the half type (as PyTorch's autocast gradients) and
-// the GELU backward reads it as it is. Oracle: the same products in f64 on the CPU over operands
-// and that gradient rounded to the half type by hand; one without the gradient's rounding is
-// farther off.
+// the GELU backward reads it as it is. Oracle: the same products in f64 on the CPU over operands,
+// the GELU's input (as above) and that gradient rounded to the half type by hand; one without the
+// gradient's rounding is farther off.
 TEST(CudaMatmul, AutocastLinearGradientLeavesInItsInputsHalfType) {
     for (const char* precision : {"bf16", "f16"}) {
         const DType hd = std::string(precision) == "bf16" ? DType::bf16 : DType::f16;
@@ -667,8 +676,9 @@ TEST(CudaMatmul, AutocastLinearGradientLeavesInItsInputsHalfType) {
         };
         const Tensor xr = rounded(x).reshape({111, 96}), w1r = rounded(w1), w2r = rounded(w2);
         const Tensor g = gy.to(DType::f64).reshape({111, 40});
-        Tensor z = add(rounded(matmul(xr, w1r)), b1.detach().to(Device::cpu()).to(DType::f64));
-        z = z.detach();
+        // The GELU's input as the fused epilogue keeps it: product + rounded bias, rounded.
+        const Tensor pre = add(matmul(xr, w1r), rounded(b1));
+        const Tensor z = rounded(pre).detach();
         auto grads_with = [&](const Tensor& dh) { // dx, dw1, db1 from h's gradient
             Tensor zz = z.detach();
             zz.set_requires_grad(true);
@@ -679,7 +689,7 @@ TEST(CudaMatmul, AutocastLinearGradientLeavesInItsInputsHalfType) {
         };
         const Tensor dh = matmul(g, w2r.t());
         const std::vector<Tensor> want = grads_with(rounded(dh)), unrounded = grads_with(dh);
-        const Tensor hr = rounded(gelu(z, GeluApprox::tanh));
+        const Tensor hr = rounded(gelu(pre, GeluApprox::tanh));
         // A few GELU slopes (f32 against f64) round dZ the other way: an ulp of the half type.
         const char* names[] = {"dx", "dw1", "db1"};
         const Tensor got[] = {x.grad(), w1.grad(), b1.grad()};

@@ -107,8 +107,8 @@ __global__ void __launch_bounds__(32 * kRowLanes)
     const int64_t r_end = min64(R, r_begin + rows_per_tile);
     float acc[VEC] = {};
     if (col_ok) {
-        Vec<VEC> bb;
-        if (GELU) bb = Vec<VEC>::load(b + c0);
+        Vec<VEC> bb{}; // zero without b: x is the GELU's input itself
+        if (GELU && b) bb = Vec<VEC>::load(b + c0);
 #pragma unroll 4
         for (int64_t r = r_begin + threadIdx.y; r < r_end; r += kRowLanes) {
             const int64_t e = r * N + c0;
@@ -186,22 +186,23 @@ void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Ten
                                     bool gelu, const Tensor& dx, const Tensor& db) {
     const DType dd = dx.dtype();
     // dy may be a half type (the gradient of autocast's half output); with GELU, x (the saved
-    // product) may be one, and a half dy then has x's type.
+    // product, or with b undefined the GELU's input) may be one, and a half dy then has x's type.
     if (!is_f32_or_half(dy.dtype()) ||
         (gelu && dy.dtype() != DType::f32 && dy.dtype() != x.dtype()) ||
         !is_f32_or_half(x.dtype()) || !dy.is_contiguous() || !x.is_contiguous() ||
-        !b.is_contiguous() || !dx.is_contiguous() || !db.is_contiguous() || !is_f32_or_half(dd) ||
-        db.dtype() != DType::f32)
+        (b.defined() && (!b.is_contiguous() || b.dtype() != DType::f32)) || !dx.is_contiguous() ||
+        !db.is_contiguous() || !is_f32_or_half(dd) || db.dtype() != DType::f32)
         return Backend::bias_act_backward(dy, x, b, gelu, dx, db);
-    const int64_t N = b.numel(), R = dy.numel() / std::max<int64_t>(N, 1);
+    const int64_t N = db.numel(), R = dy.numel() / std::max<int64_t>(N, 1);
     cudaStream_t s = stream_of(dy);
     if (N == 0) return;
     if (R == 0) {
         FORGE_CUDA_CHECK(cudaMemsetAsync(db.data_ptr(), 0, size_t(N) * sizeof(float), s));
         return;
     }
+    const float* bp = b.defined() ? b.data<float>() : nullptr;
     const bool vec = N % 4 == 0 && aligned16(dy.data_ptr()) && aligned16(x.data_ptr()) &&
-                     aligned16(b.data_ptr()) &&
+                     (!bp || aligned16(bp)) &&
                      reinterpret_cast<uintptr_t>(dx.data_ptr()) % (dd == DType::f32 ? 16 : 8) == 0;
     const int vw = vec ? 4 : 1;
     const int64_t col_blocks = (N + 32 * vw - 1) / (32 * vw);
@@ -217,7 +218,6 @@ void CudaBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Ten
     auto* partial = static_cast<float*>(partial_buf->data);
     const bool write_dx = gelu || dx.data_ptr() != dy.data_ptr();
     const dim3 grid{unsigned(col_blocks), unsigned(n_tiles)}, block{32, kRowLanes};
-    const float* bp = b.data<float>();
     visit_f32_half(dd, [&]<typename Dx>() {
         auto* dxp = static_cast<Dx*>(dx.data_ptr());
         const int64_t rpt = rows_per_tile;

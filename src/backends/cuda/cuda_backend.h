@@ -33,6 +33,8 @@ class CudaBackend : public Backend {
     /// Under bf16/f16 autocast: half operands, vocabulary padded to 64 for aligned rows, each
     /// chunk's logits in the half type, overwritten by the gradient in one fused softmax/loss
     /// pass (linear_ce.cu); otherwise the default.
+    bool matmul_bias_gelu_aux(const Tensor& a, const Tensor& b, const Tensor& bias,
+                              const Tensor& out, const Tensor& aux) override;
     void linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targets,
                               int64_t ignore_index, double grad_scale, const Tensor& losses,
                               const Tensor& dx, const Tensor& dw) override;
@@ -144,11 +146,16 @@ struct HalfGemm {
     void* c = nullptr;
     bool half_out = false;
     const void* bias = nullptr; // f32, or the half type when half_out (cuBLASLt's rule)
+    // With bias and half_out: GELU-tanh in the epilogue, its input (product + bias) stored to
+    // gelu_aux in the half type, aux_ld apart (a multiple of 8).
+    void* gelu_aux = nullptr;
+    int64_t aux_ld = 0;
     int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
     bool accumulate = false; // C += product (beta = 1) instead of C = product
 };
 /// Runs it through cuBLASLt with the algorithm timed fastest for that problem (gemm_lt.cpp).
-void gemm_half_lt(const HalfGemm& g);
+/// Where cuBLASLt has no algorithm for it: an error, or with `required` false, false.
+bool gemm_half_lt(const HalfGemm& g, bool required = true);
 /// out (Bt, M, N) (+)= a (Bt, M, K) b (Bt, K, N), a and b bf16 (or both f16) with matmul's
 /// layout rules; out contiguous, f32 or the operands' half type (f32 accumulation either way).
 /// For linear_ce.cu: logits straight in the half type, and a weight gradient summed over row

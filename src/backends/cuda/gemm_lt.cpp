@@ -42,7 +42,7 @@ uint32_t alignment_of(const void* p) {
     return al;
 }
 
-using Key = std::array<long long, 20>;
+using Key = std::array<long long, 22>;
 
 // A problem's descriptors and the algorithm chosen for it.
 struct Plan {
@@ -69,14 +69,15 @@ void set_batch(cublasLtMatrixLayout_t l, int batch, long long stride) {
 
 } // namespace
 
-void gemm_half_lt(const HalfGemm& g) {
+bool gemm_half_lt(const HalfGemm& g, bool required) {
     Context& ctx = context(g.device);
     auto lt = cublasLtHandle_t(lt_handle(g.device));
     const uint32_t al_a = alignment_of(g.a), al_b = alignment_of(g.b), al_c = alignment_of(g.c);
+    const uint32_t al_aux = g.gelu_aux ? alignment_of(g.gelu_aux) : 0;
     const Key key{g.device, g.f16,   g.op_a,    g.op_b,     g.bias != nullptr, g.m,
                   g.n,      g.k,     g.lda,     g.ldb,      g.ldc,             g.batch,
                   al_a,     al_b,    al_c,      g.stride_a, g.stride_b,        g.stride_c,
-                  g.accumulate, g.half_out};
+                  g.accumulate, g.half_out, al_aux, g.aux_ld};
     const float one = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
     const size_t ws = ctx.workspace_bytes;
     auto stream = cudaStream_t(ctx.stream);
@@ -84,6 +85,9 @@ void gemm_half_lt(const HalfGemm& g) {
         if (g.bias)
             FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
                 p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
+        if (g.gelu_aux)
+            FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
+                p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g.gelu_aux, sizeof g.gelu_aux));
         return cublasLtMatmul(lt, p.desc, &one, g.a, p.a, g.b, p.b, &beta, c, p.c, c, p.c, &algo,
                               ctx.workspace, ws, stream);
     };
@@ -97,7 +101,7 @@ void gemm_half_lt(const HalfGemm& g) {
     std::lock_guard lock(mu);
     if (auto it = plans.find(key); it != plans.end()) {
         FORGE_LT_CHECK(run(*it->second, it->second->algo));
-        return;
+        return true;
     }
 
     auto plan = std::make_unique<Plan>();
@@ -110,12 +114,20 @@ void gemm_half_lt(const HalfGemm& g) {
     FORGE_LT_CHECK(
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
     if (g.bias) {
-        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        const cublasLtEpilogue_t epi =
+            g.gelu_aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
         FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                       sizeof epi));
         const cudaDataType_t bt = g.half_out ? ht : CUDA_R_32F; // bias typed as D
         FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
             p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+        if (g.gelu_aux) { // aux typed as D (the default), aux_ld apart
+            FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
+                p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &g.aux_ld, sizeof g.aux_ld));
+            FORGE_LT_CHECK(cublasLtMatmulDescSetAttribute(
+                p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g.gelu_aux,
+                sizeof g.gelu_aux));
+        }
     }
     // Column-major: A is m x k (op N) or k x m stored (op T); B likewise k x n or n x k.
     FORGE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.a, ht, opa == CUBLAS_OP_N ? g.m : g.k,
@@ -152,6 +164,7 @@ void gemm_half_lt(const HalfGemm& g) {
                                                   mnk >= kLargeMnk ? kCandidatesLarge
                                                                    : kCandidates,
                                                   found, &n_found));
+    if (n_found == 0 && !required) return false;
     FORGE_CHECK(n_found > 0, "[matmul] cuBLASLt has no algorithm for a ",
                 g.f16 ? "f16" : "bf16", " GEMM of ", g.m, " x ", g.n, " x ", g.k);
     // Time each candidate (one warm-up, then 3 runs) on the real operands, in two rounds over
@@ -198,6 +211,7 @@ void gemm_half_lt(const HalfGemm& g) {
     p.algo = found[best].algo;
     FORGE_LT_CHECK(run(p, p.algo));
     plans.emplace(key, std::move(plan));
+    return true;
 }
 
 } // namespace forge::cuda

@@ -79,7 +79,7 @@ void CpuBackend::bias_act_backward(const Tensor& dy, const Tensor& x, const Tens
                                    const Tensor& dx, const Tensor& db) {
     const nn::Isa level = nn::active_isa();
     if (x.dtype() != DType::f32 || level == nn::Isa::generic || !x.is_contiguous() ||
-        !dy.is_contiguous() || !b.is_contiguous())
+        !dy.is_contiguous() || !b.defined() || !b.is_contiguous())
         return Backend::bias_act_backward(dy, x, b, gelu, dx, db);
     auto* kernel = level == nn::Isa::avx512 ? bias_act_backward_f32_avx512
                                             : bias_act_backward_f32_avx2;
