@@ -169,6 +169,10 @@ LoadedModel gguf_to_model(const GgufFile& f) {
         FORGE_CHECK(used.count(t.name), o, ": tensor '", t.name, "' has no place in a ",
                     arch_name(out.config.family), " model of this config");
     out.model->load_state_dict(loaded, /*strict=*/true);
+    // The file's RoPE factors as stored (gguf_config checked them against Llama 3's rule to
+    // 1e-3), as QuantLM and CudaLM's decode apply them.
+    if (const GgufTensorInfo* rf = f.find_tensor("rope_freqs.weight"))
+        out.model->set_rope_freq_factors(dequantize(*rf));
     out.model->requires_grad(false);
     out.model->eval();
     out.tokenizer = gguf_tokenizer(f);

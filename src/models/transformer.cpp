@@ -159,6 +159,18 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg), imp
 
 Transformer::~Transformer() = default;
 
+void Transformer::set_rope_freq_factors(std::vector<float> factors) {
+    FORGE_CHECK(cfg_.family == ModelFamily::llama,
+                "[transformer] RoPE frequency factors apply to Llama models only");
+    FORGE_CHECK(int64_t(factors.size()) * 2 == cfg_.dim_head(), "[transformer] ",
+                factors.size(), " RoPE frequency factors given; head_dim ", cfg_.dim_head(),
+                " needs ", cfg_.dim_head() / 2);
+    for (size_t i = 0; i < factors.size(); ++i)
+        FORGE_CHECK(std::isfinite(factors[i]) && factors[i] > 0, "[transformer] RoPE frequency "
+                    "factor ", i, " is ", factors[i], "; factors must be finite and positive");
+    impl_->rope_freq_factors = std::move(factors);
+}
+
 uint64_t Transformer::dropout_state() const { return impl_->dropout_seed; }
 void Transformer::set_dropout_state(uint64_t state) { impl_->dropout_seed = state; }
 

@@ -7,6 +7,7 @@
 #include "cuda/decode_test_util.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <vector>
 
@@ -180,6 +181,28 @@ TEST(CudaGgufPrefillChunks, Bf16AutocastMatchesStepByStep) {
         EXPECT_GE(r.decided, 10) << (family == ModelFamily::gpt2 ? "gpt2" : "llama");
         EXPECT_EQ(r.agreed, r.decided) << (family == ModelFamily::gpt2 ? "gpt2" : "llama");
     }
+}
+
+// A file with a tensor the Transformer has no place for still loads and decodes: its prompts
+// run as decode steps, with the same logits as the step-by-step path over the file without it.
+TEST(CudaGgufPrefillChunks, UnplaceableTensorFallsBackToDecodeSteps) {
+    const ModelConfig cfg = small_decode_config(ModelFamily::llama);
+    Transformer m(cfg, 47);
+    formats::GgufWriter w = formats::gguf_writer(m, nullptr, GgmlType::q8_0);
+    const std::vector<float> extra(8, 1.f);
+    w.add_tensor("blk.0.unknown.weight", {8}, GgmlType::f32,
+                 {reinterpret_cast<const uint8_t*>(extra.data()), extra.size() * sizeof(float)});
+    const auto path = std::filesystem::temp_directory_path() / "forge_gguf_prefill_extra.gguf";
+    w.write(path);
+    auto lm = CudaLM::from_gguf(path, {});
+    std::filesystem::remove(path);
+    EXPECT_FALSE(lm->batched_prefill_active());
+    auto steps = CudaLM::from_transformer(m, GgmlType::q8_0, {.gguf_batched_prefill = false});
+    auto a = lm->new_state(64), b = steps->new_state(64);
+    std::vector<float> la, lb;
+    lm->eval(*a, prompt_ids(20, 5), la);
+    steps->eval(*b, prompt_ids(20, 5), lb);
+    EXPECT_EQ(la, lb);
 }
 
 // Through the Lookup constructor: no prefill model means decode steps; one whose config is not

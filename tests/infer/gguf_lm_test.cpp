@@ -3,9 +3,12 @@
 // forge::Transformer's on the same weights.
 #include <forge/infer/quant_lm.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include <unistd.h>
@@ -202,4 +205,67 @@ TEST(GgufLM, SaveGgufFilesMatchTransformer) {
         lm.reset();
         std::filesystem::remove(path);
     }
+}
+
+// A GGUF whose rope_freqs.weight is not exactly Llama 3's rule (llama.cpp applies the stored
+// factors; gguf_config accepts them within 1e-3 of the rule): formats::gguf_to_model's
+// Transformer applies the stored factors too, so its logits match QuantLM's over the same file
+// (F32, 1e-4) at every position; with the rule's factors (the file as written, unpatched) the
+// same Transformer weights are measurably off.
+TEST(GgufLM, StoredRopeFactorsReachTheTransformer) {
+    ModelConfig c;
+    c.family = ModelFamily::llama;
+    c.vocab_size = 64;
+    c.n_ctx = 64;
+    c.n_layer = 2;
+    c.n_embd = 64;
+    c.n_head = 4;
+    c.n_head_kv = 2;
+    c.n_ff = 128;
+    c.tie_embeddings = false;
+    c.rope_scaling_factor = 8.f;
+    c.rope_original_max_pos = 16;
+    Transformer m(c, 6);
+    std::vector<uint8_t> bytes = formats::gguf_writer(m, nullptr, GgmlType::f32).bytes();
+    { // the stored factors scaled by 1 + 5e-4, in place in the file's bytes
+        const formats::GgufFile f = formats::GgufFile::parse(bytes);
+        const formats::GgufTensorInfo* rf = f.find_tensor("rope_freqs.weight");
+        ASSERT_TRUE(rf);
+        const std::vector<uint8_t> stored(rf->data, rf->data + rf->nbytes);
+        auto at = std::search(bytes.begin(), bytes.end(), stored.begin(), stored.end());
+        ASSERT_NE(at, bytes.end());
+        for (size_t i = 0; i < stored.size() / 4; ++i) {
+            float x;
+            std::memcpy(&x, &*at + 4 * i, 4);
+            x *= 1.0005f;
+            std::memcpy(&*at + 4 * i, &x, 4);
+        }
+    }
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("forge_gguf_lm_ropefreqs_" + std::to_string(::getpid()) + ".gguf");
+    {
+        std::ofstream out(path, std::ios::binary);
+        out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    }
+    auto lm = infer::QuantLM::from_gguf(path, {.n_threads = 1});
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < 48; ++i) ids.push_back((i * 37 + 5) % 64);
+    const std::vector<TokenId> tids(ids.begin(), ids.end());
+    auto st = lm->new_state(48);
+    std::vector<float> want;
+    lm->eval_all(*st, tids, want);
+    auto max_rel = [&](const std::vector<float>& got) {
+        double m = 0;
+        for (size_t i = 0; i < got.size(); ++i)
+            m = std::max(m, std::fabs(double(got[i]) - want[i]) / (1 + std::fabs(want[i])));
+        return m;
+    };
+    LoadedModel stored = formats::gguf_to_model(formats::GgufFile::open(path));
+    const double d_stored = max_rel(values(stored.model->forward(Tensor::from_vector(ids, {1, 48}))));
+    const double d_rule = max_rel(values(m.forward(Tensor::from_vector(ids, {1, 48}))));
+    EXPECT_LE(d_stored, 1e-4);
+    EXPECT_GT(d_rule, 5 * d_stored) << "the patch did not change the logits enough to test";
+    std::printf("stored factors: max rel diff %.3g; the rule's: %.3g\n", d_stored, d_rule);
+    lm.reset();
+    std::filesystem::remove(path);
 }

@@ -52,6 +52,12 @@ class Transformer : public nn::Module {
     uint64_t dropout_state() const;
     void set_dropout_state(uint64_t state);
 
+    /// Llama's per-pair RoPE frequency divisors (head_dim / 2 of them), in place of those the
+    /// config's Llama 3 scaling rule gives: a GGUF's rope_freqs.weight, which llama.cpp (and
+    /// Forge's quantized engines) apply as stored. Throws InvalidArgument for a GPT-2 model, a
+    /// count other than head_dim / 2, or a value that is not finite and positive.
+    void set_rope_freq_factors(std::vector<float> factors);
+
     /// Hidden states after the final norm: (B, T, n_embd) (used for embeddings).
     Tensor hidden(const Tensor& ids, KVCache* cache = nullptr);
 

@@ -610,8 +610,16 @@ std::unique_ptr<CudaLM> lm_over_gguf(const formats::GgufFile& file, bool in_mapp
                                      CudaLM::Options opts) {
     cuda::check_device(kGpu);             // before the f32 copy, which is slow for large models
     std::shared_ptr<Transformer> prefill; // f32 on the host until the constructor moves it
-    if (opts.gguf_batched_prefill)
-        prefill = formats::gguf_to_model(file).model;
+    if (opts.gguf_batched_prefill) {
+        // A file the Transformer cannot hold (a tensor it has no place for) still decodes: its
+        // prompts then run as decode steps. What the decode path needs, it checks itself.
+        try {
+            prefill = formats::gguf_to_model(file).model;
+        } catch (const InvalidArgument& e) {
+            std::fprintf(stderr, "[cuda] no batched prefill: %s; prompts run as decode steps\n",
+                         e.what());
+        }
+    }
     return std::make_unique<CudaLM>(
         formats::gguf_config(file),
         [&](const std::string& name) -> std::optional<infer::TensorRef> {
