@@ -2,7 +2,7 @@
 // output (or output in the operands' type: the LM head's logits, linear_ce.cu, and linear()
 // under autocast), optionally with the bias added in the GEMM's epilogue (no separate pass over
 // the output; the bias has the output's type, as cuBLASLt requires). The algorithm is
-// picked per problem by timing the candidates cuBLASLt's heuristic offers (up to kCandidates*) on
+// picked per problem by timing the candidates cuBLASLt's heuristic offers (kCandidates below) on
 // the first call, then cached for the process: cuBLAS's default choice ran GPT-2's qkv projection
 // (16384 x 768 x 2304) at 203 TFLOP/s on an H200 where the same GEMM with N = 3072 ran at 468
 // (docs/PERF.md). The pick can differ between processes, so half-precision results are
@@ -25,9 +25,9 @@ namespace forge::cuda {
 namespace {
 
 // Candidates timed: kCandidates, or kCandidatesLarge for GEMMs of at least kLargeMnk
-// multiply-adds, where the tuning (a few ms, once per shape) is small against the runs it speeds
-// up: for GPT-2's LM head (4096 x 768 x 50304 per chunk) the heuristic's first 8 were all
-// Ampere (mma.sync) kernels.
+// multiply-adds, where a wider search (a few ms, once per shape) is small against the runs it
+// may speed up; the heuristic's ranking is a model, not a measurement. (Session 8 measured the
+// training step with it, not apart from the changes that came with it: docs/PERF.md.)
 constexpr int kCandidates = 8, kCandidatesLarge = 24;
 constexpr double kLargeMnk = 8.0e9;
 
@@ -169,8 +169,9 @@ bool gemm_half_lt(const HalfGemm& g, bool required) {
                 g.f16 ? "f16" : "bf16", " GEMM of ", g.m, " x ", g.n, " x ", g.k);
     // Time each candidate (one warm-up, then 3 runs) on the real operands, in two rounds over
     // all of them, keeping each one's faster (one round let clock ramps decide between close
-    // kernels); the output is overwritten by every run, the last one by the winner. An accumulating GEMM runs into a
-    // scratch output of the same size and alignment (the runs would add into its own).
+    // kernels); the output is overwritten by every run, the last one by the winner. An
+    // accumulating GEMM runs into a scratch output of the same size and alignment (the runs
+    // would add into its own).
     int best = 0;
     std::shared_ptr<Storage> scratch;
     void* timed_c = g.c;
