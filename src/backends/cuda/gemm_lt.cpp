@@ -95,11 +95,15 @@ bool gemm_half_lt(const HalfGemm& g, bool required) {
         return run_into(p, algo, g.c);
     };
     // Plans (descriptors and the chosen algorithm) live for the process, one per problem; the
-    // lock also covers setting a plan's bias pointer and enqueueing the GEMM with it.
+    // lock also covers setting a plan's bias pointer and enqueueing the GEMM with it. A problem
+    // cuBLASLt has no algorithm for is kept as a null plan, so an optional epilogue that is not
+    // available costs one query, not one per call (a GPT-2 step that re-queried an unavailable
+    // epilogue 12 times ran 2-4 ms slower on an H200, docs/PERF.md session 8).
     static std::mutex mu;
     static std::map<Key, std::unique_ptr<Plan>> plans;
     std::lock_guard lock(mu);
-    if (auto it = plans.find(key); it != plans.end()) {
+    if (auto it = plans.find(key); it != plans.end() && (it->second || !required)) {
+        if (!it->second) return false;
         FORGE_LT_CHECK(run(*it->second, it->second->algo));
         return true;
     }
@@ -164,7 +168,10 @@ bool gemm_half_lt(const HalfGemm& g, bool required) {
                                                   mnk >= kLargeMnk ? kCandidatesLarge
                                                                    : kCandidates,
                                                   found, &n_found));
-    if (n_found == 0 && !required) return false;
+    if (n_found == 0 && !required) {
+        plans[key] = nullptr;
+        return false;
+    }
     FORGE_CHECK(n_found > 0, "[matmul] cuBLASLt has no algorithm for a ",
                 g.f16 ? "f16" : "bf16", " GEMM of ", g.m, " x ", g.n, " x ", g.k);
     // Time each candidate (one warm-up, then 3 runs) on the real operands, in two rounds over
@@ -211,7 +218,7 @@ bool gemm_half_lt(const HalfGemm& g, bool required) {
     }
     p.algo = found[best].algo;
     FORGE_LT_CHECK(run(p, p.algo));
-    plans.emplace(key, std::move(plan));
+    plans[key] = std::move(plan);
     return true;
 }
 
