@@ -7,6 +7,8 @@
 #include "cuda/decode_test_util.h"
 
 #include <algorithm>
+#include <optional>
+#include <string>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/decode_kernels.h"
@@ -104,21 +106,31 @@ struct ModelCase {
 
 class CudaDecodeModel : public ::testing::TestWithParam<ModelCase> {};
 
+// CudaLM on a model of seed `seed` against the same model on the CPU in f32, teacher-forced
+// (kShortScript): logits within `tol` everywhere, the argmax equal wherever the CPU's margin is
+// clear of the difference, and enough such steps to test anything. `precision` (empty: none)
+// is the CUDA precision the prompts are prefilled under.
+void expect_matches_cpu(const ModelCase& c, uint64_t seed, double tol,
+                        const std::string& precision = "") {
+    const ModelConfig cfg = small_decode_config(c.family);
+    Transformer cpu_m(cfg, seed), gpu_m(cfg, seed);
+    TransformerLM ref(cpu_m);
+    CudaLM lm(gpu_m, {.persistent = c.persistent});
+    EXPECT_TRUE(lm.graph_active());
+    EXPECT_EQ(lm.persistent_active(), c.persistent);
+    std::optional<cuda::PrecisionScope> scope;
+    if (!precision.empty()) scope.emplace(precision);
+    auto rs = ref.new_state(150), gs = lm.new_state(150);
+    const LogitAgreement r = teacher_forced_logits(ref, *rs, lm, *gs, tol);
+    EXPECT_GE(r.decided, 32) << "too few steps with a clear argmax to test anything";
+    EXPECT_EQ(r.agreed, r.decided);
+}
+
 // Teacher forcing: both paths get the CPU's greedy tokens; a prompt, 24 decode steps, a second
 // prompt chunk (prefill after decode), 16 more steps. Logits within bf16 error everywhere, the
 // argmax equal wherever the CPU's margin is clear of that error.
 TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
-    const auto [family, persistent] = GetParam();
-    const ModelConfig cfg = small_decode_config(family);
-    Transformer cpu_m(cfg, 21), gpu_m(cfg, 21);
-    TransformerLM ref(cpu_m);
-    CudaLM lm(gpu_m, {.persistent = persistent});
-    EXPECT_TRUE(lm.graph_active());
-    EXPECT_EQ(lm.persistent_active(), persistent);
-    auto rs = ref.new_state(150), gs = lm.new_state(150);
-    const LogitAgreement r = teacher_forced_logits(ref, *rs, lm, *gs, 2e-2);
-    EXPECT_GE(r.decided, 32) << "too few steps with a clear argmax to test anything";
-    EXPECT_EQ(r.agreed, r.decided);
+    expect_matches_cpu(GetParam(), 21, 2e-2);
 }
 
 // The same script with prompts prefilled under bf16 autocast (`forge generate --dtype bf16`, the
@@ -126,16 +138,7 @@ TEST_P(CudaDecodeModel, LogitsAndArgmaxMatchCpuF32) {
 // reads the cache in bf16. Prompt positions add bf16 activation rounding to the decode steps'
 // bf16 weights: logits within 3e-2 of the CPU's f32.
 TEST_P(CudaDecodeModel, PrefillUnderBf16AutocastMatchesCpuF32) {
-    const auto [family, persistent] = GetParam();
-    const ModelConfig cfg = small_decode_config(family);
-    Transformer cpu_m(cfg, 23), gpu_m(cfg, 23);
-    TransformerLM ref(cpu_m);
-    CudaLM lm(gpu_m, {.persistent = persistent});
-    const cuda::PrecisionScope bf16("bf16");
-    auto rs = ref.new_state(150), gs = lm.new_state(150);
-    const LogitAgreement r = teacher_forced_logits(ref, *rs, lm, *gs, 3e-2);
-    EXPECT_GE(r.decided, 32) << "too few steps with a clear argmax to test anything";
-    EXPECT_EQ(r.agreed, r.decided);
+    expect_matches_cpu(GetParam(), 23, 3e-2, "bf16");
 }
 
 // greedy() (argmax and feedback on the device, 48 steps) against the CPU fed the same tokens:
@@ -162,19 +165,8 @@ TEST_P(CudaDecodeModel, GreedyOnDeviceMatchesCpuAndEager) {
     std::vector<float> lr, le;
     ref.eval(*rs, prompt, lr);
     eager.eval(*es, prompt, le);
-    TokenId fed = first;
-    int decided = 0;
-    for (size_t i = 0; i < toks.size(); ++i) {
-        ref.eval(*rs, std::span(&fed, 1), lr);
-        eager.eval(*es, std::span(&fed, 1), le);
-        EXPECT_EQ(toks[i], argmax(le)) << "step " << i << ": graph+device argmax vs eager";
-        if (margin(lr) > 2 * max_abs_diff(le, lr)) {
-            ++decided;
-            EXPECT_EQ(toks[i], argmax(lr)) << "step " << i;
-        }
-        fed = toks[i];
-    }
-    EXPECT_GE(decided, 32);
+    // The graph's device argmax against the eager launches' logits.
+    EXPECT_GE(check_greedy_tokens(eager, *es, ref, *rs, first, toks), 32);
 
     // Graph and eager launches run the same kernels: identical logits.
     auto g2 = lm.new_state(16), e2 = eager.new_state(16);

@@ -114,4 +114,28 @@ inline LogitAgreement teacher_forced_logits(CausalLM& ref, CausalLM::State& rs, 
     return a;
 }
 
+// greedy()'s tokens checked step by step: `first`, then toks[0], toks[1], ... are fed to `lm`
+// (state ls) and `ref` (state rs), both already past the same prompt. Each toks[i] must be the
+// argmax of lm's logits for that feed (the device argmax against eval's), and ref's wherever
+// ref's top-2 margin exceeds twice the largest logit difference. Returns how many steps were
+// decided so.
+inline int check_greedy_tokens(CausalLM& lm, CausalLM::State& ls, CausalLM& ref,
+                               CausalLM::State& rs, TokenId first,
+                               const std::vector<TokenId>& toks) {
+    std::vector<float> lg, lr;
+    TokenId fed = first;
+    int decided = 0;
+    for (size_t i = 0; i < toks.size(); ++i) {
+        lm.eval(ls, std::span(&fed, 1), lg);
+        ref.eval(rs, std::span(&fed, 1), lr);
+        EXPECT_EQ(toks[i], argmax(lg)) << "step " << i << ": device argmax vs eval's logits";
+        if (margin(lr) > 2 * max_abs_diff(lg, lr)) {
+            ++decided;
+            EXPECT_EQ(toks[i], argmax(lr)) << "step " << i;
+        }
+        fed = toks[i];
+    }
+    return decided;
+}
+
 } // namespace forge::test
