@@ -71,6 +71,9 @@ const std::vector<FlagSpec> kFlags = {
     {"sampling", Kind::str, "random | sequential batches (default random)"},
     {"seed", Kind::integer, "random seed: init, batches (default 1337)"},
     {"threads", Kind::integer, "CPU threads (default: all cores)"},
+    {"batch-split", Kind::str,
+     "auto | off: on the CPU a small model trains one slice of each batch per thread; off "
+     "splits every op over the threads instead (default auto)"},
     {"device", Kind::str, "where the model trains: cpu | cuda | cuda:N (default cpu)"},
     {"dtype", Kind::str,
      "compute precision: f32 | bf16 | tf32 (CUDA only) | f16 (CUDA only). bf16 and f16 are "
@@ -237,6 +240,7 @@ TrainOptions options_from(const Settings& st, TrainOptions o, int64_t n_ctx) {
     o.eval_iters = st.integer("eval-iters", o.eval_iters);
     o.val_fraction = st.real("val-fraction", o.val_fraction);
     o.sampling = st.str("sampling", o.sampling);
+    o.batch_split = st.str("batch-split", o.batch_split);
     o.seed = uint64_t(st.integer("seed", int64_t(o.seed)));
     o.log_every = st.integer("log-every", o.log_every);
     o.save_every = st.integer("save-every", o.save_every);

@@ -7,6 +7,7 @@
 #include <forge/models/transformer.h>
 
 #include <cmath>
+#include <map>
 
 #include "core/op_helpers.h"
 #include <forge/autograd/autograd.h>
@@ -158,6 +159,43 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg), imp
 }
 
 Transformer::~Transformer() = default;
+
+namespace {
+template <typename F> void for_each_weight(LayerWeights& w, F f) {
+    for (Tensor* t : {&w.ln1_w, &w.ln1_b, &w.attn_w, &w.attn_b, &w.proj_w, &w.proj_b, &w.ln2_w,
+                      &w.ln2_b, &w.fc_w, &w.fc_b, &w.fc2_w, &w.fc2_b, &w.in_norm, &w.q_w, &w.k_w,
+                      &w.v_w, &w.o_w, &w.post_norm, &w.gate_w, &w.up_w, &w.down_w})
+        f(*t);
+}
+} // namespace
+
+Transformer::Transformer(const Transformer& src, SharedWeights)
+    : cfg_(src.cfg_), impl_(new Impl(*src.impl_)) {
+    // One alias per source tensor, so tied weights (wte as the head) stay one parameter.
+    std::map<const TensorImpl*, Tensor> aliases;
+    auto alias = [&](Tensor& t) {
+        if (!t.defined()) return;
+        auto [it, fresh] = aliases.try_emplace(t.impl().get());
+        if (fresh) {
+            it->second = t.detach();
+            it->second.set_requires_grad(t.requires_grad());
+        }
+        t = it->second;
+    };
+    Impl& m = *impl_;
+    for (Tensor* t : {&m.wte, &m.wpe, &m.lnf_w, &m.lnf_b, &m.head}) alias(*t);
+    for (LayerWeights& w : m.layers) for_each_weight(w, alias);
+    for (auto [name, t] : src.named_parameters()) {
+        alias(t);
+        register_parameter(name, t);
+    }
+    FORGE_CHECK(src.named_buffers().empty(), "[transformer] share_weights: buffers unsupported");
+    train(src.is_training());
+}
+
+std::unique_ptr<Transformer> Transformer::share_weights() const {
+    return std::unique_ptr<Transformer>(new Transformer(*this, SharedWeights{}));
+}
 
 void Transformer::set_rope_freq_factors(std::vector<float> factors) {
     FORGE_CHECK(cfg_.family == ModelFamily::llama,

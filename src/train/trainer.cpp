@@ -17,6 +17,8 @@
 #include <forge/formats/safetensors.h>
 #include <forge/models/transformer.h>
 
+#include "train/batch_split.h"
+
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -221,6 +223,8 @@ void TrainOptions::validate() const {
                 "[train] --val-fraction must be in (0, 1), got ", val_fraction);
     FORGE_CHECK(sampling == "random" || sampling == "sequential",
                 "[train] --sampling must be random or sequential, got '", sampling, "'");
+    FORGE_CHECK(batch_split == "auto" || batch_split == "off",
+                "[train] --batch-split must be auto or off, got '", batch_split, "'");
     FORGE_CHECK(log_every >= 0, "[train] --log-every must be >= 0, got ", log_every);
     FORGE_CHECK(save_every >= 0, "[train] --save-every must be >= 0, got ", save_every);
 }
@@ -254,6 +258,7 @@ std::string TrainOptions::to_json() const {
               {"sampling", sampling},
               {"seed", std::to_string(seed)},
               {"threads", threads},
+              {"batch_split", batch_split},
               {"log_every", log_every},
               {"save_every", save_every}};
     return j.dump(2);
@@ -301,6 +306,7 @@ TrainOptions TrainOptions::from_json(const std::string& text) {
     get("val_fraction", o.val_fraction);
     get("sampling", o.sampling);
     get("threads", o.threads);
+    get("batch_split", o.batch_split);
     get("log_every", o.log_every);
     get("save_every", o.save_every);
     std::string seed;
@@ -377,6 +383,21 @@ void Trainer::set_tokenizer(const TrainingTokenizer& tok, DataSpec spec) {
     data_spec_ = std::move(spec);
 }
 
+BatchSplit* Trainer::batch_split() {
+    const int slices = opts_.batch_split == "auto"
+                           ? BatchSplit::slices_for(model_, opts_.batch, omp_get_max_threads())
+                           : 1;
+    if (slices < 2) {
+        split_.reset();
+        return nullptr;
+    }
+    // (Re)built when the thread count changed or the model's weights moved (Module::to).
+    const Tensor& w = opt_->params().front().tensor;
+    if (!split_ || split_->slices() != slices || !split_->shares_weights_with(w))
+        split_ = std::make_unique<BatchSplit>(model_, opt_->params(), slices);
+    return split_.get();
+}
+
 StepStats Trainer::train_step() {
     FORGE_CHECK(sampler_, "[train] no data: call set_data() first");
     model_.train();
@@ -385,9 +406,28 @@ StepStats Trainer::train_step() {
     const DevicePrecisionScope precision(opts_.dtype, model_.device()); // f32 outside the step
     const bool scaling = scaling_ != Scaling::none;
     const double scale = scale_;
+    BatchSplit* split = batch_split();
     double loss_sum = 0;
     for (int64_t micro = 0; micro < opts_.grad_accum; ++micro) {
         auto [x, y] = sampler_->next(); // (B, T) each, on the host: the model copies them
+        // The loss is divided over the micro-batches, and multiplied by the loss scale in a
+        // separate multiply: by a power of two it only moves exponents, so without overflow
+        // the unscaled gradients below equal the unscaled run's bit for bit.
+        const double accum = 1.0 / double(opts_.grad_accum);
+        if (split) {
+            const double l = split->loss_backward(x, y, opts_.grad_accum > 1 ? accum : 1.0,
+                                                  scaling ? scale : 1.0);
+            if (!std::isfinite(l)) {
+                split->zero_grads();
+                opt_->zero_grad();
+                throw Error(detail::str_cat("[train] step ", this_step, ": the loss is ", l,
+                                            " (micro-batch ", micro + 1, " of ",
+                                            opts_.grad_accum, ")"),
+                            "the run diverged: lower --lr, raise --warmup or set --grad-clip");
+            }
+            loss_sum += l;
+            continue;
+        }
         Tensor loss = model_.loss(x, y);
         const double l = loss.item(); // unscaled: a non-finite loss is divergence, not overflow
         if (!std::isfinite(l)) {
@@ -398,13 +438,13 @@ StepStats Trainer::train_step() {
         }
         loss_sum += l;
         if (opts_.grad_accum > 1)
-            loss = mul_scalar(loss, 1.0 / double(opts_.grad_accum));
-        // A separate multiply: by a power of two it only moves exponents, so without overflow
-        // the unscaled gradients below equal the unscaled run's bit for bit.
+            loss = mul_scalar(loss, accum);
         if (scaling)
             loss = mul_scalar(loss, scale);
         loss.backward();
     }
+    if (split)
+        split->reduce_grads();
     if (scaling)
         scale_grads(params, 1.0 / scale); // before the norm, clipping and the optimizer
     GradNorm gn = grad_norm(params);
@@ -451,10 +491,11 @@ StepStats Trainer::train_step() {
 double Trainer::eval_split(int64_t begin, int64_t end, uint64_t salt) {
     BatchSampler sampler(tokens_, begin, end, opts_.batch, opts_.seq_len,
                          BatchSampler::Mode::random, mix(mix(opts_.seed, uint64_t(step_)), salt));
+    BatchSplit* split = batch_split();
     double sum = 0;
     for (int64_t i = 0; i < opts_.eval_iters; ++i) {
         auto [x, y] = sampler.next();
-        sum += model_.loss(x, y).item();
+        sum += split ? split->loss(x, y) : model_.loss(x, y).item();
     }
     return sum / double(opts_.eval_iters);
 }

@@ -2,6 +2,7 @@
 // determinism, and that a small model actually learns.
 #include <cmath>
 #include <limits>
+#include <omp.h>
 
 #include <gtest/gtest.h>
 
@@ -141,11 +142,18 @@ void check_resume_is_bit_identical(const std::string& loss_scale) {
 
 TEST(Trainer, ResumeIsBitIdentical) {
     // Also with dynamic loss scaling (growth every 3 steps, so the scale changes before the
-    // save): its state is part of the checkpoint (more in loss_scale_test.cpp).
-    for (const std::string loss_scale : {"none", "dynamic"}) {
-        SCOPED_TRACE("loss_scale " + loss_scale);
-        check_resume_is_bit_identical(loss_scale);
+    // save): its state is part of the checkpoint (more in loss_scale_test.cpp). One thread
+    // runs the whole batch; three split it into slices (train/batch_split.h), whose dropout
+    // streams the resumed run must continue too.
+    const int threads = omp_get_max_threads();
+    for (int n : {1, 3}) {
+        omp_set_num_threads(n);
+        for (const std::string loss_scale : {"none", "dynamic"}) {
+            SCOPED_TRACE("loss_scale " + loss_scale + ", threads " + std::to_string(n));
+            check_resume_is_bit_identical(loss_scale);
+        }
     }
+    omp_set_num_threads(threads);
 }
 
 TEST(Trainer, SameSeedSameLossesAndLearns) {

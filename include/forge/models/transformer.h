@@ -36,6 +36,13 @@ class Transformer : public nn::Module {
     explicit Transformer(const ModelConfig& cfg, uint64_t seed = 1337);
     ~Transformer() override;
 
+    /// A second model over this one's weights: the same storage (an in-place update of either
+    /// shows in both) behind its own parameter handles, so it records its own graph and
+    /// gradients and has its own dropout stream. The trainer runs one per thread on a slice
+    /// of the batch (train/batch_split.h). Moving either model to another device breaks the
+    /// sharing.
+    std::unique_ptr<Transformer> share_weights() const;
+
     const ModelConfig& config() const { return cfg_; }
 
     /// ids: (B, T) i32/i64 -> logits (B, T, vocab). With a cache, the T new tokens sit at
@@ -73,6 +80,8 @@ class Transformer : public nn::Module {
     struct Impl;
 
   private:
+    struct SharedWeights {};
+    Transformer(const Transformer& src, SharedWeights);
     ModelConfig cfg_;
     std::unique_ptr<Impl> impl_;
 };

@@ -23,6 +23,7 @@
 namespace forge {
 
 class Transformer;
+class BatchSplit;
 
 struct TrainOptions {
     int64_t steps = 1000;   ///< optimizer updates in total (a resumed run counts from 0 too)
@@ -64,6 +65,9 @@ struct TrainOptions {
     std::string sampling = "random"; ///< random | sequential
     uint64_t seed = 1337;
     int threads = 0; ///< recorded (determinism needs the same count); set by the CLI
+    /// "auto": on the CPU, a small model trains one slice of each batch per thread
+    /// (train/batch_split.h); "off": every op is split over the threads instead.
+    std::string batch_split = "auto";
 
     int64_t log_every = 10;            ///< plain progress lines every N steps (0: none)
     bool progress = true;              ///< print progress at all (tests turn it off)
@@ -152,6 +156,7 @@ class Trainer {
 
   private:
     double eval_split(int64_t begin, int64_t end, uint64_t salt);
+    BatchSplit* batch_split(); // null when the step does not split its batch
     Transformer& model_;
     TrainOptions opts_;
     LrSchedule schedule_;
@@ -159,6 +164,7 @@ class Trainer {
     TokenFile tokens_;
     int64_t n_train_ = 0;
     std::unique_ptr<BatchSampler> sampler_;
+    std::unique_ptr<BatchSplit> split_;
     int64_t step_ = 0;
     double elapsed_before_ = 0; // seconds spent in earlier sessions of a resumed run
     enum class Scaling { none, fixed, dynamic };
