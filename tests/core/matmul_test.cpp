@@ -1,14 +1,17 @@
 // matmul: fast (OpenBLAS) kernel against the reference loops over strided, transposed and
 // broadcast inputs in every float dtype; values of small cases by hand; gradients by finite
 // differences; the error messages.
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "backends/cpu/kernels/sgemm.h"
 #include "backends/cpu/simd/nn_kernels.h"
 #include "core/op_test_util.h"
 
@@ -367,6 +370,65 @@ TEST(Matmul, FewRowKernelsMatchReference) {
                         }, 1e-5);
                     }
     }
+}
+
+// Our AVX-512 sgemm directly, against f64 loops: row tails (M % 12), column tails (N % 32),
+// several depth blocks (K > 256, split evenly), both layouts of each operand, and an output
+// with rows wider than N.
+TEST(Matmul, OwnSgemmMatchesF64) {
+    if (cpu::nn::best_isa() < cpu::nn::Isa::avx512) GTEST_SKIP() << "no AVX-512 here";
+    for (int64_t M : {1, 5, 12, 25, 97, 130})
+        for (auto [K, N] : {std::pair<int64_t, int64_t>{1, 1}, {7, 33}, {64, 16}, {129, 70},
+                            {300, 32}, {600, 65}})
+            for (bool at : {false, true})
+                for (bool bt : {false, true}) {
+                    std::vector<float> a(size_t(M * K)), b(size_t(K * N));
+                    for (size_t i = 0; i < a.size(); ++i) a[i] = float(std::sin(0.37 * double(i)));
+                    for (size_t i = 0; i < b.size(); ++i) b[i] = float(std::cos(0.11 * double(i)));
+                    // a(i, k), b(k, j) as stored in the chosen layout.
+                    const int64_t rsa = at ? 1 : K, csa = at ? M : 1;
+                    const int64_t rsb = bt ? 1 : N, csb = bt ? K : 1;
+                    const int64_t ldc = N + 3;
+                    std::vector<float> c(size_t(M * ldc), -7.0f);
+                    cpu::sgemm_avx512(M, N, K, a.data(), rsa, csa, b.data(), rsb, csb, c.data(),
+                                      ldc);
+                    double worst = 0;
+                    for (int64_t i = 0; i < M; ++i)
+                        for (int64_t j = 0; j < N; ++j) {
+                            double want = 0, scale = 0;
+                            for (int64_t k = 0; k < K; ++k) {
+                                const double p = double(a[size_t(i * rsa + k * csa)]) *
+                                                 double(b[size_t(k * rsb + j * csb)]);
+                                want += p;
+                                scale += std::fabs(p);
+                            }
+                            worst = std::max(worst, std::fabs(c[size_t(i * ldc + j)] - want) /
+                                                        std::max(scale, 1e-30));
+                        }
+                    EXPECT_LE(worst, 1e-6) << "M " << M << " K " << K << " N " << N
+                                           << (at ? " a^T" : "") << (bt ? " b^T" : "");
+                    for (int64_t i = 0; i < M; ++i) // the padding past N is not written
+                        for (int64_t j = N; j < ldc; ++j)
+                            ASSERT_EQ(c[size_t(i * ldc + j)], -7.0f);
+                }
+}
+
+// The anchor's shapes go through matmul to our sgemm (every layout the training step uses).
+TEST(Matmul, SmallModelShapesMatchReference) {
+    for (auto [M, K, N] : {std::tuple<int64_t, int64_t, int64_t>{384, 128, 512}, {384, 512, 128},
+                           {128, 384, 384}})
+        for (bool at : {false, true})
+            for (bool bt : {false, true})
+                expect_fast_matches_ref("M " + std::to_string(M) + (at ? " a^T" : "") +
+                                            (bt ? " b^T" : ""),
+                                        [&] {
+                                            Tensor a = at ? rn({K, M}, 3, DType::f32).t()
+                                                          : rn({M, K}, 3, DType::f32);
+                                            Tensor b = bt ? rn({N, K}, 4, DType::f32).t()
+                                                          : rn({K, N}, 4, DType::f32);
+                                            return matmul(a, b);
+                                        },
+                                        1e-5);
 }
 
 } // namespace

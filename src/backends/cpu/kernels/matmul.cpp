@@ -2,6 +2,7 @@
 // strides (the op layer guarantees each matrix is row- or column-major), so transposed views
 // are multiplied without a copy.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 #include <cstdint>
 
@@ -11,6 +12,7 @@
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_common.h"
 #include "backends/cpu/kernels/gemm_bf16.h"
+#include "backends/cpu/kernels/sgemm.h"
 #include "backends/cpu/simd/nn_kernels.h"
 
 namespace forge::cpu {
@@ -75,13 +77,30 @@ const bool kOpenblasSingleThreaded = [] {
     return true;
 }();
 
-// Rows [r0, r1) and columns [c0, c1) of c = a b as one BLAS call.
+// Our AVX-512 sgemm (sgemm.h) measured 1-9% faster than OpenBLAS's on one Zen 4 core for the
+// products of small models (N <= 512, K <= 768), 3-13% slower where N or K reach 1024 (GPT-2's
+// 768 x 3072), and slower where N leaves much of its last 32-column panel empty (the 65
+// logits of a char-level model); docs/PERF.md, "Session 9".
+bool own_sgemm(int64_t N, int64_t K) {
+    const int64_t padded = (N + 31) / 32 * 32;
+    return N <= 512 && K <= 768 && N * 10 >= padded * 9 && nn::active_isa() == nn::Isa::avx512;
+}
+
+// Rows [r0, r1) and columns [c0, c1) of c = a b as one BLAS call (or one of ours).
 template <typename T>
 void gemm_block(const BlasOperand& A, const BlasOperand& B, int64_t N, int64_t K, const T* a,
                 const T* b, T* c, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
     // Row r of a starts at r * lda (row-major) or r (column-major); column j of b likewise.
     const T* a0 = a + (A.trans == CblasNoTrans ? r0 * A.ld : r0);
     const T* b0 = b + (B.trans == CblasNoTrans ? c0 : c0 * B.ld);
+    if constexpr (std::is_same_v<T, float>) {
+        if (r1 - r0 > 1 && own_sgemm(c1 - c0, K)) {
+            const bool ra = A.trans == CblasNoTrans, rb = B.trans == CblasNoTrans;
+            sgemm_avx512(r1 - r0, c1 - c0, K, a0, ra ? A.ld : 1, ra ? 1 : A.ld, b0, rb ? B.ld : 1,
+                         rb ? 1 : B.ld, c + r0 * N + c0, N);
+            return;
+        }
+    }
     gemm_ld(A, B, int(r1 - r0), int(c1 - c0), int(K), a0, b0, c + r0 * N + c0, int(N));
 }
 
