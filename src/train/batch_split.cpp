@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <string>
 #include <exception>
+#include <string>
 
 #include <omp.h>
 
@@ -71,16 +71,19 @@ template <typename F> void BatchSplit::run(const Tensor& x, const Tensor& y, F f
     std::vector<std::exception_ptr> errors(static_cast<size_t>(S));
 #pragma omp parallel num_threads(S)
     {
-        const int s = omp_get_thread_num();
         omp_set_num_threads(1); // the ops inside run on this thread alone
         const cpu::ReferenceKernelsScope kernels(reference);
         const GradModeScope grad_mode(grad);
-        const int64_t r0 = B * s / S, r1 = B * (s + 1) / S;
-        try {
-            copies_[size_t(s)]->train(training);
-            f(s, x.narrow(0, r0, r1 - r0), y.narrow(0, r0, r1 - r0), double(r1 - r0) / double(B));
-        } catch (...) {
-            errors[size_t(s)] = std::current_exception();
+        // Normally one slice per thread; fewer threads (a nested call) take several each.
+        for (int s = omp_get_thread_num(); s < S; s += omp_get_num_threads()) {
+            const int64_t r0 = B * s / S, r1 = B * (s + 1) / S;
+            try {
+                copies_[size_t(s)]->train(training);
+                f(s, x.narrow(0, r0, r1 - r0), y.narrow(0, r0, r1 - r0),
+                  double(r1 - r0) / double(B));
+            } catch (...) {
+                errors[size_t(s)] = std::current_exception();
+            }
         }
     }
     for (auto& e : errors)

@@ -415,8 +415,7 @@ StepStats Trainer::train_step() {
         // the unscaled gradients below equal the unscaled run's bit for bit.
         const double accum = 1.0 / double(opts_.grad_accum);
         if (split) {
-            const double l = split->loss_backward(x, y, opts_.grad_accum > 1 ? accum : 1.0,
-                                                  scaling ? scale : 1.0);
+            const double l = split->loss_backward(x, y, accum, scaling ? scale : 1.0);
             if (!std::isfinite(l)) {
                 split->zero_grads();
                 opt_->zero_grad();

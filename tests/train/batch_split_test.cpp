@@ -102,6 +102,27 @@ TEST(BatchSplit, LossAndGradientsEqualTheUnsplitBatch) {
     EXPECT_NEAR(split.loss(x2, y2), whole.loss(x2, y2).item(), 1e-6);
 }
 
+// Called where OpenMP gives the split fewer threads than slices (inside another parallel
+// region), every slice still runs.
+TEST(BatchSplit, NestedCallRunsEverySlice) {
+    auto fx = test::make_data("split_nested");
+    const ModelConfig cfg = test::tiny_config(int64_t(fx.tok.tokenizer.vocab_size()));
+    Transformer split_model(cfg, 2), whole(cfg, 2);
+    BatchSampler sampler(fx.tokens, 0, 30000, 6, 16, BatchSampler::Mode::random, 5);
+    auto [x, y] = sampler.next();
+    BatchSplit split(split_model, collect_parameters(split_model), 3);
+    double got = 0;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+        got = split.loss_backward(x, y, 1.0, 1.0);
+    }
+    split.reduce_grads();
+    EXPECT_NEAR(got, whole.loss(x, y).item(), 1e-6);
+    whole.loss(x, y).backward();
+    expect_grads_near(split_model, whole, 1e-6);
+}
+
 TEST(BatchSplit, SlicesOnlySmallCpuModelsWithRowsToSpare) {
     const ModelConfig cfg = test::tiny_config(40);
     Transformer m(cfg, 1);
