@@ -66,6 +66,7 @@ TEST_F(Cli, TrainErrors) {
     expect_error("train --bogus-flag 1" + data, "bogus");
     expect_error("train --dtype f16" + data, "--dtype f16 runs on CUDA only");
     expect_error("train --loss-scale lots" + data, "--loss-scale must be auto, dynamic, none");
+    expect_error("train --batch-split on" + data, "--batch-split must be auto or off");
     // No data at all, in a folder without forge.toml.
     expect_error("train", "no training data", dir);
 }
