@@ -58,7 +58,7 @@ eval_every = 500
 eval_iters = 20
 seed = 1337
 # threads = 2          # default: all cores; same seed + same threads = same losses
-# batch_split = "auto" # small models on the CPU: a slice of each batch per thread ("off": split each op)
+# batch_split = "auto" # CPU, small models: a slice of the batch per thread ("off": per op)
 
 [output]
 out = "out"            # checkpoint folder: model.safetensors, config.json, tokenizer.json, ...

@@ -30,7 +30,8 @@ void expect_grads_near(const Transformer& a, const Transformer& b, double tol) {
     for (size_t i = 0; i < pa.size(); ++i) {
         ASSERT_TRUE(pa[i].second.grad().defined()) << pa[i].first;
         ASSERT_TRUE(pb[i].second.grad().defined()) << pb[i].first;
-        auto ga = pa[i].second.grad().to_vector<float>(), gb = pb[i].second.grad().to_vector<float>();
+        auto ga = pa[i].second.grad().to_vector<float>();
+        auto gb = pb[i].second.grad().to_vector<float>();
         for (size_t k = 0; k < ga.size(); ++k)
             ASSERT_NEAR(ga[k], gb[k], tol) << pa[i].first << "[" << k << "]";
     }

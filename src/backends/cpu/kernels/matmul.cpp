@@ -77,10 +77,10 @@ const bool kOpenblasSingleThreaded = [] {
     return true;
 }();
 
-// Our AVX-512 sgemm (sgemm.h) measured 1-9% faster than OpenBLAS's on one Zen 4 core for the
-// products of small models (N <= 512, K <= 768), 3-13% slower where N or K reach 1024 (GPT-2's
-// 768 x 3072), and slower where N leaves much of its last 32-column panel empty (the 65
-// logits of a char-level model); docs/PERF.md, "Session 9".
+// Our AVX-512 sgemm (sgemm.h) ran the products of small models (N <= 512, K <= 768) up to 12%
+// faster than OpenBLAS's on one core of the Xeon and Zen 4, but GPT-2's (768 x 3072) 4-9%
+// slower on the Xeon, and it loses where N leaves much of its last 32-column panel empty (the
+// 65 logits of a char-level model); docs/PERF.md, "Session 9".
 bool own_sgemm(int64_t N, int64_t K) {
     const int64_t padded = (N + 31) / 32 * 32;
     return N <= 512 && K <= 768 && N * 10 >= padded * 9 && nn::active_isa() == nn::Isa::avx512;

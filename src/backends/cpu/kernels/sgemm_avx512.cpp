@@ -1,10 +1,12 @@
-// f32 GEMM with AVX-512 (see sgemm.h), blocked as BLIS does but without packing a:
-//   for each block of kKc depths: pack b's rows [k0, k1) into panels of 32 columns (zero past
-//   N), then for each block of kMc rows and each panel, a 12 x 32 register tile runs over the
-//   depth: per k, two vector loads of the panel and 12 broadcasts of a, 24 FMAs.
-// a is read in place (its rows, or its columns when column-major, stay in L2 across panels);
-// b's panel (kKc x 32 floats, 32 KiB) stays in L1 across the rows of a block. The tile adds
-// into c after the first depth block.
+// f32 GEMM with AVX-512 (see sgemm.h), blocked as BLIS does:
+//   for each block of at most kKc depths: pack b's rows into panels of 32 columns (zero past N);
+//   for each block of kMc rows: pack a's rows into tiles of 12, k-major; then for each panel
+//   and tile, a 12 x 32 register tile runs over the depth: per k, two vector loads of the panel
+//   and 12 broadcasts of a, 24 FMAs. The tile adds into c after the first depth block.
+// b's panel (kc x 32 floats, at most 32 KiB) stays in L1 across a block's tiles; the packed rows
+// of a (96 x kc) stay in L2 across the panels. Packing reads each operand in its own layout,
+// transposing 16 x 16 blocks in registers where the layout runs the other way. Packing a costs
+// a copy but made the kernel 1.5x faster on the Xeon with operands out of cache (docs/PERF.md).
 #include "backends/cpu/kernels/sgemm.h"
 
 #include <algorithm>
@@ -124,7 +126,8 @@ void pack_b(const float* b, int64_t rsb, int64_t csb, int64_t N, int64_t k0, int
                 for (int64_t k = 0; k < kc; k += 16) {
                     const int depth = int(std::min<int64_t>(16, kc - k));
                     transpose16(b + (j0 + h) * csb + k0 + k, csb, cols, depth, t);
-                    for (int kk = 0; kk < depth; ++kk) _mm512_store_ps(dst + (k + kk) * kNr + h, t[kk]);
+                    for (int kk = 0; kk < depth; ++kk)
+                        _mm512_store_ps(dst + (k + kk) * kNr + h, t[kk]);
                 }
             }
         }
@@ -140,14 +143,16 @@ void pack_a(const float* a, int64_t rs, int64_t cs, int64_t rows, int64_t kc, fl
         if (rs == 1) { // column-major: the tile's values of each k are adjacent
             const __mmask16 m = __mmask16((1u << mr) - 1);
             for (int64_t k = 0; k < kc; ++k)
-                _mm512_mask_storeu_ps(dst + k * mr, m, _mm512_maskz_loadu_ps(m, a + i + k * cs));
+                _mm512_mask_storeu_ps(dst + k * mr, m,
+                                      _mm512_maskz_loadu_ps(m, a + i + k * cs));
         } else { // row-major: 16 x mr blocks transposed
             __m512 t[16];
             const __mmask16 m = __mmask16((1u << mr) - 1);
             for (int64_t k = 0; k < kc; k += 16) {
                 const int depth = int(std::min<int64_t>(16, kc - k));
                 transpose16(a + i * rs + k, rs, int(mr), depth, t);
-                for (int kk = 0; kk < depth; ++kk) _mm512_mask_storeu_ps(dst + (k + kk) * mr, m, t[kk]);
+                for (int kk = 0; kk < depth; ++kk)
+                    _mm512_mask_storeu_ps(dst + (k + kk) * mr, m, t[kk]);
             }
         }
     }
