@@ -55,6 +55,8 @@ class CpuBackend : public Backend {
     void embedding_backward(const Tensor& dout, const Tensor& ids,
                             const Tensor& dweight) override;
     void rope(const Tensor& x, const RopeOptions& opts, const Tensor& out) override;
+    /// The short-sequence kernels read strided heads in place; the flash ones via copies.
+    bool attention_strided() const override { return true; }
     void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,
                    const Tensor& out, const Tensor& lse) override;
     void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
@@ -98,6 +100,7 @@ class CpuRefBackend : public CpuBackend {
     void embedding_backward(const Tensor& dout, const Tensor& ids,
                             const Tensor& dweight) override;
     void rope(const Tensor& x, const RopeOptions& opts, const Tensor& out) override;
+    bool attention_strided() const override { return false; } // contiguous reference loops
     void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal,
                    const Tensor& out, const Tensor& lse) override;
     void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

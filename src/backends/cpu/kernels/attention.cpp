@@ -41,13 +41,36 @@ bool is_short(int64_t Tq, int64_t Tk) {
     return Tq <= flash::kShortMaxT && Tk <= flash::kShortMaxT;
 }
 
+// The batch, head and row strides of a (B, H, T, D) view whose last dim is contiguous.
+flash::Rows rows_of(const Tensor& t) {
+    return {t.strides()[0], t.strides()[1], t.strides()[2]};
+}
+
+// The flash kernels take contiguous tensors: a strided view is computed through a contiguous
+// copy (inputs copied in; outputs written there, then copied to the view).
+Tensor dense(const Tensor& t) {
+    return t.is_contiguous() ? t : t.contiguous();
+}
+Tensor dense_out(const Tensor& t) {
+    return t.is_contiguous() ? t : Tensor::empty(t.shape(), t.dtype(), t.device());
+}
+void copy_back(const Tensor& dense_t, const Tensor& view) {
+    if (dense_t.impl() == view.impl()) return;
+    Tensor dst = view; // a handle to the same view
+    dst.copy_(dense_t);
+}
+
 } // namespace
 
-// q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D), all contiguous -> out (B, Hq, Tq, D), lse (B, Hq, Tq).
-void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                           bool causal, const Tensor& out, const Tensor& lse) {
-    const int64_t D = q.size(3), Tk = k.size(2);
-    const bool short_seq = is_short(q.size(2), Tk);
+// q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D) -> out (B, Hq, Tq, D), lse (B, Hq, Tq) contiguous.
+// q, k, v, out may be strided views (attention_strided(): e.g. heads of a packed qkv); the
+// short kernels read and write them in place.
+void CpuBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                           float scale, bool causal, const Tensor& out_in, const Tensor& lse) {
+    const int64_t D = q_in.size(3), Tk = k_in.size(2);
+    const bool short_seq = is_short(q_in.size(2), Tk);
+    const Tensor q = short_seq ? q_in : dense(q_in), k = short_seq ? k_in : dense(k_in),
+                 v = short_seq ? v_in : dense(v_in), out = short_seq ? out_in : dense_out(out_in);
     Tensor scratch =
         scratch_for(q, short_seq ? flash::short_fwd_scratch(D, Tk) : flash::fwd_scratch(D));
     visit_float(q.dtype(), [&]<typename T>() {
@@ -64,7 +87,11 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
                                   .D = D,
                                   .scale = T(scale),
                                   .causal = causal,
-                                  .scratch = scratch.data<T>()};
+                                  .scratch = scratch.data<T>(),
+                                  .sq = rows_of(q),
+                                  .sk = rows_of(k),
+                                  .sv = rows_of(v),
+                                  .so = rows_of(out)};
         if constexpr (std::is_same_v<T, float>) {
             switch (pick_path(D)) {
             case Path::avx512:
@@ -80,18 +107,25 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
             return flash::short_forward<flash::ScalarVec<T>>(a);
         flash::flash_forward<flash::ScalarVec<T>>(a);
     });
+    copy_back(out, out_in);
 }
 
-void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const Tensor& out, const Tensor& lse, const Tensor& dout,
-                                    float scale, bool causal, const Tensor& dq, const Tensor& dk,
-                                    const Tensor& dv) {
-    const int64_t D = q.size(3);
-    const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), Tq = q.size(2), Tk = k.size(2);
+void CpuBackend::attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                    const Tensor& out_in, const Tensor& lse,
+                                    const Tensor& dout_in, float scale, bool causal,
+                                    const Tensor& dq_in, const Tensor& dk_in,
+                                    const Tensor& dv_in) {
+    const int64_t D = q_in.size(3);
+    const int64_t B = q_in.size(0), Hq = q_in.size(1), Hkv = k_in.size(1), Tq = q_in.size(2),
+                  Tk = k_in.size(2);
     // Too few (batch, kv-head) pairs to keep every thread busy: per-query-head partial dK, dV
     // (flash path only; the short path's tasks are (batch, kv-head) pairs).
     const bool split = Hq > Hkv && B * Hkv < omp_get_max_threads();
     const bool short_seq = is_short(Tq, Tk) && !split;
+    auto in = [&](const Tensor& t) { return short_seq ? t : dense(t); };
+    auto outp = [&](const Tensor& t) { return short_seq ? t : dense_out(t); };
+    const Tensor q = in(q_in), k = in(k_in), v = in(v_in), out = in(out_in), dout = in(dout_in);
+    const Tensor dq = outp(dq_in), dk = outp(dk_in), dv = outp(dv_in);
     Tensor scratch =
         scratch_for(q, short_seq ? flash::short_bwd_scratch(D, Tq, Tk) : flash::bwd_scratch(D));
     Tensor delta; // rowsum(dO * O); the short path keeps it in a register
@@ -120,7 +154,15 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
                                   .D = D,
                                   .scale = T(scale),
                                   .causal = causal,
-                                  .scratch = scratch.data<T>()};
+                                  .scratch = scratch.data<T>(),
+                                  .sq = rows_of(q),
+                                  .sk = rows_of(k),
+                                  .sv = rows_of(v),
+                                  .so = rows_of(out),
+                                  .sdo = rows_of(dout),
+                                  .sdq = rows_of(dq),
+                                  .sdk = rows_of(dk),
+                                  .sdv = rows_of(dv)};
         if constexpr (std::is_same_v<T, float>) {
             switch (pick_path(D)) {
             case Path::avx512:
@@ -136,6 +178,9 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
             return flash::short_backward<flash::ScalarVec<T>>(a);
         flash::flash_backward<flash::ScalarVec<T>>(a);
     });
+    copy_back(dq, dq_in);
+    copy_back(dk, dk_in);
+    copy_back(dv, dv_in);
 }
 
 } // namespace forge::cpu

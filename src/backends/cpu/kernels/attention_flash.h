@@ -29,8 +29,21 @@ namespace forge::cpu::flash {
 constexpr int64_t kBlockQ = 64; // query rows per tile
 constexpr int64_t kBlockK = 64; // keys per tile (a multiple of every SIMD width)
 
-/// One forward call. All tensors contiguous: q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D),
-/// out (B, Hq, Tq, D), lse (B, Hq, Tq). scratch: n_threads * fwd_scratch(D) elements.
+/// Element strides of a (B, H, T, D) operand's batch, head and row dims (D is contiguous).
+struct Rows {
+    int64_t b, h, t;
+    /// Where row t of head h of batch b starts.
+    int64_t at(int64_t bi, int64_t hi, int64_t ti) const { return bi * b + hi * h + ti * t; }
+};
+/// The strides of a contiguous (B, H, T, D) tensor.
+inline Rows dense_rows(int64_t H, int64_t T, int64_t D) {
+    return {H * T * D, T * D, D};
+}
+
+/// One forward call: q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D), out (B, Hq, Tq, D), lse (B, Hq, Tq)
+/// contiguous. The short kernels (attention_short.h) read and write q, k, v, out at the strides
+/// in sq..so; the flash kernels take contiguous tensors only (and ignore them).
+/// scratch: n_threads * fwd_scratch(D) elements.
 template <typename T> struct FwdArgs {
     const T *q, *k, *v;
     T *out, *lse;
@@ -38,12 +51,14 @@ template <typename T> struct FwdArgs {
     T scale;
     bool causal;
     T* scratch;
+    Rows sq, sk, sv, so;
 };
 
 /// One backward call: dq/dk/dv overwritten; delta (B, Hq, Tq) is workspace.
 /// scratch: n_threads * bwd_scratch(D) elements. dkv_part: null, or 2 * (B, Hq, Tk, D)
 /// elements of workspace for per-query-head partial dK, dV, which lets B * Hq tasks run in
 /// parallel instead of B * Hkv (for GQA/MQA with fewer (batch, kv-head) pairs than threads).
+/// As in the forward, the short kernels take q..dv at the strides in sq..sdv.
 template <typename T> struct BwdArgs {
     const T *q, *k, *v, *out, *lse, *dout;
     T *dq, *dk, *dv, *delta, *dkv_part;
@@ -51,6 +66,7 @@ template <typename T> struct BwdArgs {
     T scale;
     bool causal;
     T* scratch;
+    Rows sq, sk, sv, so, sdo, sdq, sdk, sdv;
 };
 
 // Below this many multiply-adds (B * Hq * Tq * Tk * D) a call runs on one thread: a fork/join

@@ -117,21 +117,21 @@ void row_mask_exp(typename Vec::T* x, const typename Vec::T* mask, int64_t n, ty
         Vec::store(x + i, Vec::exp(Vec::sub(Vec::add(Vec::load(x + i), Vec::load(mask + i)), s)));
 }
 
-// src (Tk, D) row-major -> dst (D, ldk) times f, columns Tk.. zero. In 8 x 8 blocks where the
-// policy has a register transpose (a strided scalar copy is a tenth of a short head's time).
+// src (Tk, D), rows lds apart -> dst (D, ldk) times f, columns Tk.. zero. In 8 x 8 blocks where
+// the policy has a register transpose (a strided scalar copy is a tenth of a short head's time).
 template <class Vec, typename T>
-void transpose_keys(T* dst, const T* src, int64_t Tk, int64_t D, T f) {
+void transpose_keys(T* dst, const T* src, int64_t lds, int64_t Tk, int64_t D, T f) {
     const int64_t ldk = ld_keys(Tk);
     int64_t j0 = 0;
     if constexpr (requires(T * d, const T* s) { Vec::transpose8(d, 0, s, 0, f); })
         if (D % 8 == 0)
             for (; j0 + 8 <= Tk; j0 += 8)
                 for (int64_t d = 0; d < D; d += 8)
-                    Vec::transpose8(dst + d * ldk + j0, ldk, src + j0 * D + d, D, f);
+                    Vec::transpose8(dst + d * ldk + j0, ldk, src + j0 * lds + d, lds, f);
     for (int64_t d = 0; d < D; ++d) {
         T* row = dst + d * ldk;
         for (int64_t j = j0; j < Tk; ++j)
-            row[j] = src[j * D + d] * f;
+            row[j] = src[j * lds + d] * f;
         std::fill(row + Tk, row + ldk, T(0));
     }
 }
@@ -156,15 +156,15 @@ template <class Vec> void short_forward(const FwdArgs<typename Vec::T>& a) {
         T* inv_sum = s + kShortRows * ldk;                                     // (kShortRows)
 #pragma omp for schedule(dynamic)
         for (int64_t bh = 0; bh < n_tasks; ++bh) {
-            const int64_t kv = (bh / a.Hq * a.Hkv + bh % a.Hq / G) * a.Tk * D; // GQA: shared
-            const T* V = a.v + kv;
-            transpose_keys<Vec>(kt, a.k + kv, a.Tk, D, a.scale);
+            const int64_t b = bh / a.Hq, h = bh % a.Hq, hk = h / G; // GQA: kv-head shared
+            const T* V = a.v + a.sv.at(b, hk, 0);
+            transpose_keys<Vec>(kt, a.k + a.sk.at(b, hk, 0), a.sk.t, a.Tk, D, a.scale);
             for (int64_t i0 = 0; i0 < a.Tq; i0 += kShortRows) {
                 const int64_t nr = std::min(kShortRows, a.Tq - i0);
                 const int64_t n_keys = keys_seen(a.causal, a.Tq, a.Tk, i0 + nr - 1);
                 const int64_t w = round_up(n_keys, W);
-                const T* Q = a.q + (bh * a.Tq + i0) * D;
-                short_gemm<Vec, false>(s, ldk, nr, w, Q, D, 1, D, kt, ldk); // S * scale
+                const T* Q = a.q + a.sq.at(b, h, i0);
+                short_gemm<Vec, false>(s, ldk, nr, w, Q, a.sq.t, 1, D, kt, ldk); // S * scale
                 for (int64_t r = 0; r < nr; ++r) {
                     T* row = s + r * ldk;
                     const T* mask = mask_from<T>(keys_seen(a.causal, a.Tq, a.Tk, i0 + r));
@@ -173,10 +173,10 @@ template <class Vec> void short_forward(const FwdArgs<typename Vec::T>& a) {
                     inv_sum[r] = T(1) / sum;
                     a.lse[bh * a.Tq + i0 + r] = mx + std::log(sum);
                 }
-                T* O = a.out + (bh * a.Tq + i0) * D;
-                short_gemm<Vec, false>(O, D, nr, D, s, ldk, 1, n_keys, V, D); // P V, unnormalised
-                for (int64_t r = 0; r < nr; ++r)
-                    row_scale<Vec>(O + r * D, D, inv_sum[r]);
+                T* O = a.out + a.so.at(b, h, i0);
+                short_gemm<Vec, false>(O, a.so.t, nr, D, s, ldk, 1, n_keys, V, a.sv.t); // P V
+                for (int64_t r = 0; r < nr; ++r) // normalised
+                    row_scale<Vec>(O + r * a.so.t, D, inv_sum[r]);
             }
         }
     }
@@ -196,19 +196,23 @@ template <class Vec> void short_backward(const BwdArgs<typename Vec::T>& a) {
         T* ds = p + Tq * ldk;                                                    // (Tq, ldk)
 #pragma omp for schedule(dynamic)
         for (int64_t task = 0; task < n_tasks; ++task) {
-            const int64_t b = task / a.Hkv, kv = task * Tk * D;
-            const T* K = a.k + kv;
-            T* dK = a.dk + kv;
-            T* dV = a.dv + kv;
-            std::fill(dK, dK + Tk * D, T(0));
-            std::fill(dV, dV + Tk * D, T(0));
-            transpose_keys<Vec>(kt, K, Tk, D, a.scale);
-            transpose_keys<Vec>(vt, a.v + kv, Tk, D, T(1));
-            for (int64_t h = task % a.Hkv * G; h < (task % a.Hkv + 1) * G; ++h) {
+            const int64_t b = task / a.Hkv, hk = task % a.Hkv;
+            const T* K = a.k + a.sk.at(b, hk, 0);
+            T* dK = a.dk + a.sdk.at(b, hk, 0);
+            T* dV = a.dv + a.sdv.at(b, hk, 0);
+            for (int64_t j = 0; j < Tk; ++j) { // only their own rows: views into one buffer
+                std::fill(dK + j * a.sdk.t, dK + j * a.sdk.t + D, T(0));
+                std::fill(dV + j * a.sdv.t, dV + j * a.sdv.t + D, T(0));
+            }
+            transpose_keys<Vec>(kt, K, a.sk.t, Tk, D, a.scale);
+            transpose_keys<Vec>(vt, a.v + a.sv.at(b, hk, 0), a.sv.t, Tk, D, T(1));
+            for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
                 const int64_t bh = b * a.Hq + h;
-                const T* Q = a.q + bh * Tq * D;
-                const T* dO = a.dout + bh * Tq * D;
-                const T* O = a.out + bh * Tq * D;
+                const T* Q = a.q + a.sq.at(b, h, 0);
+                const T* dO = a.dout + a.sdo.at(b, h, 0);
+                const T* O = a.out + a.so.at(b, h, 0);
+                T* dQ = a.dq + a.sdq.at(b, h, 0);
+                const int64_t lq = a.sq.t, ldo = a.sdo.t;
                 const T* lse = a.lse + bh * Tq;
                 for (int64_t i0 = 0; i0 < Tq; i0 += kShortRows) {
                     const int64_t nr = std::min(kShortRows, Tq - i0);
@@ -216,8 +220,8 @@ template <class Vec> void short_backward(const BwdArgs<typename Vec::T>& a) {
                     const int64_t w = round_up(n_keys, W);
                     T* P = p + i0 * ldk;
                     T* dS = ds + i0 * ldk;
-                    short_gemm<Vec, false>(P, ldk, nr, w, Q + i0 * D, D, 1, D, kt, ldk);   // S
-                    short_gemm<Vec, false>(dS, ldk, nr, w, dO + i0 * D, D, 1, D, vt, ldk); // dP
+                    short_gemm<Vec, false>(P, ldk, nr, w, Q + i0 * lq, lq, 1, D, kt, ldk); // S
+                    short_gemm<Vec, false>(dS, ldk, nr, w, dO + i0 * ldo, ldo, 1, D, vt, ldk); // dP
                     for (int64_t r = 0; r < nr; ++r) {
                         const int64_t i = i0 + r;
                         T* prow = P + r * ldk;
@@ -225,24 +229,24 @@ template <class Vec> void short_backward(const BwdArgs<typename Vec::T>& a) {
                         // P = exp(S - lse), 0 where masked
                         row_mask_exp<Vec>(prow, mask_from<T>(keys_seen(a.causal, Tq, Tk, i)), w,
                                           lse[i]);
-                        const T delta = row_dot<Vec>(dO + i * D, O + i * D, D);
+                        const T delta = row_dot<Vec>(dO + i * ldo, O + i * a.so.t, D);
                         row_dsoftmax<Vec>(dsrow, prow, w, delta, a.scale);
                         // the dK, dV blocks below read whole columns: zero past the row's block
                         std::fill(prow + w, prow + ldk, T(0));
                         std::fill(dsrow + w, dsrow + ldk, T(0));
                     }
                     // dQ (nr, D) = dS K, scale folded into dS
-                    short_gemm<Vec, false>(a.dq + (bh * Tq + i0) * D, D, nr, D, dS, ldk, 1, n_keys,
-                                           K, D);
+                    short_gemm<Vec, false>(dQ + i0 * a.sdq.t, a.sdq.t, nr, D, dS, ldk, 1, n_keys,
+                                           K, a.sk.t);
                 }
                 // dV (keys, D) += P^T dO and dK += dS^T Q from the first query seeing the block
                 for (int64_t j0 = 0; j0 < Tk; j0 += kShortRows) {
                     const int64_t nk = std::min(kShortRows, Tk - j0);
                     const int64_t i1 = a.causal ? std::max<int64_t>(0, j0 - off) : 0;
-                    short_gemm<Vec, true>(dV + j0 * D, D, nk, D, p + i1 * ldk + j0, 1, ldk, Tq - i1,
-                                          dO + i1 * D, D);
-                    short_gemm<Vec, true>(dK + j0 * D, D, nk, D, ds + i1 * ldk + j0, 1, ldk,
-                                          Tq - i1, Q + i1 * D, D);
+                    short_gemm<Vec, true>(dV + j0 * a.sdv.t, a.sdv.t, nk, D, p + i1 * ldk + j0, 1,
+                                          ldk, Tq - i1, dO + i1 * ldo, ldo);
+                    short_gemm<Vec, true>(dK + j0 * a.sdk.t, a.sdk.t, nk, D, ds + i1 * ldk + j0, 1,
+                                          ldk, Tq - i1, Q + i1 * lq, lq);
                 }
             }
         }
