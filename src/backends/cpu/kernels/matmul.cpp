@@ -1,6 +1,7 @@
-// Fast CPU matmul: OpenBLAS sgemm/dgemm per batch matrix, with the transpose flags read from the
-// strides (the op layer guarantees each matrix is row- or column-major), so transposed views
-// are multiplied without a copy.
+// Fast CPU matmul: OpenBLAS sgemm/dgemm per batch matrix (or our AVX-512 sgemm for small
+// models' f32 shapes, see own_sgemm), with the transpose flags read from the strides (the op
+// layer guarantees each matrix is row- or column-major), so transposed views are multiplied
+// without a copy.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
