@@ -414,33 +414,29 @@ StepStats Trainer::train_step() {
         // separate multiply: by a power of two it only moves exponents, so without overflow
         // the unscaled gradients below equal the unscaled run's bit for bit.
         const double accum = 1.0 / double(opts_.grad_accum);
+        double l; // unscaled: a non-finite loss is divergence, not overflow
         if (split) {
-            const double l = split->loss_backward(x, y, accum, scaling ? scale : 1.0);
-            if (!std::isfinite(l)) {
-                split->zero_grads();
-                opt_->zero_grad();
-                throw Error(detail::str_cat("[train] step ", this_step, ": the loss is ", l,
-                                            " (micro-batch ", micro + 1, " of ",
-                                            opts_.grad_accum, ")"),
-                            "the run diverged: lower --lr, raise --warmup or set --grad-clip");
+            l = split->loss_backward(x, y, accum, scaling ? scale : 1.0);
+        } else {
+            Tensor loss = model_.loss(x, y);
+            l = loss.item();
+            if (std::isfinite(l)) {
+                if (opts_.grad_accum > 1)
+                    loss = mul_scalar(loss, accum);
+                if (scaling)
+                    loss = mul_scalar(loss, scale);
+                loss.backward();
             }
-            loss_sum += l;
-            continue;
         }
-        Tensor loss = model_.loss(x, y);
-        const double l = loss.item(); // unscaled: a non-finite loss is divergence, not overflow
         if (!std::isfinite(l)) {
+            if (split)
+                split->zero_grads();
             opt_->zero_grad();
             throw Error(detail::str_cat("[train] step ", this_step, ": the loss is ", l,
                                         " (micro-batch ", micro + 1, " of ", opts_.grad_accum, ")"),
                         "the run diverged: lower --lr, raise --warmup or set --grad-clip");
         }
         loss_sum += l;
-        if (opts_.grad_accum > 1)
-            loss = mul_scalar(loss, accum);
-        if (scaling)
-            loss = mul_scalar(loss, scale);
-        loss.backward();
     }
     if (split)
         split->reduce_grads();

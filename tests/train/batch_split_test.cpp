@@ -2,6 +2,7 @@
 // one per thread, against the same batch through the model itself. The oracle for the sums is
 // the unsplit step, which the model tests check against PyTorch.
 #include <cmath>
+#include <string>
 #include <omp.h>
 
 #include <gtest/gtest.h>
@@ -37,6 +38,20 @@ void expect_grads_near(const Transformer& a, const Transformer& b, double tol) {
     }
 }
 
+// Two copies of one tiny model (the same seed), one to split and one to run whole, and a
+// sampler of `rows`-row batches over a small corpus.
+struct TwinModels {
+    test::Fixture fx;
+    ModelConfig cfg;
+    Transformer split_model, whole;
+    BatchSampler sampler;
+    TwinModels(const std::string& name, uint64_t seed, int64_t rows, uint64_t sampler_seed)
+        : fx(test::make_data(name)),
+          cfg(test::tiny_config(int64_t(fx.tok.tokenizer.vocab_size()))),
+          split_model(cfg, seed), whole(cfg, seed),
+          sampler(fx.tokens, 0, 30000, rows, 16, BatchSampler::Mode::random, sampler_seed) {}
+};
+
 } // namespace
 
 TEST(BatchSplit, SharedWeightsAreOneStorageWithTheirOwnGradients) {
@@ -68,11 +83,9 @@ TEST(BatchSplit, SharedWeightsAreOneStorageWithTheirOwnGradients) {
 // Uneven slices (8 rows into 3: 2, 3, 3) weighted by their rows give the batch's mean loss and
 // its gradients.
 TEST(BatchSplit, LossAndGradientsEqualTheUnsplitBatch) {
-    auto fx = test::make_data("split_grads");
-    const ModelConfig cfg = test::tiny_config(int64_t(fx.tok.tokenizer.vocab_size()));
-    Transformer split_model(cfg, 9), whole(cfg, 9);
-    BatchSampler sampler(fx.tokens, 0, 30000, 8, 16, BatchSampler::Mode::random, 3);
-    auto [x, y] = sampler.next();
+    TwinModels t("split_grads", 9, 8, 3);
+    Transformer &split_model = t.split_model, &whole = t.whole;
+    auto [x, y] = t.sampler.next();
     const double expected = whole.loss(x, y).item();
     auto params = collect_parameters(split_model);
     BatchSplit split(split_model, params, 3);
@@ -87,8 +100,8 @@ TEST(BatchSplit, LossAndGradientsEqualTheUnsplitBatch) {
     // the trainer's --grad-accum 2 does; the scale (a power of two) comes off exactly.
     split_model.zero_grad();
     whole.zero_grad();
-    auto [x2, y2] = sampler.next();
-    auto [x3, y3] = sampler.next();
+    auto [x2, y2] = t.sampler.next();
+    auto [x3, y3] = t.sampler.next();
     split.loss_backward(x2, y2, 0.5, 1024.0);
     split.loss_backward(x3, y3, 0.5, 1024.0);
     split.reduce_grads();
@@ -106,11 +119,9 @@ TEST(BatchSplit, LossAndGradientsEqualTheUnsplitBatch) {
 // Called where OpenMP gives the split fewer threads than slices (inside another parallel
 // region), every slice still runs.
 TEST(BatchSplit, NestedCallRunsEverySlice) {
-    auto fx = test::make_data("split_nested");
-    const ModelConfig cfg = test::tiny_config(int64_t(fx.tok.tokenizer.vocab_size()));
-    Transformer split_model(cfg, 2), whole(cfg, 2);
-    BatchSampler sampler(fx.tokens, 0, 30000, 6, 16, BatchSampler::Mode::random, 5);
-    auto [x, y] = sampler.next();
+    TwinModels t("split_nested", 2, 6, 5);
+    Transformer &split_model = t.split_model, &whole = t.whole;
+    auto [x, y] = t.sampler.next();
     BatchSplit split(split_model, collect_parameters(split_model), 3);
     double got = 0;
 #pragma omp parallel num_threads(2)
