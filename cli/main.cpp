@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 
 #include <sched.h>
@@ -33,7 +34,10 @@ namespace {
 //
 // Busy is measured on those CPUs only, over 50 ms of /proc/stat: the load average counts the
 // whole machine, so on a 16-core host a process pinned to 2 idle cores read as busy (and ran
-// 2-3x slower with sleeping workers) because other cores were working.
+// 2-3x slower with sleeping workers) because other cores were working. Our own CPU time in
+// that window is not other work and is left out: OpenBLAS starts its thread pool when it
+// loads, and a new worker spins for about 0.1 s before it sleeps, which alone read as one busy
+// CPU of two, so every 2-core run chose sleeping workers, idle machine or not.
 struct CpuTimes {
     unsigned long long busy = 0, total = 0;
 };
@@ -60,14 +64,36 @@ CpuTimes times_of(const cpu_set_t& set) {
     return t;
 }
 
+// This process's user + system time, all threads, in the clock ticks /proc/stat counts in.
+unsigned long long own_ticks() {
+    FILE* f = std::fopen("/proc/self/stat", "r");
+    if (!f) return 0;
+    char buf[1024];
+    const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // field 3, utime 14, stime 15.
+    const char* p = std::strrchr(buf, ')');
+    unsigned long long utime = 0, stime = 0;
+    if (!p || std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                          &stime) != 2)
+        return 0;
+    return utime + stime;
+}
+
 bool machine_is_busy() {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) != 0) return false;
+    const unsigned long long own_a = own_ticks();
     const CpuTimes a = times_of(set);
     ::usleep(50'000);
     const CpuTimes b = times_of(set);
+    const unsigned long long own_b = own_ticks();
     if (b.total <= a.total) return false;
-    return double(b.busy - a.busy) >= 0.5 * double(b.total - a.total);
+    const unsigned long long busy = b.busy - a.busy, own = own_b - own_a;
+    const double others = busy > own ? double(busy - own) : 0.0;
+    return others >= 0.5 * double(b.total - a.total);
 }
 
 // OpenBLAS picks its kernels when it loads, from cpuid, and its guesses cost up to 6x on the

@@ -140,6 +140,9 @@ def main():
                       "seed": a.seed, "eval_iters": a.eval_iters,
                       "threads": a.threads, "iters": a.iters,
                       "ms_per_iter_median": 1000 * statistics.median(times[10:]),
+                      # the spread shows a host whose speed changes within a run
+                      "ms_per_iter_p10": 1000 * statistics.quantiles(times[10:], n=10)[0],
+                      "ms_per_iter_p90": 1000 * statistics.quantiles(times[10:], n=10)[-1],
                       "val_loss": vl}))
 
 

@@ -383,19 +383,32 @@ GradNorm grad_norm(const std::vector<ParamRef>& params) {
 void scale_grads(const std::vector<ParamRef>& params, double factor) {
     NoGradGuard no_grad;
     const float f = float(factor);
+    // CPU f32 contiguous gradients: all parameters' chunks in one parallel region (one
+    // fork/join per call, not one per large parameter: on a VM whose idle vCPUs halt, each
+    // wake-up of the workers costs far more than the scaling).
+    struct Chunk {
+        float* d;
+        int64_t n;
+    };
+    std::vector<Chunk> chunks;
+    int64_t total = 0;
     for (auto& p : params) {
         Tensor g = grad_of(p);
         if (!g.defined())
             continue;
         if (g.device().type == DeviceType::cpu && g.dtype() == DType::f32 && g.is_contiguous()) {
-            float* d = g.data<float>();
-            const int64_t n = g.numel();
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-            for (int64_t k = 0; k < n; ++k)
-                d[k] *= f;
+            for (int64_t lo = 0; lo < g.numel(); lo += kNormChunk)
+                chunks.push_back({g.data<float>() + lo, std::min(kNormChunk, g.numel() - lo)});
+            total += g.numel();
         } else {
             g.copy_(mul_scalar(g, factor));
         }
+    }
+#pragma omp parallel for schedule(static) if (total >= kParallelMin)
+    for (size_t c = 0; c < chunks.size(); ++c) {
+        float* d = chunks[c].d;
+        for (int64_t k = 0; k < chunks[c].n; ++k)
+            d[k] *= f;
     }
 }
 
