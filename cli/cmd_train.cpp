@@ -412,7 +412,9 @@ int run_train(Settings st) {
         // What the CLI chose at start (cli/main.cpp): it sets the pace on a CPU.
         const char* wait = std::getenv("OMP_WAIT_POLICY");
         std::printf("device: cpu, OpenMP workers %s, OpenBLAS kernels %s, compute %s\n",
-                    wait && std::string(wait) == "passive" ? "sleep" : "spin",
+                    !wait                            ? "spin, then sleep"
+                    : std::string(wait) == "passive" ? "sleep"
+                                                     : "spin",
                     openblas_get_corename(), opts.dtype.c_str());
     }
     std::printf("train: %lld steps x %lld x %lld tokens%s, %s lr %.3g -> %.3g (%s, warmup %lld), "
