@@ -38,7 +38,7 @@ namespace {
 // that window is not other work and is left out: OpenBLAS starts its thread pool when it
 // loads, and a new worker spins for about 0.1 s before it sleeps, which alone read as one busy
 // CPU of two, so most 2-core runs chose sleeping workers, idle machine or not (6 of 6 on the
-// dev box, 7 of 9 on the Xeon VM).
+// dev box, 10 of 13 on the Xeon VM).
 struct CpuTimes {
     unsigned long long busy = 0, total = 0;
 };
