@@ -28,9 +28,23 @@ constexpr int64_t kParallelMin = 1 << 15;
 // Fixed chunking of the sum of squares: the result does not depend on the thread count.
 constexpr int64_t kNormChunk = 1 << 14;
 
+bool cpu_f32_dense(const Tensor& t) {
+    return t.device().type == DeviceType::cpu && t.dtype() == DType::f32 && t.is_contiguous();
+}
+
 bool fast_path(const Tensor& p, const Tensor& g) {
-    return p.device().type == DeviceType::cpu && p.dtype() == DType::f32 && p.is_contiguous() &&
-           g.dtype() == DType::f32 && g.is_contiguous() && g.device().type == DeviceType::cpu;
+    return cpu_f32_dense(p) && cpu_f32_dense(g);
+}
+
+// A run of at most kNormChunk floats of a CPU f32 contiguous gradient: the norm and the
+// scaling deal all parameters' chunks to the threads in one parallel region.
+struct GradChunk {
+    float* d;
+    int64_t n;
+};
+void append_chunks(const Tensor& g, std::vector<GradChunk>& chunks) {
+    for (int64_t lo = 0; lo < g.numel(); lo += kNormChunk)
+        chunks.push_back({g.data<float>() + lo, std::min(kNormChunk, g.numel() - lo)});
 }
 
 #ifdef FORGE_HAS_CUDA
@@ -333,11 +347,7 @@ GradNorm grad_norm(const std::vector<ParamRef>& params) {
     // CPU f32 contiguous gradients: fixed chunks of kNormChunk elements, all parameters'
     // chunks in one parallel region; per-parameter sums add their chunks in order, so the
     // result does not depend on the thread count.
-    struct Chunk {
-        const float* d;
-        int64_t n;
-    };
-    std::vector<Chunk> chunks;
+    std::vector<GradChunk> chunks;
     std::vector<size_t> first_chunk(params.size() + 1, 0);
     std::vector<Tensor> grads(params.size());
     std::vector<char> on_cpu(params.size(), 0); // summed by the chunks below
@@ -345,11 +355,9 @@ GradNorm grad_norm(const std::vector<ParamRef>& params) {
         first_chunk[i] = chunks.size();
         grads[i] = grad_of(params[i]);
         const Tensor& g = grads[i];
-        on_cpu[i] = g.defined() && g.device().type == DeviceType::cpu &&
-                    g.dtype() == DType::f32 && g.is_contiguous();
+        on_cpu[i] = g.defined() && cpu_f32_dense(g);
         if (on_cpu[i])
-            for (int64_t lo = 0; lo < g.numel(); lo += kNormChunk)
-                chunks.push_back({g.data<float>() + lo, std::min(kNormChunk, g.numel() - lo)});
+            append_chunks(g, chunks);
     }
     first_chunk[params.size()] = chunks.size();
     std::vector<double> partial(chunks.size(), 0.0);
@@ -386,19 +394,14 @@ void scale_grads(const std::vector<ParamRef>& params, double factor) {
     // CPU f32 contiguous gradients: all parameters' chunks in one parallel region (one
     // fork/join per call, not one per large parameter: on a VM whose idle vCPUs halt, each
     // wake-up of the workers costs far more than the scaling).
-    struct Chunk {
-        float* d;
-        int64_t n;
-    };
-    std::vector<Chunk> chunks;
+    std::vector<GradChunk> chunks;
     int64_t total = 0;
     for (auto& p : params) {
         Tensor g = grad_of(p);
         if (!g.defined())
             continue;
-        if (g.device().type == DeviceType::cpu && g.dtype() == DType::f32 && g.is_contiguous()) {
-            for (int64_t lo = 0; lo < g.numel(); lo += kNormChunk)
-                chunks.push_back({g.data<float>() + lo, std::min(kNormChunk, g.numel() - lo)});
+        if (cpu_f32_dense(g)) {
+            append_chunks(g, chunks);
             total += g.numel();
         } else {
             g.copy_(mul_scalar(g, factor));

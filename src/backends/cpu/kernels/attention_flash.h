@@ -35,10 +35,6 @@ struct Rows {
     /// Where row t of head h of batch b starts.
     int64_t at(int64_t bi, int64_t hi, int64_t ti) const { return bi * b + hi * h + ti * t; }
 };
-/// The strides of a contiguous (B, H, T, D) tensor.
-inline Rows dense_rows(int64_t H, int64_t T, int64_t D) {
-    return {H * T * D, T * D, D};
-}
 
 /// One forward call: q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D), out (B, Hq, Tq, D), lse (B, Hq, Tq)
 /// contiguous. The short kernels (attention_short.h) read and write q, k, v, out at the strides

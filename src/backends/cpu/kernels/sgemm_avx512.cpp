@@ -140,14 +140,13 @@ void pack_a(const float* a, int64_t rs, int64_t cs, int64_t rows, int64_t kc, fl
     for (int64_t i = 0; i < rows; i += kMr) {
         const int64_t mr = std::min<int64_t>(kMr, rows - i);
         float* dst = ap + i * kc;
+        const __mmask16 m = __mmask16((1u << mr) - 1); // the tile's rows
         if (rs == 1) { // column-major: the tile's values of each k are adjacent
-            const __mmask16 m = __mmask16((1u << mr) - 1);
             for (int64_t k = 0; k < kc; ++k)
                 _mm512_mask_storeu_ps(dst + k * mr, m,
                                       _mm512_maskz_loadu_ps(m, a + i + k * cs));
         } else { // row-major: 16 x mr blocks transposed
             __m512 t[16];
-            const __mmask16 m = __mmask16((1u << mr) - 1);
             for (int64_t k = 0; k < kc; k += 16) {
                 const int depth = int(std::min<int64_t>(16, kc - k));
                 transpose16(a + i * rs + k, rs, int(mr), depth, t);
